@@ -1,0 +1,58 @@
+# tcpsched: the front door. `make demo` and `make test` work on a fresh clone with Python 3.11+.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RUN    ?= run
+COORDINATORS ?= 1
+WORKERS ?= 3
+SLOTS  ?= 4
+POLICY ?= round-robin
+PORT   ?= 7001
+PYTEST_ARGS ?=
+
+.PHONY: install test demo cluster stop status console bench chaos lint clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tcpsched needs Python 3.11 or newer")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check --quiet tcpsched tests scripts
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check tcpsched tests scripts
+	$(PY) -m ruff format --check tcpsched tests scripts || true
+	$(PY) -m mypy tcpsched
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+cluster: $(STAMP)
+	$(PY) scripts/cluster.py start --dir $(RUN) --coordinators $(COORDINATORS) --workers $(WORKERS) --slots $(SLOTS) --policy $(POLICY) --port $(PORT)
+
+stop: $(STAMP)
+	$(PY) scripts/cluster.py stop --dir $(RUN)
+
+status: $(STAMP)
+	$(PY) scripts/cluster.py status --dir $(RUN)
+
+console: $(STAMP)
+	$(PY) -m tcpsched.console --coordinators $$($(PY) scripts/cluster.py addresses --dir $(RUN) --port $(PORT))
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py
+
+chaos: $(STAMP)
+	$(PY) scripts/chaos.py
+
+clean:
+	-$(PY) scripts/cluster.py stop --dir $(RUN) 2>/dev/null
+	rm -rf $(VENV) $(RUN) tcpsched-data build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,387 @@
+"""`Client` and `SyncClient`: the Python API, also used by the CLI and the console.
+
+Theory of operation: one connection to the leader, one reader task resolving a future per
+request id. Every request is safe to send twice (a submit carries an idempotency key, generated
+here when the caller gives none), so when the connection drops the client reconnects, trying
+each address in turn until `connect_timeout_s` runs out, and sends the request again; a job is
+never created twice by a retry. `wait` and `gather` wait on the coordinator's side (no
+polling); `map` sends jobs in batches, one round trip per `batch_size` jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from tcpsched.config import parse_coordinators, read_token
+from tcpsched.core import messages as m
+from tcpsched.core.jobs import JobSpec, JobState
+from tcpsched.errors import (
+    AuthError,
+    JobNotFound,
+    JobTimeout,
+    NotLeaderError,
+    RemoteProtocolError,
+    RequestError,
+    UnavailableError,
+)
+from tcpsched.runtime.transport import Connection, dial
+
+T = TypeVar("T")
+
+SUBMIT_BATCH = 1000
+GATHER_BATCH = 5000
+CONNECT_TIMEOUT_S = 10.0
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+def new_key() -> str:
+    """A fresh idempotency key (128 random bits)."""
+    return secrets.token_hex(16)
+
+
+def _spec(kind: str, **fields: Any) -> JobSpec:
+    try:
+        return JobSpec(kind=kind, **fields)
+    except (ValueError, TypeError) as exc:
+        raise RequestError(str(exc)) from None
+
+
+class Client:
+    def __init__(
+        self,
+        coordinators: Sequence[str] | str | None = None,
+        token: bytes | str | None = None,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        name: str | None = None,
+    ) -> None:
+        if coordinators is None or isinstance(coordinators, str):
+            self.addresses = parse_coordinators(coordinators)
+        else:
+            self.addresses = tuple(coordinators)
+        if isinstance(token, str):
+            token = token.encode()
+        self.token = token if token is not None else read_token(None)
+        self.connect_timeout_s = connect_timeout
+        self.name = name or f"client-{socket.gethostname()}-{os.getpid()}"
+        self._conn: Connection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._req_ids = itertools.count(1)
+        self._connecting: asyncio.Lock | None = None
+        self._preferred = 0
+        self.address: str | None = None
+        self.welcome: m.Welcome | None = None
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- connection -----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect to the first coordinator that answers, trying each until the timeout."""
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._conn is not None and not self._conn.closed:
+                return
+            await self._connect_locked()
+
+    async def _connect_locked(self) -> None:
+        last_error = "no address to try"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout_s
+        delay = 0.05
+        while True:
+            for i in range(len(self.addresses)):
+                index = (self._preferred + i) % len(self.addresses)
+                address = self.addresses[index]
+                remaining = deadline - loop.time()
+                try:
+                    conn, welcome = await dial(address, "client", self.name, self.token,
+                                               m.COORDINATOR_TO_CLIENT,
+                                               timeout_s=max(min(remaining, 5.0), 0.1))
+                except UnavailableError as exc:
+                    last_error = str(exc)
+                    continue
+                self._preferred = index
+                self._conn, self.welcome, self.address = conn, welcome, address
+                self._reader = asyncio.ensure_future(self._read_loop(conn))
+                return
+            if loop.time() + delay >= deadline:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        raise UnavailableError(
+            f"no coordinator reachable at {','.join(self.addresses)} ({last_error})"
+        )
+
+    async def _read_loop(self, conn: Connection) -> None:
+        try:
+            while (msg := await conn.receive()) is not None:
+                future = self._pending.pop(msg.req_id, None)
+                if future is not None and not future.done():
+                    future.set_result(msg)
+        except (RemoteProtocolError, OSError):
+            pass
+        finally:
+            conn.close()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(_ConnectionLost())
+            self._pending.clear()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close("client closed")
+            await conn.wait_closed()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+
+    async def _request(self, build: Callable[[int], Any], timeout: float | None = None) -> Any:
+        """Send a request (again after a reconnect if the connection drops) and return the
+        reply's value; map error replies to exceptions."""
+        loop = asyncio.get_running_loop()
+        give_up = None if timeout is None else loop.time() + timeout
+        while True:
+            await self.connect()
+            conn = self._conn
+            assert conn is not None
+            req_id = next(self._req_ids)
+            future: asyncio.Future[Any] = loop.create_future()
+            self._pending[req_id] = future
+            conn.send(build(req_id))
+            try:
+                if give_up is None:
+                    reply = await future
+                else:
+                    async with asyncio.timeout(max(give_up - loop.time(), 0.0)):
+                        reply = await future
+            except _ConnectionLost:
+                self._conn = None
+                continue
+            except TimeoutError:
+                self._pending.pop(req_id, None)
+                raise JobTimeout("the coordinator did not answer in time") from None
+            if isinstance(reply, m.ErrorReply):
+                raise _error_from(reply)
+            return reply.value
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec) -> str:
+        """Queue one job described by a JobSpec; returns its id."""
+        (job_id,) = await self.submit_many([spec])
+        return job_id
+
+    async def submit_many(self, specs: Iterable[JobSpec], batch_size: int = SUBMIT_BATCH
+                          ) -> list[str]:
+        """Queue many jobs, `batch_size` per round trip; ids in the order of `specs`."""
+        ids: list[str] = []
+        batch: list[JobSpec] = []
+        for spec in specs:
+            if spec.key is None:
+                spec = JobSpec(**{**_fields(spec), "key": new_key()})
+            batch.append(spec)
+            if len(batch) >= batch_size:
+                ids.extend(await self._submit_batch(batch))
+                batch = []
+        if batch:
+            ids.extend(await self._submit_batch(batch))
+        return ids
+
+    async def _submit_batch(self, batch: list[JobSpec]) -> list[str]:
+        jobs = tuple(batch)
+        return list(await self._request(lambda r: m.Submit(req_id=r, jobs=jobs)))
+
+    async def submit_shell(self, command: str, *, priority: int = 0, retries: int = 0,
+                           timeout: float | None = None, delay: float = 0.0,
+                           key: str | None = None) -> str:
+        return await self.submit(_spec("shell", command=command, priority=priority,
+                                       retries=retries, timeout=timeout, delay=delay, key=key))
+
+    async def submit_call(self, function: str, *args: Any, priority: int = 0, retries: int = 0,
+                          timeout: float | None = None, delay: float = 0.0,
+                          key: str | None = None, **kwargs: Any) -> str:
+        """Queue `function(*args, **kwargs)`; priority, retries, timeout, delay and key are
+        the job's options (a function taking arguments of those names needs `submit`)."""
+        return await self.submit(_spec("call", function=function, args=args, kwargs=kwargs,
+                                       priority=priority, retries=retries, timeout=timeout,
+                                       delay=delay, key=key))
+
+    async def map(self, function: str, items: Iterable[Any], *, priority: int = 0,
+                  retries: int = 0, timeout: float | None = None,
+                  batch_size: int = SUBMIT_BATCH) -> list[str]:
+        """One job per item: a tuple item is the argument list, anything else one argument."""
+        specs = (
+            _spec("call", function=function, args=item if isinstance(item, tuple) else (item,),
+                  priority=priority, retries=retries, timeout=timeout, key=new_key())
+            for item in items
+        )
+        return await self.submit_many(specs, batch_size)
+
+    async def wait_records(self, job_ids: Sequence[str], timeout: float | None = None
+                           ) -> list[dict[str, Any]]:
+        """Records once every job is terminal or `timeout` passes (whichever first)."""
+        out: list[dict[str, Any]] = []
+        loop = asyncio.get_running_loop()
+        give_up = None if timeout is None else loop.time() + timeout
+        for start in range(0, len(job_ids), GATHER_BATCH):
+            chunk = tuple(job_ids[start:start + GATHER_BATCH])
+            left = None if give_up is None else max(give_up - loop.time(), 0.0)
+            out.extend(await self._request(
+                lambda r, c=chunk, t=left: m.Wait(req_id=r, job_ids=c, timeout=t),
+                timeout=None if left is None else left + self.connect_timeout_s,
+            ))
+        return out
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The job's record once it is terminal; JobTimeout if `timeout` passes first."""
+        (record,) = await self.gather([job_id], timeout=timeout)
+        return record
+
+    async def gather(self, job_ids: Sequence[str], timeout: float | None = None
+                     ) -> list[dict[str, Any]]:
+        """Records of every job, in the order given, once all are terminal."""
+        records = await self.wait_records(job_ids, timeout)
+        unfinished = [r["id"] for r in records if not _is_terminal(r)]
+        if unfinished:
+            raise JobTimeout(f"{len(unfinished)} job(s) not finished after {timeout:g}s: "
+                             f"{', '.join(unfinished[:5])}")
+        return records
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        (record,) = await self._request(lambda r: m.Status(req_id=r, job_ids=(job_id,)))
+        return record
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return await self._request(lambda r: m.Cancel(req_id=r, job_id=job_id))
+
+    async def list(self, state: str | JobState | None = None, limit: int = 100
+                   ) -> list[dict[str, Any]]:
+        value = state.value if isinstance(state, JobState) else state
+        return await self._request(lambda r: m.ListJobs(req_id=r, state=value, limit=limit))
+
+    async def workers(self) -> list[dict[str, Any]]:
+        return await self._request(lambda r: m.Workers(req_id=r))
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._request(lambda r: m.Stats(req_id=r))
+
+    async def leader(self) -> dict[str, Any]:
+        return await self._request(lambda r: m.Leader(req_id=r))
+
+
+def _fields(spec: JobSpec) -> dict[str, Any]:
+    import attrs
+
+    return attrs.asdict(spec, recurse=False)
+
+
+def _is_terminal(record: dict[str, Any]) -> bool:
+    return record.get("state") in ("succeeded", "failed", "cancelled", "forgotten")
+
+
+def _error_from(reply: m.ErrorReply) -> Exception:
+    if reply.kind == "not_found":
+        return JobNotFound(reply.message)
+    if reply.kind == "not_leader":
+        return NotLeaderError(reply.message, reply.leader_hint)
+    if reply.kind == "unavailable":
+        return UnavailableError(reply.message)
+    if reply.kind == "timeout":
+        return JobTimeout(reply.message)
+    return RequestError(reply.message)
+
+
+class SyncClient:
+    """The same methods as `Client`, blocking, on a private event loop."""
+
+    def __init__(self, coordinators: Sequence[str] | str | None = None,
+                 token: bytes | str | None = None, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._client = Client(coordinators, token, **options)
+
+    def _run(self, coro: Awaitable[T]) -> T:
+        return self._loop.run_until_complete(coro)
+
+    def __enter__(self) -> SyncClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        self._run(self._client.connect())
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._run(self._client.close())
+            self._loop.close()
+
+    def submit(self, spec: JobSpec) -> str:
+        return self._run(self._client.submit(spec))
+
+    def submit_many(self, specs: Iterable[JobSpec], batch_size: int = SUBMIT_BATCH) -> list[str]:
+        return self._run(self._client.submit_many(specs, batch_size))
+
+    def submit_shell(self, command: str, **options: Any) -> str:
+        return self._run(self._client.submit_shell(command, **options))
+
+    def submit_call(self, function: str, *args: Any, **kwargs: Any) -> str:
+        return self._run(self._client.submit_call(function, *args, **kwargs))
+
+    def map(self, function: str, items: Iterable[Any], **options: Any) -> list[str]:
+        return self._run(self._client.map(function, items, **options))
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        return self._run(self._client.wait(job_id, timeout))
+
+    def wait_records(self, job_ids: Sequence[str], timeout: float | None = None
+                     ) -> list[dict[str, Any]]:
+        return self._run(self._client.wait_records(job_ids, timeout))
+
+    def gather(self, job_ids: Sequence[str], timeout: float | None = None
+               ) -> list[dict[str, Any]]:
+        return self._run(self._client.gather(job_ids, timeout))
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._run(self._client.status(job_id))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._run(self._client.cancel(job_id))
+
+    def list(self, state: str | JobState | None = None, limit: int = 100
+             ) -> list[dict[str, Any]]:
+        return self._run(self._client.list(state, limit))
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self._run(self._client.workers())
+
+    def stats(self) -> dict[str, Any]:
+        return self._run(self._client.stats())
+
+    def leader(self) -> dict[str, Any]:
+        return self._run(self._client.leader())
+
+
+__all__ = ["AuthError", "Client", "SyncClient"]

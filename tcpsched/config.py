@@ -1,0 +1,262 @@
+"""Settings as frozen attrs values, and the flag and environment parsing that builds them.
+
+Every process gets one settings object at its entry point and passes it down; nothing reads
+flags or the environment anywhere else. Every flag has a default that works on loopback.
+`UsageParser` raises `ConfigError` instead of exiting, so the console can reuse the parsers and
+the entry points can print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import attrs
+
+from tcpsched.core.dispatch import POLICIES
+from tcpsched.errors import ConfigError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7001
+DEFAULT_COORDINATORS = (f"{DEFAULT_HOST}:{DEFAULT_PORT}",)
+FSYNC_POLICIES = ("always", "batch", "never")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ENV_COORDINATORS = "TCPSCHED_COORDINATORS"
+ENV_TOKEN = "TCPSCHED_TOKEN"
+ENV_TOKEN_FILE = "TCPSCHED_TOKEN_FILE"
+
+
+class UsageParser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if status:
+            raise ConfigError(message or f"{self.prog}: error")
+        raise SystemExit(status)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'host:port' (or '[v6]:port') into a pair, or ConfigError."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"address {text!r} must look like HOST:PORT")
+    host = host.strip("[]")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"address {text!r}: port {port!r} is not a number") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"address {text!r}: port must be within 0-65535")
+    return host, number
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def parse_coordinators(text: str | None) -> tuple[str, ...]:
+    """Addresses from a flag, else $TCPSCHED_COORDINATORS, else 127.0.0.1:7001."""
+    if text is None:
+        text = os.environ.get(ENV_COORDINATORS) or None
+    if text is None:
+        return DEFAULT_COORDINATORS
+    addresses = tuple(a.strip() for a in text.split(",") if a.strip())
+    if not addresses:
+        raise ConfigError("no coordinator address given")
+    for address in addresses:
+        parse_address(address)
+    return addresses
+
+
+def read_token(token_file: str | None) -> bytes | None:
+    """The shared token from --token-file, $TCPSCHED_TOKEN or $TCPSCHED_TOKEN_FILE, if any."""
+    path = token_file or os.environ.get(ENV_TOKEN_FILE) or None
+    if token_file is None and os.environ.get(ENV_TOKEN):
+        return os.environ[ENV_TOKEN].strip().encode()
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise ConfigError(f"token file {path} is empty")
+    return token
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+@attrs.frozen
+class TlsSettings:
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None or self.ca is not None
+
+
+@attrs.frozen
+class CoordinatorSettings:
+    node_id: int = 1
+    listen: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT)
+    peers: tuple[tuple[int, str], ...] = ()
+    data_dir: Path = Path("tcpsched-data/c1")
+    policy: str = "round-robin"
+    fsync: str = "always"
+    heartbeat_interval_s: float = 0.5
+    heartbeat_timeout_s: float = 2.0
+    token: bytes | None = None
+    log_level: str = "info"
+    keep_finished: int = 100_000
+    keep_finished_for_s: float | None = None
+    poison_workers_max: int = 3
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 60.0
+    frame_bytes_max: int = 16 * 1024 * 1024
+    handshake_timeout_s: float = 5.0
+    unauthenticated_max: int = 64
+    output_bytes_max: int = 64 * 1024 * 1024
+    seed: int | None = None
+    tls: TlsSettings = TlsSettings()
+
+    @property
+    def address(self) -> str:
+        return format_address(*self.listen)
+
+
+def coordinator_parser() -> UsageParser:
+    p = UsageParser(prog="python -m tcpsched.coordinator",
+                    description="Run a tcpsched coordinator.")
+    p.add_argument("--id", type=_positive_int, default=1, help="this coordinator's id (1)")
+    p.add_argument("--listen", default=f"{DEFAULT_HOST}:{DEFAULT_PORT}", metavar="HOST:PORT")
+    p.add_argument("--peer", action="append", default=[], metavar="ID@HOST:PORT",
+                   help="another coordinator (repeatable)")
+    p.add_argument("--data-dir", default=None, help="journal directory (./tcpsched-data/cID)")
+    p.add_argument("--policy", choices=POLICIES, default="round-robin")
+    p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always")
+    p.add_argument("--heartbeat-interval", type=_positive_float, default=0.5, metavar="S")
+    p.add_argument("--heartbeat-timeout", type=_positive_float, default=2.0, metavar="S")
+    p.add_argument("--token-file", default=None, metavar="F")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    p.add_argument("--keep-finished", type=_positive_int, default=100_000, metavar="N",
+                   help="finished jobs kept in memory and snapshots")
+    p.add_argument("--keep-finished-for", type=_positive_float, default=None, metavar="S",
+                   help="forget finished jobs older than S seconds")
+    p.add_argument("--poison-workers", type=_positive_int, default=3, metavar="N",
+                   help="fail a job after it lost N workers (3)")
+    p.add_argument("--retry-base", type=_positive_float, default=1.0, metavar="S")
+    p.add_argument("--retry-cap", type=_positive_float, default=60.0, metavar="S")
+    p.add_argument("--max-frame", type=_positive_int, default=16 * 1024 * 1024, metavar="BYTES")
+    p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_peer(text: str) -> tuple[int, str]:
+    node, sep, address = text.partition("@")
+    if not sep:
+        raise ConfigError(f"--peer {text!r} must look like ID@HOST:PORT")
+    try:
+        node_id = int(node)
+    except ValueError:
+        raise ConfigError(f"--peer {text!r}: id {node!r} is not a number") from None
+    parse_address(address)
+    return node_id, address
+
+
+def coordinator_settings(argv: Sequence[str] | None = None) -> tuple[CoordinatorSettings, Any]:
+    args = coordinator_parser().parse_args(argv)
+    host, port = parse_address(args.listen)
+    peers = tuple(parse_peer(p) for p in args.peer)
+    if args.heartbeat_timeout <= args.heartbeat_interval:
+        raise ConfigError("--heartbeat-timeout must be greater than --heartbeat-interval")
+    settings = CoordinatorSettings(
+        node_id=args.id, listen=(host, port), peers=peers,
+        data_dir=Path(args.data_dir or f"tcpsched-data/c{args.id}"), policy=args.policy,
+        fsync=args.fsync, heartbeat_interval_s=args.heartbeat_interval,
+        heartbeat_timeout_s=args.heartbeat_timeout, token=read_token(args.token_file),
+        log_level=args.log_level, keep_finished=args.keep_finished,
+        keep_finished_for_s=args.keep_finished_for, poison_workers_max=args.poison_workers,
+        retry_base_s=args.retry_base, retry_cap_s=args.retry_cap,
+        frame_bytes_max=args.max_frame, seed=args.seed,
+    )  # fmt: skip
+    return settings, args
+
+
+@attrs.frozen
+class WorkerSettings:
+    coordinators: tuple[str, ...] = DEFAULT_COORDINATORS
+    name: str = ""
+    slots: int = 4
+    tags: tuple[str, ...] = ()
+    token: bytes | None = None
+    drain_timeout_s: float = 30.0
+    allow_shell: bool = True
+    allow_call: tuple[str, ...] = ()  # empty: every callable is allowed
+    log_level: str = "info"
+    kill_grace_s: float = 2.0
+    output_bytes_max: int = 1024 * 1024
+    frame_bytes_max: int = 16 * 1024 * 1024
+    reconnect_base_s: float = 0.1
+    reconnect_cap_s: float = 5.0
+    tls: TlsSettings = TlsSettings()
+
+
+def worker_parser() -> UsageParser:
+    p = UsageParser(prog="python -m tcpsched.worker", description="Run a tcpsched worker.")
+    p.add_argument("--coordinators", default=None, metavar="HOST:PORT,...")
+    p.add_argument("--name", default=None, help="worker name (hostname-pid)")
+    p.add_argument("--slots", type=_positive_int, default=4, help="jobs run at once (4)")
+    p.add_argument("--tags", default="", metavar="a,b")
+    p.add_argument("--token-file", default=None, metavar="F")
+    p.add_argument("--drain-timeout", type=_positive_float, default=30.0, metavar="S")
+    p.add_argument("--no-shell", action="store_true", help="refuse shell jobs")
+    p.add_argument("--allow-call", action="append", default=[], metavar="PREFIX",
+                   help="allow only callables starting with PREFIX (repeatable)")
+    p.add_argument("--kill-grace", type=_positive_float, default=2.0, metavar="S",
+                   help="seconds between SIGTERM and SIGKILL on timeout or cancel")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    return p
+
+
+def worker_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
+    args = worker_parser().parse_args(argv)
+    import socket
+
+    name = args.name or f"{socket.gethostname()}-{os.getpid()}"
+    return WorkerSettings(
+        coordinators=parse_coordinators(args.coordinators), name=name, slots=args.slots,
+        tags=tuple(t.strip() for t in args.tags.split(",") if t.strip()),
+        token=read_token(args.token_file), drain_timeout_s=args.drain_timeout,
+        allow_shell=not args.no_shell, allow_call=tuple(args.allow_call),
+        log_level=args.log_level, kill_grace_s=args.kill_grace,
+    )  # fmt: skip

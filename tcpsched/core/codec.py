@@ -1,0 +1,309 @@
+"""Framing and msgpack: messages to bytes, and bytes (in any chunking) back to messages.
+
+Theory of operation: a frame is a 4-byte unsigned big-endian length N (1 <= N <= the frame
+limit) followed by N bytes of msgpack, a map whose "t" names the message type. `encode` does one
+message. `FrameDecoder` works like h11's connection: `feed(data)` buffers bytes, `next_message()`
+returns one message, or None when it needs more bytes, or raises `RemoteProtocolError` exactly
+where the bad input is parsed. The length is checked as soon as the 4 header bytes are in, before
+the body is buffered, so a peer cannot make us hold more than one frame plus one read.
+
+Every field is checked against the annotation in `core/messages.py` (compiled once per class
+into a list of checkers) and the attrs validators run on construction. Free-form values (job
+arguments, results) may hold only nil, bool, int, float, str, bytes, lists and str-keyed maps,
+nested at most `VALUE_DEPTH_MAX` deep. No ext types, no raw bytes for strings, no non-str keys.
+"""
+
+from __future__ import annotations
+
+import struct
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import msgpack
+
+from tcpsched.core import messages as m
+from tcpsched.core.jobs import JobSpec
+from tcpsched.errors import LocalProtocolError, RemoteProtocolError
+
+HEADER = struct.Struct(">I")
+FRAME_BYTES_MAX = 16 * 1024 * 1024
+HANDSHAKE_FRAME_BYTES_MAX = 4096
+VALUE_DEPTH_MAX = 32
+
+
+@attrs.frozen
+class UnpackLimits:
+    """msgpack limits; an array of N items costs ~N*8 bytes of pointers, hence the caps."""
+
+    str_bytes_max: int = FRAME_BYTES_MAX
+    bin_bytes_max: int = FRAME_BYTES_MAX
+    array_items_max: int = 200_000
+    map_items_max: int = 100_000
+
+
+HANDSHAKE_LIMITS = UnpackLimits(
+    str_bytes_max=1024, bin_bytes_max=256, array_items_max=16, map_items_max=16
+)
+
+_Checker = Callable[[Any], Any]
+
+
+def _fail(what: str) -> typing.NoReturn:
+    raise RemoteProtocolError(what)
+
+
+def check_value(value: Any, depth: int = 0) -> Any:
+    """Check a free-form value (args, kwargs, results); returns it unchanged."""
+    if depth > VALUE_DEPTH_MAX:
+        _fail(f"value nested deeper than {VALUE_DEPTH_MAX}")
+    if value is None or isinstance(value, bool | int | float | str | bytes):
+        return value
+    if isinstance(value, list | tuple):
+        for item in value:
+            check_value(item, depth + 1)
+        return value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                _fail("map keys must be strings")
+            check_value(item, depth + 1)
+        return value
+    _fail(f"value of type {type(value).__name__} is not allowed")
+
+
+def _scalar(kind: type) -> _Checker:
+    def check(value: Any) -> Any:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, bool):
+            _fail("expected int, got bool")
+        if not isinstance(value, kind):
+            _fail(f"expected {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    return check
+
+
+def _build_checker(hint: Any) -> _Checker:
+    if hint is Any:
+        return check_value
+    if hint in (int, float, str, bytes, bool):
+        return _scalar(hint)
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        inner = _build_checker(options[0])
+
+        def check_optional(value: Any) -> Any:
+            return None if value is None else inner(value)
+
+        return check_optional
+    if origin is tuple:
+        item_hint = typing.get_args(hint)[0]
+        item = _build_checker(item_hint)
+
+        def check_tuple(value: Any) -> Any:
+            if not isinstance(value, list | tuple):
+                _fail(f"expected array, got {type(value).__name__}")
+            return tuple(item(v) for v in value)
+
+        return check_tuple
+    if origin is dict:
+
+        def check_map(value: Any) -> Any:
+            if not isinstance(value, dict):
+                _fail(f"expected map, got {type(value).__name__}")
+            return check_value(value)
+
+        return check_map
+    if attrs.has(hint):
+        return lambda value: _structure(hint, value)
+    raise TypeError(f"no checker for {hint!r}")  # a programming error in messages.py
+
+
+@attrs.frozen
+class _Shape:
+    cls: type
+    fields: tuple[tuple[str, _Checker, bool], ...]  # name, checker, has default
+
+
+_SHAPES: dict[type, _Shape] = {}
+
+
+def _shape(cls: type) -> _Shape:
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        hints = typing.get_type_hints(cls)
+        fields = tuple(
+            (f.name, _build_checker(hints[f.name]), f.default is not attrs.NOTHING)
+            for f in attrs.fields(cls)
+        )
+        shape = _SHAPES[cls] = _Shape(cls, fields)
+    return shape
+
+
+def _structure(cls: type, obj: Any) -> Any:
+    if not isinstance(obj, dict):
+        _fail(f"{cls.__name__}: expected map, got {type(obj).__name__}")
+    shape = _shape(cls)
+    kwargs: dict[str, Any] = {}
+    for name, check, has_default in shape.fields:
+        if name in obj:
+            kwargs[name] = check(obj[name])
+        elif not has_default:
+            _fail(f"{cls.__name__}: missing field {name!r}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise RemoteProtocolError(f"{cls.__name__}: {exc}") from None
+
+
+def _unstructure(value: Any) -> Any:
+    if attrs.has(type(value)):
+        return {f.name: _unstructure(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    if isinstance(value, tuple):
+        return [_unstructure(v) for v in value]
+    return value
+
+
+_BY_TYPE: dict[str, type] = {cls.TYPE: cls for cls in m.ALL_MESSAGES}  # type: ignore[attr-defined]
+for _cls in (*m.ALL_MESSAGES, JobSpec, m.AttemptRef):
+    _shape(_cls)  # compile every checker at import, so a bad annotation fails loudly and early
+
+
+def to_wire(msg: Any) -> dict[str, Any]:
+    body = _unstructure(msg)
+    body["t"] = msg.TYPE
+    return body
+
+
+def from_wire(obj: Any, allowed: frozenset[type] | None = None) -> Any:
+    """Turn one unpacked msgpack object into a message, or raise RemoteProtocolError."""
+    if not isinstance(obj, dict):
+        _fail(f"a message must be a map, got {type(obj).__name__}")
+    tag = obj.get("t")
+    cls = _BY_TYPE.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        _fail(f"unknown message type {tag!r:.40}")
+    if allowed is not None and cls not in allowed:
+        _fail(f"message {tag!r} is not allowed here")
+    return _structure(cls, obj)
+
+
+def encode(msg: Any) -> bytes:
+    """One message as a complete frame."""
+    try:
+        body = msgpack.packb(to_wire(msg), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from None
+    return HEADER.pack(len(body)) + body
+
+
+def encode_value(value: Any) -> bytes:
+    """Check that a free-form value can be sent (a worker checks a job's result this way)."""
+    try:
+        check_value(value)
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError, RemoteProtocolError) as exc:
+        raise LocalProtocolError(str(exc)) from None
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise RemoteProtocolError(f"ext type {code} is not allowed")
+
+
+class FrameDecoder:
+    """Bytes in, messages out. One decoder per connection; dead after its first error."""
+
+    def __init__(
+        self,
+        frame_bytes_max: int = FRAME_BYTES_MAX,
+        allowed: frozenset[type] | None = None,
+        limits: UnpackLimits | None = None,
+    ) -> None:
+        self.frame_bytes_max = frame_bytes_max
+        self.allowed = allowed
+        self.limits = limits or UnpackLimits()
+        self._buffer = bytearray()
+        self._need: int | None = None  # body length of the frame being read, once known
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buffer)
+
+    def configure(
+        self, frame_bytes_max: int, allowed: frozenset[type] | None, limits: UnpackLimits
+    ) -> None:
+        """Widen (or narrow) what is accepted, e.g. once the handshake is done."""
+        self.frame_bytes_max = frame_bytes_max
+        self.allowed = allowed
+        self.limits = limits
+
+    def feed(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._buffer += data
+        self._check_header()
+
+    def _check_header(self) -> None:
+        if self._need is None and len(self._buffer) >= HEADER.size:
+            (length,) = HEADER.unpack_from(self._buffer)
+            if not 1 <= length <= self.frame_bytes_max:
+                self._error = RemoteProtocolError(
+                    f"frame length {length} outside [1, {self.frame_bytes_max}]"
+                )
+                self._buffer.clear()
+                raise self._error
+            self._need = length
+
+    def next_message(self) -> Any | None:
+        """One message, or None if more bytes are needed."""
+        if self._error is not None:
+            raise self._error
+        self._check_header()
+        if self._need is None or len(self._buffer) < HEADER.size + self._need:
+            return None
+        end = HEADER.size + self._need
+        body = bytes(self._buffer[HEADER.size : end])
+        del self._buffer[:end]
+        self._need = None
+        try:
+            obj = self._unpack(body)
+            msg = from_wire(obj, self.allowed)
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+        self._check_header()
+        return msg
+
+    def messages(self) -> list[Any]:
+        """Every complete message buffered so far (stops at, and raises, the first bad one)."""
+        out = []
+        while (msg := self.next_message()) is not None:
+            out.append(msg)
+        return out
+
+    def _unpack(self, body: bytes) -> Any:
+        lim = self.limits
+        try:
+            return msgpack.unpackb(
+                body,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                ext_hook=_no_ext,
+                timestamp=0,
+                max_str_len=lim.str_bytes_max,
+                max_bin_len=lim.bin_bytes_max,
+                max_array_len=lim.array_items_max,
+                max_map_len=lim.map_items_max,
+                max_ext_len=0,
+            )
+        except RemoteProtocolError:
+            raise
+        except Exception as exc:  # msgpack raises a zoo of types for bad input
+            raise RemoteProtocolError(f"bad msgpack: {type(exc).__name__}: {exc}"[:200]) from None

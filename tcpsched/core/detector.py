@@ -1,0 +1,122 @@
+"""Heartbeat failure detector: alive, then suspect, then dead, from the clock passed in.
+
+Theory of operation: every worker has the time of its last heartbeat. It is `alive` while that
+is recent, `suspect` once `suspect_after_s` has passed without one (or at once when its TCP
+connection closes), and `dead` once `timeout_s` has passed. A heartbeat brings a suspect back to
+alive; nothing brings back the dead (a dead worker that comes back registers anew). Suspect
+needs two missed beats by default, so ordinary jitter in heartbeats never flaps a worker.
+`check(now)` returns the transitions since the last check; the caller runs it at
+`next_deadline()`, a fixed cadence of a fraction of the interval, which keeps the detector
+O(1) per heartbeat no matter how many workers there are.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+ALIVE = "alive"
+SUSPECT = "suspect"
+DEAD = "dead"
+
+
+@attrs.frozen
+class DetectorConfig:
+    heartbeat_interval_s: float = 0.5
+    timeout_s: float = 2.0
+
+    @property
+    def suspect_after_s(self) -> float:
+        return min(2.0 * self.heartbeat_interval_s, self.timeout_s)
+
+    @property
+    def check_period_s(self) -> float:
+        return max(min(self.heartbeat_interval_s / 2.0, 0.25), 0.01)
+
+
+@attrs.define
+class _Watch:
+    last_heartbeat: float
+    state: str = ALIVE
+    connected: bool = True
+
+
+@attrs.frozen
+class DetectorStatistics:
+    alive: int
+    suspect: int
+    dead: int
+
+
+class FailureDetector:
+    def __init__(self, config: DetectorConfig) -> None:
+        self.config = config
+        self._watches: dict[str, _Watch] = {}
+        self._next_check: float | None = None
+
+    def watch(self, name: str, now: float, *, connected: bool = True) -> None:
+        """Start (or restart, after a re-registration) watching a worker."""
+        self._watches[name] = _Watch(last_heartbeat=now, connected=connected,
+                                     state=ALIVE if connected else SUSPECT)
+        if self._next_check is None:
+            self._next_check = now + self.config.check_period_s
+
+    def forget(self, name: str) -> None:
+        self._watches.pop(name, None)
+
+    def state(self, name: str) -> str:
+        watch = self._watches.get(name)
+        return DEAD if watch is None else watch.state
+
+    def last_heartbeat(self, name: str) -> float | None:
+        watch = self._watches.get(name)
+        return None if watch is None else watch.last_heartbeat
+
+    def heartbeat(self, name: str, now: float) -> bool:
+        """Record a heartbeat; True if it brought a suspect worker back to alive."""
+        watch = self._watches.get(name)
+        if watch is None or watch.state == DEAD:
+            return False
+        watch.last_heartbeat = max(watch.last_heartbeat, now)
+        watch.connected = True
+        if watch.state == SUSPECT:
+            watch.state = ALIVE
+            return True
+        return False
+
+    def disconnected(self, name: str) -> bool:
+        """The worker's connection closed: suspect at once. True if that changed its state."""
+        watch = self._watches.get(name)
+        if watch is None or watch.state == DEAD:
+            return False
+        watch.connected = False
+        if watch.state == ALIVE:
+            watch.state = SUSPECT
+            return True
+        return False
+
+    def check(self, now: float) -> list[tuple[str, str]]:
+        """Transitions (name, new state) that the passing of time caused."""
+        changes: list[tuple[str, str]] = []
+        cfg = self.config
+        for name, watch in self._watches.items():
+            if watch.state == DEAD:
+                continue
+            silent = now - watch.last_heartbeat
+            if silent >= cfg.timeout_s:
+                watch.state = DEAD
+                changes.append((name, DEAD))
+            elif watch.state == ALIVE and silent >= cfg.suspect_after_s:
+                watch.state = SUSPECT
+                changes.append((name, SUSPECT))
+        has_live = any(w.state != DEAD for w in self._watches.values())
+        self._next_check = now + cfg.check_period_s if has_live else None
+        return changes
+
+    def next_deadline(self) -> float | None:
+        return self._next_check
+
+    def statistics(self) -> DetectorStatistics:
+        states = [w.state for w in self._watches.values()]
+        return DetectorStatistics(
+            alive=states.count(ALIVE), suspect=states.count(SUSPECT), dead=states.count(DEAD)
+        )

@@ -1,0 +1,168 @@
+"""Jobs: what a user asks for (`JobSpec`), what we know of it (`JobRecord`), and its life.
+
+Theory of operation: a job is born `pending` (queued, delayed, or later waiting on `after`), is
+handed to a worker and becomes `running`, and ends in one of three terminal states. A failed or
+lost attempt may send it back to `pending` with one more attempt. `LEGAL_TRANSITIONS` is the
+whole state machine; `core/state.py` refuses anything else, so a bug that tries an illegal move
+is caught where it happens instead of corrupting the table.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any
+
+import attrs
+
+PRIORITY_MIN = -1_000_000
+PRIORITY_MAX = 1_000_000
+RETRIES_MAX = 1_000
+JOB_ID_BYTES_MAX = 128
+OUTPUT_BYTES_MAX = 1024 * 1024  # cap on captured stdout and on stderr, each
+
+_FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.RUNNING: frozenset(
+        {JobState.PENDING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}
+    ),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+def is_legal(old: JobState, new: JobState) -> bool:
+    return new in LEGAL_TRANSITIONS[old]
+
+
+def _check_spec(spec: JobSpec) -> None:
+    if spec.kind == "shell":
+        if spec.command is None or spec.function is not None:
+            raise ValueError("a shell job needs a command and no function")
+        if not spec.command.strip():
+            raise ValueError("a shell job needs a non-empty command")
+        if spec.args or spec.kwargs:
+            raise ValueError("a shell job takes no args or kwargs")
+    elif spec.kind == "call":
+        if spec.function is None or spec.command is not None:
+            raise ValueError("a call job needs a function and no command")
+        if not _FUNCTION_RE.match(spec.function):
+            raise ValueError(f"function must look like module:function, not {spec.function!r}")
+    else:
+        raise ValueError(f"kind must be 'shell' or 'call', not {spec.kind!r}")
+    if not PRIORITY_MIN <= spec.priority <= PRIORITY_MAX:
+        raise ValueError(f"priority must be within [{PRIORITY_MIN}, {PRIORITY_MAX}]")
+    if not 0 <= spec.retries <= RETRIES_MAX:
+        raise ValueError(f"retries must be within [0, {RETRIES_MAX}]")
+    if spec.timeout is not None and not 0 < spec.timeout <= 365 * 86400:
+        raise ValueError("timeout must be a positive number of seconds")
+    if not 0 <= spec.delay <= 365 * 86400:
+        raise ValueError("delay must be a non-negative number of seconds")
+    if spec.key is not None and not 0 < len(spec.key) <= JOB_ID_BYTES_MAX:
+        raise ValueError(f"idempotency key must have 1 to {JOB_ID_BYTES_MAX} characters")
+    for tag in spec.tags:
+        if not tag or len(tag) > 64:
+            raise ValueError("tags must have 1 to 64 characters")
+
+
+@attrs.frozen
+class JobSpec:
+    """What the user submitted. Validated on construction, so a bad spec never enters the core."""
+
+    kind: str
+    command: str | None = None
+    function: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    priority: int = 0
+    retries: int = 0
+    timeout: float | None = None
+    delay: float = 0.0
+    tags: tuple[str, ...] = ()
+    key: str | None = None
+    after: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        _check_spec(self)
+
+
+@attrs.frozen
+class JobRecord:
+    """Everything known about one job. Replaced (never mutated) on every change.
+
+    `seq` is the submission order: it keeps FIFO within a priority, also for a job that comes
+    back after a lost worker. `lost_workers` counts attempts lost with their worker (the poison
+    limit); `failures` counts failed attempts (what `retries` bounds). `not_before` is when a
+    delayed or backing-off job may run.
+    """
+
+    id: str
+    seq: int
+    spec: JobSpec
+    state: JobState = JobState.PENDING
+    attempts: int = 0
+    worker: str | None = None
+    submitted_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    result: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None
+    not_before: float = 0.0
+    lost_workers: int = 0
+    failures: int = 0
+
+    def to_public(self) -> dict[str, Any]:
+        """The record as users see it (CLI `--json`, `Client.status`): the contract's fields."""
+        spec = self.spec
+        out: dict[str, Any] = {
+            "id": self.id,
+            "state": self.state.value,
+            "kind": spec.kind,
+        }
+        if spec.kind == "shell":
+            out["command"] = spec.command
+        else:
+            out["function"] = spec.function
+        out.update(
+            args=list(spec.args),
+            kwargs=dict(spec.kwargs),
+            priority=spec.priority,
+            retries=spec.retries,
+            attempts=self.attempts,
+            timeout=spec.timeout,
+            tags=list(spec.tags),
+            after=list(spec.after),
+            worker=self.worker,
+            submitted_at=self.submitted_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            exit_code=self.exit_code,
+            result=self.result,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            error=self.error,
+        )
+        if spec.key is not None:
+            out["key"] = spec.key
+        return out

@@ -1,0 +1,301 @@
+"""Every message that crosses the wire, one frozen attrs class each.
+
+Theory of operation: a message is a plain value; `core/codec.py` turns it into a msgpack map
+tagged with its `TYPE` and back, checking every field against the annotation written here (and
+the attrs validators below for ranges). So this file is the whole protocol: reading it tells you
+what a peer may send and in which phase.
+
+Phases of a connection: the side that dials sends `Hello`; the listening side answers
+`Challenge` when a token is configured (the dialer proves it knows the token with `Auth`) and
+then `Welcome` (with its own proof, so authentication is mutual) or `Refused`. Only
+`HANDSHAKE_TYPES` are decoded before that, with a small frame limit. After it, a client sends
+requests (each with a `req_id`) and gets `Reply` or `ErrorReply`; a worker sends `Register`,
+`Heartbeat`, `Result`, `HandBack`, `Draining`, and receives `Registered`, `Assign`, `Kill`,
+`ResultAck`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+from tcpsched.core.jobs import JobSpec
+
+PROTOCOL_VERSION = 1
+ROLES = ("worker", "client", "peer")
+NONCE_BYTES = 32
+MAC_BYTES = 32
+NAME_CHARS_MAX = 128
+IDS_PER_REQUEST_MAX = 100_000
+
+
+def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: int | float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0")
+
+
+def _name(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not 0 < len(value) <= NAME_CHARS_MAX:
+        raise ValueError(f"{attribute.name} must have 1 to {NAME_CHARS_MAX} characters")
+
+
+def _role(_inst: object, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}")
+
+
+def _nonce(_inst: object, attribute: attrs.Attribute[Any], value: bytes) -> None:
+    if len(value) != NONCE_BYTES:
+        raise ValueError(f"{attribute.name} must be {NONCE_BYTES} bytes")
+
+
+def _ids(_inst: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    if len(value) > IDS_PER_REQUEST_MAX:
+        raise ValueError(f"{attribute.name} holds more than {IDS_PER_REQUEST_MAX} ids")
+
+
+# -- handshake -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Hello:
+    TYPE: ClassVar[str] = "hello"
+    version: int
+    role: str = attrs.field(validator=_role)
+    name: str = attrs.field(validator=_name)
+    nonce: bytes = attrs.field(validator=_nonce)
+
+
+@attrs.frozen
+class Challenge:
+    TYPE: ClassVar[str] = "challenge"
+    nonce: bytes = attrs.field(validator=_nonce)
+
+
+@attrs.frozen
+class Auth:
+    TYPE: ClassVar[str] = "auth"
+    mac: bytes
+
+
+@attrs.frozen
+class Welcome:
+    TYPE: ClassVar[str] = "welcome"
+    node: str
+    epoch: int = attrs.field(validator=_non_negative)
+    proof: bytes = b""
+
+
+@attrs.frozen
+class Refused:
+    TYPE: ClassVar[str] = "refused"
+    code: str  # "auth", "version", "busy", "role"
+    reason: str
+
+
+# -- client requests and replies ----------------------------------------------------------------
+
+
+@attrs.frozen
+class Submit:
+    TYPE: ClassVar[str] = "submit"
+    req_id: int
+    jobs: tuple[JobSpec, ...]
+
+
+@attrs.frozen
+class Status:
+    TYPE: ClassVar[str] = "status"
+    req_id: int
+    job_ids: tuple[str, ...] = attrs.field(validator=_ids)
+
+
+@attrs.frozen
+class Wait:
+    TYPE: ClassVar[str] = "wait"
+    req_id: int
+    job_ids: tuple[str, ...] = attrs.field(validator=_ids)
+    timeout: float | None = None
+
+
+@attrs.frozen
+class ListJobs:
+    TYPE: ClassVar[str] = "list"
+    req_id: int
+    state: str | None = None
+    limit: int = attrs.field(default=100, validator=_non_negative)
+
+
+@attrs.frozen
+class Cancel:
+    TYPE: ClassVar[str] = "cancel"
+    req_id: int
+    job_id: str
+
+
+@attrs.frozen
+class Workers:
+    TYPE: ClassVar[str] = "workers"
+    req_id: int
+
+
+@attrs.frozen
+class Stats:
+    TYPE: ClassVar[str] = "stats"
+    req_id: int
+
+
+@attrs.frozen
+class Leader:
+    TYPE: ClassVar[str] = "leader"
+    req_id: int
+
+
+@attrs.frozen
+class Reply:
+    TYPE: ClassVar[str] = "reply"
+    req_id: int
+    value: Any
+
+
+@attrs.frozen
+class ErrorReply:
+    """A refused request. `kind` is one of ERROR_KINDS, so clients can map it to an exception."""
+
+    TYPE: ClassVar[str] = "error"
+    req_id: int
+    kind: str
+    message: str
+    leader_hint: str | None = None
+
+
+ERROR_KINDS = ("not_found", "bad_request", "not_leader", "unavailable", "timeout")
+
+# -- workers -------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class AttemptRef:
+    job_id: str
+    attempt: int = attrs.field(validator=_non_negative)
+
+
+@attrs.frozen
+class Register:
+    TYPE: ClassVar[str] = "register"
+    name: str = attrs.field(validator=_name)
+    slots: int = attrs.field()
+    tags: tuple[str, ...] = ()
+    running: tuple[AttemptRef, ...] = ()
+    draining: bool = False
+
+    @slots.validator
+    def _slots(self, _attribute: attrs.Attribute[Any], value: int) -> None:
+        if not 1 <= value <= 10_000:
+            raise ValueError("slots must be within [1, 10000]")
+
+
+@attrs.frozen
+class Registered:
+    """The coordinator's answer to Register: how often to beat, and what to stop running."""
+
+    TYPE: ClassVar[str] = "registered"
+    heartbeat_interval: float
+    epoch: int
+    kill: tuple[AttemptRef, ...] = ()
+
+
+@attrs.frozen
+class Heartbeat:
+    TYPE: ClassVar[str] = "heartbeat"
+    running: tuple[AttemptRef, ...] = ()
+
+
+@attrs.frozen
+class Assign:
+    TYPE: ClassVar[str] = "assign"
+    job_id: str
+    attempt: int
+    epoch: int
+    kind: str
+    command: str | None
+    function: str | None
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    timeout: float | None
+
+
+@attrs.frozen
+class Kill:
+    TYPE: ClassVar[str] = "kill"
+    job_id: str
+    attempt: int
+    reason: str
+
+
+@attrs.frozen
+class Result:
+    """How one attempt ended. `state` is succeeded, failed or cancelled."""
+
+    TYPE: ClassVar[str] = "result"
+    job_id: str
+    attempt: int
+    state: str = attrs.field()
+    exit_code: int | None
+    result: Any
+    stdout: str
+    stderr: str
+    error: str | None
+    started_at: float
+    finished_at: float
+
+    @state.validator
+    def _state(self, _attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in ("succeeded", "failed", "cancelled"):
+            raise ValueError("state must be succeeded, failed or cancelled")
+
+
+@attrs.frozen
+class ResultAck:
+    TYPE: ClassVar[str] = "result_ack"
+    job_id: str
+    attempt: int
+
+
+@attrs.frozen
+class HandBack:
+    """A draining worker returns an attempt it will not finish; it requeues at once."""
+
+    TYPE: ClassVar[str] = "hand_back"
+    job_id: str
+    attempt: int
+    reason: str
+
+
+@attrs.frozen
+class Draining:
+    TYPE: ClassVar[str] = "draining"
+
+
+Message = (
+    Hello | Challenge | Auth | Welcome | Refused
+    | Submit | Status | Wait | ListJobs | Cancel | Workers | Stats | Leader | Reply | ErrorReply
+    | Register | Registered | Heartbeat | Assign | Kill | Result | ResultAck | HandBack | Draining
+)
+
+ALL_MESSAGES: tuple[type, ...] = (
+    Hello, Challenge, Auth, Welcome, Refused,
+    Submit, Status, Wait, ListJobs, Cancel, Workers, Stats, Leader, Reply, ErrorReply,
+    Register, Registered, Heartbeat, Assign, Kill, Result, ResultAck, HandBack, Draining,
+)  # fmt: skip
+
+HANDSHAKE_TYPES: frozenset[type] = frozenset({Hello, Challenge, Auth, Welcome, Refused})
+CLIENT_REQUESTS: frozenset[type] = frozenset(
+    {Submit, Status, Wait, ListJobs, Cancel, Workers, Stats, Leader}
+)
+WORKER_TO_COORDINATOR: frozenset[type] = frozenset(
+    {Register, Heartbeat, Result, HandBack, Draining}
+)
+COORDINATOR_TO_WORKER: frozenset[type] = frozenset({Registered, Assign, Kill, ResultAck})
+COORDINATOR_TO_CLIENT: frozenset[type] = frozenset({Reply, ErrorReply})

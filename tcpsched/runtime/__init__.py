@@ -1,0 +1,1 @@
+"""The asyncio shell: sockets, files, processes and the clock, around the pure core."""

@@ -1,0 +1,225 @@
+"""Runs one attempt of a job: a shell command in its own process group, or a Python callable.
+
+Theory of operation: a shell job starts in a new session (so its process group is its own),
+with stdin closed and stdout/stderr read concurrently into buffers capped at
+`output_bytes_max` each (the rest is counted and dropped, and the record says so). On timeout or
+a kill order the whole group gets SIGTERM, then SIGKILL after `kill_grace_s`; when the shell
+itself exits, whatever it left behind in its group is killed too, so a job never leaves orphans.
+
+A callable is `module:function`. A coroutine function is awaited on the loop; a plain one runs
+in a thread, so a busy job never delays heartbeats or other jobs. A thread cannot be killed: on
+timeout or cancel the attempt ends at once and the thread is abandoned (logged); its return
+value is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import importlib
+import inspect
+import logging
+import os
+import signal
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import attrs
+
+from tcpsched.core.codec import encode_value
+from tcpsched.errors import LocalProtocolError
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 64 * 1024
+PIPE_SETTLE_S = 1.0  # after the shell exits, how long stragglers may hold its pipes
+
+
+@attrs.frozen
+class Outcome:
+    state: str  # "succeeded", "failed" or "cancelled"
+    exit_code: int | None = None
+    result: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+@attrs.define
+class KillSwitch:
+    """Set by the worker to stop a running attempt; `reason` ends up in the record."""
+
+    event: asyncio.Event = attrs.field(factory=asyncio.Event)
+    reason: str = ""
+
+    def pull(self, reason: str) -> None:
+        if not self.event.is_set():
+            self.reason = reason
+            self.event.set()
+
+
+class _CappedBuffer:
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.parts: list[bytes] = []
+        self.kept = 0
+        self.total = 0
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.cap - self.kept
+        if room > 0:
+            piece = data[:room]
+            self.parts.append(piece)
+            self.kept += len(piece)
+
+    def text(self) -> str:
+        out = b"".join(self.parts).decode("utf-8", errors="replace")
+        if self.total > self.kept:
+            out += (f"\n[tcpsched: output truncated: kept the first {self.kept} of "
+                    f"{self.total} bytes (cap {self.cap})]")
+        return out
+
+
+async def _pump(stream: asyncio.StreamReader | None, buffer: _CappedBuffer) -> None:
+    if stream is None:
+        return
+    while data := await stream.read(READ_CHUNK_BYTES):
+        buffer.add(data)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class Executor:
+    def __init__(self, slots: int, output_bytes_max: int, kill_grace_s: float) -> None:
+        self.output_bytes_max = output_bytes_max
+        self.kill_grace_s = kill_grace_s
+        self._threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="tcpsched-job")
+
+    def shutdown(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def run_shell(self, command: str, timeout: float | None, kill: KillSwitch) -> Outcome:
+        started = time.time()
+        try:
+            proc = await asyncio.create_subprocess_shell(
+                command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            return Outcome("failed", error=f"cannot start shell: {exc}", started_at=started,
+                           finished_at=time.time())
+        pgid = proc.pid  # start_new_session makes the shell its group's leader
+        out, err = _CappedBuffer(self.output_bytes_max), _CappedBuffer(self.output_bytes_max)
+        pumps = [asyncio.ensure_future(_pump(proc.stdout, out)),
+                 asyncio.ensure_future(_pump(proc.stderr, err))]
+        waiter = asyncio.ensure_future(proc.wait())
+        killer = asyncio.ensure_future(kill.event.wait())
+        stop_reason: str | None = None
+        try:
+            done, _ = await asyncio.wait({waiter, killer}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if waiter not in done:
+                stop_reason = kill.reason if killer in done else f"timed out after {timeout:g}s"
+                await self._terminate(pgid, waiter)
+        finally:
+            killer.cancel()
+            if not waiter.done():  # we are being cancelled ourselves: leave nothing behind
+                _killpg(pgid, signal.SIGKILL)
+        _killpg(pgid, signal.SIGKILL)  # stragglers the shell left in its group
+        _, pending = await asyncio.wait(pumps, timeout=PIPE_SETTLE_S)
+        for task in pending:
+            task.cancel()
+        code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
+        exit_code = code if code >= 0 else 128 - code
+        finished = time.time()
+        common = dict(exit_code=exit_code, stdout=out.text(), stderr=err.text(),
+                      started_at=started, finished_at=finished)
+        if stop_reason is not None:
+            state = "cancelled" if stop_reason == "cancelled" else "failed"
+            return Outcome(state, error=stop_reason, **common)
+        if code == 0:
+            return Outcome("succeeded", **common)
+        if code < 0:
+            return Outcome("failed", error=f"killed by {signal.Signals(-code).name}", **common)
+        return Outcome("failed", error=f"exit code {code}", **common)
+
+    async def _terminate(self, pgid: int, waiter: asyncio.Future[int]) -> None:
+        _killpg(pgid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout=self.kill_grace_s)
+        except TimeoutError:
+            _killpg(pgid, signal.SIGKILL)
+            await waiter
+
+    async def run_call(
+        self,
+        function: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        kill: KillSwitch,
+    ) -> Outcome:
+        started = time.time()
+        try:
+            fn = resolve_callable(function)
+        except ImportError as exc:
+            return Outcome("failed", error=str(exc), started_at=started, finished_at=time.time())
+        loop = asyncio.get_running_loop()
+        if inspect.iscoroutinefunction(fn):
+            work: asyncio.Future[Any] = asyncio.ensure_future(fn(*args, **kwargs))
+        else:
+            work = loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
+        killer = asyncio.ensure_future(kill.event.wait())
+        try:
+            done, _ = await asyncio.wait({work, killer}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            killer.cancel()
+        if work not in done:
+            reason = kill.reason if killer in done else f"timed out after {timeout:g}s"
+            work.cancel()
+            if not inspect.iscoroutinefunction(fn):
+                log.warning("%s: %s; its thread cannot be killed and is abandoned",
+                            function, reason)
+            state = "cancelled" if reason == "cancelled" else "failed"
+            return Outcome(state, error=reason, started_at=started, finished_at=time.time())
+        finished = time.time()
+        exc = work.exception()
+        if exc is not None:
+            tb = "".join(traceback.format_exception(exc))
+            return Outcome("failed", error=f"{type(exc).__name__}: {exc}",
+                           stderr=tb[-self.output_bytes_max:], started_at=started,
+                           finished_at=finished)
+        value = work.result()
+        try:
+            encode_value(value)
+        except LocalProtocolError as err:
+            return Outcome("failed", error=f"result cannot be sent: {err}", started_at=started,
+                           finished_at=finished)
+        return Outcome("succeeded", result=value, started_at=started, finished_at=finished)
+
+
+def resolve_callable(function: str) -> Any:
+    """`pkg.module:attr.path` to the object, or ImportError with a one-line reason."""
+    module_name, _, attr_path = function.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # any error importing user code is that job's failure
+        raise ImportError(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"{module_name} has no attribute {attr_path!r}") from None
+    if not callable(obj):
+        raise ImportError(f"{function} is not callable")
+    return obj

@@ -1,0 +1,123 @@
+"""Feeds a core object its events and the clock, and carries out the effects it returns.
+
+Theory of operation (aioquic's shape): `feed(event)` calls `core.step(event, now)`; journal
+records go to the journal's buffer at once, sends and closes wait in `_held` until the end of
+the event-loop turn, when one `journal.flush()` makes every record of the turn durable (group
+commit) and only then are the held effects carried out. One timer is armed at the core's
+`next_deadline()` and re-armed whenever that changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from tcpsched.core.events import Close, Effect, Journal, Send, Tick
+from tcpsched.runtime.transport import Connection
+
+log = logging.getLogger(__name__)
+
+
+class Core(Protocol):
+    def step(self, event: Any, now: float) -> list[Effect]: ...
+    def next_deadline(self) -> float | None: ...
+
+
+class JournalSink(Protocol):
+    """Where records go: `append` buffers, `flush` makes the buffered records durable."""
+
+    def append(self, record: dict[str, Any]) -> None: ...
+    def flush(self) -> None: ...
+
+
+class MemoryJournal:
+    """No journal: state lives in memory only. Counts what it would have written."""
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records += 1
+
+    def flush(self) -> None:
+        pass
+
+
+class Runner:
+    def __init__(
+        self,
+        core: Core,
+        journal: JournalSink,
+        connections: dict[int, Connection],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.core = core
+        self.journal = journal
+        self.connections = connections
+        self.clock = clock
+        self._held: list[Effect] = []
+        self._dirty = False
+        self._end_of_turn_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
+
+    def feed(self, event: Any) -> None:
+        effects = self.core.step(event, self.clock())
+        for effect in effects:
+            if isinstance(effect, Journal):
+                self.journal.append(effect.record)
+                self._dirty = True
+            else:
+                self._held.append(effect)
+        if (self._held or self._dirty) and not self._end_of_turn_scheduled:
+            self._end_of_turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._end_of_turn)
+        self._rearm()
+
+    def _end_of_turn(self) -> None:
+        self._end_of_turn_scheduled = False
+        if self._dirty:
+            self._dirty = False
+            self.journal.flush()
+        held, self._held = self._held, []
+        for effect in held:
+            if isinstance(effect, Send):
+                conn = self.connections.get(effect.conn)
+                if conn is not None:
+                    conn.send(effect.msg)
+            elif isinstance(effect, Close):
+                conn = self.connections.get(effect.conn)
+                if conn is not None:
+                    log.info("closing %s: %s", conn.peer, effect.reason)
+                    conn.flush()
+                    conn.close(effect.reason)
+
+    def flush_now(self) -> None:
+        """Carry out everything held (used at shutdown)."""
+        self._end_of_turn()
+
+    def _rearm(self) -> None:
+        deadline = self.core.next_deadline()
+        if deadline == self._timer_deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_deadline = deadline
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, deadline - self.clock())
+            self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        self.feed(Tick())
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -1,0 +1,1 @@
+"""Helpers for tests, benchmarks and the local cluster: real processes, simulated clusters."""

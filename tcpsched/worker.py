@@ -1,0 +1,291 @@
+"""`python -m tcpsched.worker`: connects to a coordinator, runs what it is assigned.
+
+Theory of operation: one connection loop dials the coordinators in turn, with capped
+exponential backoff and full jitter; each session registers (reporting the attempts still
+running, so they are not started twice), resends results the coordinator has not acknowledged,
+and then beats at the interval the coordinator asked for while it handles Assign and Kill.
+Jobs run as tasks beside the connection, so losing the coordinator never stops them; their
+results wait in `outbox` until acknowledged, across reconnects. An order from an epoch older
+than one already seen is ignored (a deposed leader cannot dispatch).
+
+SIGTERM/SIGINT drains: no new jobs, running ones get `--drain-timeout` to finish, the rest are
+killed and handed back (they requeue at once), results are flushed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import sys
+from collections.abc import Sequence
+
+import attrs
+
+from tcpsched import logsetup
+from tcpsched.config import WorkerSettings, worker_settings
+from tcpsched.core import messages as m
+from tcpsched.errors import AuthError, ConfigError, RemoteProtocolError, UnavailableError
+from tcpsched.runtime.executor import Executor, KillSwitch, Outcome
+from tcpsched.runtime.transport import Connection, dial
+
+log = logging.getLogger(__name__)
+
+RESULT_FLUSH_S = 5.0  # at exit, how long to wait for the coordinator to take our results
+
+
+@attrs.define(eq=False)
+class _Attempt:
+    job_id: str
+    attempt: int
+    kill: KillSwitch
+    handed_back: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.executor = Executor(settings.slots, settings.output_bytes_max, settings.kill_grace_s)
+        self.running: dict[str, _Attempt] = {}
+        self.outbox: dict[tuple[str, int], m.Result] = {}
+        self.conn: Connection | None = None
+        self.draining = False
+        self.epoch_seen = 0
+        self.heartbeat_interval_s = 0.5
+        self._rng = rng or random.Random()
+        self._stop = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._outbox_empty = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+        self.exit_code = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            connector = tasks.create_task(self._connection_loop())
+            await self._stop.wait()
+            if self.exit_code == 0:
+                await self._drain()
+            connector.cancel()
+            for attempt in list(self.running.values()):
+                attempt.kill.pull("worker stopped")
+        self.executor.shutdown()
+        return self.exit_code
+
+    async def _drain(self) -> None:
+        s = self.settings
+        self.draining = True
+        log.info("worker=%s draining: %d running, up to %gs", s.name, len(self.running),
+                 s.drain_timeout_s)
+        if self.conn is not None:
+            self.conn.send(m.Draining())
+        if self.running:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(s.drain_timeout_s):
+                    await self._idle.wait()
+        for attempt in list(self.running.values()):
+            attempt.handed_back = True
+            attempt.kill.pull("worker draining")
+            if self.conn is not None:
+                self.conn.send(m.HandBack(job_id=attempt.job_id, attempt=attempt.attempt,
+                                          reason="drain timeout"))
+            log.info("job=%s attempt=%d handed back", attempt.job_id, attempt.attempt)
+        if self.outbox and self.conn is not None:
+            self._outbox_empty.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RESULT_FLUSH_S):
+                    await self._outbox_empty.wait()
+        if self.conn is not None:
+            await self.conn.drain()
+        log.info("worker=%s drained: %d result(s) unsent", s.name, len(self.outbox))
+
+    # -- connection -----------------------------------------------------------------------------
+
+    async def _connection_loop(self) -> None:
+        s = self.settings
+        backoff = s.reconnect_base_s
+        index = 0
+        failures = 0
+        while True:
+            address = s.coordinators[index % len(s.coordinators)]
+            index += 1
+            try:
+                conn, welcome = await dial(address, "worker", s.name, s.token,
+                                           m.COORDINATOR_TO_WORKER,
+                                           frame_bytes_max=s.frame_bytes_max)
+            except AuthError as exc:
+                log.error("worker=%s: %s", s.name, exc)
+                self.exit_code = 4
+                self._stop.set()
+                return
+            except UnavailableError as exc:
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.warning("worker=%s: %s (retrying)", s.name, exc)
+                await asyncio.sleep(self._rng.uniform(0, backoff))
+                backoff = min(s.reconnect_cap_s, backoff * 2)
+                continue
+            failures = 0
+            backoff = s.reconnect_base_s
+            try:
+                await self._session(conn, address)
+            except (RemoteProtocolError, OSError) as exc:
+                log.warning("worker=%s: connection to %s lost: %s", s.name, address, exc)
+            finally:
+                self.conn = None
+                conn.close()
+            index -= 1  # try the same coordinator first next time
+            await asyncio.sleep(self._rng.uniform(0, backoff))
+
+    def _running_refs(self) -> tuple[m.AttemptRef, ...]:
+        return tuple(
+            m.AttemptRef(job_id=a.job_id, attempt=a.attempt)
+            for a in self.running.values() if not a.handed_back
+        )
+
+    async def _session(self, conn: Connection, address: str) -> None:
+        s = self.settings
+        conn.send(m.Register(name=s.name, slots=s.slots, tags=s.tags,
+                             running=self._running_refs(), draining=self.draining))
+        async with asyncio.timeout(10.0):
+            reply = await conn.receive()
+        if not isinstance(reply, m.Registered):
+            raise RemoteProtocolError(f"expected registered, got {reply!r:.60}")
+        self._observe_epoch(reply.epoch)
+        self.heartbeat_interval_s = reply.heartbeat_interval
+        for ref in reply.kill:
+            self._kill(ref.job_id, ref.attempt, "stale attempt (coordinator moved on)")
+        self.conn = conn
+        for result in list(self.outbox.values()):
+            conn.send(result)
+        log.info("worker=%s registered with %s slots=%d running=%d resent=%d", s.name,
+                 address, s.slots, len(self.running), len(self.outbox))
+        beats = asyncio.ensure_future(self._heartbeats(conn))
+        try:
+            while (msg := await conn.receive()) is not None:
+                self._on_message(msg)
+            log.warning("worker=%s: %s closed the connection", s.name, address)
+        finally:
+            beats.cancel()
+
+    async def _heartbeats(self, conn: Connection) -> None:
+        while not conn.closed:
+            conn.send(m.Heartbeat(running=self._running_refs()))
+            await asyncio.sleep(self.heartbeat_interval_s)
+
+    def _observe_epoch(self, epoch: int) -> bool:
+        if epoch < self.epoch_seen:
+            return False
+        self.epoch_seen = epoch
+        return True
+
+    # -- orders ---------------------------------------------------------------------------------
+
+    def _on_message(self, msg: object) -> None:
+        if isinstance(msg, m.Assign):
+            self._on_assign(msg)
+        elif isinstance(msg, m.Kill):
+            self._kill(msg.job_id, msg.attempt, msg.reason)
+        elif isinstance(msg, m.ResultAck):
+            self.outbox.pop((msg.job_id, msg.attempt), None)
+            if not self.outbox:
+                self._outbox_empty.set()
+
+    def _kill(self, job_id: str, attempt: int, reason: str) -> None:
+        current = self.running.get(job_id)
+        if current is not None and current.attempt == attempt:
+            log.info("job=%s attempt=%d: kill (%s)", job_id, attempt, reason)
+            current.kill.pull(reason)
+
+    def _refusal(self, msg: m.Assign) -> str | None:
+        s = self.settings
+        if msg.kind == "shell" and not s.allow_shell:
+            return f"refused by worker {s.name}: it does not run shell jobs (--no-shell)"
+        if msg.kind == "call" and s.allow_call:
+            function = msg.function or ""
+            if not any(function.startswith(prefix) for prefix in s.allow_call):
+                return (f"refused by worker {s.name}: {function} is not allowed "
+                        f"(--allow-call {' '.join(s.allow_call)})")
+        return None
+
+    def _on_assign(self, msg: m.Assign) -> None:
+        if not self._observe_epoch(msg.epoch):
+            log.warning("job=%s: assign from stale epoch %d < %d ignored", msg.job_id,
+                        msg.epoch, self.epoch_seen)
+            return
+        current = self.running.get(msg.job_id)
+        if current is not None:
+            if current.attempt >= msg.attempt:
+                return  # a duplicate of what we run already
+            current.handed_back = True  # superseded: its result would be stale anyway
+            current.kill.pull("superseded by a newer attempt")
+        if self.draining or len(self.running) >= self.settings.slots:
+            if self.conn is not None:
+                self.conn.send(m.HandBack(job_id=msg.job_id, attempt=msg.attempt,
+                                          reason="draining" if self.draining else "no free slot"))
+            return
+        attempt = _Attempt(msg.job_id, msg.attempt, KillSwitch())
+        self.running[msg.job_id] = attempt
+        self._idle.clear()
+        assert self._tasks is not None
+        attempt.task = self._tasks.create_task(self._run(attempt, msg))
+
+    async def _run(self, attempt: _Attempt, msg: m.Assign) -> None:
+        refusal = self._refusal(msg)
+        if refusal is not None:
+            log.warning("job=%s: %s", msg.job_id, refusal)
+            outcome = Outcome("failed", error=refusal)
+        elif msg.kind == "shell":
+            outcome = await self.executor.run_shell(msg.command or "", msg.timeout, attempt.kill)
+        else:
+            outcome = await self.executor.run_call(msg.function or "", msg.args, msg.kwargs,
+                                                   msg.timeout, attempt.kill)
+        if self.running.get(attempt.job_id) is attempt:
+            del self.running[attempt.job_id]
+        if not self.running:
+            self._idle.set()
+        if attempt.handed_back:
+            return
+        result = m.Result(
+            job_id=attempt.job_id, attempt=attempt.attempt, state=outcome.state,
+            exit_code=outcome.exit_code, result=outcome.result, stdout=outcome.stdout,
+            stderr=outcome.stderr, error=outcome.error, started_at=outcome.started_at,
+            finished_at=outcome.finished_at,
+        )  # fmt: skip
+        self.outbox[(attempt.job_id, attempt.attempt)] = result
+        self._outbox_empty.clear()
+        if self.conn is not None:
+            self.conn.send(result)
+
+
+async def _main(settings: WorkerSettings) -> int:
+    worker = Worker(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    return await worker.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = worker_settings(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logsetup.configure(settings.log_level, settings.name)
+    import uvloop
+
+    return uvloop.run(_main(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
