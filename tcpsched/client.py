@@ -19,6 +19,8 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+import attrs
+
 from tcpsched.config import parse_coordinators, read_token
 from tcpsched.core import messages as m
 from tcpsched.core.jobs import JobSpec, JobState
@@ -197,9 +199,8 @@ class Client:
         """Queue many jobs, `batch_size` per round trip; ids in the order of `specs`."""
         ids: list[str] = []
         batch: list[JobSpec] = []
-        for spec in specs:
-            if spec.key is None:
-                spec = JobSpec(**{**_fields(spec), "key": new_key()})
+        for given in specs:
+            spec = given if given.key is not None else attrs.evolve(given, key=new_key())
             batch.append(spec)
             if len(batch) >= batch_size:
                 ids.extend(await self._submit_batch(batch))
@@ -288,12 +289,6 @@ class Client:
 
     async def leader(self) -> dict[str, Any]:
         return await self._request(lambda r: m.Leader(req_id=r))
-
-
-def _fields(spec: JobSpec) -> dict[str, Any]:
-    import attrs
-
-    return attrs.asdict(spec, recurse=False)
 
 
 def _is_terminal(record: dict[str, Any]) -> bool:

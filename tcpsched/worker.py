@@ -119,7 +119,7 @@ class Worker:
             address = s.coordinators[index % len(s.coordinators)]
             index += 1
             try:
-                conn, welcome = await dial(address, "worker", s.name, s.token,
+                conn, _welcome = await dial(address, "worker", s.name, s.token,
                                            m.COORDINATOR_TO_WORKER,
                                            frame_bytes_max=s.frame_bytes_max)
             except AuthError as exc:

@@ -36,3 +36,12 @@ def connect(address: str, timeout: float = 15.0, **options: object) -> SyncClien
     client = SyncClient(address, connect_timeout=timeout, **options)  # type: ignore[arg-type]
     wait_until(client.leader, timeout, what=f"coordinator at {address}")
     return client
+
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Two shared cores: wall-clock deadlines would make property tests flaky, not stricter.
+settings.register_profile(
+    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("default")

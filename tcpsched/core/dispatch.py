@@ -8,8 +8,11 @@ from the caller, so a seeded simulation places jobs the same way every run.
 from __future__ import annotations
 
 import bisect
-import random
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import random
 
 POLICIES = ("round-robin", "random", "least-loaded")
 

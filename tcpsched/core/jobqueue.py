@@ -48,7 +48,7 @@ class JobQueue:
         delayed = self._delayed
         while delayed and delayed[0][0] <= now:
             entry = heapq.heappop(delayed)
-            not_before, seq, job_id, priority = entry
+            _not_before, seq, job_id, priority = entry
             if self._live.get(job_id) is entry:
                 ready: _Entry = (-priority, seq, job_id)
                 self._live[job_id] = ready

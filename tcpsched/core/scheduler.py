@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -32,6 +31,9 @@ from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Rece
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import JobRecord, JobSpec, JobState
 from tcpsched.core.state import JobTable, job_to_dict
+
+if TYPE_CHECKING:
+    import random
 
 log = logging.getLogger(__name__)
 

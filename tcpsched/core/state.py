@@ -80,7 +80,8 @@ class JobTable:
         self.next_seq = 1
         self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         self.counters: dict[str, int] = {
-            "submitted": 0, "finished": 0, "reassigned": 0, "retried": 0, "poisoned": 0, "handed_back": 0,
+            "submitted": 0, "finished": 0, "reassigned": 0, "retried": 0, "poisoned": 0,
+            "handed_back": 0,
         }  # fmt: skip
         self.finished_order: dict[str, float] = {}  # terminal job id -> finished_at, in order
 
