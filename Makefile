@@ -44,7 +44,7 @@ status: $(STAMP)
 	$(PY) scripts/cluster.py status --dir $(RUN)
 
 console: $(STAMP)
-	$(PY) -m tcpsched.console --coordinators $$($(PY) scripts/cluster.py addresses --dir $(RUN) --port $(PORT))
+	$(PY) -m tcpsched.console --coordinators $$($(PY) scripts/cluster.py addresses --dir $(RUN) --port $(PORT) --coordinators $(COORDINATORS))
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py

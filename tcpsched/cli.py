@@ -17,7 +17,13 @@ import attrs
 
 from tcpsched import formatting
 from tcpsched.client import Client
-from tcpsched.config import UsageParser, parse_coordinators, read_token
+from tcpsched.config import (
+    UsageParser,
+    add_tls_flags,
+    parse_coordinators,
+    read_token,
+    tls_from_args,
+)
 from tcpsched.core.jobs import JobSpec, JobState
 from tcpsched.errors import (
     AuthError,
@@ -110,6 +116,7 @@ def build_parser(prog: str = "python -m tcpsched") -> UsageParser:
     parser.add_argument("--token-file", default=None, metavar="F")
     parser.add_argument("--connect-timeout", type=_number(float, 0.1), default=5.0,
                         metavar="S", help="give up finding a coordinator after S seconds (5)")
+    add_tls_flags(parser)
     add_command_parsers(parser)
     return parser
 
@@ -197,7 +204,7 @@ def exit_code_for(exc: BaseException) -> int:
 
 async def _run(args: Any) -> CommandResult:
     client = Client(parse_coordinators(args.coordinators), read_token(args.token_file),
-                    connect_timeout=args.connect_timeout)
+                    connect_timeout=args.connect_timeout, tls=tls_from_args(args))
     try:
         return await execute(client, args)
     finally:

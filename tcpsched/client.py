@@ -16,12 +16,13 @@ import itertools
 import os
 import secrets
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import attrs
 
-from tcpsched.config import parse_coordinators, read_token
+from tcpsched.config import TlsSettings, parse_coordinators, read_token
 from tcpsched.core import messages as m
 from tcpsched.core.jobs import JobSpec, JobState
 from tcpsched.errors import (
@@ -33,6 +34,7 @@ from tcpsched.errors import (
     RequestError,
     UnavailableError,
 )
+from tcpsched.runtime.tls import client_context
 from tcpsched.runtime.transport import Connection, dial
 
 T = TypeVar("T")
@@ -66,7 +68,10 @@ class Client:
         *,
         connect_timeout: float = CONNECT_TIMEOUT_S,
         name: str | None = None,
+        tls: TlsSettings | ssl.SSLContext | None = None,
     ) -> None:
+        """`tls`: paths (`TlsSettings(cert=, key=, ca=)`) or a ready `ssl.SSLContext`; the
+        coordinator's certificate is always verified (against `ca`, else the system's CAs)."""
         if coordinators is None or isinstance(coordinators, str):
             self.addresses = parse_coordinators(coordinators)
         else:
@@ -75,6 +80,8 @@ class Client:
             token = token.encode()
         self.token = token if token is not None else read_token(None)
         self.connect_timeout_s = connect_timeout
+        self.ssl_context = tls if isinstance(tls, ssl.SSLContext) else (
+            client_context(tls) if tls is not None else None)
         self.name = name or f"client-{socket.gethostname()}-{os.getpid()}"
         self._conn: Connection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -116,7 +123,8 @@ class Client:
                 try:
                     conn, welcome = await dial(address, "client", self.name, self.token,
                                                m.COORDINATOR_TO_CLIENT,
-                                               timeout_s=max(min(remaining, 5.0), 0.1))
+                                               timeout_s=max(min(remaining, 5.0), 0.1),
+                                               ssl_context=self.ssl_context)
                 except UnavailableError as exc:
                     last_error = str(exc)
                     continue

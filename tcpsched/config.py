@@ -9,6 +9,7 @@ the entry points can print one line and exit 2.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,7 +62,15 @@ def format_address(host: str, port: int) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """True only for addresses that cannot be reached from another machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a host name: it may resolve anywhere, so it is not trusted as local
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def parse_coordinators(text: str | None) -> tuple[str, ...]:
@@ -82,7 +91,10 @@ def read_token(token_file: str | None) -> bytes | None:
     """The shared token from --token-file, $TCPSCHED_TOKEN or $TCPSCHED_TOKEN_FILE, if any."""
     path = token_file or os.environ.get(ENV_TOKEN_FILE) or None
     if token_file is None and os.environ.get(ENV_TOKEN):
-        return os.environ[ENV_TOKEN].strip().encode()
+        token = os.environ[ENV_TOKEN].strip().encode()
+        if not token:
+            raise ConfigError(f"${ENV_TOKEN} is blank")
+        return token
     if path is None:
         return None
     try:
@@ -116,6 +128,8 @@ def _positive_int(text: str) -> int:
 
 @attrs.frozen
 class TlsSettings:
+    """Paths for TLS (see runtime/tls.py). A listener with a CA requires client certificates."""
+
     cert: str | None = None
     key: str | None = None
     ca: str | None = None
@@ -123,6 +137,36 @@ class TlsSettings:
     @property
     def enabled(self) -> bool:
         return self.cert is not None or self.ca is not None
+
+    @property
+    def authenticates_dialers(self) -> bool:
+        """On a listener: only holders of a certificate signed by the CA get in."""
+        return self.cert is not None and self.ca is not None
+
+
+def add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-cert", default=None, metavar="PEM",
+                        help="this process's TLS certificate (may hold the key too)")
+    parser.add_argument("--tls-key", default=None, metavar="PEM", help="its private key")
+    parser.add_argument("--tls-ca", default=None, metavar="PEM",
+                        help="CA that signs the cluster's certificates (mutual TLS)")
+
+
+def tls_from_args(args: Any) -> TlsSettings:
+    tls = TlsSettings(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
+    if tls.key is not None and tls.cert is None:
+        raise ConfigError("--tls-key needs --tls-cert")
+    return tls
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
+    return value
 
 
 @attrs.frozen
@@ -139,6 +183,9 @@ class CoordinatorSettings:
     log_level: str = "info"
     keep_finished: int = 100_000
     keep_finished_for_s: float | None = None
+    repair: bool = False  # keep the good prefix of a journal corrupt before its last line
+    compact_bytes: int = 64 * 1024 * 1024  # compact once the journal segment passes this...
+    compact_records: int = 500_000  # ...or holds this many records
     poison_workers_max: int = 3
     retry_base_s: float = 1.0
     retry_cap_s: float = 60.0
@@ -146,6 +193,9 @@ class CoordinatorSettings:
     handshake_timeout_s: float = 5.0
     unauthenticated_max: int = 64
     output_bytes_max: int = 64 * 1024 * 1024
+    array_items_max: int = 200_000
+    map_items_max: int = 100_000
+    idle_timeout_s: float = 60.0  # 0: never close idle connections
     seed: int | None = None
     tls: TlsSettings = TlsSettings()
 
@@ -177,6 +227,29 @@ def coordinator_parser() -> UsageParser:
     p.add_argument("--retry-base", type=_positive_float, default=1.0, metavar="S")
     p.add_argument("--retry-cap", type=_positive_float, default=60.0, metavar="S")
     p.add_argument("--max-frame", type=_positive_int, default=16 * 1024 * 1024, metavar="BYTES")
+    p.add_argument("--max-array-items", type=_positive_int, default=200_000, metavar="N",
+                   help="longest msgpack array accepted from an authenticated peer")
+    p.add_argument("--max-map-items", type=_positive_int, default=100_000, metavar="N",
+                   help="largest msgpack map accepted from an authenticated peer")
+    p.add_argument("--handshake-timeout", type=_positive_float, default=5.0, metavar="S",
+                   help="close a connection that has not authenticated after S seconds (5)")
+    p.add_argument("--max-unauthenticated", type=_positive_int, default=64, metavar="N",
+                   help="connections in their handshake at once; more are refused (64)")
+    p.add_argument("--idle-timeout", type=_non_negative_float, default=60.0, metavar="S",
+                   help="close a worker silent for S seconds, or a client with no request "
+                   "in flight and no message for S seconds; 0 never (60)")
+    p.add_argument("--max-output-buffer", type=_positive_int, default=64 * 1024 * 1024,
+                   metavar="BYTES", help="disconnect a peer that leaves more unread (64 MiB)")
+    add_tls_flags(p)
+    p.add_argument("--check", action="store_true",
+                   help="verify --data-dir offline, print what it holds, exit 0 if sound")
+    p.add_argument("--repair", action="store_true",
+                   help="start even if the journal is corrupt before its last line, keeping "
+                   "the records before the bad one (the rest is moved aside)")
+    p.add_argument("--compact-bytes", type=_positive_int, default=64 * 1024 * 1024,
+                   metavar="BYTES", help="compact once the journal segment passes this (64 MiB)")
+    p.add_argument("--compact-records", type=_positive_int, default=500_000, metavar="N",
+                   help="compact once the journal segment holds N records (500000)")
     p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -207,7 +280,12 @@ def coordinator_settings(argv: Sequence[str] | None = None) -> tuple[Coordinator
         log_level=args.log_level, keep_finished=args.keep_finished,
         keep_finished_for_s=args.keep_finished_for, poison_workers_max=args.poison_workers,
         retry_base_s=args.retry_base, retry_cap_s=args.retry_cap,
-        frame_bytes_max=args.max_frame, seed=args.seed,
+        frame_bytes_max=args.max_frame, array_items_max=args.max_array_items,
+        map_items_max=args.max_map_items, handshake_timeout_s=args.handshake_timeout,
+        unauthenticated_max=args.max_unauthenticated, idle_timeout_s=args.idle_timeout,
+        output_bytes_max=args.max_output_buffer, tls=tls_from_args(args), seed=args.seed,
+        repair=args.repair, compact_bytes=args.compact_bytes,
+        compact_records=args.compact_records,
     )  # fmt: skip
     return settings, args
 
@@ -244,6 +322,7 @@ def worker_parser() -> UsageParser:
                    help="allow only callables starting with PREFIX (repeatable)")
     p.add_argument("--kill-grace", type=_positive_float, default=2.0, metavar="S",
                    help="seconds between SIGTERM and SIGKILL on timeout or cancel")
+    add_tls_flags(p)
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return p
 
@@ -258,5 +337,5 @@ def worker_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
         tags=tuple(t.strip() for t in args.tags.split(",") if t.strip()),
         token=read_token(args.token_file), drain_timeout_s=args.drain_timeout,
         allow_shell=not args.no_shell, allow_call=tuple(args.allow_call),
-        log_level=args.log_level, kill_grace_s=args.kill_grace,
+        log_level=args.log_level, kill_grace_s=args.kill_grace, tls=tls_from_args(args),
     )  # fmt: skip

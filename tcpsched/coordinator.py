@@ -20,12 +20,15 @@ from collections.abc import Sequence
 from tcpsched import logsetup
 from tcpsched.config import CoordinatorSettings, coordinator_settings, is_loopback
 from tcpsched.core import messages as m
+from tcpsched.core.codec import UnpackLimits
 from tcpsched.core.events import Closed, Connected, Received
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig
 from tcpsched.errors import AuthError, ConfigError, RemoteProtocolError, TcpschedError
 from tcpsched.runtime import transport
-from tcpsched.runtime.runner import MemoryJournal, Runner
-from tcpsched.runtime.transport import Connection
+from tcpsched.runtime.runner import Runner
+from tcpsched.runtime.storage import FSYNC_LOSS, Storage, StorageConfig, check
+from tcpsched.runtime.tls import server_context
+from tcpsched.runtime.transport import Connection, LogLimiter
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,20 @@ class Coordinator:
         self.settings = settings
         seed = settings.seed if settings.seed is not None else secrets.randbits(64)
         self.connections: dict[int, Connection] = {}
-        self.journal = MemoryJournal()
-        self.scheduler = Scheduler(self._scheduler_config(), random.Random(seed), time.time())
+        loop = asyncio.get_running_loop()
+        self.journal, self.recovery = Storage.open(
+            settings.data_dir, StorageConfig(fsync=settings.fsync,
+                                             compact_bytes=settings.compact_bytes,
+                                             compact_records=settings.compact_records),
+            repair=settings.repair, call_later=loop.call_later)
+        for warning in self.recovery.warnings:
+            log.warning("node=%d %s", settings.node_id, warning)
+        # A restart is a new epoch, stored before anything is dispatched: workers then refuse
+        # whatever a previous life of this coordinator might still send.
+        self.epoch = self.journal.next_epoch()
+        self.scheduler = Scheduler(self._scheduler_config(self.epoch), random.Random(seed),
+                                   time.time(), table=self.recovery.table)
+        self.journal.publish(self.scheduler.extra_stats)
         self.runner = Runner(self.scheduler, self.journal, self.connections)
         self._next_conn = 1
         self._handshaking = 0
@@ -49,6 +64,10 @@ class Coordinator:
         self.port: int | None = None
         self.refused_connections = 0
         self.protocol_errors = 0
+        self._close_log = LogLimiter(log)
+        self._open: set[Connection] = set()  # every connection, in its handshake or not
+        self._none_open = asyncio.Event()
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def _scheduler_config(self, epoch: int = 1) -> SchedulerConfig:
         s = self.settings
@@ -66,51 +85,131 @@ class Coordinator:
     async def serve(self) -> None:
         s = self.settings
         host, port = s.listen
-        server = await asyncio.start_server(self._on_connect, host, port,
-                                            limit=transport.READ_BYTES, reuse_address=True)
+        ssl_context = server_context(s.tls)
+        server = await asyncio.start_server(
+            self._on_connect, host, port, limit=transport.READ_BYTES, reuse_address=True,
+            ssl=ssl_context, ssl_handshake_timeout=s.handshake_timeout_s if ssl_context else None,
+        )
         self.port = server.sockets[0].getsockname()[1]
-        log.info("node=%d listening on %s:%d policy=%s heartbeat=%gs/%gs auth=%s",
+        tls = "off" if ssl_context is None else (
+            "mutual" if s.tls.authenticates_dialers else "server-only")
+        log.info("node=%d listening on %s:%d policy=%s heartbeat=%gs/%gs auth=%s tls=%s",
                  s.node_id, host, self.port, s.policy, s.heartbeat_interval_s,
-                 s.heartbeat_timeout_s, "token" if s.token else "none")
-        log.info("node=%d state is kept in memory only: a restart forgets every job", s.node_id)
+                 s.heartbeat_timeout_s, "token" if s.token else "none", tls)
+        self._sweep_idle()
+        r = self.recovery
+        states = " ".join(f"{k}={v}" for k, v in r.jobs_by_state().items() if v)
+        log.info("node=%d recovered %d job(s)%s from %s: snapshot seq=%d + %d journal record(s) "
+                 "in %.2fs; last seq=%d fsync=%s (a crash loses %s)", s.node_id, len(r.table),
+                 f" ({states})" if states else "", s.data_dir, r.snapshot_seq, r.replayed,
+                 r.seconds, r.last_seq, s.fsync, FSYNC_LOSS[s.fsync])
         if s.peers:
             log.warning("node=%d --peer given, but peer coordinators are not supported yet; "
                         "running alone", s.node_id)
-        log.info("node=%d epoch=%d became leader (single coordinator)", s.node_id, 1)
+        log.info("node=%d epoch=%d became leader (single coordinator)", s.node_id, self.epoch)
         try:
             await self._stop.wait()
         finally:
             log.info("node=%d shutting down", s.node_id)
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             server.close()
             self.runner.flush_now()
-            for conn in list(self.connections.values()):
-                conn.flush()
-                conn.close("coordinator shutting down")
+            await self._close_all()
             self.runner.stop()
-            self.journal.flush()
+            self.journal.close()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await server.wait_closed()
 
+    def _count(self, what: str) -> None:
+        """Count a refused or closed connection; the figures show in `stats`."""
+        if what == "protocol_errors":
+            self.protocol_errors += 1
+        elif what == "refused_busy":
+            self.refused_connections += 1
+        stats = self.scheduler.extra_stats
+        stats[what] = stats.get(what, 0) + 1
+
+    def _sweep_idle(self) -> None:
+        """Close idle connections, then re-arm. A worker beats every heartbeat interval, so
+        silence for --idle-timeout means it is gone. A client may rightly be silent for a long
+        time while a `wait` is in flight, so a client is closed only when it has no request
+        awaiting a reply (every request gets exactly one reply) and nothing has crossed the
+        connection either way for --idle-timeout; the client reconnects on its next request.
+        Connections still in their handshake are the handshake deadline's business."""
+        idle_s = self.settings.idle_timeout_s
+        self._close_log.flush()
+        if idle_s > 0:
+            now = time.monotonic()
+            for conn in list(self.connections.values()):
+                if conn.role == "worker":
+                    silent_s = now - conn.last_message_at_s
+                elif conn.messages_in <= conn.messages_out:
+                    silent_s = now - max(conn.last_message_at_s, conn.last_sent_at_s)
+                else:
+                    continue  # a request is in flight
+                if silent_s > idle_s and not conn.closed:
+                    self._count("idle_closed")
+                    log.info("closing %s (%s): idle for %.1fs (--idle-timeout %g)", conn.peer,
+                             conn.role, silent_s, idle_s)
+                    conn.close(f"idle for more than {idle_s:g}s", abort=True)
+        period_s = min(idle_s / 4, 1.0) if idle_s > 0 else 1.0
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(max(period_s, 0.05), self._sweep_idle)
+
     async def _on_connect(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
+        conn = Connection(reader, writer, output_bytes_max=self.settings.output_bytes_max)
+        self._open.add(conn)
+        self._none_open.clear()
+        try:
+            await self._serve_connection(conn)
+        finally:
+            self._open.discard(conn)
+            if not self._open:
+                self._none_open.set()
+
+    async def _close_all(self) -> None:
+        """At shutdown: close every connection, handshaking ones too, and let their handlers
+        end on their own (a handler cancelled at loop teardown is logged as an error). A TLS
+        close waits for the peer's close_notify, so whatever is still open after a moment is
+        aborted."""
+        for conn in list(self._open):
+            conn.flush()
+            conn.close("coordinator shutting down")
+        for grace_s in (1.0, 0.5):
+            if not self._open:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self._none_open.wait()
+            for conn in list(self._open):
+                conn.writer.transport.abort()
+
+    async def _serve_connection(self, conn: Connection) -> None:
         s = self.settings
-        conn = Connection(reader, writer, output_bytes_max=s.output_bytes_max)
         if self._handshaking >= s.unauthenticated_max:
-            self.refused_connections += 1
-            log.warning("refusing %s: %d connections already in handshake", conn.peer,
-                        self._handshaking)
-            conn.close("too many unauthenticated connections")
+            self._count("refused_busy")
+            self._close_log.warning("refusing %s: %d connections already in handshake "
+                                    "(--max-unauthenticated)", conn.peer, self._handshaking)
+            conn.send(m.Refused(code="busy", reason="too many connections in handshake"))
+            conn.flush()
+            conn.close("too many unauthenticated connections", abort=True)
             return
         self._handshaking += 1
         try:
             hello = await transport.accept(conn, s.token, f"c{s.node_id}", 1,
                                            s.handshake_timeout_s)
         except (RemoteProtocolError, AuthError, TimeoutError, OSError) as exc:
-            self.protocol_errors += 1
-            reason = "handshake timed out" if isinstance(exc, TimeoutError) else str(exc)
-            log.warning("closing %s: %s", conn.peer, reason)
-            conn.close(reason)
+            if isinstance(exc, TimeoutError):
+                self._count("handshake_timeouts")
+                reason = f"no handshake within {s.handshake_timeout_s:g}s"
+            else:
+                self._count("auth_failures" if isinstance(exc, AuthError) else "protocol_errors")
+                reason = str(exc) or type(exc).__name__
+            self._close_log.warning("closing %s before authentication: %s", conn.peer, reason)
+            conn.close(reason, abort=True)
             return
         finally:
             self._handshaking -= 1
@@ -120,7 +219,10 @@ class Coordinator:
             await conn.drain()
             conn.close("unsupported role")
             return
-        conn.widen(allowed, s.frame_bytes_max)
+        conn.widen(allowed, s.frame_bytes_max, UnpackLimits(
+            str_bytes_max=s.frame_bytes_max, bin_bytes_max=s.frame_bytes_max,
+            array_items_max=s.array_items_max, map_items_max=s.map_items_max))
+        conn.role = hello.role
         conn_id = self._next_conn
         self._next_conn += 1
         self.connections[conn_id] = conn
@@ -132,9 +234,10 @@ class Coordinator:
             if conn.closed:
                 reason = conn.close_reason
         except RemoteProtocolError as exc:
-            self.protocol_errors += 1
+            self._count("protocol_errors")
             reason = f"protocol error: {exc}"
-            log.warning("closing %s (%s %s): %s", conn.peer, hello.role, hello.name, reason)
+            self._close_log.warning("closing %s (%s %s): %s", conn.peer, hello.role,
+                                    hello.name, reason)
         except OSError as exc:
             reason = f"connection error: {exc}"
         finally:
@@ -157,18 +260,29 @@ async def _main(settings: CoordinatorSettings) -> int:
 
 
 def check_bind(settings: CoordinatorSettings) -> None:
+    """Protected by default (Redis's protected mode): a non-loopback address needs a token or
+    mutual TLS, since TLS without --tls-ca encrypts but lets anyone in."""
     host = settings.listen[0]
-    if not is_loopback(host) and settings.token is None and not settings.tls.enabled:
+    if (not is_loopback(host) and settings.token is None
+            and not settings.tls.authenticates_dialers):
         raise ConfigError(
             f"refusing to listen on {host} without a token: anyone who can reach the port "
-            "could run commands; give --token-file (or TCPSCHED_TOKEN), or listen on 127.0.0.1"
+            "could run commands; give --token-file (or TCPSCHED_TOKEN), or mutual TLS "
+            "(--tls-cert, --tls-key, --tls-ca), or listen on 127.0.0.1"
         )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        settings, _args = coordinator_settings(argv)
+        settings, args = coordinator_settings(argv)
+        if args.check:
+            code, lines = check(settings.data_dir)
+            for line in lines:
+                print(line, file=sys.stdout if code == 0 or not line.startswith("error")
+                      else sys.stderr)
+            return code
         check_bind(settings)
+        server_context(settings.tls)  # unreadable certificates: one line and exit 2, now
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -17,22 +17,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 import attrs
 
 from tcpsched import logsetup
-from tcpsched.config import WorkerSettings, worker_settings
+from tcpsched.config import WorkerSettings, is_loopback, parse_address, worker_settings
 from tcpsched.core import messages as m
 from tcpsched.errors import AuthError, ConfigError, RemoteProtocolError, UnavailableError
 from tcpsched.runtime.executor import Executor, KillSwitch, Outcome
+from tcpsched.runtime.tls import client_context
 from tcpsched.runtime.transport import Connection, dial
 
 log = logging.getLogger(__name__)
 
+JOB_THREAD_PREFIX = "tcpsched-job"  # thread_name_prefix of the executor's job threads
 RESULT_FLUSH_S = 5.0  # at exit, how long to wait for the coordinator to take our results
 
 
@@ -112,6 +117,7 @@ class Worker:
 
     async def _connection_loop(self) -> None:
         s = self.settings
+        tls = client_context(s.tls)
         backoff = s.reconnect_base_s
         index = 0
         failures = 0
@@ -121,7 +127,7 @@ class Worker:
             try:
                 conn, _welcome = await dial(address, "worker", s.name, s.token,
                                            m.COORDINATOR_TO_WORKER,
-                                           frame_bytes_max=s.frame_bytes_max)
+                                           frame_bytes_max=s.frame_bytes_max, ssl_context=tls)
             except AuthError as exc:
                 log.error("worker=%s: %s", s.name, exc)
                 self.exit_code = 4
@@ -267,6 +273,21 @@ class Worker:
             self.conn.send(result)
 
 
+def check_protected(settings: WorkerSettings) -> None:
+    """A worker runs what it is told: it takes orders from a non-loopback coordinator only
+    when it can tell the real one from an impostor, by the token or by TLS."""
+    if settings.token is not None or settings.tls.enabled:
+        return
+    for address in settings.coordinators:
+        host, _port = parse_address(address)
+        if not is_loopback(host):
+            raise ConfigError(
+                f"refusing to take jobs from {address} without a token: whoever answers there "
+                "could run commands here; give --token-file (or TCPSCHED_TOKEN), or TLS "
+                "(--tls-ca), or use a coordinator on 127.0.0.1"
+            )
+
+
 async def _main(settings: WorkerSettings) -> int:
     worker = Worker(settings)
     loop = asyncio.get_running_loop()
@@ -278,13 +299,35 @@ async def _main(settings: WorkerSettings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = worker_settings(argv)
+        check_protected(settings)
+        client_context(settings.tls)  # unreadable certificates: one line and exit 2, now
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logsetup.configure(settings.log_level, settings.name)
     import uvloop
 
-    return uvloop.run(_main(settings))
+    code = uvloop.run(_main(settings))
+    if _abandoned_job_threads():
+        # A Python job that outlived a drain or a kill cannot be stopped, and the interpreter
+        # would join its thread at exit: the worker would hang on after saying it drained.
+        log.warning("worker=%s exiting without waiting for abandoned job threads",
+                    settings.name)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _abandoned_job_threads(grace_s: float = 0.5) -> int:
+    """Job threads still running once the pool is shut down (idle ones exit within grace)."""
+    deadline = time.monotonic() + grace_s
+    for thread in threading.enumerate():
+        if thread.name.startswith(JOB_THREAD_PREFIX):
+            thread.join(max(deadline - time.monotonic(), 0.0))
+    return sum(1 for t in threading.enumerate()
+               if t.name.startswith(JOB_THREAD_PREFIX) and t.is_alive())
 
 
 if __name__ == "__main__":

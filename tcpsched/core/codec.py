@@ -78,6 +78,9 @@ def _scalar(kind: type) -> _Checker:
     def check(value: Any) -> Any:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if kind is float and value != value:  # noqa: PLR0124 (NaN is the one value != itself)
+            # A NaN deadline never compares as due: a timer re-armed at NaN spins forever.
+            _fail("expected a number, got NaN")
         if kind is int and isinstance(value, bool):
             _fail("expected int, got bool")
         if not isinstance(value, kind):
@@ -108,7 +111,7 @@ def _build_checker(hint: Any) -> _Checker:
         def check_tuple(value: Any) -> Any:
             if not isinstance(value, list | tuple):
                 _fail(f"expected array, got {type(value).__name__}")
-            return tuple(item(v) for v in value)
+            return tuple([item(v) for v in value])  # a list comprehension beats a generator
 
         return check_tuple
     if origin is dict:
@@ -161,9 +164,19 @@ def _structure(cls: type, obj: Any) -> Any:
         raise RemoteProtocolError(f"{cls.__name__}: {exc}") from None
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}  # attrs field names per class, or None
+
+
 def _unstructure(value: Any) -> Any:
-    if attrs.has(type(value)):
-        return {f.name: _unstructure(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    # Runs for every field of every message sent, so the attrs lookup is cached per class.
+    cls = type(value)
+    try:
+        names = _FIELD_NAMES[cls]
+    except KeyError:
+        names = tuple(f.name for f in attrs.fields(cls)) if attrs.has(cls) else None
+        _FIELD_NAMES[cls] = names
+    if names is not None:
+        return {name: _unstructure(getattr(value, name)) for name in names}
     if isinstance(value, tuple):
         return [_unstructure(v) for v in value]
     return value
@@ -277,7 +290,10 @@ class FrameDecoder:
         except RemoteProtocolError as exc:
             self._error = exc
             raise
-        self._check_header()
+        try:
+            self._check_header()  # refuse an oversized next frame before more is read
+        except RemoteProtocolError:
+            pass  # the decoder is dead now and the next call raises; first deliver this one
         return msg
 
     def messages(self) -> list[Any]:

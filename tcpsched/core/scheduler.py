@@ -603,6 +603,9 @@ class Scheduler:
                              now - (self.detector.last_heartbeat(name) or now))
         self._expire_waiters(now)
         self._apply_retention(now)
+        # Promote due delayed jobs even when no worker is free: otherwise next_deadline() stays
+        # in the past and the shell's timer fires again at once, spinning until a slot frees.
+        self.queue.promote(now)
         self._dispatch(now)
 
     def _expire_waiters(self, now: float) -> None:

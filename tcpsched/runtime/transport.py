@@ -4,11 +4,16 @@ Theory of operation: `Connection` owns one asyncio stream pair and one `FrameDec
 `send(msg)` encodes at once (so a bad message fails where it is made) and queues the frame;
 one `call_soon` per event-loop turn writes everything queued with one `write`, so a burst of
 messages costs one syscall. If the peer stops reading and the transport's buffer passes
-`output_bytes_max`, the connection is closed rather than buffered forever. `receive()` reads at
-most `READ_BYTES` at a time, so the decoder never holds more than one frame plus one read.
+`output_bytes_max`, the connection is aborted (not closed politely, which would wait for the
+buffer to drain) rather than buffered forever. `receive()` reads at most `READ_BYTES` at a
+time, so the decoder never holds more than one frame plus one read.
 
-The handshake (`accept` on the listening side, `dial` on the other) runs with the decoder
-narrowed to handshake messages and tiny limits, under a deadline; only then is it widened.
+The handshake (`accept` on the listening side, `dial` on the other) runs the sans-I/O machines
+of `core/auth.py` with the decoder narrowed to handshake messages and tiny limits, under a
+deadline; only then is it widened to the role's messages and the configured limits.
+
+A connection counts the messages it received and sent and remembers when the last one arrived,
+so the coordinator can close idle ones (see `Coordinator._close_idle`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import logging
 import secrets
 import ssl
+import time
 from typing import Any
 
 from tcpsched.core import auth
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 READ_BYTES = 256 * 1024
 OUTPUT_BYTES_MAX = 64 * 1024 * 1024
 HANDSHAKE_TIMEOUT_S = 5.0
+FIRST_BYTES_KEPT = 8  # to recognise a TLS record where a frame was expected, and say so
 
 
 class Connection:
@@ -59,12 +66,22 @@ class Connection:
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.bytes_in = 0
         self.bytes_out = 0
+        self.role: str | None = None  # the peer's role, once its handshake is done
+        # Messages since the handshake (see widen), and monotonic times of the last ones.
+        self.messages_in = 0
+        self.messages_out = 0
+        self.first_bytes = b""
+        self.opened_at_s = time.monotonic()
+        self.last_message_at_s = self.opened_at_s
+        self.last_sent_at_s = self.opened_at_s
 
     def send(self, msg: Any) -> None:
         """Queue one message; it is written at the end of this event-loop turn."""
         if self.closed:
             return
         self._outbox.append(encode(msg))
+        self.messages_out += 1
+        self.last_sent_at_s = time.monotonic()
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
@@ -80,11 +97,12 @@ class Connection:
         try:
             self.writer.write(data)
         except (OSError, RuntimeError) as exc:
-            self.close(f"write failed: {exc}")
+            self.close(f"write failed: {exc}", abort=True)
             return
         transport = self.writer.transport
         if transport.get_write_buffer_size() > self.output_bytes_max:
-            self.close(f"peer is not reading (more than {self.output_bytes_max} bytes queued)")
+            self.close(f"peer is not reading (more than {self.output_bytes_max} bytes queued)",
+                       abort=True)
 
     async def drain(self) -> None:
         self.flush()
@@ -96,6 +114,8 @@ class Connection:
         while True:
             msg = self.decoder.next_message()
             if msg is not None:
+                self.messages_in += 1
+                self.last_message_at_s = time.monotonic()
                 return msg
             data = await self.reader.read(READ_BYTES)
             if not data:
@@ -104,17 +124,24 @@ class Connection:
                         f"connection closed inside a frame ({self.decoder.buffered_bytes} bytes)"
                     )
                 return None
+            if len(self.first_bytes) < FIRST_BYTES_KEPT:
+                self.first_bytes = (self.first_bytes + data)[:FIRST_BYTES_KEPT]
             self.bytes_in += len(data)
             self.decoder.feed(data)
 
-    def close(self, reason: str = "") -> None:
+    def close(self, reason: str = "", abort: bool = False) -> None:
+        """Close once. `abort` drops whatever is still queued for a peer that does not read;
+        a polite close would keep the socket and its buffer until the peer reads them."""
         if self.closed:
             return
         self.closed = True
         self.close_reason = reason
         self._outbox.clear()
         try:
-            self.writer.close()
+            if abort:
+                self.writer.transport.abort()
+            else:
+                self.writer.close()
         except (OSError, RuntimeError):
             pass
 
@@ -124,20 +151,69 @@ class Connection:
         except (OSError, ssl.SSLError):
             pass  # the peer went away first; closed is closed
 
-    def widen(self, allowed: frozenset[type], frame_bytes_max: int = FRAME_BYTES_MAX) -> None:
+    def widen(self, allowed: frozenset[type], frame_bytes_max: int = FRAME_BYTES_MAX,
+              limits: UnpackLimits | None = None) -> None:
         """After the handshake: accept this role's messages at full size."""
-        limits = UnpackLimits(str_bytes_max=frame_bytes_max, bin_bytes_max=frame_bytes_max)
+        self.messages_in = self.messages_out = 0
+        if limits is None:
+            limits = UnpackLimits(str_bytes_max=frame_bytes_max, bin_bytes_max=frame_bytes_max)
         self.decoder.configure(frame_bytes_max, allowed, limits)
 
 
-async def _expect(conn: Connection, *types: type) -> Any:
-    msg = await conn.receive()
-    if msg is None:
-        raise RemoteProtocolError("connection closed during the handshake")
-    if not isinstance(msg, types):
-        names = " or ".join(t.TYPE for t in types)  # type: ignore[attr-defined]
-        raise RemoteProtocolError(f"expected {names} during the handshake, got {msg.TYPE}")
-    return msg
+class LogLimiter:
+    """At most `burst` lines per `period_s`, then one line saying how many were left out: a
+    flood of bad connections must not become a flood of log lines (a disk-filling attack)."""
+
+    def __init__(self, logger: logging.Logger, burst: int = 20, period_s: float = 10.0) -> None:
+        self.logger = logger
+        self.burst = burst
+        self.period_s = period_s
+        self._window_start_s = -period_s
+        self._count = 0
+        self.suppressed = 0
+
+    def warning(self, fmt: str, *args: Any) -> None:
+        self.flush()
+        if self._count < self.burst:
+            self._count += 1
+            self.logger.warning(fmt, *args)
+        else:
+            self.suppressed += 1
+
+    def flush(self) -> None:
+        """Start a new window if the current one is over, reporting what it left out."""
+        now = time.monotonic()
+        if now - self._window_start_s < self.period_s:
+            return
+        if self.suppressed:
+            self.logger.warning("%d more connection(s) closed for such reasons in the last "
+                                "%gs (not logged one by one)", self.suppressed, self.period_s)
+        self._window_start_s = now
+        self._count = 0
+        self.suppressed = 0
+
+
+async def _run_handshake(conn: Connection, machine: auth.ListenerHandshake | auth.DialerHandshake,
+                         first: list[Any]) -> None:
+    """Send `first`, then feed the machine each message and send its answers until it is done.
+    A listener's parting words (a Refused) are sent before its error propagates."""
+    for msg in first:
+        conn.send(msg)
+    await conn.drain()
+    while not machine.done:
+        msg = await conn.receive()
+        if msg is None:
+            raise RemoteProtocolError("connection closed during the handshake")
+        try:
+            replies = machine.receive(msg)
+        except (RemoteProtocolError, AuthError):
+            for parting in machine.outbox:
+                conn.send(parting)
+            await conn.drain()
+            raise
+        for reply in replies:
+            conn.send(reply)
+        await conn.drain()
 
 
 async def accept(
@@ -152,29 +228,17 @@ async def accept(
     Raises RemoteProtocolError (bad input), AuthError (wrong token) or TimeoutError; the caller
     closes the connection.
     """
-    async with asyncio.timeout(timeout_s):
-        hello = await _expect(conn, m.Hello)
-        if hello.version != m.PROTOCOL_VERSION:
-            conn.send(m.Refused(code="version", reason=(
-                f"protocol version {hello.version} is not supported "
-                f"(this coordinator speaks {m.PROTOCOL_VERSION})")))
-            await conn.drain()
-            raise RemoteProtocolError(f"protocol version {hello.version}")
-        proof = b""
-        if token is not None:
-            nonce = secrets.token_bytes(m.NONCE_BYTES)
-            conn.send(m.Challenge(nonce=nonce))
-            await conn.drain()
-            answer = await _expect(conn, m.Auth)
-            expected = auth.dialer_mac(token, hello.role, hello.name, hello.nonce, nonce)
-            if not auth.verify(expected, answer.mac):
-                conn.send(m.Refused(code="auth", reason="authentication failed: wrong token"))
-                await conn.drain()
-                raise AuthError(f"{hello.role} {hello.name!r} from {conn.peer}: wrong token")
-            proof = auth.listener_mac(token, hello.nonce, nonce)
-        conn.send(m.Welcome(node=node, epoch=epoch, proof=proof))
-        await conn.drain()
-    return hello
+    machine = auth.ListenerHandshake(token, node, epoch, secrets.token_bytes(m.NONCE_BYTES))
+    try:
+        async with asyncio.timeout(timeout_s):
+            await _run_handshake(conn, machine, [])
+    except RemoteProtocolError as exc:
+        if conn.first_bytes[:2] == b"\x16\x03":
+            raise RemoteProtocolError("a TLS client hello, but TLS is not configured here "
+                                      "(--tls-cert)") from None
+        raise exc from None
+    assert machine.hello is not None
+    return machine.hello
 
 
 async def dial(
@@ -186,11 +250,14 @@ async def dial(
     *,
     timeout_s: float = HANDSHAKE_TIMEOUT_S,
     frame_bytes_max: int = FRAME_BYTES_MAX,
+    limits: UnpackLimits | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    output_bytes_max: int = OUTPUT_BYTES_MAX,
 ) -> tuple[Connection, m.Welcome]:
     """Connect, handshake and authenticate; returns the widened connection and the Welcome.
 
-    Raises UnavailableError (cannot connect, or the peer broke the protocol), AuthError.
+    Raises UnavailableError (cannot connect, or the peer broke the protocol), AuthError (a
+    wrong token on either side, or TLS expected by the listener but not used here).
     """
     from tcpsched.config import parse_address
 
@@ -199,41 +266,43 @@ async def dial(
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context,
                                                            limit=READ_BYTES)
-    except (OSError, TimeoutError, ssl.SSLError) as exc:
+    except ssl.SSLError as exc:
+        conn_error = f"TLS handshake with {address} failed: {_describe(exc)}"
+        if ssl_context is not None and "CERTIFICATE" in str(exc).upper():
+            raise AuthError(conn_error) from None
+        raise UnavailableError(conn_error) from None
+    except (OSError, TimeoutError) as exc:
         raise UnavailableError(f"cannot connect to {address}: {_describe(exc)}") from None
-    conn = Connection(reader, writer)
+    conn = Connection(reader, writer, output_bytes_max=output_bytes_max)
+    machine = auth.DialerHandshake(token, role, name, secrets.token_bytes(m.NONCE_BYTES),
+                                   peer=address)
     try:
         async with asyncio.timeout(timeout_s):
-            nonce = secrets.token_bytes(m.NONCE_BYTES)
-            conn.send(m.Hello(version=m.PROTOCOL_VERSION, role=role, name=name, nonce=nonce))
-            await conn.drain()
-            msg = await _expect(conn, m.Challenge, m.Welcome, m.Refused)
-            if isinstance(msg, m.Challenge):
-                if token is None:
-                    raise AuthError(f"{address} requires a token (--token-file or "
-                                    "TCPSCHED_TOKEN)")
-                conn.send(m.Auth(mac=auth.dialer_mac(token, role, name, nonce, msg.nonce)))
-                await conn.drain()
-                server_nonce = msg.nonce
-                msg = await _expect(conn, m.Welcome, m.Refused)
-            else:
-                server_nonce = b""
-            if isinstance(msg, m.Refused):
-                if msg.code == "auth":
-                    raise AuthError(f"{address} refused us: {msg.reason}")
-                raise UnavailableError(f"{address} refused us: {msg.reason}")
-            if token is not None:
-                expected = auth.listener_mac(token, nonce, server_nonce) if server_nonce else b""
-                if not server_nonce or not auth.verify(expected, msg.proof):
-                    raise AuthError(f"{address} could not prove it knows the token")
+            await _run_handshake(conn, machine, [machine.hello()])
     except (AuthError, UnavailableError):
         conn.close()
         raise
-    except (ProtocolError, OSError, TimeoutError, ssl.SSLError) as exc:
+    except (ProtocolError, OSError, TimeoutError) as exc:
         conn.close()
-        raise UnavailableError(f"handshake with {address} failed: {_describe(exc)}") from None
-    conn.widen(allowed, frame_bytes_max)
-    return conn, msg
+        if ssl_context is None and conn.first_bytes[:2] in (b"\x15\x03", b"\x16\x03"):
+            raise AuthError(f"{address} requires TLS: give --tls-ca (and --tls-cert/--tls-key "
+                            "if it asks for a client certificate)") from None
+        if ssl_context is not None and isinstance(exc, ssl.SSLError):
+            raise AuthError(f"TLS with {address} failed: {_describe(exc)}") from None
+        hint = ""
+        if conn.bytes_in == 0 and isinstance(exc, RemoteProtocolError):
+            # A TLS listener drops a plain dialer, and a mutual-TLS one a dialer without a
+            # certificate, without a word we could read.
+            hint = (" (if it requires TLS, give --tls-ca)" if ssl_context is None else
+                    " (if it requires a client certificate, give --tls-cert and --tls-key)")
+        raise UnavailableError(f"handshake with {address} failed: {_describe(exc)}{hint}"
+                               ) from None
+    except asyncio.CancelledError:  # a caller gave up mid-handshake: do not leak the socket
+        conn.close()
+        raise
+    assert machine.welcome is not None
+    conn.widen(allowed, frame_bytes_max, limits)
+    return conn, machine.welcome
 
 
 def _describe(exc: BaseException) -> str:

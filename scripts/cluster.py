@@ -1,0 +1,388 @@
+"""A local tcpsched cluster in the background: `make cluster`, `make status`, `make stop`.
+
+    scripts/cluster.py start --dir run [--coordinators 1] [--workers 3] [--slots 4]
+                             [--policy round-robin] [--port 7001]
+    scripts/cluster.py status --dir run [--json]
+    scripts/cluster.py stop --dir run [--grace 15]
+    scripts/cluster.py addresses --dir run [--port 7001] [--coordinators 1]
+
+`start` launches coordinators on PORT, PORT+1, ... and workers, each detached in its own
+session (they outlive this script), with data in DIR/cN, logs in DIR/logs and one pid file per
+process in DIR/pids; DIR/cluster.json records the exact command line of each. It returns once a
+coordinator answers as leader and every worker has registered, and prints how to connect.
+
+`stop` signals exactly the processes of those pid files, and only after checking that the pid
+still runs the command line we started (a pid is reused once its process is gone): SIGTERM to
+the workers (they drain), then to the coordinators, SIGKILL after a grace, then removes the pid
+files. Nothing else is ever signalled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tcpsched import formatting  # noqa: E402
+from tcpsched.client import SyncClient  # noqa: E402
+from tcpsched.config import read_token  # noqa: E402
+from tcpsched.core.dispatch import POLICIES  # noqa: E402
+from tcpsched.errors import TcpschedError  # noqa: E402
+
+MANIFEST = "cluster.json"
+HOST = "127.0.0.1"
+
+
+class ClusterError(Exception):
+    """Something the user must fix; printed as one line."""
+
+
+# -- processes we own ---------------------------------------------------------------------------
+
+
+def is_ours(pid: int, argv: list[str]) -> bool:
+    """Whether `pid` still runs exactly the command line we started it with (a zombie, whose
+    command line is empty, is not: it has already ended)."""
+    if Path("/proc/self").exists():
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return raw.rstrip(b"\0").split(b"\0") == [a.encode() for a in argv]
+    # No /proc (macOS, BSD): ps prints the arguments joined by spaces.
+    result = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True,
+                            text=True, check=False)
+    return result.returncode == 0 and result.stdout.strip() == " ".join(argv)
+
+
+def pid_path(run_dir: Path, name: str) -> Path:
+    return run_dir / "pids" / f"{name}.pid"
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"cannot read {run_dir / MANIFEST}: {exc}") from None
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    tmp = run_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(run_dir / MANIFEST)
+
+
+def owned(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's processes whose pid file exists, each with `pid` and `alive` set."""
+    out = []
+    for proc in manifest.get("procs", []):
+        path = pid_path(run_dir, proc["name"])
+        try:
+            pid = int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        out.append({**proc, "pid": pid, "alive": is_ours(pid, proc["argv"])})
+    return out
+
+
+def spawn(run_dir: Path, manifest: dict[str, Any], name: str, *, role: str, argv: list[str],
+          env: dict[str, str], address: str | None = None) -> None:
+    log_path = run_dir / "logs" / f"{name}.log"
+    with open(log_path, "ab") as log:
+        # A new session: Ctrl-C in the terminal that ran `make cluster` does not reach it, and
+        # it outlives this script.
+        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                 stderr=subprocess.STDOUT, cwd=run_dir, env=env,
+                                 start_new_session=True, close_fds=True)
+    pid_path(run_dir, name).write_text(f"{popen.pid}\n")
+    manifest["procs"].append({"name": name, "role": role, "argv": argv, "address": address,
+                              "log": str(log_path)})
+    write_manifest(run_dir, manifest)
+    popen.returncode = 0  # we never wait for it: keep Popen.__del__ from warning
+
+
+# -- start --------------------------------------------------------------------------------------
+
+
+def coordinator_addresses(port: int, count: int) -> list[str]:
+    return [f"{HOST}:{port + i}" for i in range(count)]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def start(args: argparse.Namespace) -> int:
+    run_dir = Path(args.dir).resolve()
+    manifest = read_manifest(run_dir)
+    if manifest is not None:
+        alive = [p for p in owned(run_dir, manifest) if p["alive"]]
+        if alive:
+            raise ClusterError(f"a cluster is already running from {args.dir}/ "
+                               f"({len(alive)} process(es)); `make stop` first")
+        clean(run_dir, manifest)
+    addresses = coordinator_addresses(args.port, args.coordinators)
+    busy = [a for a in addresses if not port_is_free(int(a.rsplit(":", 1)[1]))]
+    if busy:
+        raise ClusterError(f"port(s) already in use: {', '.join(busy)}; choose others with "
+                           f"PORT=... (make cluster PORT={args.port + 100})")
+    for sub in ("logs", "pids"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    if args.token_file:
+        read_token(args.token_file)  # fail now, with one line, rather than in every process
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env.pop("TCPSCHED_COORDINATORS", None)
+    token = ["--token-file", str(Path(args.token_file).resolve())] if args.token_file else []
+    manifest = {"coordinators": addresses, "started_at": time.time(), "procs": [],
+                "settings": {"workers": args.workers, "slots": args.slots,
+                             "policy": args.policy}}
+    write_manifest(run_dir, manifest)
+    python = sys.executable
+    for i, address in enumerate(addresses, start=1):
+        peers = [f"--peer={j}@{a}" for j, a in enumerate(addresses, start=1) if j != i]
+        argv = [python, "-m", "tcpsched.coordinator", "--id", str(i), "--listen", address,
+                "--data-dir", str(run_dir / f"c{i}"), "--policy", args.policy,
+                "--log-level", args.log_level, *peers, *token]
+        spawn(run_dir, manifest, f"c{i}", role="coordinator", argv=argv, env=env, address=address)
+    names = [f"w{i}" for i in range(1, args.workers + 1)]
+    for name in names:
+        argv = [python, "-m", "tcpsched.worker", "--coordinators", ",".join(addresses),
+                "--name", name, "--slots", str(args.slots), "--drain-timeout",
+                str(args.drain_timeout), "--log-level", args.log_level, *token]
+        spawn(run_dir, manifest, name, role="worker", argv=argv, env=env)
+    try:
+        leader = wait_ready(run_dir, manifest, names, args.timeout, args.token_file)
+    except BaseException:  # not ready, or Ctrl-C: leave nothing half-started behind
+        stop_processes(run_dir, manifest, grace=3.0, quiet=True)
+        raise
+    py = shown(python)
+    joined = ",".join(addresses)
+    print(f"cluster up: {len(addresses)} coordinator(s), {len(names)} worker(s) with "
+          f"{args.slots} slots, policy {args.policy}; data and logs under {shown(run_dir)}/")
+    print(f"  leader c{leader['id']} at {leader['address']}, epoch {leader['epoch']}")
+    print("connect:")
+    print("  make console")
+    print(f"  {py} -m tcpsched.console --coordinators {joined}")
+    print(f"  {py} -m tcpsched --coordinators {joined} submit --shell 'echo hello'")
+    print(f"  export TCPSCHED_COORDINATORS={joined}   # then: {py} -m tcpsched list")
+    print("then: make status, make stop")
+    return 0
+
+
+def wait_ready(run_dir: Path, manifest: dict[str, Any], names: list[str], timeout: float,
+               token_file: str | None) -> dict[str, Any]:
+    """Until a leader answers and every worker is registered and alive; or ClusterError."""
+    deadline = time.monotonic() + timeout
+    client = SyncClient(manifest["coordinators"], read_token(token_file), connect_timeout=1.0)
+    waiting_for = "a leader"
+    try:
+        while time.monotonic() < deadline:
+            dead = [p for p in owned(run_dir, manifest) if not p["alive"]]
+            if dead:
+                tail = _tail(Path(dead[0]["log"]))
+                raise ClusterError(f"{dead[0]['name']} exited at start; its log ends with: "
+                                   f"{tail}")
+            try:
+                leader = client.leader()
+                waiting_for = f"workers {', '.join(names)} to register"
+                alive = {w["name"] for w in client.workers() if w["state"] == "alive"}
+                if set(names) <= alive:
+                    return leader
+            except TcpschedError:
+                pass
+            time.sleep(0.1)
+    finally:
+        client.close()
+    raise ClusterError(f"timed out after {timeout:g}s waiting for {waiting_for}; logs are "
+                       f"in {run_dir / 'logs'}")
+
+
+def shown(path: str | Path) -> str:
+    """A path as short as it can be said from here."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
+
+
+# -- stop ---------------------------------------------------------------------------------------
+
+
+def stop(args: argparse.Namespace) -> int:
+    run_dir = Path(args.dir).resolve()
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        print(f"no cluster was started from {args.dir}/ (no {MANIFEST}); nothing to stop")
+        return 0
+    stop_processes(run_dir, manifest, args.grace)
+    return 0
+
+
+def stop_processes(run_dir: Path, manifest: dict[str, Any], grace: float,
+                   quiet: bool = False) -> None:
+    procs = owned(run_dir, manifest)
+    # Workers first: they drain and hand their results to a coordinator that is still up.
+    for role in ("worker", "coordinator"):
+        group = [p for p in procs if p["role"] == role and p["alive"]]
+        for p in group:
+            _signal(p["pid"], signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+            _signal(p["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(is_ours(p["pid"], p["argv"]) for p in group):
+            time.sleep(0.05)
+        for p in group:
+            if is_ours(p["pid"], p["argv"]):
+                _signal(p["pid"], signal.SIGKILL)
+                p["killed"] = True
+    for p in procs:
+        for _ in range(100):  # SIGKILL is not instant; never leave before the pid is gone
+            if not is_ours(p["pid"], p["argv"]):
+                break
+            time.sleep(0.05)
+        if not quiet:
+            how = ("killed after the grace" if p.get("killed") else "stopped") if p["alive"] \
+                else "was not running"
+            print(f"{p['name']:<4} pid {p['pid']:<8} {how}")
+    clean(run_dir, manifest)
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def clean(run_dir: Path, manifest: dict[str, Any]) -> None:
+    for proc in manifest.get("procs", []):
+        pid_path(run_dir, proc["name"]).unlink(missing_ok=True)
+    (run_dir / MANIFEST).unlink(missing_ok=True)
+
+
+# -- status and addresses -----------------------------------------------------------------------
+
+
+def status(args: argparse.Namespace) -> int:
+    run_dir = Path(args.dir).resolve()
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        if args.json:
+            print(json.dumps({"processes": [], "workers": None}))
+        else:
+            print(f"no cluster running from {args.dir}/ (start one with `make cluster`)")
+        return 1
+    procs = owned(run_dir, manifest)
+    leader: dict[str, Any] | None = None
+    workers: list[dict[str, Any]] | None = None
+    stats: dict[str, Any] | None = None
+    error = None
+    client = SyncClient(manifest["coordinators"], read_token(args.token_file),
+                        connect_timeout=2.0)
+    try:
+        leader, workers, stats = client.leader(), client.workers(), client.stats()
+    except TcpschedError as exc:
+        error = str(exc)
+    finally:
+        client.close()
+    for p in procs:
+        p["role_now"] = p["role"]
+        if leader is not None and p["role"] == "coordinator":
+            p["role_now"] = "leader" if p["address"] == leader["address"] else "follower"
+    if args.json:
+        print(json.dumps({"processes": [{k: p[k] for k in ("name", "role", "pid", "alive",
+                                                           "address", "log")} for p in procs],
+                          "leader": leader, "workers": workers, "stats": stats}, indent=2))
+    else:
+        rows = [[p["name"], p["role_now"], str(p["pid"]), "yes" if p["alive"] else "NO",
+                 p["address"] or "-", shown(p["log"])] for p in procs]
+        print(formatting.table(("NAME", "ROLE", "PID", "ALIVE", "ADDRESS", "LOG"), rows))
+        print()
+        if error is not None:
+            print(f"cluster: {error}")
+        else:
+            assert workers is not None and stats is not None and leader is not None
+            print(f"leader c{leader['id']} at {leader['address']}, epoch {leader['epoch']}; "
+                  f"pending {stats['pending']}, running {stats['running']}, succeeded "
+                  f"{stats['succeeded']}, failed {stats['failed']}")
+            print(formatting.workers_table(workers))
+    healthy = error is None and procs and all(p["alive"] for p in procs)
+    return 0 if healthy else 1
+
+
+def addresses(args: argparse.Namespace) -> int:
+    manifest = read_manifest(Path(args.dir).resolve())
+    found = manifest["coordinators"] if manifest else coordinator_addresses(args.port,
+                                                                          args.coordinators)
+    print(",".join(found))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scripts/cluster.py", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="action", required=True)
+    s = sub.add_parser("start", help="start coordinators and workers in the background")
+    s.add_argument("--coordinators", type=int, default=1, metavar="N")
+    s.add_argument("--workers", type=int, default=3, metavar="N")
+    s.add_argument("--slots", type=int, default=4, metavar="N")
+    s.add_argument("--policy", choices=POLICIES, default="round-robin")
+    s.add_argument("--port", type=int, default=7001, help="first coordinator's port (7001)")
+    s.add_argument("--drain-timeout", type=float, default=10.0, metavar="S")
+    s.add_argument("--log-level", default="info")
+    s.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="give up if the cluster is not ready after S seconds (30)")
+    s.add_argument("--token-file", default=None, metavar="F")
+    t = sub.add_parser("stop", help="stop the processes started from --dir")
+    t.add_argument("--grace", type=float, default=15.0, metavar="S",
+                   help="seconds between SIGTERM and SIGKILL (15)")
+    u = sub.add_parser("status", help="the processes and the cluster's workers")
+    u.add_argument("--json", action="store_true")
+    u.add_argument("--token-file", default=None, metavar="F")
+    a = sub.add_parser("addresses", help="the coordinator addresses, comma-separated")
+    a.add_argument("--port", type=int, default=7001)
+    a.add_argument("--coordinators", type=int, default=1)
+    for each in (s, t, u, a):
+        each.add_argument("--dir", default="run", help="where data, logs and pid files go (run)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.action == "start" and (args.coordinators < 1 or args.workers < 0 or args.slots < 1):
+        print("error: need at least 1 coordinator and 1 slot per worker", file=sys.stderr)
+        return 2
+    try:
+        return {"start": start, "stop": stop, "status": status,
+                "addresses": addresses}[args.action](args)
+    except (ClusterError, TcpschedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

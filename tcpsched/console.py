@@ -1,0 +1,703 @@
+"""`python -m tcpsched.console`: the interactive console, a prompt_toolkit REPL.
+
+Theory of operation: one `PromptSession.prompt_async()` after another, under `patch_stdout()`.
+Every line is split like a shell would split it; console commands (`help`, `watch`, `logs`,
+`worker`, `use`, `quit`) are handled here, everything else goes through the one-shot CLI's own
+parser and `execute()`, so both speak exactly the same language. A `--json` anywhere on a line
+prints that command's JSON document instead of the table.
+
+Beside the REPL, a `Poller` with its own short-timeout client asks the cluster for its figures
+every second; the bottom toolbar only reads what the poller last saw, so drawing it never
+blocks and never fails. The poller also keeps the recent job ids and worker names the completer
+offers. When the coordinator goes away, the poller says so in the toolbar and keeps asking; the
+command client reconnects on the next command (see `Client`), so the console outlives a
+coordinator restart without doing anything special.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from prompt_toolkit import PromptSession, print_formatted_text
+from prompt_toolkit.application import Application
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.formatted_text import ANSI, HTML
+from prompt_toolkit.history import FileHistory, History
+from prompt_toolkit.input import Input
+from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.keys import Keys
+from prompt_toolkit.layout import FormattedTextControl, Layout, Window
+from prompt_toolkit.output import Output
+from prompt_toolkit.patch_stdout import patch_stdout
+
+from tcpsched import cli, formatting
+from tcpsched.client import Client
+from tcpsched.config import (
+    TlsSettings,
+    UsageParser,
+    add_tls_flags,
+    parse_coordinators,
+    read_token,
+    tls_from_args,
+)
+from tcpsched.errors import ConfigError, TcpschedError
+
+PROMPT = "tcpsched> "
+POLL_INTERVAL_S = 1.0
+RATE_WINDOW_S = 5.0  # finished/s is averaged over this many seconds of samples
+RECENT_JOBS_MAX = 500
+MAX_LINES = 200
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+# Console-only commands and what `help` says about them (the CLI's come from its parser).
+CONSOLE_COMMANDS: dict[str, tuple[str, str]] = {
+    "help": ("[COMMAND]", "list the commands, or explain one"),
+    "watch": ("[JOB|jobs|workers]", "a live view, refreshed every second, until a key is pressed"),
+    "logs": ("JOB", "a job's stdout and stderr"),
+    "worker": ("NAME", "one worker and the jobs running on it"),
+    "use": ("HOST:PORT[,...]", "talk to another cluster"),
+    "quit": ("", "leave the console (also exit, Ctrl-D)"),
+    "exit": ("", "leave the console"),
+}
+
+_COLOURS = {
+    "pending": "33", "running": "36;1", "succeeded": "32", "failed": "31;1",
+    "cancelled": "35", "alive": "32", "suspect": "33", "draining": "36", "dead": "31;1",
+}  # fmt: skip
+
+
+def colour(text: str, state: str) -> str:
+    """The formatting.Styler of the console: states in ANSI colour."""
+    code = _COLOURS.get(state)
+    return f"\x1b[{code}m{text}\x1b[0m" if code else text
+
+
+def truncate(text: str, max_lines: int) -> str:
+    """At most `max_lines` lines, with a note saying how many were left out."""
+    lines = text.split("\n")
+    if max_lines <= 0 or len(lines) <= max_lines:
+        return text
+    hidden = len(lines) - max_lines
+    return "\n".join([*lines[:max_lines],
+                      f"… {hidden} more line(s) not shown (see --json, or narrow with --limit)"])
+
+
+def default_history_path() -> Path:
+    """$XDG_STATE_HOME/tcpsched/history where XDG is in use, else ~/.tcpsched_history."""
+    state_home = os.environ.get("XDG_STATE_HOME")
+    if state_home:
+        return Path(state_home) / "tcpsched" / "history"
+    return Path.home() / ".tcpsched_history"
+
+
+# -- what the console knows about the cluster ---------------------------------------------------
+
+
+@attrs.define
+class Catalog:
+    """Recent job ids (with state and a short description) and worker names, for completion."""
+
+    jobs: collections.OrderedDict[str, tuple[str, str]] = attrs.field(
+        factory=collections.OrderedDict)
+    workers: dict[str, str] = attrs.field(factory=dict)
+    addresses: list[str] = attrs.field(factory=list)
+
+    def note_job(self, record: dict[str, Any]) -> None:
+        job_id = record.get("id")
+        if not isinstance(job_id, str):
+            return
+        self.jobs.pop(job_id, None)
+        self.jobs[job_id] = (str(record.get("state", "")), formatting.what(record))
+        while len(self.jobs) > RECENT_JOBS_MAX:
+            self.jobs.popitem(last=False)
+
+    def note_value(self, value: Any) -> None:
+        """Remember whatever job records or ids a command returned."""
+        if isinstance(value, dict) and "state" in value:
+            self.note_job(value)
+        elif isinstance(value, dict) and isinstance(value.get("id"), str):
+            self.note_job({"id": value["id"], "state": "pending"})
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict) and "name" in item and "slots" in item:
+                    self.workers[item["name"]] = item.get("state", "")
+                elif isinstance(item, dict):
+                    self.note_job(item)
+
+    def recent_jobs(self) -> list[tuple[str, tuple[str, str]]]:
+        return list(reversed(self.jobs.items()))
+
+
+class ConsoleCompleter(Completer):
+    """Command names, each command's flags, job states, recent job ids and worker names."""
+
+    def __init__(self, catalog: Catalog, parsers: dict[str, UsageParser],
+                 summaries: dict[str, str]) -> None:
+        self.catalog = catalog
+        self.parsers = parsers
+        self.summaries = {**summaries, **{n: h for n, (_u, h) in CONSOLE_COMMANDS.items()}}
+        self.commands = sorted({*parsers, *CONSOLE_COMMANDS})
+
+    def _flags(self, command: str) -> dict[str, Any]:
+        parser = self.parsers.get(command)
+        if parser is None:
+            return {}
+        return {flag: action for flag, action in parser._option_string_actions.items()
+                if flag.startswith("--")}
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent
+                        ) -> Iterator[Completion]:
+        text = document.text_before_cursor
+        try:
+            words = shlex.split(text)
+        except ValueError:  # inside an open quote: a shell command or JSON, nothing to offer
+            return
+        current = ""
+        if text and not text[-1].isspace() and words:
+            current = words.pop()
+        words = [w for w in words if w != "--json"]
+        for candidate, meta in self._candidates(words, current):
+            if candidate.startswith(current):
+                yield Completion(candidate, start_position=-len(current), display_meta=meta)
+
+    def _candidates(self, words: list[str], current: str) -> Iterable[tuple[str, str]]:
+        if not words:
+            return [(c, self._summary(c)) for c in self.commands]
+        command, previous = words[0], words[-1]
+        flags = self._flags(command)
+        if current.startswith("-"):
+            return [(f, a.help or "") for f, a in flags.items() if f != "--help"] + [
+                ("--json", "print the JSON document"), ("--help", "explain this command")]
+        taking_value = flags.get(previous)
+        if previous != command and taking_value is not None and taking_value.nargs != 0:
+            choices = taking_value.choices or ()
+            return [(str(c), "") for c in choices]
+        positionals = [w for w in words[1:] if not w.startswith("-")]
+        jobs = [(job_id, f"{state} {what}") for job_id, (state, what)
+                in self.catalog.recent_jobs()]
+        if command in ("status", "cancel", "logs"):
+            return jobs if not positionals else []
+        if command == "wait":
+            return [j for j in jobs if j[0] not in positionals]
+        if command == "watch" and not positionals:
+            return [("jobs", "the newest jobs"), ("workers", "the workers"), *jobs]
+        if command == "worker" and not positionals:
+            return sorted(self.catalog.workers.items())
+        if command == "help" and not positionals:
+            return [(c, self._summary(c)) for c in self.commands]
+        if command == "use" and not positionals:
+            return [(a, "") for a in self.catalog.addresses]
+        return []
+
+    def _summary(self, command: str) -> str:
+        return self.summaries.get(command, "")
+
+
+# -- the toolbar's source -----------------------------------------------------------------------
+
+
+class Poller:
+    """Asks the cluster for stats every second with its own client; never raises on a failure."""
+
+    def __init__(self, addresses: Sequence[str], token: bytes | None, catalog: Catalog,
+                 interval_s: float = POLL_INTERVAL_S, tls: TlsSettings | None = None) -> None:
+        self.client = Client(addresses, token, connect_timeout=max(interval_s, 0.5),
+                             name=f"console-poller-{os.getpid()}", tls=tls)
+        self.catalog = catalog
+        self.interval_s = interval_s
+        self.stats: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.samples: collections.deque[tuple[float, int]] = collections.deque()
+        self.polls = 0
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self.poll_once()
+                await asyncio.sleep(self.interval_s)
+        finally:
+            await self.client.close()
+
+    async def poll_once(self) -> None:
+        self.polls += 1
+        try:
+            stats = await self.client.stats()
+            if self.polls % 3 == 1:  # names for the completer change slower than figures
+                self.catalog.note_value(await self.client.workers())
+                for record in reversed(await self.client.list(None, 100)):
+                    self.catalog.note_job(record)
+        except TcpschedError as exc:
+            self.error = str(exc)
+            self.samples.clear()
+            return
+        self.error = None
+        self.stats = stats
+        now = time.monotonic()
+        self.samples.append((now, int(stats.get("finished", 0))))
+        while self.samples and now - self.samples[0][0] > RATE_WINDOW_S:
+            self.samples.popleft()
+
+    def finished_per_s(self) -> float | None:
+        if len(self.samples) < 2:
+            return None
+        (t0, f0), (t1, f1) = self.samples[0], self.samples[-1]
+        return max(f1 - f0, 0) / (t1 - t0) if t1 > t0 else None
+
+    def toolbar_text(self, address: str) -> str:
+        """One line of HTML for the bottom toolbar; only reads what the last poll saw."""
+        where = _escape(address)
+        if self.error is not None:
+            return (f" <b>{where}</b>  <style bg='ansired'> coordinator unreachable </style>"
+                    "  retrying every second…")
+        s = self.stats
+        if s is None:
+            return f" <b>{where}</b>  connecting…"
+        total = sum(int(s.get(k, 0)) for k in
+                    ("workers_alive", "workers_suspect", "workers_draining", "workers_dead"))
+        rate = self.finished_per_s()
+        rate_text = "-" if rate is None else f"{rate:.1f}"
+        return (f" <b>{where}</b>  leader <b>c{s.get('leader')}</b> epoch {s.get('epoch')}"
+                f"  │ workers {s.get('workers_alive', 0)}/{total}"
+                f"  │ pending {s.get('pending', 0)}  running {s.get('running', 0)}"
+                f"  │ {rate_text} finished/s")
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# -- the console --------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Outcome:
+    """What one line did: what was printed and whether it was an error (for tests and
+    scripts that drive the console)."""
+
+    line: str
+    text: str
+    is_error: bool
+
+
+class Console:
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        token: bytes | None = None,
+        *,
+        connect_timeout: float = 5.0,
+        history: History | None = None,
+        input: Input | None = None,
+        output: Output | None = None,
+        max_lines: int = MAX_LINES,
+        poll_interval_s: float = POLL_INTERVAL_S,
+        on_outcome: Callable[[Outcome], None] | None = None,
+        handle_sigint: bool = True,
+        tls: TlsSettings | None = None,
+    ) -> None:
+        self.token = token
+        self.tls = tls
+        self.connect_timeout_s = connect_timeout
+        self.max_lines = max_lines
+        self.poll_interval_s = poll_interval_s
+        self.on_outcome = on_outcome
+        self.handle_sigint = handle_sigint
+        self.catalog = Catalog()
+        self.parser = UsageParser(prog="", add_help=False)
+        cli.add_command_parsers(self.parser)
+        self.parsers: dict[str, UsageParser] = dict(_subparsers(self.parser))
+        self.completer = ConsoleCompleter(self.catalog, self.parsers, _summaries(self.parser))
+        self.addresses = tuple(addresses)
+        self.client = self._new_client()
+        self.poller = Poller(self.addresses, token, self.catalog, poll_interval_s, tls)
+        self._poll_task: asyncio.Task[None] | None = None
+        self.output = output
+        self.session: PromptSession[str] = PromptSession(
+            history=history, completer=self.completer, complete_while_typing=False,
+            bottom_toolbar=self._toolbar, refresh_interval=poll_interval_s,
+            input=input, output=output,
+        )  # fmt: skip
+        self.watching = asyncio.Event()  # set while a watch view is on screen
+        self._remember(addresses)
+
+    def _new_client(self) -> Client:
+        return Client(self.addresses, self.token, connect_timeout=self.connect_timeout_s,
+                      name=f"console-{os.getpid()}", tls=self.tls)
+
+    def _remember(self, addresses: Sequence[str]) -> None:
+        joined = ",".join(addresses)
+        if joined not in self.catalog.addresses:
+            self.catalog.addresses.append(joined)
+
+    def _toolbar(self) -> HTML:
+        return HTML(self.poller.toolbar_text(",".join(self.addresses)))
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read and run lines until quit, exit or Ctrl-D."""
+        self._start_poller()
+        self.emit(f"connected to {','.join(self.addresses)} — type help, Tab completes, "
+                  "Ctrl-D leaves")
+        try:
+            while True:
+                try:
+                    line = await self.session.prompt_async(PROMPT)
+                except KeyboardInterrupt:
+                    continue
+                except EOFError:
+                    break
+                if not await self.run_line(line):
+                    break
+        finally:
+            await self._stop_poller()
+            await self.client.close()
+
+    def _start_poller(self) -> None:
+        self._poll_task = asyncio.ensure_future(self.poller.run())
+
+    async def _stop_poller(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+            self._poll_task = None
+        await self.poller.close()
+
+    async def run_line(self, line: str) -> bool:
+        """Run one line; False when the console should end. Ctrl-C cancels a long command."""
+        task = asyncio.ensure_future(self._dispatch(line))
+        loop = asyncio.get_running_loop()
+        installed = False
+        if self.handle_sigint:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signal.SIGINT, task.cancel)
+                installed = True
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            self.report(line, "interrupted", is_error=True)
+            return True
+        finally:
+            if installed:
+                loop.remove_signal_handler(signal.SIGINT)
+
+    async def _dispatch(self, line: str) -> bool:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            self.report(line, f"cannot split the line: {exc}", is_error=True)
+            return True
+        as_json = "--json" in words
+        words = [w for w in words if w != "--json"]
+        if not words:
+            return True
+        command, rest = words[0], words[1:]
+        try:
+            if command in ("quit", "exit"):
+                return False
+            if "-h" in rest or "--help" in rest:
+                self.report(line, self.help_text(command))
+            elif command == "help":
+                self.report(line, self.help_text(rest[0] if rest else None))
+            elif command == "watch":
+                await self.watch(rest[0] if rest else "jobs", line)
+            elif command == "logs":
+                await self._logs(line, rest, as_json)
+            elif command == "worker":
+                await self._worker(line, rest, as_json)
+            elif command == "use":
+                await self._use(line, rest)
+            elif command in self.parsers:
+                await self._cli_command(line, words, as_json)
+            else:
+                self.report(line, f"unknown command {command!r} (type help to list them)",
+                            is_error=True)
+        except TcpschedError as exc:
+            self.report(line, _one_line(exc), is_error=True)
+        except SystemExit:  # argparse printing its own help; the console goes on
+            self.report(line, "")
+        return True
+
+    async def _cli_command(self, line: str, words: list[str], as_json: bool) -> None:
+        args = self.parser.parse_args(words)
+        result = await cli.execute(self.client, args, colour)
+        self.catalog.note_value(result.value)
+        text = _json(result.value) if as_json else result.text
+        if result.error and result.exit_code:
+            self.report(line, text + "\n" + colour(f"error: {result.error}", "failed"),
+                        is_error=True)
+        elif result.error:
+            self.report(line, text + f"\nnote: {result.error}")
+        else:
+            self.report(line, text)
+
+    async def _logs(self, line: str, rest: list[str], as_json: bool) -> None:
+        if len(rest) != 1:
+            raise ConfigError("logs: give one job id (logs JOB)")
+        record = await self.client.status(rest[0])
+        self.catalog.note_job(record)
+        if as_json:
+            self.report(line, _json({k: record.get(k) for k in ("id", "stdout", "stderr")}))
+            return
+        parts = []
+        for stream in ("stdout", "stderr"):
+            body = (record.get(stream) or "").rstrip("\n")
+            parts.append(f"\x1b[1m── {stream} ──\x1b[0m\n" + (body or "(empty)"))
+        state = colour(record["state"], record["state"])
+        self.report(line, f"job {record['id']} {state}\n" + "\n".join(parts))
+
+    async def _worker(self, line: str, rest: list[str], as_json: bool) -> None:
+        if len(rest) != 1:
+            raise ConfigError("worker: give one worker name (worker NAME)")
+        workers: Sequence[dict[str, Any]] = await self.client.workers()
+        self.catalog.note_value(workers)
+        found = [w for w in workers if w["name"] == rest[0]]
+        if not found:
+            raise ConfigError(f"no worker named {rest[0]!r}")
+        running = [r for r in await self.client.list("running", 1000)
+                   if r.get("worker") == rest[0]]
+        if as_json:
+            self.report(line, _json({"worker": found[0], "running": running}))
+            return
+        self.report(line, formatting.workers_table(found, colour) + "\n\n"
+                    + formatting.jobs_table(running, colour))
+
+    async def _use(self, line: str, rest: list[str]) -> None:
+        if len(rest) != 1:
+            raise ConfigError("use: give the coordinator addresses (use HOST:PORT[,...])")
+        addresses = parse_coordinators(rest[0])
+        await self._stop_poller()
+        await self.client.close()
+        self.addresses = addresses
+        self.client = self._new_client()
+        self.catalog.jobs.clear()
+        self.catalog.workers.clear()
+        self._remember(addresses)
+        self.poller = Poller(addresses, self.token, self.catalog, self.poll_interval_s,
+                             self.tls)
+        self._start_poller()
+        try:
+            leader = await self.client.leader()
+        except TcpschedError as exc:
+            self.report(line, f"now using {rest[0]}, but {_one_line(exc)}", is_error=True)
+            return
+        self.report(line, f"now using {','.join(addresses)} (leader c{leader['id']} at "
+                          f"{leader['address']}, epoch {leader['epoch']})")
+
+    # -- help -----------------------------------------------------------------------------------
+
+    def help_text(self, command: str | None) -> str:
+        if command is None:
+            rows = []
+            for name, parser in self.parsers.items():
+                usage = " ".join(parser.format_usage().split()[2:]).replace("[-h] ", "")
+                rows.append((name, usage.replace("[-h]", ""), self.completer._summary(name)))
+            rows += [(n, u, h) for n, (u, h) in CONSOLE_COMMANDS.items()]
+            width = 30
+            lines = ["Commands (add --json to any command for its JSON document):"]
+            for name, usage, summary in rows:
+                head = f"{name} {usage}".strip()
+                if len(head) > width:
+                    lines += [f"  {head}", f"  {'':<{width}}  {summary}"]
+                else:
+                    lines.append(f"  {head:<{width}}  {summary}")
+            lines.append("help COMMAND explains one; Tab completes commands, flags and job ids.")
+            return "\n".join(lines)
+        if command in self.parsers:
+            return self.parsers[command].format_help().rstrip().replace("usage:  ", "usage: ", 1)
+        if command in CONSOLE_COMMANDS:
+            usage, summary = CONSOLE_COMMANDS[command]
+            return f"usage: {command} {usage}".rstrip() + f"\n\n{summary}"
+        raise ConfigError(f"unknown command {command!r} (type help to list them)")
+
+    # -- watch ----------------------------------------------------------------------------------
+
+    async def watch(self, target: str, line: str = "watch") -> None:
+        """Redraw a view every second until a key is pressed."""
+        view = ["loading…"]
+
+        async def render() -> str:
+            if target == "workers":
+                workers = await self.client.workers()
+                stats = await self.client.stats()
+                self.catalog.note_value(workers)
+                return (formatting.workers_table(workers, colour) + "\n\n"
+                        f"pending {stats['pending']}  running {stats['running']}  "
+                        f"succeeded {stats['succeeded']}  failed {stats['failed']}  "
+                        f"reassigned {stats.get('reassigned', 0)}")
+            if target == "jobs":
+                rows = max(self._rows() - 4, 5)
+                records = await self.client.list(None, rows)
+                self.catalog.note_value(records)
+                return formatting.jobs_table(records, colour)
+            record = await self.client.status(target)
+            self.catalog.note_job(record)
+            return formatting.record_text(record, colour)
+
+        # Fail before opening the view if the target does not exist.
+        view[0] = await render()
+        bindings = KeyBindings()
+
+        @bindings.add(Keys.Any)
+        @bindings.add("c-c")
+        @bindings.add("c-d")
+        def _stop(event: Any) -> None:
+            event.app.exit()
+
+        def text() -> ANSI:
+            stamp = time.strftime("%H:%M:%S")
+            head = f"\x1b[1mwatching {target}\x1b[0m — {stamp} — press any key to stop\n"
+            return ANSI(head + truncate(view[0], max(self._rows() - 2, 5)))
+
+        app: Application[None] = Application(
+            layout=Layout(Window(FormattedTextControl(text))), key_bindings=bindings,
+            full_screen=False, input=self.session.input, output=self.session.output,
+        )  # fmt: skip
+
+        async def refresh() -> None:
+            while True:
+                await asyncio.sleep(self.poll_interval_s)
+                try:
+                    view[0] = await render()
+                except TcpschedError as exc:
+                    view[0] = colour(f"{_one_line(exc)} — retrying", "failed")
+                app.invalidate()
+
+        async with asyncio.TaskGroup() as tasks:
+            refresher = tasks.create_task(refresh())
+            self.watching.set()
+            try:
+                await app.run_async(handle_sigint=False)
+            finally:
+                self.watching.clear()
+                refresher.cancel()
+        self.report(line, "", quiet=True)
+
+    def _rows(self) -> int:
+        try:
+            return self.session.output.get_size().rows
+        except (OSError, ValueError):
+            return 24
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def report(self, line: str, text: str, is_error: bool = False, quiet: bool = False) -> None:
+        if is_error and text and not text.startswith(("error", "\x1b")) and "\n" not in text:
+            text = colour(f"error: {text}", "failed")
+        if text and not quiet:
+            self.emit(truncate(text, self.max_lines))
+        if self.on_outcome is not None:
+            self.on_outcome(Outcome(line, _plain(text), is_error))
+
+    def emit(self, text: str) -> None:
+        if self.output is not None:
+            print_formatted_text(ANSI(text), output=self.output)
+        else:
+            print_formatted_text(ANSI(text))
+
+
+def _subparsers(parser: UsageParser) -> Iterator[tuple[str, UsageParser]]:
+    for action in parser._actions:
+        choices = getattr(action, "choices", None)
+        if isinstance(choices, dict):
+            yield from choices.items()
+
+
+def _summaries(parser: UsageParser) -> dict[str, str]:
+    """Each command's one-line help, as the CLI's parser gives it."""
+    out: dict[str, str] = {}
+    for action in parser._actions:
+        for choice in getattr(action, "_choices_actions", ()):
+            out[choice.dest] = choice.help or ""
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.lstrip(": ")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, default=repr)
+
+
+def _plain(text: str) -> str:
+    """`text` without ANSI colour codes."""
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("\x1b[", i):
+            end = text.find("m", i)
+            if end != -1:
+                i = end + 1
+                continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+def console_parser() -> UsageParser:
+    p = UsageParser(prog="python -m tcpsched.console",
+                    description="The interactive console of a tcpsched cluster.")
+    p.add_argument("--coordinators", default=None, metavar="HOST:PORT,...",
+                   help="coordinator addresses (TCPSCHED_COORDINATORS, 127.0.0.1:7001)")
+    p.add_argument("--token-file", default=None, metavar="F")
+    p.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
+                   help="give up on a command after S seconds without a coordinator (5)")
+    p.add_argument("--history", default=None, metavar="FILE",
+                   help="history file ($XDG_STATE_HOME/tcpsched/history or ~/.tcpsched_history)")
+    p.add_argument("--max-lines", type=int, default=MAX_LINES, metavar="N",
+                   help=f"truncate longer outputs, with a note (0: never; {MAX_LINES})")
+    add_tls_flags(p)
+    return p
+
+
+async def _main(args: Any) -> int:
+    history_path = Path(args.history) if args.history else default_history_path()
+    try:
+        history_path.parent.mkdir(parents=True, exist_ok=True)
+        history: History | None = FileHistory(str(history_path))
+    except OSError:
+        history = None
+    console = Console(parse_coordinators(args.coordinators), read_token(args.token_file),
+                      connect_timeout=args.connect_timeout, history=history,
+                      max_lines=args.max_lines, tls=tls_from_args(args))
+    with patch_stdout(raw=True):
+        await console.run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = console_parser().parse_args(argv)
+        parse_coordinators(args.coordinators)
+        read_token(args.token_file)
+        tls_from_args(args)
+        return asyncio.run(_main(args))
+    except TcpschedError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return cli.exit_code_for(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
