@@ -483,10 +483,15 @@ class Scheduler:
                 kill.append(ref)
                 log.info("worker=%s job=%s attempt=%d is stale: told to kill it",
                          name, ref.job_id, ref.attempt)
-        # Attempts we believed it ran but it no longer reports were lost with its last life.
-        for job_id, attempt in previous.items():
-            if job_id not in entry.running:
-                self._lose_attempt(job_id, attempt, name, now)
+        # Attempts we believed it ran but it no longer reports were lost with its last life:
+        # it restarted before the timeout, which is a lost worker all the same.
+        lost = {j: a for j, a in previous.items() if j not in entry.running}
+        if lost:
+            self.workers_lost += 1
+            log.warning("worker=%s came back without %d job(s): lost with its last life",
+                        name, len(lost))
+        for job_id, attempt in lost.items():
+            self._lose_attempt(job_id, attempt, name, now)
         self._send(conn, m.Registered(
             heartbeat_interval=self.config.heartbeat_interval_s, epoch=self.config.epoch,
             kill=tuple(kill),

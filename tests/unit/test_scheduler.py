@@ -239,6 +239,7 @@ def test_reregister_without_its_attempts_requeues_them() -> None:
     h.connect("w1")
     assert h.job(job)["lost_workers"] == 1
     assert [(a.job_id, a.attempt) for a in h.assigns("w1")][-1] == (job, 2)
+    assert h.sched.statistics()["workers_lost"] == 1
 
 
 def test_heartbeat_with_unwanted_attempt_triggers_kill() -> None:
