@@ -45,6 +45,7 @@ from tcpsched.runtime.transport import dial
 from tcpsched.testing.processes import ProcessGroup, free_port
 
 CLOSE_WAIT_S = 30.0  # generous: a loaded 2-core machine; the deadline under test is ~1 s
+SUBMIT_PACE_S = 0.02
 ROLE_ALLOWED = {"client": m.COORDINATOR_TO_CLIENT, "worker": m.COORDINATOR_TO_WORKER}
 
 
@@ -328,6 +329,8 @@ async def run(address: str, pid: int, token: bytes | None, frames: int, stalled_
         served = 0
 
         async def keep_submitting(stop: asyncio.Event) -> None:
+            """One job at a time, paced: the coordinator must keep serving, and the finished
+            jobs it keeps (legitimately) must not swamp the memory figure."""
             nonlocal served
             while not stop.is_set():
                 job_id = await client.submit_call("operator:neg", served)
@@ -335,6 +338,9 @@ async def run(address: str, pid: int, token: bytes | None, frames: int, stalled_
                 if record["state"] != "succeeded" or record["result"] != -served:
                     raise RuntimeError(f"job {job_id} went wrong during the abuse: {record}")
                 served += 1
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SUBMIT_PACE_S):
+                        await stop.wait()
 
         async def sample_memory(stop: asyncio.Event) -> None:
             nonlocal peak

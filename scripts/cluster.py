@@ -179,6 +179,9 @@ def start(args: argparse.Namespace) -> int:
     print(f"cluster up: {len(addresses)} coordinator(s), {len(names)} worker(s) with "
           f"{args.slots} slots, policy {args.policy}; data and logs under {shown(run_dir)}/")
     print(f"  leader c{leader['id']} at {leader['address']}, epoch {leader['epoch']}")
+    if len(addresses) > 1 and "not supported yet" in Path(manifest["procs"][0]["log"]).read_text():
+        print("  note: these coordinators do not form a group yet; each runs alone, and each "
+              "worker serves the first one it reached")
     print("connect:")
     print("  make console")
     print(f"  {py} -m tcpsched.console --coordinators {joined}")
@@ -190,9 +193,14 @@ def start(args: argparse.Namespace) -> int:
 
 def wait_ready(run_dir: Path, manifest: dict[str, Any], names: list[str], timeout: float,
                token_file: str | None) -> dict[str, Any]:
-    """Until a leader answers and every worker is registered and alive; or ClusterError."""
+    """Until a leader answers and every worker is registered and alive; or ClusterError.
+
+    Workers are looked for on every coordinator: until coordinators form a group, each runs
+    alone and a worker registers with the first one it reaches."""
     deadline = time.monotonic() + timeout
-    client = SyncClient(manifest["coordinators"], read_token(token_file), connect_timeout=1.0)
+    token = read_token(token_file)
+    cluster = SyncClient(manifest["coordinators"], token, connect_timeout=1.0)
+    each = [SyncClient(a, token, connect_timeout=1.0) for a in manifest["coordinators"]]
     waiting_for = "a leader"
     try:
         while time.monotonic() < deadline:
@@ -202,16 +210,17 @@ def wait_ready(run_dir: Path, manifest: dict[str, Any], names: list[str], timeou
                 raise ClusterError(f"{dead[0]['name']} exited at start; its log ends with: "
                                    f"{tail}")
             try:
-                leader = client.leader()
+                leader = cluster.leader()
                 waiting_for = f"workers {', '.join(names)} to register"
-                alive = {w["name"] for w in client.workers() if w["state"] == "alive"}
+                alive = {w["name"] for c in each for w in c.workers() if w["state"] == "alive"}
                 if set(names) <= alive:
                     return leader
             except TcpschedError:
                 pass
             time.sleep(0.1)
     finally:
-        client.close()
+        for client in (cluster, *each):
+            client.close()
     raise ClusterError(f"timed out after {timeout:g}s waiting for {waiting_for}; logs are "
                        f"in {run_dir / 'logs'}")
 

@@ -221,7 +221,7 @@ class Poller:
         self.stats: dict[str, Any] | None = None
         self.error: str | None = None
         self.samples: collections.deque[tuple[float, int]] = collections.deque()
-        self.polls = 0
+        self.successes = 0
 
     async def run(self) -> None:
         try:
@@ -232,10 +232,9 @@ class Poller:
             await self.client.close()
 
     async def poll_once(self) -> None:
-        self.polls += 1
         try:
             stats = await self.client.stats()
-            if self.polls % 3 == 1:  # names for the completer change slower than figures
+            if self.successes % 3 == 0:  # names for the completer change slower than figures
                 self.catalog.note_value(await self.client.workers())
                 for record in reversed(await self.client.list(None, 100)):
                     self.catalog.note_job(record)
@@ -245,6 +244,7 @@ class Poller:
             return
         self.error = None
         self.stats = stats
+        self.successes += 1
         now = time.monotonic()
         self.samples.append((now, int(stats.get("finished", 0))))
         while self.samples and now - self.samples[0][0] > RATE_WINDOW_S:
@@ -353,7 +353,7 @@ class Console:
     async def run(self) -> None:
         """Read and run lines until quit, exit or Ctrl-D."""
         self._start_poller()
-        self.emit(f"connected to {','.join(self.addresses)} — type help, Tab completes, "
+        self.emit(f"tcpsched console for {','.join(self.addresses)} — type help, Tab completes, "
                   "Ctrl-D leaves")
         try:
             while True:
@@ -385,14 +385,20 @@ class Console:
         task = asyncio.ensure_future(self._dispatch(line))
         loop = asyncio.get_running_loop()
         installed = False
+        interrupted: list[bool] = []
+
+        def interrupt() -> None:
+            interrupted.append(True)
+            task.cancel()
+
         if self.handle_sigint:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGINT, task.cancel)
+                loop.add_signal_handler(signal.SIGINT, interrupt)
                 installed = True
         try:
             return await task
         except asyncio.CancelledError:
-            if not task.cancelled():
+            if not interrupted:  # we are being cancelled ourselves: never swallow that
                 raise
             self.report(line, "interrupted", is_error=True)
             return True

@@ -32,6 +32,11 @@ from tcpsched.runtime.transport import Connection, LogLimiter
 
 log = logging.getLogger(__name__)
 
+# A burst of connections beyond the accept queue is silently dropped by the kernel and
+# retried by the dialer seconds later; deeper than asyncio's 100 so a burst is accepted (and
+# then refused or timed out by us, with a reason) at once.
+LISTEN_BACKLOG = 1024
+
 ALLOWED_BY_ROLE = {
     "client": m.CLIENT_REQUESTS,
     "worker": m.WORKER_TO_COORDINATOR,
@@ -88,7 +93,7 @@ class Coordinator:
         ssl_context = server_context(s.tls)
         server = await asyncio.start_server(
             self._on_connect, host, port, limit=transport.READ_BYTES, reuse_address=True,
-            ssl=ssl_context, ssl_handshake_timeout=s.handshake_timeout_s if ssl_context else None,
+            backlog=LISTEN_BACKLOG, ssl=ssl_context, ssl_handshake_timeout=s.handshake_timeout_s if ssl_context else None,
         )
         self.port = server.sockets[0].getsockname()[1]
         tls = "off" if ssl_context is None else (

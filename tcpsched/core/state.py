@@ -206,9 +206,17 @@ _SPEC_DEFAULTS_JSON = {
 
 
 def job_from_dict(data: dict[str, Any]) -> JobRecord:
-    spec = spec_from_dict(data)
-    fields = {name: data[name] for name in _RECORD_FIELDS if name in data}
-    return JobRecord(spec=spec, state=JobState(data["state"]), **fields)
+    """Inverse of `job_to_dict` (raw user values; see `_build_job` on validation)."""
+    kind = data["kind"]
+    return _build_job(
+        data["id"], data["seq"], data["state"], data.get("submitted_at", 0.0), kind,
+        data.get("command") if kind == "shell" else data.get("function"),
+        data.get("args", ()), data.get("priority", 0), data.get("key"), data, _same,
+    )  # fmt: skip
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def job_to_row(job: JobRecord) -> list[Any]:
@@ -242,48 +250,79 @@ _set = object.__setattr__
 
 
 def job_from_row(row: list[Any]) -> JobRecord:
-    """Inverse of `job_to_row`.
+    """Inverse of `job_to_row`."""
+    if len(row) == 9:
+        return _build_job(*row, None, decode_value)
+    return _build_job(*row, decode_value)
 
-    Rows come from a snapshot we wrote from validated jobs and whose checksum was verified, so
-    the objects are built without running the validators again: at a million jobs, validation
-    would be a third of the restart time.
+
+def _build_job(job_id: str, seq: int, state: str, submitted_at: float, kind: str,  # noqa: PLR0917
+               target: str | None, args: Any, priority: int, key: str | None,
+               more: dict[str, Any] | None, decode: Any) -> JobRecord:
+    """A job from its fields, without running the validators again.
+
+    Every job we rebuild was validated when it was first made (a JobSpec checks itself on
+    construction, before it enters the core); what we read back was written by us and passed
+    its checksum. At a million jobs a restart spends most of its time here, hence the
+    unrolled field assignments and the separate path for jobs with nothing but defaults.
     """
-    job_id, seq, state, submitted_at, kind, target, args, priority, key = row[:9]
-    more = row[9] if len(row) > 9 else None
-    get = more.get if more else _EMPTY.get
+    set_ = _set
     spec = _new(JobSpec)
-    _set(spec, "kind", kind)
-    _set(spec, "command", target if kind == "shell" else None)
-    _set(spec, "function", None if kind == "shell" else target)
-    _set(spec, "args", tuple(decode_value(args)))
-    kwargs = get("kwargs")
-    _set(spec, "kwargs", decode_value(kwargs) if kwargs is not None else {})
-    _set(spec, "priority", priority)
-    _set(spec, "retries", get("retries", 0))
-    _set(spec, "timeout", get("timeout"))
-    _set(spec, "delay", get("delay", 0.0))
-    _set(spec, "tags", tuple(get("tags", ())))
-    _set(spec, "key", key)
-    _set(spec, "after", tuple(get("after", ())))
     job = _new(JobRecord)
-    _set(job, "id", job_id)
-    _set(job, "seq", seq)
-    _set(job, "spec", spec)
-    _set(job, "state", _STATES[state])
-    _set(job, "attempts", get("attempts", 0))
-    _set(job, "worker", get("worker"))
-    _set(job, "submitted_at", submitted_at)
-    _set(job, "started_at", get("started_at"))
-    _set(job, "finished_at", get("finished_at"))
-    _set(job, "exit_code", get("exit_code"))
-    result = get("result")
-    _set(job, "result", decode_value(result) if result is not None else None)
-    _set(job, "stdout", get("stdout", ""))
-    _set(job, "stderr", get("stderr", ""))
-    _set(job, "error", get("error"))
-    _set(job, "not_before", get("not_before", 0.0))
-    _set(job, "lost_workers", get("lost_workers", 0))
-    _set(job, "failures", get("failures", 0))
+    if more is None:
+        set_(spec, "retries", 0)
+        set_(spec, "timeout", None)
+        set_(spec, "delay", 0.0)
+        set_(spec, "tags", ())
+        set_(spec, "after", ())
+        set_(spec, "kwargs", {})
+        set_(job, "attempts", 0)
+        set_(job, "worker", None)
+        set_(job, "started_at", None)
+        set_(job, "finished_at", None)
+        set_(job, "exit_code", None)
+        set_(job, "result", None)
+        set_(job, "stdout", "")
+        set_(job, "stderr", "")
+        set_(job, "error", None)
+        set_(job, "not_before", 0.0)
+        set_(job, "lost_workers", 0)
+        set_(job, "failures", 0)
+    else:
+        get = more.get
+        set_(spec, "retries", get("retries", 0))
+        set_(spec, "timeout", get("timeout"))
+        set_(spec, "delay", get("delay", 0.0))
+        set_(spec, "tags", tuple(get("tags", ())))
+        set_(spec, "after", tuple(get("after", ())))
+        set_(spec, "kwargs", decode(get("kwargs", {})))
+        set_(job, "attempts", get("attempts", 0))
+        set_(job, "worker", get("worker"))
+        set_(job, "started_at", get("started_at"))
+        set_(job, "finished_at", get("finished_at"))
+        set_(job, "exit_code", get("exit_code"))
+        set_(job, "result", decode(get("result")))
+        set_(job, "stdout", get("stdout", ""))
+        set_(job, "stderr", get("stderr", ""))
+        set_(job, "error", get("error"))
+        set_(job, "not_before", get("not_before", 0.0))
+        set_(job, "lost_workers", get("lost_workers", 0))
+        set_(job, "failures", get("failures", 0))
+    if kind == "shell":
+        set_(spec, "command", target)
+        set_(spec, "function", None)
+    else:
+        set_(spec, "command", None)
+        set_(spec, "function", target)
+    set_(spec, "kind", kind)
+    set_(spec, "args", tuple(args) if type(args) is not dict else tuple(decode(args)))
+    set_(spec, "priority", priority)
+    set_(spec, "key", key)
+    set_(job, "id", job_id)
+    set_(job, "seq", seq)
+    set_(job, "spec", spec)
+    set_(job, "state", _STATES[state])
+    set_(job, "submitted_at", submitted_at)
     return job
 
 

@@ -21,10 +21,12 @@ import importlib
 import inspect
 import logging
 import os
+import queue
 import signal
+import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -93,6 +95,65 @@ async def _pump(stream: asyncio.StreamReader | None, buffer: _CappedBuffer) -> N
         buffer.add(data)
 
 
+class JobThreads:
+    """Runs plain callables on daemon threads, reusing idle ones, one new thread when none is.
+
+    Not a ThreadPoolExecutor: a job past its timeout cannot be killed, so its thread is
+    abandoned; in a fixed-size pool it would hold a place that later jobs queue behind (and time
+    out in), and pool threads are joined at interpreter exit, so a worker told to stop would hang
+    until the abandoned job returned. Here an abandoned thread is simply no longer idle.
+    """
+
+    def __init__(self, name: str = "tcpsched-job") -> None:
+        self._name = name
+        self._work: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._started = 0
+
+    def submit(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            if self._idle:
+                self._idle -= 1  # that thread takes this item (or an equal one) off the queue
+            else:
+                self._started += 1
+                threading.Thread(target=self._serve, name=f"{self._name}-{self._started}",
+                                 daemon=True).start()
+        self._work.put((loop, future, fn))
+        return future
+
+    def _serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            loop, future, fn = item
+            try:
+                outcome = (True, fn())
+            except BaseException as exc:  # the job's failure, reported, never ours
+                outcome = (False, exc)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_settle, future, outcome)
+            del item, loop, future, fn, outcome
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self) -> None:
+        """Let idle threads end; busy (or abandoned) ones end when their job returns."""
+        with self._lock:
+            for _ in range(self._started):
+                self._work.put(None)
+
+
+def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if future.done():  # cancelled: the attempt ended without it
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -102,10 +163,10 @@ class Executor:
     def __init__(self, slots: int, output_bytes_max: int, kill_grace_s: float) -> None:
         self.output_bytes_max = output_bytes_max
         self.kill_grace_s = kill_grace_s
-        self._threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="tcpsched-job")
+        self._threads = JobThreads()
 
     def shutdown(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown()
 
     async def run_shell(self, command: str, timeout: float | None, kill: KillSwitch) -> Outcome:
         started = time.time()
@@ -173,11 +234,10 @@ class Executor:
             fn = resolve_callable(function)
         except ImportError as exc:
             return Outcome("failed", error=str(exc), started_at=started, finished_at=time.time())
-        loop = asyncio.get_running_loop()
         if inspect.iscoroutinefunction(fn):
             work: asyncio.Future[Any] = asyncio.ensure_future(fn(*args, **kwargs))
         else:
-            work = loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
+            work = self._threads.submit(functools.partial(fn, *args, **kwargs))
         killer = asyncio.ensure_future(kill.event.wait())
         try:
             done, _ = await asyncio.wait({work, killer}, timeout=timeout,

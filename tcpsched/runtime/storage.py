@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -194,7 +195,7 @@ def _snapshot_pieces(seq: int, image: TableImage) -> Iterator[bytes]:
     rows = image.rows()
     first = True
     while True:
-        chunk = [row for row, _ in zip(rows, range(SNAPSHOT_ROWS_PER_WRITE), strict=False)]
+        chunk = list(itertools.islice(rows, SNAPSHOT_ROWS_PER_WRITE))
         if not chunk:
             break
         text = _dumps(chunk)[1:-1]

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 READ_BYTES = 256 * 1024
 OUTPUT_BYTES_MAX = 64 * 1024 * 1024
 HANDSHAKE_TIMEOUT_S = 5.0
+YIELD_EVERY_MESSAGES = 64
 FIRST_BYTES_KEPT = 8  # to recognise a TLS record where a frame was expected, and say so
 
 
@@ -74,6 +75,7 @@ class Connection:
         self.opened_at_s = time.monotonic()
         self.last_message_at_s = self.opened_at_s
         self.last_sent_at_s = self.opened_at_s
+        self._since_yield = 0
 
     def send(self, msg: Any) -> None:
         """Queue one message; it is written at the end of this event-loop turn."""
@@ -110,13 +112,27 @@ class Connection:
             await self.writer.drain()
 
     async def receive(self) -> Any | None:
-        """The next message, or None at a clean end of stream. Raises RemoteProtocolError."""
+        """The next message, or None at a clean end of stream or once closed by us. Raises
+        RemoteProtocolError.
+
+        One read can hold thousands of small requests; every `YIELD_EVERY_MESSAGES` the loop
+        gets a turn, so one busy peer cannot starve the others (heartbeats included) and our
+        replies are flushed, and the output bound checked, while its input is worked off."""
         while True:
+            if self.closed:
+                return None  # what is still buffered from a peer we closed is not acted on
             msg = self.decoder.next_message()
             if msg is not None:
                 self.messages_in += 1
                 self.last_message_at_s = time.monotonic()
+                self._since_yield += 1
+                if self._since_yield >= YIELD_EVERY_MESSAGES:
+                    self._since_yield = 0
+                    await asyncio.sleep(0)
+                    if self.closed:
+                        return None
                 return msg
+            self._since_yield = 0
             data = await self.reader.read(READ_BYTES)
             if not data:
                 if self.decoder.buffered_bytes:

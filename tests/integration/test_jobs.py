@@ -356,3 +356,21 @@ def test_both_policies_spread_work_over_every_worker(procs: ProcessGroup, policy
     assert min(counts.values()) >= 5, counts
     assert_within_slots(records, dict.fromkeys(names, 2))
     assert handed_back == 0
+
+
+def test_a_timed_out_python_job_does_not_block_later_ones(procs: ProcessGroup) -> None:
+    """A plain function past its timeout is abandoned; the next call on that slot still runs.
+
+    The abandoned thread sleeps far longer than the next job's own timeout, so if the next job
+    queued behind it (a thread pool with one thread per slot), it would time out and fail.
+    """
+    _, address = procs.coordinator()
+    worker = procs.worker(address, "solo", slots=1)
+    with connect(address) as c:
+        wait_for_workers(c, ["solo"])
+        stuck = c.wait(c.submit_call("time:sleep", 600, timeout=0.5), timeout=WAIT_S)
+        assert stuck["state"] == "failed" and stuck["error"] == "timed out after 0.5s"
+        later = c.wait(c.submit_call("operator:add", 1, 2, timeout=20), timeout=WAIT_S)
+        assert later["state"] == "succeeded" and later["result"] == 3, later
+    # An abandoned thread must not keep the worker from exiting when told to stop either.
+    assert procs.stop(worker, grace=30.0) == 0
