@@ -11,7 +11,9 @@ must be closed by the coordinator. Then it checks that the coordinator still ser
 jobs that existed before are unchanged, and how its memory (VmRSS) compares with before.
 
 Without `--coordinator` it starts its own coordinator and worker on loopback (token, 1 s
-handshake deadline, room for every stalled connection) and stops them at the end.
+handshake deadline, room for every stalled connection, 1 MiB output bound, 5 s idle timeout,
+5 s heartbeat timeout so a CPU-starved 2-core machine does not declare the worker dead) and
+stops them at the end.
 
     python scripts/abuse.py [--frames 10000] [--stalled 500] [--non-readers 4] [--json]
     python scripts/abuse.py --coordinator 127.0.0.1:7001 --pid PID --token-file F --json
@@ -205,7 +207,7 @@ async def _authenticated_case(address: str, case: Case, token: bytes | None,
     return conn.reader
 
 
-async def malformed(address: str, token: bytes | None, count: int, concurrency: int,
+async def malformed(address: str, token: bytes | None, count: int, *, concurrency: int,
                     job_ids: list[str], seed: int) -> Tally:
     rng = random.Random(seed)
     tally = Tally()
@@ -315,8 +317,24 @@ async def non_readers(address: str, token: bytes | None, count: int) -> Tally:
     return tally
 
 
-async def run(address: str, pid: int, token: bytes | None, frames: int, stalled_count: int,
-              readers: int, concurrency: int, seed: int) -> dict[str, Any]:
+async def warm_up(address: str, token: bytes | None, count: int) -> None:
+    """The baseline is a coordinator that has served a burst of `count` legitimate clients at
+    once: holding that many connections is what it is built for, and the memory for them
+    stays with the allocator afterwards. Abuse must not cost more than such a burst."""
+
+    async def one(i: int) -> None:
+        async with Client(address, token, connect_timeout=60.0, name=f"warm-{i}") as c:
+            await c.leader()
+            await c.list(limit=10)
+
+    async with asyncio.TaskGroup() as tasks:
+        for i in range(count):
+            tasks.create_task(one(i))
+
+
+async def run(address: str, pid: int, token: bytes | None, *, frames: int, stalled_count: int,
+              readers: int, concurrency: int, seed: int, warmup_clients: int
+              ) -> dict[str, Any]:
     async with Client(address, token, connect_timeout=30.0) as client:
         # Jobs that exist before the abuse: finished ones, and delayed ones still pending.
         done_ids = await client.map("operator:neg", range(20))
@@ -324,6 +342,8 @@ async def run(address: str, pid: int, token: bytes | None, frames: int, stalled_
         pending_ids = [await client.submit_shell("echo later", delay=3600) for _ in range(5)]
         before = {j: await client.status(j) for j in done_ids + pending_ids}
         stats_before = await client.stats()
+        cold = rss_kib(pid)
+        await warm_up(address, token, warmup_clients)
         baseline = rss_kib(pid)
         peak = baseline
         served = 0
@@ -356,8 +376,8 @@ async def run(address: str, pid: int, token: bytes | None, frames: int, stalled_
             submitter = tasks.create_task(keep_submitting(stop))
             tasks.create_task(sample_memory(stop))
             stall = tasks.create_task(stalled(address, stalled_count, seed))
-            bad = tasks.create_task(malformed(address, token, frames, concurrency,
-                                              done_ids + pending_ids, seed))
+            bad = tasks.create_task(malformed(address, token, frames, concurrency=concurrency,
+                                              job_ids=done_ids + pending_ids, seed=seed))
             hog = tasks.create_task(non_readers(address, token, readers))
             await asyncio.wait([stall, bad, hog])
             stop.set()
@@ -389,6 +409,8 @@ async def run(address: str, pid: int, token: bytes | None, frames: int, stalled_
         "pre_existing_jobs": len(before),
         "pre_existing_jobs_changed": changed,
         "submitted_by_others": stats_after["submitted"] - stats_before["submitted"] - served - 1,
+        "rss_cold_kib": cold,
+        "warmup_clients": warmup_clients,
         "rss_before_kib": baseline,
         "rss_peak_kib": peak,
         "rss_after_kib": rss_after,
@@ -406,7 +428,8 @@ def _own_cluster(workdir: Path, token_file: Path, stalled_count: int,
     coordinator, address = group.coordinator(port, extra=[
         "--token-file", str(token_file), "--handshake-timeout", "1",
         "--max-unauthenticated", str(stalled_count + concurrency + 64),
-        "--max-output-buffer", str(1024 * 1024), "--log-level", "warning",
+        "--max-output-buffer", str(1024 * 1024), "--idle-timeout", "5",
+        "--heartbeat-timeout", "5", "--log-level", "warning",
     ])
     group.worker(address, "abuse-worker", slots=4, extra=["--token-file", str(token_file)])
     return group, address, coordinator.pid
@@ -423,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--non-readers", type=int, default=4)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--seed", type=int, default=6)
+    p.add_argument("--warmup-clients", type=int, default=None,
+                   help="legitimate clients at once before the baseline (= --stalled)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     group = None
@@ -439,8 +464,11 @@ def main(argv: list[str] | None = None) -> int:
                 address, pid = args.coordinator, args.pid
                 token_file = Path(args.token_file) if args.token_file else None
             token = token_file.read_bytes().strip() if token_file else None
-            figures = asyncio.run(run(address, pid, token, args.frames, args.stalled,
-                                      args.non_readers, args.concurrency, args.seed))
+            warmup = args.stalled if args.warmup_clients is None else args.warmup_clients
+            figures = asyncio.run(run(
+                address, pid, token, frames=args.frames, stalled_count=args.stalled,
+                readers=args.non_readers, concurrency=args.concurrency, seed=args.seed,
+                warmup_clients=warmup))
         finally:
             if group is not None:
                 group.stop_all()

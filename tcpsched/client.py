@@ -24,11 +24,13 @@ import attrs
 
 from tcpsched.config import TlsSettings, parse_coordinators, read_token
 from tcpsched.core import messages as m
+from tcpsched.core.codec import FRAME_BYTES_MAX, encode
 from tcpsched.core.jobs import JobSpec, JobState
 from tcpsched.errors import (
     AuthError,
     JobNotFound,
     JobTimeout,
+    LocalProtocolError,
     NotLeaderError,
     RemoteProtocolError,
     RequestError,
@@ -80,6 +82,7 @@ class Client:
             token = token.encode()
         self.token = token if token is not None else read_token(None)
         self.connect_timeout_s = connect_timeout
+        self.frame_bytes_max = FRAME_BYTES_MAX  # the coordinators' default --max-frame
         self.ssl_context = tls if isinstance(tls, ssl.SSLContext) else (
             client_context(tls) if tls is not None else None)
         self.name = name or f"client-{socket.gethostname()}-{os.getpid()}"
@@ -166,9 +169,11 @@ class Client:
                 await self._reader
             self._reader = None
 
-    async def _request(self, build: Callable[[int], Any], timeout: float | None = None) -> Any:
-        """Send a request (again after a reconnect if the connection drops) and return the
-        reply's value; map error replies to exceptions."""
+    async def _request(self, build: Callable[[int], Any], timeout: float | None = None,
+                       resend: bool = True) -> Any:
+        """Send a request (again after a reconnect if the connection drops, unless `resend`
+        is false: then _ConnectionLost) and return the reply's value; map error replies to
+        exceptions."""
         loop = asyncio.get_running_loop()
         give_up = None if timeout is None else loop.time() + timeout
         while True:
@@ -187,6 +192,8 @@ class Client:
                         reply = await future
             except _ConnectionLost:
                 self._conn = None
+                if not resend:
+                    raise
                 continue
             except TimeoutError:
                 self._pending.pop(req_id, None)
@@ -219,6 +226,19 @@ class Client:
 
     async def _submit_batch(self, batch: list[JobSpec]) -> list[str]:
         jobs = tuple(batch)
+        # A frame over the coordinator's limit gets the connection closed, and the resend after
+        # the reconnect is closed again, forever: measure the batch first and split it.
+        try:
+            size = len(encode(m.Submit(req_id=0, jobs=jobs)))
+        except LocalProtocolError as exc:
+            raise RequestError(f"cannot send the job: {exc}") from None
+        if size > self.frame_bytes_max:
+            if len(jobs) == 1:
+                raise RequestError(f"job too large to send: {size} bytes encoded, over the "
+                                   f"{self.frame_bytes_max}-byte frame limit")
+            half = len(batch) // 2
+            return [*await self._submit_batch(batch[:half]),
+                    *await self._submit_batch(batch[half:])]
         return list(await self._request(lambda r: m.Submit(req_id=r, jobs=jobs)))
 
     async def submit_shell(self, command: str, *, priority: int = 0, retries: int = 0,
@@ -253,13 +273,24 @@ class Client:
         out: list[dict[str, Any]] = []
         loop = asyncio.get_running_loop()
         give_up = None if timeout is None else loop.time() + timeout
-        for start in range(0, len(job_ids), GATHER_BATCH):
-            chunk = tuple(job_ids[start:start + GATHER_BATCH])
+        start, size = 0, GATHER_BATCH
+        while start < len(job_ids):
+            chunk = tuple(job_ids[start:start + size])
             left = None if give_up is None else max(give_up - loop.time(), 0.0)
-            out.extend(await self._request(
-                lambda r, c=chunk, t=left: m.Wait(req_id=r, job_ids=c, timeout=t),
-                timeout=None if left is None else left + self.connect_timeout_s,
-            ))
+            try:
+                records = await self._request(
+                    lambda r, c=chunk, t=left: m.Wait(req_id=r, job_ids=c, timeout=t),
+                    timeout=None if left is None else left + self.connect_timeout_s,
+                    resend=len(chunk) == 1,
+                )
+            except _ConnectionLost:
+                # Records with big outputs can add up to a reply over the frame limit, which
+                # gets the connection closed; ask for half as many at a time (after a failover
+                # this only costs a few more round trips).
+                size = max(1, len(chunk) // 2)
+                continue
+            out.extend(records)
+            start += len(chunk)
         return out
 
     async def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:

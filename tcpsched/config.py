@@ -236,8 +236,9 @@ def coordinator_parser() -> UsageParser:
     p.add_argument("--max-unauthenticated", type=_positive_int, default=64, metavar="N",
                    help="connections in their handshake at once; more are refused (64)")
     p.add_argument("--idle-timeout", type=_non_negative_float, default=60.0, metavar="S",
-                   help="close a worker silent for S seconds, or a client with no request "
-                   "in flight and no message for S seconds; 0 never (60)")
+                   help="close a worker silent for S seconds, a client with no request "
+                   "in flight and no message for S seconds, or a peer that reads none of "
+                   "our output for S seconds; 0: only the last, after 30 s (60)")
     p.add_argument("--max-output-buffer", type=_positive_int, default=64 * 1024 * 1024,
                    metavar="BYTES", help="disconnect a peer that leaves more unread (64 MiB)")
     add_tls_flags(p)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import secrets
@@ -16,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from tcpsched import logsetup
 from tcpsched.config import CoordinatorSettings, coordinator_settings, is_loopback
@@ -23,7 +25,13 @@ from tcpsched.core import messages as m
 from tcpsched.core.codec import UnpackLimits
 from tcpsched.core.events import Closed, Connected, Received
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig
-from tcpsched.errors import AuthError, ConfigError, RemoteProtocolError, TcpschedError
+from tcpsched.errors import (
+    AuthError,
+    ConfigError,
+    JournalError,
+    RemoteProtocolError,
+    TcpschedError,
+)
 from tcpsched.runtime import transport
 from tcpsched.runtime.runner import Runner
 from tcpsched.runtime.storage import FSYNC_LOSS, Storage, StorageConfig, check
@@ -37,6 +45,11 @@ log = logging.getLogger(__name__)
 # then refused or timed out by us, with a reason) at once.
 LISTEN_BACKLOG = 1024
 
+# A 20-byte `list` can ask for a reply of thousands of records; a peer that sends many and
+# reads none must meet the output bound after each reply, not after a whole read's worth.
+# (Writes are not yielded on: their replies are small and they share a journal flush.)
+READ_REQUESTS = frozenset({m.Status, m.Wait, m.ListJobs, m.Workers, m.Stats, m.Leader})
+
 ALLOWED_BY_ROLE = {
     "client": m.CLIENT_REQUESTS,
     "worker": m.WORKER_TO_COORDINATOR,
@@ -49,18 +62,26 @@ class Coordinator:
         seed = settings.seed if settings.seed is not None else secrets.randbits(64)
         self.connections: dict[int, Connection] = {}
         loop = asyncio.get_running_loop()
-        self.journal, self.recovery = Storage.open(
-            settings.data_dir, StorageConfig(fsync=settings.fsync,
-                                             compact_bytes=settings.compact_bytes,
-                                             compact_records=settings.compact_records),
-            repair=settings.repair, call_later=loop.call_later)
+        # Recovery and the queue rebuild only allocate (millions of objects at a million jobs):
+        # collections meanwhile would walk them all again and again for nothing. Then the
+        # recovered jobs, which live long, are kept out of every future full collection.
+        gc.disable()
+        try:
+            self.journal, self.recovery = Storage.open(
+                settings.data_dir, StorageConfig(fsync=settings.fsync,
+                                                 compact_bytes=settings.compact_bytes,
+                                                 compact_records=settings.compact_records),
+                repair=settings.repair, call_later=loop.call_later)
+            # A restart is a new epoch, stored before anything is dispatched: workers then
+            # refuse whatever a previous life of this coordinator might still send.
+            self.epoch = self.journal.next_epoch()
+            self.scheduler = Scheduler(self._scheduler_config(self.epoch), random.Random(seed),
+                                       time.time(), table=self.recovery.table)
+        finally:
+            gc.freeze()
+            gc.enable()
         for warning in self.recovery.warnings:
             log.warning("node=%d %s", settings.node_id, warning)
-        # A restart is a new epoch, stored before anything is dispatched: workers then refuse
-        # whatever a previous life of this coordinator might still send.
-        self.epoch = self.journal.next_epoch()
-        self.scheduler = Scheduler(self._scheduler_config(self.epoch), random.Random(seed),
-                                   time.time(), table=self.recovery.table)
         self.journal.publish(self.scheduler.extra_stats)
         self.runner = Runner(self.scheduler, self.journal, self.connections)
         self._next_conn = 1
@@ -93,7 +114,8 @@ class Coordinator:
         ssl_context = server_context(s.tls)
         server = await asyncio.start_server(
             self._on_connect, host, port, limit=transport.READ_BYTES, reuse_address=True,
-            backlog=LISTEN_BACKLOG, ssl=ssl_context, ssl_handshake_timeout=s.handshake_timeout_s if ssl_context else None,
+            backlog=LISTEN_BACKLOG, ssl=ssl_context,
+            ssl_handshake_timeout=s.handshake_timeout_s if ssl_context else None,
         )
         self.port = server.sockets[0].getsockname()[1]
         tls = "off" if ssl_context is None else (
@@ -165,7 +187,9 @@ class Coordinator:
 
     async def _on_connect(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
-        conn = Connection(reader, writer, output_bytes_max=self.settings.output_bytes_max)
+        s = self.settings
+        conn = Connection(reader, writer, output_bytes_max=s.output_bytes_max, backpressure=True,
+                          write_stall_s=s.idle_timeout_s or transport.WRITE_STALL_S)
         self._open.add(conn)
         self._none_open.clear()
         try:
@@ -236,6 +260,8 @@ class Coordinator:
         try:
             while (msg := await conn.receive()) is not None:
                 self.runner.feed(Received(conn_id, msg))
+                if type(msg) in READ_REQUESTS:
+                    await asyncio.sleep(0)  # its reply goes out (and meets the bound) first
             if conn.closed:
                 reason = conn.close_reason
         except RemoteProtocolError as exc:
@@ -256,6 +282,18 @@ async def _main(settings: CoordinatorSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, coordinator.stop)
+
+    def on_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # A journal that failed a write or an fsync raises at the end of a loop turn, before
+        # any reply of that turn is sent; stop then, and exit 1 (the shutdown flush raises
+        # the same error again), rather than run on acknowledging nothing.
+        if isinstance(context.get("exception"), JournalError):
+            log.critical("node=%d %s", settings.node_id, context["exception"])
+            coordinator.stop()
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(on_error)
     try:
         await coordinator.serve()
     except OSError as exc:

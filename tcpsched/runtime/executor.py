@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 64 * 1024
 PIPE_SETTLE_S = 1.0  # after the shell exits, how long stragglers may hold its pipes
+# A result must fit in one Result frame beside the captured output (16 MiB by default): a frame
+# over the coordinator's limit gets the worker's connection closed, and the resend after every
+# reconnect too, so the worker would flap forever and no later result would get through.
+RESULT_BYTES_MAX = 4 * 1024 * 1024
 
 
 @attrs.frozen
@@ -261,10 +265,14 @@ class Executor:
                            finished_at=finished)
         value = work.result()
         try:
-            encode_value(value)
+            size = len(encode_value(value))
         except LocalProtocolError as err:
             return Outcome("failed", error=f"result cannot be sent: {err}", started_at=started,
                            finished_at=finished)
+        if size > RESULT_BYTES_MAX:
+            return Outcome("failed", error=(f"result too large to send: {size} bytes encoded "
+                                            f"(cap {RESULT_BYTES_MAX})"),
+                           started_at=started, finished_at=finished)
         return Outcome("succeeded", result=value, started_at=started, finished_at=finished)
 
 

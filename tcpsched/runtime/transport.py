@@ -43,6 +43,8 @@ READ_BYTES = 256 * 1024
 OUTPUT_BYTES_MAX = 64 * 1024 * 1024
 HANDSHAKE_TIMEOUT_S = 5.0
 YIELD_EVERY_MESSAGES = 64
+BACKPRESSURE_BYTES = 256 * 1024  # read no more requests while this much output is unsent
+WRITE_STALL_S = 30.0  # by default, a peer that takes none of our output this long is cut off
 FIRST_BYTES_KEPT = 8  # to recognise a TLS record where a frame was expected, and say so
 
 
@@ -52,14 +54,23 @@ class Connection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         decoder: FrameDecoder | None = None,
+        *,
         output_bytes_max: int = OUTPUT_BYTES_MAX,
+        backpressure: bool = False,
+        write_stall_s: float = WRITE_STALL_S,
     ) -> None:
+        """`backpressure`: stop taking messages while our output to this peer is unsent (for
+        listeners facing untrusted peers; a dialer always reads, so the two sides can never
+        both wait for the other)."""
         self.reader = reader
+        self.backpressure = backpressure
+        self.write_stall_s = write_stall_s
         self.writer = writer
         self.decoder = decoder or FrameDecoder(HANDSHAKE_FRAME_BYTES_MAX, m.HANDSHAKE_TYPES,
                                                HANDSHAKE_LIMITS)
         self.output_bytes_max = output_bytes_max
         self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
         self._flush_scheduled = False
         self.closed = False
         self.close_reason = ""
@@ -81,9 +92,17 @@ class Connection:
         """Queue one message; it is written at the end of this event-loop turn."""
         if self.closed:
             return
-        self._outbox.append(encode(msg))
+        frame = encode(msg)
+        self._outbox.append(frame)
+        self._outbox_bytes += len(frame)
         self.messages_out += 1
         self.last_sent_at_s = time.monotonic()
+        if self._outbox_bytes > self.output_bytes_max:
+            # Checked here, not only at flush: many small requests can each ask for a big
+            # reply within one turn, and the replies must not pile up before the check.
+            self._check_output_bound()
+            if self.closed:
+                return
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
@@ -95,14 +114,18 @@ class Connection:
             return
         data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
         self._outbox.clear()
+        self._outbox_bytes = 0
         self.bytes_out += len(data)
         try:
             self.writer.write(data)
         except (OSError, RuntimeError) as exc:
             self.close(f"write failed: {exc}", abort=True)
             return
-        transport = self.writer.transport
-        if transport.get_write_buffer_size() > self.output_bytes_max:
+        self._check_output_bound()
+
+    def _check_output_bound(self) -> None:
+        queued = self._outbox_bytes + self.writer.transport.get_write_buffer_size()
+        if queued > self.output_bytes_max:
             self.close(f"peer is not reading (more than {self.output_bytes_max} bytes queued)",
                        abort=True)
 
@@ -121,6 +144,10 @@ class Connection:
         while True:
             if self.closed:
                 return None  # what is still buffered from a peer we closed is not acted on
+            if (self.backpressure
+                    and self.writer.transport.get_write_buffer_size() > BACKPRESSURE_BYTES):
+                await self._wait_writable()
+                continue
             msg = self.decoder.next_message()
             if msg is not None:
                 self.messages_in += 1
@@ -145,6 +172,16 @@ class Connection:
             self.bytes_in += len(data)
             self.decoder.feed(data)
 
+    async def _wait_writable(self) -> None:
+        """Backpressure: take no more requests from a peer while it leaves our answers unread,
+        so it cannot make us produce more; one that reads nothing for a while is cut off."""
+        try:
+            async with asyncio.timeout(self.write_stall_s):
+                await self.writer.drain()
+        except TimeoutError:
+            self.close(f"peer is not reading (nothing taken for {self.write_stall_s:g}s)",
+                       abort=True)
+
     def close(self, reason: str = "", abort: bool = False) -> None:
         """Close once. `abort` drops whatever is still queued for a peer that does not read;
         a polite close would keep the socket and its buffer until the peer reads them."""
@@ -153,6 +190,7 @@ class Connection:
         self.closed = True
         self.close_reason = reason
         self._outbox.clear()
+        self._outbox_bytes = 0
         try:
             if abort:
                 self.writer.transport.abort()

@@ -18,6 +18,7 @@ import pytest
 
 from tcpsched.client import SyncClient
 from tcpsched.core.jobs import OUTPUT_BYTES_MAX, JobSpec
+from tcpsched.errors import RequestError
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until
 from tests.conftest import connect
 
@@ -173,6 +174,47 @@ def test_output_is_capped_at_one_mebibyte_with_a_note(cluster: Cluster) -> None:
     assert record["stderr"].startswith("b" * OUTPUT_BYTES_MAX)
     assert "of 1100000 bytes" in record["stderr"]
     assert len(record["stdout"]) < OUTPUT_BYTES_MAX + 200
+
+
+def test_too_large_result_fails_the_job_and_the_worker_carries_on(cluster: Cluster) -> None:
+    """A result over the cap fails its job with a reason; the worker stays connected and works.
+
+    Sent as is, a 20 MB result would make a frame over the coordinator's 16 MiB limit: the
+    worker's connection would be closed on every resend and no later result would arrive.
+    """
+    c = cluster.client
+    lost_before = c.stats()["workers_lost"]
+    record = c.wait(c.submit_call("operator:mul", "x", 20_000_000), timeout=WAIT_S)
+    assert record["state"] == "failed" and record["attempts"] == 1
+    assert record["error"].startswith("result too large to send")
+    after = c.gather([c.submit_call("operator:add", i, 1) for i in range(8)], timeout=WAIT_S)
+    assert [r["result"] for r in after] == list(range(1, 9))
+    assert c.stats()["workers_lost"] == lost_before
+
+
+def test_gather_of_records_bigger_than_a_frame_together(cluster: Cluster) -> None:
+    """24 records of 1 MiB output each (more than one 16 MiB frame) are all gathered."""
+    c = cluster.client
+    ids = [c.submit_shell("head -c 1048576 /dev/zero | tr '\\0' z") for _ in range(24)]
+    records = c.gather(ids, timeout=WAIT_S)
+    assert [r["id"] for r in records] == ids
+    assert all(r["state"] == "succeeded" and len(r["stdout"]) == 1048576 for r in records)
+
+
+def test_job_too_large_to_submit_is_refused_by_the_client(cluster: Cluster) -> None:
+    """A job whose submit would exceed the frame limit is a RequestError, not an endless retry;
+    a batch that is merely large is split and goes through."""
+    c = cluster.client
+    before = c.stats()["submitted"]
+    with pytest.raises(RequestError, match="too large"):
+        c.submit_call("builtins:len", "x" * 17_000_000)
+    with pytest.raises(RequestError, match="cannot send"):
+        c.submit_call("builtins:len", {1, 2})
+    assert c.stats()["submitted"] == before
+    specs = [JobSpec(kind="call", function="builtins:len", args=("y" * 200_000,))
+             for _ in range(120)]  # 24 MB in one batch of 1000: split in two
+    records = c.gather(c.submit_many(specs), timeout=WAIT_S)
+    assert [r["result"] for r in records] == [200_000] * 120
 
 
 # -- timeouts and cancellation ------------------------------------------------------------------
