@@ -50,6 +50,10 @@ LISTEN_BACKLOG = 1024
 # (Writes are not yielded on: their replies are small and they share a journal flush.)
 READ_REQUESTS = frozenset({m.Status, m.Wait, m.ListJobs, m.Workers, m.Stats, m.Leader})
 
+# Connections refused or closed, by cause; shown by `stats`.
+CONNECTION_COUNTERS = ("protocol_errors", "auth_failures", "handshake_timeouts", "refused_busy",
+                       "idle_closed")
+
 ALLOWED_BY_ROLE = {
     "client": m.CLIENT_REQUESTS,
     "worker": m.WORKER_TO_COORDINATOR,
@@ -91,6 +95,8 @@ class Coordinator:
         self.refused_connections = 0
         self.protocol_errors = 0
         self._close_log = LogLimiter(log)
+        for what in CONNECTION_COUNTERS:
+            self.scheduler.extra_stats.setdefault(what, 0)
         self._open: set[Connection] = set()  # every connection, in its handshake or not
         self._none_open = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None

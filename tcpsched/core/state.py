@@ -46,6 +46,10 @@ _SPEC_FIELDS = tuple(f.name for f in attrs.fields(JobSpec))
 _RECORD_FIELDS = tuple(f.name for f in attrs.fields(JobRecord) if f.name not in ("spec", "state"))
 _SPEC_DEFAULTS = {f.name: f.default for f in attrs.fields(JobSpec) if f.name != "kwargs"}
 _SPEC_DEFAULTS["kwargs"] = {}
+# The defaults as a JSON round trip shows them (tuples come back as lists).
+_SPEC_DEFAULTS_JSON = {
+    name: list(value) if type(value) is tuple else value for name, value in _SPEC_DEFAULTS.items()
+}
 _RECORD_DEFAULTS = {f.name: f.default for f in attrs.fields(JobRecord) if f.name in _RECORD_FIELDS}
 _USER_VALUE_FIELDS = ("args", "kwargs", "result")
 # Fields a snapshot row holds by position; all others go in the trailing map when not default.
@@ -158,25 +162,6 @@ def decode_record(record: dict[str, Any]) -> dict[str, Any]:
 # -- jobs as dicts (journal records) and rows (snapshots) --------------------------------------
 
 
-def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
-    return {
-        "kind": spec.kind, "command": spec.command, "function": spec.function,
-        "args": list(spec.args), "kwargs": dict(spec.kwargs), "priority": spec.priority,
-        "retries": spec.retries, "timeout": spec.timeout, "delay": spec.delay,
-        "tags": list(spec.tags), "key": spec.key, "after": list(spec.after),
-    }  # fmt: skip
-
-
-def spec_from_dict(data: dict[str, Any]) -> JobSpec:
-    return JobSpec(
-        kind=data["kind"], command=data.get("command"), function=data.get("function"),
-        args=tuple(data.get("args", ())), kwargs=dict(data.get("kwargs", {})),
-        priority=data.get("priority", 0), retries=data.get("retries", 0),
-        timeout=data.get("timeout"), delay=data.get("delay", 0.0),
-        tags=tuple(data.get("tags", ())), key=data.get("key"), after=tuple(data.get("after", ())),
-    )  # fmt: skip
-
-
 def _non_default(name: str, value: Any, defaults: dict[str, Any]) -> bool:
     default = defaults[name]
     # `0 == False` and `0 == 0.0`: compare types too, so a default-looking value of another
@@ -199,11 +184,6 @@ def job_to_dict(job: JobRecord) -> dict[str, Any]:
         if name == "kind" or _non_default(name, value, _SPEC_DEFAULTS_JSON):
             out[name] = value
     return out
-
-
-_SPEC_DEFAULTS_JSON = {
-    name: list(value) if type(value) is tuple else value for name, value in _SPEC_DEFAULTS.items()
-}
 
 
 def job_from_dict(data: dict[str, Any]) -> JobRecord:
@@ -294,8 +274,8 @@ _job_failures = _slot_setter(JobRecord, "failures")
 def job_from_row(row: list[Any]) -> JobRecord:
     """Inverse of `job_to_row`."""
     if len(row) == 9:
-        return _build_job(*row, None, decode_value)
-    return _build_job(*row, decode_value)
+        return _build_job(*row, None, decode_value)  # type: ignore[call-arg]
+    return _build_job(*row, decode_value)  # type: ignore[call-arg]
 
 
 def _build_job(job_id: str, seq: int, state: str, submitted_at: float, kind: str,  # noqa: PLR0917
@@ -507,13 +487,13 @@ class JobTable:
             )  # fmt: skip
         elif op == "forget":
             for job_id in record["ids"]:
-                job = self.jobs.pop(job_id, None)
-                if job is None:
+                gone = self.jobs.pop(job_id, None)
+                if gone is None:
                     continue
-                self.counts[job.state] -= 1
+                self.counts[gone.state] -= 1
                 self.finished_order.pop(job_id, None)
-                if job.spec.key is not None and self.keys.get(job.spec.key) == job_id:
-                    del self.keys[job.spec.key]
+                if gone.spec.key is not None and self.keys.get(gone.spec.key) == job_id:
+                    del self.keys[gone.spec.key]
             return None
         else:
             raise ValueError(f"unknown record op {op!r}")

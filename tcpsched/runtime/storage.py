@@ -23,8 +23,11 @@ Theory of operation (Redis AOF + RDB, etcd WAL + snapshot):
   warning. A bad line anywhere else is corruption: refuse to start, naming file and line, unless
   `repair` asks to keep the good prefix (everything after it is moved aside, not deleted).
 
-The snapshot has the same shape as a journal line, `{"seq":S,"table":{...},"crc":C}`, so it can
-be written in pieces (the CRC comes last) and read with one `json.loads`.
+The snapshot is one JSON document shaped like a journal line, `{"seq":S,"table":{...},
+"crc":C}`, with the CRC last so that it can be written in pieces; its jobs array holds one
+chunk of rows per line, so it is also read a chunk at a time (see `read_snapshot`). Every data
+directory is locked (flock) by the coordinator using it, and holds `epoch.json`, the last epoch
+a coordinator started with there.
 """
 
 from __future__ import annotations
@@ -53,14 +56,14 @@ from tcpsched.errors import JournalError
 log = logging.getLogger(__name__)
 
 FSYNC_POLICIES = ("always", "batch", "never")
+BATCH_FSYNC_INTERVAL_S = 0.005
 FSYNC_LOSS = {
     "always": "nothing: a reply is sent only after its record is fsynced",
     "batch": "on a power cut or kernel crash, the records acknowledged in the last "
-             f"{int(0.005 * 1000)} ms; a killed process loses nothing",
+             f"{BATCH_FSYNC_INTERVAL_S * 1000:g} ms; a killed process loses nothing",
     "never": "on a power cut or kernel crash, whatever the kernel had not yet written back "
              "(up to ~30 s on Linux defaults); a killed process loses nothing",
 }  # fmt: skip
-BATCH_FSYNC_INTERVAL_S = 0.005
 COMPACT_BYTES = 64 * 1024 * 1024
 COMPACT_RECORDS = 500_000
 SNAPSHOT_NAME = "snapshot.json"
@@ -491,6 +494,7 @@ class Storage:
         self._hook = hook
         self._buffer: list[bytes] = []
         self._failed: str | None = None
+        self._closing = False
         self._unsynced = False
         self._sync_timer: Any = None
         self._last_sync = time.monotonic()
@@ -628,6 +632,8 @@ class Storage:
 
     def _maybe_compact(self) -> None:
         cfg = self.config
+        if self._closing:
+            return  # shutting down: the journal is enough, and exiting promptly matters more
         if self._compaction is not None:
             if self._compaction.is_alive():
                 return
@@ -727,10 +733,13 @@ class Storage:
         if self._sync_timer is not None:
             self._sync_timer.cancel()
             self._sync_timer = None
+        self._closing = True
         try:
             if self._failed is None:
                 self.flush()
                 self._sync()
+            # The lock is held until a running compaction ends: a successor must never
+            # recover while this process still replaces the snapshot or deletes segments.
             self.wait_compaction()
         finally:
             with contextlib.suppress(OSError):

@@ -5,15 +5,19 @@ Theory of operation: `Connection` owns one asyncio stream pair and one `FrameDec
 one `call_soon` per event-loop turn writes everything queued with one `write`, so a burst of
 messages costs one syscall. If the peer stops reading and the transport's buffer passes
 `output_bytes_max`, the connection is aborted (not closed politely, which would wait for the
-buffer to drain) rather than buffered forever. `receive()` reads at most `READ_BYTES` at a
-time, so the decoder never holds more than one frame plus one read.
+buffer to drain) rather than buffered forever; the bound is checked as each message is
+queued, too. `receive()` reads at most `READ_BYTES` at a time, so the decoder never holds more
+than one frame plus one read; it gives the loop a turn every `YIELD_EVERY_MESSAGES` messages,
+and with `backpressure` (the coordinator's side) it takes no more messages while more than
+`BACKPRESSURE_BYTES` of our output to that peer is unsent, cutting off a peer that takes none of
+it for `write_stall_s`.
 
 The handshake (`accept` on the listening side, `dial` on the other) runs the sans-I/O machines
 of `core/auth.py` with the decoder narrowed to handshake messages and tiny limits, under a
 deadline; only then is it widened to the role's messages and the configured limits.
 
 A connection counts the messages it received and sent and remembers when the last one arrived,
-so the coordinator can close idle ones (see `Coordinator._close_idle`).
+so the coordinator can close idle ones (see `Coordinator._sweep_idle`).
 """
 
 from __future__ import annotations
@@ -326,7 +330,11 @@ async def dial(
             raise AuthError(conn_error) from None
         raise UnavailableError(conn_error) from None
     except (OSError, TimeoutError) as exc:
-        raise UnavailableError(f"cannot connect to {address}: {_describe(exc)}") from None
+        hint = ""
+        if ssl_context is not None and isinstance(exc, ConnectionResetError):
+            hint = " during the TLS handshake (does it serve TLS? it needs --tls-cert)"
+        raise UnavailableError(f"cannot connect to {address}: {_describe(exc)}{hint}"
+                               ) from None
     conn = Connection(reader, writer, output_bytes_max=output_bytes_max)
     machine = auth.DialerHandshake(token, role, name, secrets.token_bytes(m.NONCE_BYTES),
                                    peer=address)
