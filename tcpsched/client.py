@@ -11,7 +11,9 @@ polling); `map` sends jobs in batches, one round trip per `batch_size` jobs.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
+import functools
 import itertools
 import os
 import secrets
@@ -21,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import attrs
+import msgpack
 
 from tcpsched.config import TlsSettings, parse_coordinators, read_token
 from tcpsched.core import messages as m
@@ -53,6 +56,21 @@ class _ConnectionLost(Exception):
 def new_key() -> str:
     """A fresh idempotency key (128 random bits)."""
     return secrets.token_hex(16)
+
+
+SPEC_OVERHEAD_BYTES = 512  # a job's share of a Submit besides its strings and values
+UNPACKABLE_BYTES = 2**62  # a bound no batch passes: the exact encoding then says what is wrong
+
+
+def _size_bound(spec: JobSpec) -> int:
+    """An upper bound of the bytes `spec` adds to an encoded Submit, without encoding it:
+    strings count 4 bytes a character, args and kwargs are sized by msgpack's C packer."""
+    try:
+        values = len(msgpack.packb(spec.args)) + len(msgpack.packb(spec.kwargs))
+    except (TypeError, ValueError, OverflowError):
+        return UNPACKABLE_BYTES
+    texts = (spec.command, spec.function, spec.key, *spec.tags, *spec.after)
+    return SPEC_OVERHEAD_BYTES + values + sum(4 * len(t) + 5 for t in texts if t is not None)
 
 
 def _spec(kind: str, **fields: Any) -> JobSpec:
@@ -227,9 +245,12 @@ class Client:
     async def _submit_batch(self, batch: list[JobSpec]) -> list[str]:
         jobs = tuple(batch)
         # A frame over the coordinator's limit gets the connection closed, and the resend after
-        # the reconnect is closed again, forever: measure the batch first and split it.
+        # the reconnect is closed again, forever: measure the batch first and split it. The
+        # cheap bound spares the exact (second) encoding of every ordinary batch.
+        if sum(_size_bound(spec) for spec in jobs) + 64 <= self.frame_bytes_max:
+            return list(await self._request(lambda r: m.Submit(req_id=r, jobs=jobs)))
         try:
-            size = len(encode(m.Submit(req_id=0, jobs=jobs)))
+            size = len(encode(m.Submit(req_id=0, jobs=jobs), frame_bytes_max=2**32 - 1))
         except LocalProtocolError as exc:
             raise RequestError(f"cannot send the job: {exc}") from None
         if size > self.frame_bytes_max:
@@ -279,14 +300,16 @@ class Client:
             left = None if give_up is None else max(give_up - loop.time(), 0.0)
             try:
                 records = await self._request(
-                    lambda r, c=chunk, t=left: m.Wait(req_id=r, job_ids=c, timeout=t),
+                    functools.partial(_wait_request, job_ids=chunk, timeout=left),
                     timeout=None if left is None else left + self.connect_timeout_s,
                     resend=len(chunk) == 1,
                 )
-            except _ConnectionLost:
-                # Records with big outputs can add up to a reply over the frame limit, which
-                # gets the connection closed; ask for half as many at a time (after a failover
-                # this only costs a few more round trips).
+            except (_ConnectionLost, RequestError):
+                if len(chunk) == 1:
+                    raise
+                # Records with big args or outputs can add up to a reply over the frame limit:
+                # the coordinator refuses to send it (or the connection is closed). Ask for half
+                # as many at a time; a refusal that is not about size shows up at one job.
                 size = max(1, len(chunk) // 2)
                 continue
             out.extend(records)
@@ -320,7 +343,8 @@ class Client:
         value = state.value if isinstance(state, JobState) else state
         return await self._request(lambda r: m.ListJobs(req_id=r, state=value, limit=limit))
 
-    async def workers(self) -> list[dict[str, Any]]:
+    # builtins.list: in this class body, `list` names the method above.
+    async def workers(self) -> builtins.list[dict[str, Any]]:
         return await self._request(lambda r: m.Workers(req_id=r))
 
     async def stats(self) -> dict[str, Any]:
@@ -328,6 +352,10 @@ class Client:
 
     async def leader(self) -> dict[str, Any]:
         return await self._request(lambda r: m.Leader(req_id=r))
+
+
+def _wait_request(req_id: int, job_ids: tuple[str, ...], timeout: float | None) -> m.Wait:
+    return m.Wait(req_id=req_id, job_ids=job_ids, timeout=timeout)
 
 
 def _is_terminal(record: dict[str, Any]) -> bool:
@@ -408,7 +436,7 @@ class SyncClient:
              ) -> list[dict[str, Any]]:
         return self._run(self._client.list(state, limit))
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> builtins.list[dict[str, Any]]:
         return self._run(self._client.workers())
 
     def stats(self) -> dict[str, Any]:

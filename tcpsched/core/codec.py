@@ -32,6 +32,7 @@ HEADER = struct.Struct(">I")
 FRAME_BYTES_MAX = 16 * 1024 * 1024
 HANDSHAKE_FRAME_BYTES_MAX = 4096
 VALUE_DEPTH_MAX = 32
+VALUE_BYTES_MAX = FRAME_BYTES_MAX - 4 * 1024 * 1024  # room for the rest of a Result
 
 
 @attrs.frozen
@@ -206,12 +207,17 @@ def from_wire(obj: Any, allowed: frozenset[type] | None = None) -> Any:
     return _structure(cls, obj)
 
 
-def encode(msg: Any) -> bytes:
-    """One message as a complete frame."""
+def encode(msg: Any, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
+    """One message as a complete frame; LocalProtocolError if it cannot be one."""
     try:
         body = msgpack.packb(to_wire(msg), use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from None
+    if len(body) > frame_bytes_max:
+        # The peer would refuse it and drop the connection; better to fail here, loudly.
+        raise LocalProtocolError(
+            f"{type(msg).__name__} is {len(body)} bytes, over the frame limit {frame_bytes_max}"
+        )
     return HEADER.pack(len(body)) + body
 
 
@@ -219,9 +225,12 @@ def encode_value(value: Any) -> bytes:
     """Check that a free-form value can be sent (a worker checks a job's result this way)."""
     try:
         check_value(value)
-        return msgpack.packb(value, use_bin_type=True)
+        packed = msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError, RemoteProtocolError) as exc:
         raise LocalProtocolError(str(exc)) from None
+    if len(packed) > VALUE_BYTES_MAX:
+        raise LocalProtocolError(f"value is {len(packed)} bytes, over {VALUE_BYTES_MAX}")
+    return packed
 
 
 def _no_ext(code: int, data: bytes) -> Any:

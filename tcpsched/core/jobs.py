@@ -49,6 +49,13 @@ LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
+def _trim(text: str, chars_max: int | None, job_id: str) -> str:
+    if chars_max is None or len(text) <= chars_max:
+        return text
+    return (text[:chars_max] + f"\n[tcpsched: {len(text) - chars_max} more characters; "
+            f"`status {job_id}` shows the whole output]")
+
+
 def is_legal(old: JobState, new: JobState) -> bool:
     return new in LEGAL_TRANSITIONS[old]
 
@@ -132,8 +139,12 @@ class JobRecord:
     lost_workers: int = 0
     failures: int = 0
 
-    def to_public(self) -> dict[str, Any]:
-        """The record as users see it (CLI `--json`, `Client.status`): the contract's fields."""
+    def to_public(self, output_chars_max: int | None = None) -> dict[str, Any]:
+        """The record as users see it (CLI `--json`, `Client.status`): the contract's fields.
+
+        `output_chars_max` trims stdout and stderr, so a reply listing many jobs stays within
+        a frame; `status` of one job shows them whole (up to the worker's capture cap).
+        """
         spec = self.spec
         out: dict[str, Any] = {
             "id": self.id,
@@ -159,8 +170,8 @@ class JobRecord:
             finished_at=self.finished_at,
             exit_code=self.exit_code,
             result=self.result,
-            stdout=self.stdout,
-            stderr=self.stderr,
+            stdout=_trim(self.stdout, output_chars_max, self.id),
+            stderr=_trim(self.stderr, output_chars_max, self.id),
             error=self.error,
         )
         if spec.key is not None:

@@ -38,6 +38,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOB_ID_PREFIX_MIN = 4
+# Replies that carry many records share this much room for their jobs' stdout and stderr, so
+# a `list` or `wait` of many chatty jobs stays far below the frame limit.
+REPLY_OUTPUT_CHARS = 4 * 1024 * 1024
+OUTPUT_CHARS_PER_RECORD_MIN = 1024
+
+
+def output_budget(records: int) -> int:
+    """Characters of stdout (and of stderr) each record of a multi-record reply may carry."""
+    return max(OUTPUT_CHARS_PER_RECORD_MIN, REPLY_OUTPUT_CHARS // max(2 * records, 1))
 RETENTION_CHECK_PERIOD_S = 1.0
 
 
@@ -353,7 +362,8 @@ class Scheduler:
         remaining = {job.id for job in jobs if not job.state.is_terminal}
         ids = tuple(job.id for job in jobs)
         if not remaining or (msg.timeout is not None and msg.timeout <= 0):
-            self._reply(conn, msg.req_id, [job.to_public() for job in jobs])
+            budget = output_budget(len(jobs))
+            self._reply(conn, msg.req_id, [job.to_public(budget) for job in jobs])
             return
         deadline = now + msg.timeout if msg.timeout is not None else None
         waiter = _Waiter(conn, msg.req_id, ids, remaining, deadline)
@@ -367,9 +377,10 @@ class Scheduler:
     def _finish_waiter(self, waiter: _Waiter) -> None:
         waiter.done = True
         records = []
+        budget = output_budget(len(waiter.job_ids))
         for job_id in waiter.job_ids:
             job = self.table.get(job_id)
-            records.append(job.to_public() if job is not None else {"id": job_id,
+            records.append(job.to_public(budget) if job is not None else {"id": job_id,
                                                                    "state": "forgotten"})
         self._reply(waiter.conn, waiter.req_id, records)
         conn_waiters = self._waiters_by_conn.get(waiter.conn)
@@ -399,11 +410,12 @@ class Scheduler:
                         f"unknown state {msg.state!r}; choose one of {states}")
             return
         limit = min(msg.limit, self.config.list_limit_max)
+        budget = output_budget(limit)
         out = []
         if limit > 0:
             for job in self.table.newest_first():
                 if msg.state is None or job.state.value == msg.state:
-                    out.append(job.to_public())
+                    out.append(job.to_public(budget))
                     if len(out) >= limit:
                         break
         self._reply(conn, msg.req_id, out)

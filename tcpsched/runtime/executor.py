@@ -38,10 +38,6 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 64 * 1024
 PIPE_SETTLE_S = 1.0  # after the shell exits, how long stragglers may hold its pipes
-# A result must fit in one Result frame beside the captured output (16 MiB by default): a frame
-# over the coordinator's limit gets the worker's connection closed, and the resend after every
-# reconnect too, so the worker would flap forever and no later result would get through.
-RESULT_BYTES_MAX = 4 * 1024 * 1024
 
 
 @attrs.frozen
@@ -206,8 +202,8 @@ class Executor:
         code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
         exit_code = code if code >= 0 else 128 - code
         finished = time.time()
-        common = dict(exit_code=exit_code, stdout=out.text(), stderr=err.text(),
-                      started_at=started, finished_at=finished)
+        common: dict[str, Any] = dict(exit_code=exit_code, stdout=out.text(),
+                                      stderr=err.text(), started_at=started, finished_at=finished)
         if stop_reason is not None:
             state = "cancelled" if stop_reason == "cancelled" else "failed"
             return Outcome(state, error=stop_reason, **common)
@@ -257,22 +253,18 @@ class Executor:
             state = "cancelled" if reason == "cancelled" else "failed"
             return Outcome(state, error=reason, started_at=started, finished_at=time.time())
         finished = time.time()
-        exc = work.exception()
-        if exc is not None:
-            tb = "".join(traceback.format_exception(exc))
-            return Outcome("failed", error=f"{type(exc).__name__}: {exc}",
+        raised = work.exception()
+        if raised is not None:
+            tb = "".join(traceback.format_exception(raised))
+            return Outcome("failed", error=f"{type(raised).__name__}: {raised}",
                            stderr=tb[-self.output_bytes_max:], started_at=started,
                            finished_at=finished)
         value = work.result()
         try:
-            size = len(encode_value(value))
+            encode_value(value)
         except LocalProtocolError as err:
             return Outcome("failed", error=f"result cannot be sent: {err}", started_at=started,
                            finished_at=finished)
-        if size > RESULT_BYTES_MAX:
-            return Outcome("failed", error=(f"result too large to send: {size} bytes encoded "
-                                            f"(cap {RESULT_BYTES_MAX})"),
-                           started_at=started, finished_at=finished)
         return Outcome("succeeded", result=value, started_at=started, finished_at=finished)
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from tcpsched.core.events import Close, Effect, Journal, Send, Tick
+from tcpsched.core.messages import ErrorReply
+from tcpsched.errors import LocalProtocolError
 from tcpsched.runtime.transport import Connection
 
 log = logging.getLogger(__name__)
@@ -87,13 +89,27 @@ class Runner:
             if isinstance(effect, Send):
                 conn = self.connections.get(effect.conn)
                 if conn is not None:
-                    conn.send(effect.msg)
+                    self._send(conn, effect.msg)
             elif isinstance(effect, Close):
                 conn = self.connections.get(effect.conn)
                 if conn is not None:
                     log.info("closing %s: %s", conn.peer, effect.reason)
                     conn.flush()
                     conn.close(effect.reason)
+
+    def _send(self, conn: Connection, msg: Any) -> None:
+        try:
+            conn.send(msg)
+        except LocalProtocolError as exc:
+            # Too big, or a value msgpack cannot carry: answer the request with an error
+            # rather than sending a frame the peer must refuse (and then retry forever).
+            log.error("cannot send %s to %s: %s", type(msg).__name__, conn.peer, exc)
+            req_id = getattr(msg, "req_id", None)
+            if req_id is None:
+                conn.close(f"cannot send {type(msg).__name__}")
+                return
+            conn.send(ErrorReply(req_id=req_id, kind="bad_request",
+                                 message=f"the reply cannot be sent: {exc}"))
 
     def flush_now(self) -> None:
         """Carry out everything held (used at shutdown)."""

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tcpsched.client import UNPACKABLE_BYTES, _size_bound
 from tcpsched.core import messages as m
 from tcpsched.core.codec import HEADER, FrameDecoder, encode
 from tcpsched.core.jobs import PRIORITY_MAX, PRIORITY_MIN, RETRIES_MAX, JobSpec
@@ -184,3 +185,11 @@ def test_printable_names_are_accepted() -> None:
     """A plain worker name of the maximum length is a valid Register."""
     name = (string.ascii_letters * 3)[: m.NAME_CHARS_MAX]
     assert roundtrip(m.Register(name=name, slots=4)) == m.Register(name=name, slots=4)
+
+
+@given(st.lists(job_specs(), min_size=1, max_size=5))
+def test_client_size_bound_is_never_below_the_encoded_size(specs: list[JobSpec]) -> None:
+    """The client's cheap size bound (used to skip a second encoding) is a true upper bound."""
+    bound = sum(_size_bound(spec) for spec in specs)
+    size = len(encode(m.Submit(req_id=2**63 - 1, jobs=tuple(specs))))
+    assert size <= 64 + bound < UNPACKABLE_BYTES
