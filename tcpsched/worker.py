@@ -32,6 +32,7 @@ from tcpsched.config import WorkerSettings, is_loopback, parse_address, worker_s
 from tcpsched.core import messages as m
 from tcpsched.errors import AuthError, ConfigError, RemoteProtocolError, UnavailableError
 from tcpsched.runtime.executor import Executor, KillSwitch, Outcome
+from tcpsched.runtime.reaper import Reaper
 from tcpsched.runtime.tls import client_context
 from tcpsched.runtime.transport import Connection, dial
 
@@ -51,9 +52,11 @@ class _Attempt:
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, rng: random.Random | None = None) -> None:
+    def __init__(self, settings: WorkerSettings, rng: random.Random | None = None,
+                 reaper: Reaper | None = None) -> None:
         self.settings = settings
-        self.executor = Executor(settings.slots, settings.output_bytes_max, settings.kill_grace_s)
+        self.executor = Executor(settings.slots, settings.output_bytes_max, settings.kill_grace_s,
+                                 reaper if reaper is not None else Reaper())
         self.running: dict[str, _Attempt] = {}
         self.outbox: dict[tuple[str, int], m.Result] = {}
         self.conn: Connection | None = None

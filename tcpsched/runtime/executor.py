@@ -33,6 +33,7 @@ import attrs
 
 from tcpsched.core.codec import encode_value
 from tcpsched.errors import LocalProtocolError
+from tcpsched.runtime.reaper import Reaper
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +161,17 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 class Executor:
-    def __init__(self, slots: int, output_bytes_max: int, kill_grace_s: float) -> None:
+    def __init__(self, slots: int, output_bytes_max: int, kill_grace_s: float,
+                 reaper: Reaper | None = None) -> None:
         self.output_bytes_max = output_bytes_max
         self.kill_grace_s = kill_grace_s
         self._threads = JobThreads()
+        self._reaper = reaper
 
     def shutdown(self) -> None:
         self._threads.shutdown()
+        if self._reaper is not None:
+            self._reaper.close()
 
     async def run_shell(self, command: str, timeout: float | None, kill: KillSwitch) -> Outcome:
         started = time.time()
@@ -179,6 +184,16 @@ class Executor:
             return Outcome("failed", error=f"cannot start shell: {exc}", started_at=started,
                            finished_at=time.time())
         pgid = proc.pid  # start_new_session makes the shell its group's leader
+        if self._reaper is not None:
+            self._reaper.track(pgid)
+        try:
+            return await self._supervise(proc, pgid, timeout, kill, started)
+        finally:
+            if self._reaper is not None:
+                self._reaper.untrack(pgid)
+
+    async def _supervise(self, proc: asyncio.subprocess.Process, pgid: int,
+                         timeout: float | None, kill: KillSwitch, started: float) -> Outcome:
         out, err = _CappedBuffer(self.output_bytes_max), _CappedBuffer(self.output_bytes_max)
         pumps = [asyncio.ensure_future(_pump(proc.stdout, out)),
                  asyncio.ensure_future(_pump(proc.stderr, err))]

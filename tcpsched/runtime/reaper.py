@@ -42,3 +42,51 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class Reaper:
+    """The worker's handle on its reaper process: `track` and `untrack` process groups."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tcpsched.runtime.reaper"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True,
+        )  # fmt: skip
+        self._broken = False
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def _tell(self, line: bytes) -> None:
+        if self._broken or self._proc.stdin is None:
+            return
+        try:
+            self._proc.stdin.write(line)
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            # The reaper is gone: jobs still run and still stop on timeout; only the
+            # kill-on-worker-death guarantee is lost, so say so once and carry on.
+            self._broken = True
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "the job reaper (pid %d) is gone: shell jobs would outlive a killed worker",
+                self._proc.pid,
+            )
+
+    def track(self, pgid: int) -> None:
+        self._tell(b"+%d\n" % pgid)
+
+    def untrack(self, pgid: int) -> None:
+        self._tell(b"-%d\n" % pgid)
+
+    def close(self) -> None:
+        """End the reaper (it kills whatever is still tracked, normally nothing)."""
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        with contextlib.suppress(Exception):
+            self._proc.wait(timeout=5)

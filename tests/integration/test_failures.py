@@ -2,8 +2,8 @@
 
 Every test starts its own coordinator with short heartbeats (0.2 s interval, 1.0 s timeout) so
 a lost worker costs about a second. Jobs that must die with their worker are Python calls
-(they run in a thread of the worker process); shell jobs run in their own session and would
-outlive a kill -9 of the worker.
+(they run in a thread of the worker process); shell jobs run in their own session and are
+killed by the worker's reaper when the worker dies (`test_shell_job_dies_with_its_worker`).
 """
 
 from __future__ import annotations
@@ -200,3 +200,30 @@ def test_worker_reconnects_to_restarted_coordinator(procs: ProcessGroup, clients
     wait_for_workers(client, ["w1"], timeout=WAIT_S)
     record = client.wait(client.submit_call("time:sleep", 0.05), timeout=WAIT_S)
     assert (record["state"], record["worker"]) == ("succeeded", "w1")
+
+
+def test_shell_job_dies_with_its_worker(procs: ProcessGroup, clients: Clients,
+                                        tmp_path: Path) -> None:
+    """kill -9 of a worker also kills its shell job's whole process group (no orphan runs on)."""
+    import os
+
+    _, client, workers = start(procs, clients, ["w1"])
+    pids = tmp_path / "pids"
+    job_id = client.submit_shell(f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; wait")
+    assert running_on(client, job_id) == "w1"
+    wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 2, WAIT_S,
+               what="job pids written")
+    job_pids = [int(p) for p in pids.read_text().split()]
+    workers["w1"].signal(signal.SIGKILL)
+
+    def gone() -> bool:
+        for pid in job_pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+                return False
+        return True
+
+    wait_until(gone, WAIT_S, what="the job's processes gone after its worker died")
