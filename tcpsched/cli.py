@@ -9,6 +9,7 @@ error (bad flags, unknown job), 3 no coordinator reachable, 4 authentication ref
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -223,10 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    if args.json:
-        print(json.dumps(result.value, indent=2, default=repr))
-    else:
-        print(result.text)
+    try:
+        print(json.dumps(result.value, indent=2, default=repr) if args.json else result.text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `... | head` closed the pipe: that is the reader's choice, not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if result.error:
         print(f"error: {result.error}" if result.exit_code else f"note: {result.error}",
               file=sys.stderr)

@@ -47,6 +47,7 @@ T = TypeVar("T")
 SUBMIT_BATCH = 1000
 GATHER_BATCH = 5000
 CONNECT_TIMEOUT_S = 10.0
+RESENDS_MAX = 5  # reconnect-and-resend rounds for one request before giving up
 
 
 class _ConnectionLost(Exception):
@@ -194,6 +195,7 @@ class Client:
         exceptions."""
         loop = asyncio.get_running_loop()
         give_up = None if timeout is None else loop.time() + timeout
+        losses = 0
         while True:
             await self.connect()
             conn = self._conn
@@ -210,8 +212,16 @@ class Client:
                         reply = await future
             except _ConnectionLost:
                 self._conn = None
+                losses += 1
                 if not resend:
                     raise
+                if losses > RESENDS_MAX:
+                    # A coordinator that drops us every time we ask is not a failover; stop
+                    # rather than loop forever.
+                    raise UnavailableError(
+                        f"the connection to {self.address} was lost {losses} times before "
+                        "a reply came"
+                    ) from None
                 continue
             except TimeoutError:
                 self._pending.pop(req_id, None)

@@ -306,7 +306,8 @@ class WorkerSettings:
     output_bytes_max: int = 1024 * 1024
     frame_bytes_max: int = 16 * 1024 * 1024
     reconnect_base_s: float = 0.1
-    reconnect_cap_s: float = 5.0
+    reconnect_cap_s: float = 1.0  # well under the heartbeat timeout: a restarted coordinator
+    # gives running jobs that long to come back with their worker before requeueing them
     tls: TlsSettings = TlsSettings()
 
 

@@ -141,9 +141,10 @@ class Scheduler:
         re-register with them; until then it is a suspect placeholder, and then it is dead and
         its jobs are requeued like any lost worker's.
         """
+        pending = []
         for job in self.table.jobs.values():
             if job.state is JobState.PENDING:
-                self.queue.push(job.id, job.spec.priority, job.seq, job.not_before)
+                pending.append((job.id, job.spec.priority, job.seq, job.not_before))
             elif job.state is JobState.RUNNING and job.worker is not None:
                 entry = self.workers.get(job.worker)
                 if entry is None:
@@ -154,6 +155,7 @@ class Scheduler:
                     self.detector.watch(job.worker, now, connected=False)
                 entry.running[job.id] = job.attempts
                 entry.slots = max(entry.slots, len(entry.running))
+        self.queue.load(pending)
 
     # -- the sans-I/O interface ---------------------------------------------------------------
 

@@ -7,6 +7,7 @@ as it does for the leader.
 
 from __future__ import annotations
 
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -158,3 +159,17 @@ def test_removed_job_never_surfaces_even_if_pushed_back() -> None:
     assert len(q) == 1
     assert q.pop(5.0) == "b"
     assert len(q) == 0
+
+
+@given(st.lists(st.tuples(st.integers(-3, 3), st.sampled_from([0.0, 0.5, 2.0])), max_size=40),
+       st.sampled_from([0.0, 1.0, 5.0]))
+def test_bulk_load_pops_like_pushes(jobs: list[tuple[int, float]], now: float) -> None:
+    """load() (used by a restart) yields exactly the order that pushing one by one does."""
+    entries = [(f"j{i}", priority, i, delay) for i, (priority, delay) in enumerate(jobs)]
+    pushed, loaded = JobQueue(), JobQueue()
+    for entry in entries:
+        pushed.push(*entry)
+    loaded.load(entries)
+    assert loaded.next_deadline() == pushed.next_deadline()
+    order = [pushed.pop(now) for _ in range(len(entries) + 1)]
+    assert [loaded.pop(now) for _ in range(len(entries) + 1)] == order
