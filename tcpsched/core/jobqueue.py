@@ -43,15 +43,15 @@ class JobQueue:
     def load(self, jobs: Iterable[tuple[str, int, int, float]]) -> None:
         """Queue many (job_id, priority, seq, not_before) at once: one O(n) heapify instead of
         n pushes, which matters when a restart rebuilds a queue of a million jobs."""
-        for job_id, priority, seq, not_before in jobs:
-            if not_before > 0.0:
-                delayed: _DelayedEntry = (not_before, seq, job_id, priority)
-                self._live[job_id] = delayed
-                self._delayed.append(delayed)
-            else:
-                entry: _Entry = (-priority, seq, job_id)
-                self._live[job_id] = entry
-                self._ready.append(entry)
+        items = jobs if isinstance(jobs, list) else list(jobs)
+        ready: list[_Entry] = [(-p, seq, job_id) for job_id, p, seq, nb in items if nb <= 0.0]
+        delayed: list[_DelayedEntry] = [
+            (nb, seq, job_id, p) for job_id, p, seq, nb in items if nb > 0.0
+        ]
+        self._live.update(zip([e[2] for e in ready], ready, strict=True))
+        self._live.update(zip([e[2] for e in delayed], delayed, strict=True))
+        self._ready.extend(ready)
+        self._delayed.extend(delayed)
         heapq.heapify(self._ready)
         heapq.heapify(self._delayed)
 

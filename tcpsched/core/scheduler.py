@@ -141,11 +141,15 @@ class Scheduler:
         re-register with them; until then it is a suspect placeholder, and then it is dead and
         its jobs are requeued like any lost worker's.
         """
-        pending = []
-        for job in self.table.jobs.values():
-            if job.state is JobState.PENDING:
-                pending.append((job.id, job.spec.priority, job.seq, job.not_before))
-            elif job.state is JobState.RUNNING and job.worker is not None:
+        jobs = self.table.jobs.values()
+        pending_state = JobState.PENDING
+        # One comprehension over a million jobs costs half what the same loop does.
+        self.queue.load([(j.id, j.spec.priority, j.seq, j.not_before)
+                         for j in jobs if j.state is pending_state])
+        if not self.table.counts[JobState.RUNNING]:
+            return
+        for job in jobs:
+            if job.state is JobState.RUNNING and job.worker is not None:
                 entry = self.workers.get(job.worker)
                 if entry is None:
                     entry = self.workers[job.worker] = WorkerEntry(
@@ -155,7 +159,6 @@ class Scheduler:
                     self.detector.watch(job.worker, now, connected=False)
                 entry.running[job.id] = job.attempts
                 entry.slots = max(entry.slots, len(entry.running))
-        self.queue.load(pending)
 
     # -- the sans-I/O interface ---------------------------------------------------------------
 
