@@ -161,10 +161,18 @@ class Worker:
             for a in self.running.values() if not a.handed_back
         )
 
+    def _owned_refs(self) -> tuple[m.AttemptRef, ...]:
+        """What Register reports: attempts still running and finished ones whose result the
+        coordinator has not acknowledged. Both are ours; leaving out the finished ones would
+        make a restarted coordinator think them lost and run them again."""
+        finished = tuple(m.AttemptRef(job_id=job_id, attempt=attempt)
+                         for job_id, attempt in self.outbox)
+        return self._running_refs() + finished
+
     async def _session(self, conn: Connection, address: str) -> None:
         s = self.settings
         conn.send(m.Register(name=s.name, slots=s.slots, tags=s.tags,
-                             running=self._running_refs(), draining=self.draining))
+                             running=self._owned_refs(), draining=self.draining))
         async with asyncio.timeout(10.0):
             reply = await conn.receive()
         if not isinstance(reply, m.Registered):

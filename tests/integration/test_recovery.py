@@ -121,6 +121,31 @@ def test_a_job_running_at_the_crash_stays_with_its_worker(procs: ProcessGroup,
     client.close()
 
 
+def test_a_job_that_finished_while_the_coordinator_was_down_is_not_run_again(
+        procs: ProcessGroup, tmp_path: Path) -> None:
+    """A job that finishes while its coordinator is dead is reported by its worker on
+    re-registration (result unacknowledged), so the restarted coordinator takes the result
+    instead of running the job again."""
+    port = free_port()
+    first, address = procs.coordinator(port=port, name="c1-first")
+    client = connect(address)
+    procs.worker(address, "w1", slots=1)
+    flag, runs = tmp_path / "go", tmp_path / "runs"
+    job = client.submit_shell(f"echo run >> {runs}; while [ ! -e {flag} ]; do sleep 0.05; "
+                              "done; echo done")
+    wait_until(lambda: client.status(job)["state"] == "running", WAIT_S, what="job running")
+    client.close()
+    kill9(first)
+    flag.touch()  # the job ends while no coordinator is there to hear of it
+
+    _, address = procs.coordinator(port=port, name="c1-second")
+    client = connect(address)
+    record = client.wait(job, timeout=WAIT_S)
+    assert record["state"] == "succeeded" and record["attempts"] == 1
+    assert runs.read_text() == "run\n"
+    client.close()
+
+
 def test_sigterm_exits_0_and_check_reports_sound_then_corrupt(procs: ProcessGroup) -> None:
     """After SIGTERM (exit 0) `--check` prints what the directory holds and exits 0; after a
     byte flips in the middle of the journal it exits 1 with one error line naming file and
