@@ -48,6 +48,9 @@ console: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_failover.py
+	$(PY) scripts/bench_journal.py --seconds 3
+	$(PY) scripts/abuse.py
 
 chaos: $(STAMP)
 	$(PY) scripts/chaos.py
