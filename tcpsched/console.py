@@ -6,34 +6,31 @@ Every line is split like a shell would split it; console commands (`help`, `watc
 parser and `execute()`, so both speak exactly the same language. A `--json` anywhere on a line
 prints that command's JSON document instead of the table.
 
-Beside the REPL, a `Poller` with its own short-timeout client asks the cluster for its figures
-every second; the bottom toolbar only reads what the poller last saw, so drawing it never
-blocks and never fails. The poller also keeps the recent job ids and worker names the completer
-offers. When the coordinator goes away, the poller says so in the toolbar and keeps asking; the
-command client reconnects on the next command (see `Client`), so the console outlives a
-coordinator restart without doing anything special.
+Beside the REPL, a `Poller` (console_toolbar.py) asks the cluster for its figures every second
+and the bottom toolbar only reads what it last saw; Tab completion (console_completion.py)
+offers commands, flags and the recent job ids and worker names the poller and the commands
+noted; console_text.py says how results become terminal text. When the coordinator goes away,
+the poller says so in the toolbar and keeps asking; the command client reconnects on the next
+command (see `Client`), so the console outlives a coordinator restart without doing anything
+special.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import json
 import os
 import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.application import Application
-from prompt_toolkit.completion import CompleteEvent, Completer, Completion
-from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import ANSI, HTML
 from prompt_toolkit.history import FileHistory, History
 from prompt_toolkit.input import Input
@@ -53,46 +50,14 @@ from tcpsched.config import (
     read_token,
     tls_from_args,
 )
+from tcpsched.console_completion import CONSOLE_COMMANDS, Catalog, ConsoleCompleter
+from tcpsched.console_text import colour, json_text, one_line, plain, truncate
+from tcpsched.console_toolbar import POLL_INTERVAL_S, Poller
 from tcpsched.errors import ConfigError, TcpschedError
 
 PROMPT = "tcpsched> "
-POLL_INTERVAL_S = 1.0
-RATE_WINDOW_S = 5.0  # finished/s is averaged over this many seconds of samples
-RECENT_JOBS_MAX = 500
 MAX_LINES = 200
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-# Console-only commands and what `help` says about them (the CLI's come from its parser).
-CONSOLE_COMMANDS: dict[str, tuple[str, str]] = {
-    "help": ("[COMMAND]", "list the commands, or explain one"),
-    "watch": ("[JOB|jobs|workers]", "a live view, refreshed every second, until a key is pressed"),
-    "logs": ("JOB", "a job's stdout and stderr"),
-    "worker": ("NAME", "one worker and the jobs running on it"),
-    "use": ("HOST:PORT[,...]", "talk to another cluster"),
-    "quit": ("", "leave the console (also exit, Ctrl-D)"),
-    "exit": ("", "leave the console"),
-}
-
-_COLOURS = {
-    "pending": "33", "running": "36;1", "succeeded": "32", "failed": "31;1",
-    "cancelled": "35", "alive": "32", "suspect": "33", "draining": "36", "dead": "31;1",
-}  # fmt: skip
-
-
-def colour(text: str, state: str) -> str:
-    """The formatting.Styler of the console: states in ANSI colour."""
-    code = _COLOURS.get(state)
-    return f"\x1b[{code}m{text}\x1b[0m" if code else text
-
-
-def truncate(text: str, max_lines: int) -> str:
-    """At most `max_lines` lines, with a note saying how many were left out."""
-    lines = text.split("\n")
-    if max_lines <= 0 or len(lines) <= max_lines:
-        return text
-    hidden = len(lines) - max_lines
-    return "\n".join([*lines[:max_lines],
-                      f"… {hidden} more line(s) not shown (see --json, or narrow with --limit)"])
 
 
 def default_history_path() -> Path:
@@ -101,185 +66,6 @@ def default_history_path() -> Path:
     if state_home:
         return Path(state_home) / "tcpsched" / "history"
     return Path.home() / ".tcpsched_history"
-
-
-# -- what the console knows about the cluster ---------------------------------------------------
-
-
-@attrs.define
-class Catalog:
-    """Recent job ids (with state and a short description) and worker names, for completion."""
-
-    jobs: collections.OrderedDict[str, tuple[str, str]] = attrs.field(
-        factory=collections.OrderedDict)
-    workers: dict[str, str] = attrs.field(factory=dict)
-    addresses: list[str] = attrs.field(factory=list)
-
-    def note_job(self, record: dict[str, Any]) -> None:
-        job_id = record.get("id")
-        if not isinstance(job_id, str):
-            return
-        self.jobs.pop(job_id, None)
-        self.jobs[job_id] = (str(record.get("state", "")), formatting.what(record))
-        while len(self.jobs) > RECENT_JOBS_MAX:
-            self.jobs.popitem(last=False)
-
-    def note_value(self, value: Any) -> None:
-        """Remember whatever job records or ids a command returned."""
-        if isinstance(value, dict) and "state" in value:
-            self.note_job(value)
-        elif isinstance(value, dict) and isinstance(value.get("id"), str):
-            self.note_job({"id": value["id"], "state": "pending"})
-        elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, dict) and "name" in item and "slots" in item:
-                    self.workers[item["name"]] = item.get("state", "")
-                elif isinstance(item, dict):
-                    self.note_job(item)
-
-    def recent_jobs(self) -> list[tuple[str, tuple[str, str]]]:
-        return list(reversed(self.jobs.items()))
-
-
-class ConsoleCompleter(Completer):
-    """Command names, each command's flags, job states, recent job ids and worker names."""
-
-    def __init__(self, catalog: Catalog, parsers: dict[str, UsageParser],
-                 summaries: dict[str, str]) -> None:
-        self.catalog = catalog
-        self.parsers = parsers
-        self.summaries = {**summaries, **{n: h for n, (_u, h) in CONSOLE_COMMANDS.items()}}
-        self.commands = sorted({*parsers, *CONSOLE_COMMANDS})
-
-    def _flags(self, command: str) -> dict[str, Any]:
-        parser = self.parsers.get(command)
-        if parser is None:
-            return {}
-        return {flag: action for flag, action in parser._option_string_actions.items()
-                if flag.startswith("--")}
-
-    def get_completions(self, document: Document, complete_event: CompleteEvent
-                        ) -> Iterator[Completion]:
-        text = document.text_before_cursor
-        try:
-            words = shlex.split(text)
-        except ValueError:  # inside an open quote: a shell command or JSON, nothing to offer
-            return
-        current = ""
-        if text and not text[-1].isspace() and words:
-            current = words.pop()
-        words = [w for w in words if w != "--json"]
-        for candidate, meta in self._candidates(words, current):
-            if candidate.startswith(current):
-                yield Completion(candidate, start_position=-len(current), display_meta=meta)
-
-    def _candidates(self, words: list[str], current: str) -> Iterable[tuple[str, str]]:
-        if not words:
-            return [(c, self._summary(c)) for c in self.commands]
-        command, previous = words[0], words[-1]
-        flags = self._flags(command)
-        if current.startswith("-"):
-            return [(f, a.help or "") for f, a in flags.items() if f != "--help"] + [
-                ("--json", "print the JSON document"), ("--help", "explain this command")]
-        taking_value = flags.get(previous)
-        if previous != command and taking_value is not None and taking_value.nargs != 0:
-            choices = taking_value.choices or ()
-            return [(str(c), "") for c in choices]
-        positionals = [w for w in words[1:] if not w.startswith("-")]
-        jobs = [(job_id, f"{state} {what}") for job_id, (state, what)
-                in self.catalog.recent_jobs()]
-        if command in ("status", "cancel", "logs"):
-            return jobs if not positionals else []
-        if command == "wait":
-            return [j for j in jobs if j[0] not in positionals]
-        if command == "watch" and not positionals:
-            return [("jobs", "the newest jobs"), ("workers", "the workers"), *jobs]
-        if command == "worker" and not positionals:
-            return sorted(self.catalog.workers.items())
-        if command == "help" and not positionals:
-            return [(c, self._summary(c)) for c in self.commands]
-        if command == "use" and not positionals:
-            return [(a, "") for a in self.catalog.addresses]
-        return []
-
-    def _summary(self, command: str) -> str:
-        return self.summaries.get(command, "")
-
-
-# -- the toolbar's source -----------------------------------------------------------------------
-
-
-class Poller:
-    """Asks the cluster for stats every second with its own client; never raises on a failure."""
-
-    def __init__(self, addresses: Sequence[str], token: bytes | None, catalog: Catalog,
-                 interval_s: float = POLL_INTERVAL_S, tls: TlsSettings | None = None) -> None:
-        self.client = Client(addresses, token, connect_timeout=max(interval_s, 0.5),
-                             name=f"console-poller-{os.getpid()}", tls=tls)
-        self.catalog = catalog
-        self.interval_s = interval_s
-        self.stats: dict[str, Any] | None = None
-        self.error: str | None = None
-        self.samples: collections.deque[tuple[float, int]] = collections.deque()
-        self.successes = 0
-
-    async def run(self) -> None:
-        try:
-            while True:
-                await self.poll_once()
-                await asyncio.sleep(self.interval_s)
-        finally:
-            await self.client.close()
-
-    async def poll_once(self) -> None:
-        try:
-            stats = await self.client.stats()
-            if self.successes % 3 == 0:  # names for the completer change slower than figures
-                self.catalog.note_value(await self.client.workers())
-                for record in reversed(await self.client.list(None, 100)):
-                    self.catalog.note_job(record)
-        except TcpschedError as exc:
-            self.error = str(exc)
-            self.samples.clear()
-            return
-        self.error = None
-        self.stats = stats
-        self.successes += 1
-        now = time.monotonic()
-        self.samples.append((now, int(stats.get("finished", 0))))
-        while self.samples and now - self.samples[0][0] > RATE_WINDOW_S:
-            self.samples.popleft()
-
-    def finished_per_s(self) -> float | None:
-        if len(self.samples) < 2:
-            return None
-        (t0, f0), (t1, f1) = self.samples[0], self.samples[-1]
-        return max(f1 - f0, 0) / (t1 - t0) if t1 > t0 else None
-
-    def toolbar_text(self, address: str) -> str:
-        """One line of HTML for the bottom toolbar; only reads what the last poll saw."""
-        where = _escape(address)
-        if self.error is not None:
-            return (f" <b>{where}</b>  <style bg='ansired'> coordinator unreachable </style>"
-                    "  retrying every second…")
-        s = self.stats
-        if s is None:
-            return f" <b>{where}</b>  connecting…"
-        total = sum(int(s.get(k, 0)) for k in
-                    ("workers_alive", "workers_suspect", "workers_draining", "workers_dead"))
-        rate = self.finished_per_s()
-        rate_text = "-" if rate is None else f"{rate:.1f}"
-        return (f" <b>{where}</b>  leader <b>c{s.get('leader')}</b> epoch {s.get('epoch')}"
-                f"  │ workers {s.get('workers_alive', 0)}/{total}"
-                f"  │ pending {s.get('pending', 0)}  running {s.get('running', 0)}"
-                f"  │ {rate_text} finished/s")
-
-    async def close(self) -> None:
-        await self.client.close()
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 # -- the console --------------------------------------------------------------------------------
@@ -438,7 +224,7 @@ class Console:
                 self.report(line, f"unknown command {command!r} (type help to list them)",
                             is_error=True)
         except TcpschedError as exc:
-            self.report(line, _one_line(exc), is_error=True)
+            self.report(line, one_line(exc), is_error=True)
         except SystemExit:  # argparse printing its own help; the console goes on
             self.report(line, "")
         return True
@@ -447,7 +233,7 @@ class Console:
         args = self.parser.parse_args(words)
         result = await cli.execute(self.client, args, colour)
         self.catalog.note_value(result.value)
-        text = _json(result.value) if as_json else result.text
+        text = json_text(result.value) if as_json else result.text
         if result.error and result.exit_code:
             self.report(line, text + "\n" + colour(f"error: {result.error}", "failed"),
                         is_error=True)
@@ -462,7 +248,7 @@ class Console:
         record = await self.client.status(rest[0])
         self.catalog.note_job(record)
         if as_json:
-            self.report(line, _json({k: record.get(k) for k in ("id", "stdout", "stderr")}))
+            self.report(line, json_text({k: record.get(k) for k in ("id", "stdout", "stderr")}))
             return
         parts = []
         for stream in ("stdout", "stderr"):
@@ -482,7 +268,7 @@ class Console:
         running = [r for r in await self.client.list("running", 1000)
                    if r.get("worker") == rest[0]]
         if as_json:
-            self.report(line, _json({"worker": found[0], "running": running}))
+            self.report(line, json_text({"worker": found[0], "running": running}))
             return
         self.report(line, formatting.workers_table(found, colour) + "\n\n"
                     + formatting.jobs_table(running, colour))
@@ -504,7 +290,7 @@ class Console:
         try:
             leader = await self.client.leader()
         except TcpschedError as exc:
-            self.report(line, f"now using {rest[0]}, but {_one_line(exc)}", is_error=True)
+            self.report(line, f"now using {rest[0]}, but {one_line(exc)}", is_error=True)
             return
         self.report(line, f"now using {','.join(addresses)} (leader c{leader['id']} at "
                           f"{leader['address']}, epoch {leader['epoch']})")
@@ -585,7 +371,7 @@ class Console:
                 try:
                     view[0] = await render()
                 except TcpschedError as exc:
-                    view[0] = colour(f"{_one_line(exc)} — retrying", "failed")
+                    view[0] = colour(f"{one_line(exc)} — retrying", "failed")
                 app.invalidate()
 
         async with asyncio.TaskGroup() as tasks:
@@ -612,7 +398,7 @@ class Console:
         if text and not quiet:
             self.emit(truncate(text, self.max_lines))
         if self.on_outcome is not None:
-            self.on_outcome(Outcome(line, _plain(text), is_error))
+            self.on_outcome(Outcome(line, plain(text), is_error))
 
     def emit(self, text: str) -> None:
         if self.output is not None:
@@ -636,28 +422,6 @@ def _summaries(parser: UsageParser) -> dict[str, str]:
             out[choice.dest] = choice.help or ""
     return out
 
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text.lstrip(": ")
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, indent=2, default=repr)
-
-
-def _plain(text: str) -> str:
-    """`text` without ANSI colour codes."""
-    out, i = [], 0
-    while i < len(text):
-        if text.startswith("\x1b[", i):
-            end = text.find("m", i)
-            if end != -1:
-                i = end + 1
-                continue
-        out.append(text[i])
-        i += 1
-    return "".join(out)
 
 
 def console_parser() -> UsageParser:
@@ -699,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls_from_args(args)
         return asyncio.run(_main(args))
     except TcpschedError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return cli.exit_code_for(exc)
     except KeyboardInterrupt:
         return 130
