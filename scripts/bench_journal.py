@@ -39,9 +39,11 @@ sys.path.insert(0, str(ROOT))
 
 from tcpsched.client import Client, SyncClient  # noqa: E402
 from tcpsched.core.jobs import JobRecord, JobSpec  # noqa: E402
+from tcpsched.core.records import job_to_dict  # noqa: E402
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig  # noqa: E402
-from tcpsched.core.state import JobTable, job_to_dict  # noqa: E402
-from tcpsched.runtime.storage import encode_line, segment_name, write_snapshot  # noqa: E402
+from tcpsched.core.state import JobTable  # noqa: E402
+from tcpsched.runtime.journal import encode_line, segment_name  # noqa: E402
+from tcpsched.runtime.snapshot import write_snapshot  # noqa: E402
 from tcpsched.testing.processes import ProcessGroup, free_port, wait_until  # noqa: E402
 
 

@@ -13,9 +13,7 @@ from hypothesis import strategies as st
 from tcpsched.core import messages as m
 from tcpsched.core.events import Closed, Connected, Journal, Received, Tick
 from tcpsched.core.jobs import JobRecord, JobSpec, JobState
-from tcpsched.core.scheduler import Scheduler, SchedulerConfig
-from tcpsched.core.state import (
-    JobTable,
+from tcpsched.core.records import (
     decode_record,
     decode_value,
     encode_record,
@@ -25,6 +23,8 @@ from tcpsched.core.state import (
     job_to_dict,
     job_to_row,
 )
+from tcpsched.core.scheduler import Scheduler, SchedulerConfig
+from tcpsched.core.state import JobTable
 
 # Values a job may carry (what msgpack delivers: lists, str-keyed maps, bytes), including maps
 # that look exactly like our own tags.

@@ -13,12 +13,8 @@ import pytest
 
 from tcpsched.core.state import JobTable
 from tcpsched.errors import JournalError
-from tcpsched.runtime import storage as storage_module
-from tcpsched.runtime.storage import (
-    SNAPSHOT_NAME,
-    Storage,
-    StorageConfig,
-    check,
+from tcpsched.runtime import snapshot as snapshot_module
+from tcpsched.runtime.journal import (
     decode_line,
     encode_line,
     list_segments,
@@ -26,6 +22,8 @@ from tcpsched.runtime.storage import (
     scan_segment,
     segment_name,
 )
+from tcpsched.runtime.snapshot import SNAPSHOT_NAME
+from tcpsched.runtime.storage import Storage, StorageConfig, check
 from tests.unit.test_state import WORKERS, Driver, table_state
 
 RECORDS = 1000
@@ -391,12 +389,12 @@ def test_check_reports_contents_and_exit_codes(
 def test_snapshot_written_in_many_chunks_keeps_every_job(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A snapshot is written a few rows at a time; no row is lost or doubled at the seams."""
-    monkeypatch.setattr(storage_module, "SNAPSHOT_ROWS_PER_WRITE", 2)
+    monkeypatch.setattr(snapshot_module, "SNAPSHOT_ROWS_PER_WRITE", 2)
     records = make_records(9, 400)
     table = JobTable()
     for record in records:
         table.apply(record)
     assert len(table) >= 3  # several chunk seams
-    storage_module.write_snapshot(tmp_path, len(records), table.image())
-    seq, loaded, _ = storage_module.read_snapshot(tmp_path / SNAPSHOT_NAME)
+    snapshot_module.write_snapshot(tmp_path, len(records), table.image())
+    seq, loaded, _ = snapshot_module.read_snapshot(tmp_path / SNAPSHOT_NAME)
     assert seq == len(records) and table_state(loaded) == table_state(table)

@@ -1,0 +1,129 @@
+"""Snapshots: the whole job table in one file, written in pieces and read a chunk at a time.
+
+Theory of operation: a snapshot is one JSON document shaped like a journal line,
+`{"seq":S,"table":{...},"crc":C}`: S is the last journal record it covers, C the CRC32 of the
+exact bytes of the table, and the CRC comes last so that the file can be written in pieces
+without holding it all in memory. The table's jobs array holds one chunk of rows per line (JSON
+allows the newlines), so `read_snapshot` parses and converts one chunk at a time instead of
+holding every parsed row of a million jobs at once (see `JobTable.from_parts`).
+
+`write_snapshot` writes `snapshot.json.tmp`, fsyncs it, `os.replace`s it over `snapshot.json`
+and fsyncs the directory: a crash at any point leaves the old snapshot or the new one, whole.
+It is given a `TableImage`, an immutable view of the table, so it may run in a thread while the
+table goes on changing. The optional `CompactionHook` is called after every durable step; tests
+use it to crash compaction between any two of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tcpsched.core.state import JobTable, TableImage
+from tcpsched.errors import JournalError
+from tcpsched.runtime.files import fsync_dir, write_all
+
+SNAPSHOT_NAME = "snapshot.json"
+SNAPSHOT_TMP_NAME = "snapshot.json.tmp"
+SNAPSHOT_ROWS_PER_WRITE = 10_000
+
+_SEQ_HEAD = b'{"seq":'
+_TABLE_MARK = b',"table":'
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode  # json.loads minus its per-call encoding sniffing
+
+CompactionHook = Callable[[str], None]
+
+
+def compaction_step(hook: CompactionHook | None, name: str) -> None:
+    """Report that compaction step `name` is done (and durable, where it is a durable step)."""
+    if hook is not None:
+        hook(name)
+
+
+def _snapshot_pieces(seq: int, image: TableImage) -> Iterator[bytes]:
+    """The snapshot file in pieces: a prefix, the table body, and the CRC of the body last.
+
+    The jobs array holds one chunk of rows per line (JSON allows the newlines), so a reader
+    can parse and convert one chunk at a time instead of holding every parsed row at once.
+    """
+    yield b'{"seq":%d,"table":' % seq
+    head = _dumps({**image.header(), "finished": image.finished})
+    piece = (head[:-1] + ',"jobs":[\n').encode()
+    crc = zlib.crc32(piece)
+    yield piece
+    rows = image.rows()
+    separator = ""
+    while chunk := list(itertools.islice(rows, SNAPSHOT_ROWS_PER_WRITE)):
+        piece = (separator + _dumps(chunk)[1:-1] + "\n").encode()
+        separator = ","
+        crc = zlib.crc32(piece, crc)
+        yield piece
+    piece = b"]}"
+    crc = zlib.crc32(piece, crc)
+    yield piece
+    yield b',"crc":%d}\n' % crc
+
+
+def write_snapshot(data_dir: Path, seq: int, image: TableImage,
+                   hook: CompactionHook | None = None) -> int:
+    """Write `snapshot.json` for the state at `seq`, atomically and durably; returns its size."""
+    tmp = data_dir / SNAPSHOT_TMP_NAME
+    size = 0
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for piece in _snapshot_pieces(seq, image):
+            write_all(fd, piece)
+            size += len(piece)
+        compaction_step(hook, "write-snapshot-tmp")
+        os.fsync(fd)
+        compaction_step(hook, "fsync-snapshot-tmp")
+    finally:
+        os.close(fd)
+    os.replace(tmp, data_dir / SNAPSHOT_NAME)
+    compaction_step(hook, "replace-snapshot")
+    fsync_dir(data_dir)
+    compaction_step(hook, "fsync-dir")
+    return size
+
+
+def read_snapshot(path: Path) -> tuple[int, JobTable, int]:
+    """(sequence number, table, size in bytes) of a snapshot file, or JournalError."""
+    data = path.read_bytes()
+    table_at = data.find(_TABLE_MARK)
+    crc_at = data.rfind(b',"crc":')
+    if not data.startswith(_SEQ_HEAD) or table_at < 0 or crc_at < table_at \
+            or not data.endswith(b"}\n"):
+        raise JournalError(f"{path}: not a tcpsched snapshot (torn or truncated)")
+    seq_text, crc_text = data[7:table_at], data[crc_at + 7 : -2]
+    if not (seq_text.isdigit() and crc_text.isdigit()):
+        raise JournalError(f"{path}: not a tcpsched snapshot")
+    body_at = table_at + len(_TABLE_MARK)
+    with memoryview(data) as view:
+        if zlib.crc32(view[body_at:crc_at]) != int(crc_text):
+            raise JournalError(f"{path}: checksum mismatch; the snapshot is corrupt")
+    rows_at = data.find(b"\n", body_at, crc_at)
+    if rows_at < 0 or data[rows_at - 8 : rows_at] != b'"jobs":[' \
+            or data[crc_at - 2 : crc_at] != b"]}":
+        raise JournalError(f"{path}: not a tcpsched snapshot")
+
+    def chunks() -> Iterator[list[list[Any]]]:
+        start = rows_at + 1
+        while start < crc_at - 2:
+            end = data.index(b"\n", start, crc_at)
+            first = start + 1 if data[start : start + 1] == b"," else start
+            yield _decode("[" + data[first:end].decode() + "]")
+            start = end + 1
+
+    try:
+        header = _decode(data[body_at : rows_at + 1].decode() + "]}")
+        table = JobTable.from_parts(header, chunks())
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise JournalError(f"{path}: cannot rebuild the job table ({exc})") from None
+    return int(seq_text), table, crc_at - body_at
+
