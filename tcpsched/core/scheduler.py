@@ -8,17 +8,18 @@ become ready, waits time out, old finished jobs are forgotten) and hands ready j
 with free slots, in queue order, through the placement policy.
 
 Attempts: starting a job increments `attempts`; a worker names the attempt in everything it
-reports, and anything about an attempt that is not the job's current one on that worker is
-stale: it is acknowledged, logged and ignored. A worker declared dead loses its attempts: each
-goes back to the queue (keeping its place) or, after `poison_workers_max` lost workers, fails.
-A failed attempt retries after exponential backoff with full jitter while retries remain.
+reports, and `workerside` ignores what concerns any attempt but the job's current one there.
+
+The parts live in modules of their own: `workerside` (the worker protocol, mixed in here),
+`workers` (worker entries and the rules for reading them), `waiters` (pending `wait` requests),
+`queries` (read-only replies from the table) and `retention` (which finished jobs to forget).
+This module wires them: events in, effects out, submit, cancel, time and dispatch.
 
 `now` is Unix time in seconds, passed in; randomness comes from the injected `random.Random`.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -30,24 +31,33 @@ from tcpsched.core.dispatch import make_policy
 from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Send, Tick
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import JobRecord, JobSpec, JobState
+from tcpsched.core.queries import (
+    JOB_ID_PREFIX_MIN,
+    OUTPUT_CHARS_PER_RECORD_MIN,
+    REPLY_OUTPUT_CHARS,
+    list_records,
+    output_budget,
+    resolve,
+    unknown_state,
+    wait_records,
+)
+from tcpsched.core.retention import RETENTION_CHECK_PERIOD_S, Retention
 from tcpsched.core.state import JobTable, job_to_dict
+from tcpsched.core.waiters import Waiter, Waits
+from tcpsched.core.workers import DRAINING, WorkerEntry, worker_state
+from tcpsched.core.workerside import WorkerSide, retry_delay
 
 if TYPE_CHECKING:
     import random
 
 log = logging.getLogger(__name__)
 
-JOB_ID_PREFIX_MIN = 4
-# Replies that carry many records share this much room for their jobs' stdout and stderr, so
-# a `list` or `wait` of many chatty jobs stays far below the frame limit.
-REPLY_OUTPUT_CHARS = 4 * 1024 * 1024
-OUTPUT_CHARS_PER_RECORD_MIN = 1024
-
-
-def output_budget(records: int) -> int:
-    """Characters of stdout (and of stderr) each record of a multi-record reply may carry."""
-    return max(OUTPUT_CHARS_PER_RECORD_MIN, REPLY_OUTPUT_CHARS // max(2 * records, 1))
-RETENTION_CHECK_PERIOD_S = 1.0
+# Names other modules import from here; they live in the modules of their own idea.
+__all__ = [
+    "JOB_ID_PREFIX_MIN", "OUTPUT_CHARS_PER_RECORD_MIN", "REPLY_OUTPUT_CHARS",
+    "RETENTION_CHECK_PERIOD_S", "Scheduler", "SchedulerConfig", "WorkerEntry",
+    "output_budget", "retry_delay",
+]
 
 
 @attrs.frozen
@@ -67,41 +77,7 @@ class SchedulerConfig:
     list_limit_max: int = 100_000
 
 
-def retry_delay(failures: int, base_s: float, cap_s: float, rng: random.Random) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(failures-1))]."""
-    ceiling = min(cap_s, base_s * (2 ** max(failures - 1, 0)))
-    return rng.uniform(0.0, ceiling)
-
-
-@attrs.define
-class WorkerEntry:
-    """What the leader knows of one worker; `running` maps job id to the attempt it runs."""
-
-    name: str
-    conn: int | None
-    slots: int
-    tags: tuple[str, ...]
-    address: str
-    registered_at: float
-    running: dict[str, int] = attrs.field(factory=dict)
-    draining: bool = False
-    dead_at: float | None = None
-
-    def free_slots(self) -> int:
-        return self.slots - len(self.running)
-
-
-@attrs.define(eq=False)
-class _Waiter:
-    conn: int
-    req_id: int
-    job_ids: tuple[str, ...]
-    remaining: set[str]
-    deadline: float | None
-    done: bool = False
-
-
-class Scheduler:
+class Scheduler(WorkerSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -121,11 +97,8 @@ class Scheduler:
         self._conn_roles: dict[int, str] = {}
         self._conn_addresses: dict[int, str] = {}
         self._conn_worker: dict[int, str] = {}
-        self._waiters_by_job: dict[str, list[_Waiter]] = {}
-        self._waiters_by_conn: dict[int, list[_Waiter]] = {}
-        self._waiter_deadlines: list[tuple[float, int, _Waiter]] = []
-        self._waiter_seq = 0
-        self._next_retention_check = now + RETENTION_CHECK_PERIOD_S
+        self.waits = Waits()
+        self.retention = Retention(config.keep_finished, config.keep_finished_for_s, now)
         self._effects: list[Effect] = []
         self.workers_lost = 0
         self.started_at = now
@@ -181,16 +154,17 @@ class Scheduler:
         candidates = [
             self.detector.next_deadline(),
             self.queue.next_deadline(),
-            self._next_waiter_deadline(),
+            self.waits.next_deadline(),
         ]
         if self.table.finished_order and self.config.keep_finished_for_s is not None:
-            candidates.append(self._next_retention_check)
+            candidates.append(self.retention.next_check)
         found = [c for c in candidates if c is not None]
         return min(found) if found else None
 
     def statistics(self) -> dict[str, Any]:
         t = self.table.statistics()
-        states = [self.worker_state(name) for name in self.workers]
+        detector = self.detector
+        states = [worker_state(entry, detector) for entry in self.workers.values()]
         return {
             "pending": t.pending,
             "running": t.running,
@@ -199,10 +173,10 @@ class Scheduler:
             "cancelled": t.cancelled,
             "workers_alive": states.count(ALIVE),
             "workers_suspect": states.count(SUSPECT),
-            "workers_draining": states.count("draining"),
+            "workers_draining": states.count(DRAINING),
             "workers_dead": states.count(DEAD),
             "slots_total": sum(
-                w.slots for n, w in self.workers.items() if self.worker_state(n) == ALIVE
+                w.slots for w in self.workers.values() if worker_state(w, detector) == ALIVE
             ),
             "leader": self.config.node_id,
             "epoch": self.config.epoch,
@@ -228,7 +202,8 @@ class Scheduler:
         job = self.table.apply(record)
         self._effects.append(Journal(record))
         if job is not None and job.state.is_terminal:
-            self._job_finished(job)
+            for waiter in self.waits.job_finished(job.id):
+                self._answer(waiter)
         return job
 
     def _reply(self, conn: int, req_id: int, value: Any) -> None:
@@ -242,8 +217,7 @@ class Scheduler:
     def _on_closed(self, conn: int, reason: str, now: float) -> None:
         self._conn_roles.pop(conn, None)
         self._conn_addresses.pop(conn, None)
-        for waiter in self._waiters_by_conn.pop(conn, []):
-            waiter.done = True
+        self.waits.closed(conn)
         name = self._conn_worker.pop(conn, None)
         if name is None:
             return
@@ -344,11 +318,7 @@ class Scheduler:
 
     def resolve(self, ref: str) -> JobRecord | None:
         """A job by id, or by an unambiguous id prefix of at least 4 characters."""
-        job = self.table.get(ref)
-        if job is not None or len(ref) < JOB_ID_PREFIX_MIN:
-            return job
-        found = [j for j_id, j in self.table.jobs.items() if j_id.startswith(ref)]
-        return found[0] if len(found) == 1 else None
+        return resolve(self.table, ref)
 
     def _resolve_all(self, conn: int, req_id: int, refs: tuple[str, ...]) -> list[JobRecord] | None:
         jobs = []
@@ -371,59 +341,18 @@ class Scheduler:
             self._reply(conn, msg.req_id, [job.to_public(budget) for job in jobs])
             return
         deadline = now + msg.timeout if msg.timeout is not None else None
-        waiter = _Waiter(conn, msg.req_id, ids, remaining, deadline)
-        for job_id in remaining:
-            self._waiters_by_job.setdefault(job_id, []).append(waiter)
-        self._waiters_by_conn.setdefault(conn, []).append(waiter)
-        if deadline is not None:
-            self._waiter_seq += 1
-            heapq.heappush(self._waiter_deadlines, (deadline, self._waiter_seq, waiter))
+        self.waits.add(conn, msg.req_id, ids, remaining, deadline)
 
-    def _finish_waiter(self, waiter: _Waiter) -> None:
-        waiter.done = True
-        records = []
-        budget = output_budget(len(waiter.job_ids))
-        for job_id in waiter.job_ids:
-            job = self.table.get(job_id)
-            records.append(job.to_public(budget) if job is not None else {"id": job_id,
-                                                                   "state": "forgotten"})
-        self._reply(waiter.conn, waiter.req_id, records)
-        conn_waiters = self._waiters_by_conn.get(waiter.conn)
-        if conn_waiters is not None:
-            conn_waiters.remove(waiter)
-            if not conn_waiters:
-                del self._waiters_by_conn[waiter.conn]
-
-    def _next_waiter_deadline(self) -> float | None:
-        heap = self._waiter_deadlines
-        while heap and heap[0][2].done:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
-
-    def _job_finished(self, job: JobRecord) -> None:
-        for waiter in self._waiters_by_job.pop(job.id, ()):
-            if waiter.done:
-                continue
-            waiter.remaining.discard(job.id)
-            if not waiter.remaining:
-                self._finish_waiter(waiter)
+    def _answer(self, waiter: Waiter) -> None:
+        self._reply(waiter.conn, waiter.req_id, wait_records(waiter.job_ids, self.table))
 
     def _on_list(self, conn: int, msg: m.ListJobs) -> None:
-        if msg.state is not None and msg.state not in JobState.__members__.values():
-            states = ", ".join(s.value for s in JobState)
-            self._error(conn, msg.req_id, "bad_request",
-                        f"unknown state {msg.state!r}; choose one of {states}")
+        problem = unknown_state(msg.state)
+        if problem is not None:
+            self._error(conn, msg.req_id, "bad_request", problem)
             return
         limit = min(msg.limit, self.config.list_limit_max)
-        budget = output_budget(limit)
-        out = []
-        if limit > 0:
-            for job in self.table.newest_first():
-                if msg.state is None or job.state.value == msg.state:
-                    out.append(job.to_public(budget))
-                    if len(out) >= limit:
-                        break
-        self._reply(conn, msg.req_id, out)
+        self._reply(conn, msg.req_id, list_records(self.table, msg.state, limit))
 
     def _on_cancel(self, conn: int, msg: m.Cancel, now: float) -> None:
         job = self.resolve(msg.job_id)
@@ -446,171 +375,6 @@ class Scheduler:
                                               reason="cancelled"))
             log.info("job=%s cancelled while running on worker=%s", job.id, job.worker)
 
-    # -- workers --------------------------------------------------------------------------------
-
-    def worker_state(self, name: str) -> str:
-        entry = self.workers[name]
-        state = self.detector.state(name)
-        if state != DEAD and entry.draining:
-            return "draining"
-        return state
-
-    def worker_list(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": entry.name,
-                "address": entry.address,
-                "slots": entry.slots,
-                "running": len(entry.running),
-                "tags": list(entry.tags),
-                "state": self.worker_state(name),
-                "last_heartbeat": self.detector.last_heartbeat(name) or entry.dead_at,
-            }
-            for name, entry in sorted(self.workers.items())
-        ]
-
-    def _on_register(self, conn: int, msg: m.Register, now: float) -> None:
-        if conn in self._conn_worker:
-            self._effects.append(Close(conn, "register sent twice"))
-            return
-        name = msg.name
-        old = self.workers.get(name)
-        if old is not None and old.conn is not None and old.conn != conn:
-            # Same name, new connection: the old one is a previous life of this worker.
-            self._conn_worker.pop(old.conn, None)
-            self._effects.append(Close(old.conn, f"worker {name} registered again"))
-        was_dead = old is None or self.detector.state(name) == DEAD
-        previous = dict(old.running) if old is not None and not was_dead else {}
-        entry = WorkerEntry(
-            name=name, conn=conn, slots=msg.slots, tags=msg.tags,
-            address=self._conn_addresses.get(conn, ""), registered_at=now, draining=msg.draining,
-        )  # fmt: skip
-        self.workers[name] = entry
-        self._conn_worker[conn] = name
-        self.detector.watch(name, now)
-        kill = []
-        for ref in msg.running:
-            job = self.table.get(ref.job_id)
-            if (
-                job is not None and job.state is JobState.RUNNING and job.worker == name
-                and job.attempts == ref.attempt and previous.get(ref.job_id) == ref.attempt
-            ):
-                entry.running[ref.job_id] = ref.attempt
-            else:
-                kill.append(ref)
-                log.info("worker=%s job=%s attempt=%d is stale: told to kill it",
-                         name, ref.job_id, ref.attempt)
-        # Attempts we believed it ran but it no longer reports were lost with its last life:
-        # it restarted before the timeout, which is a lost worker all the same.
-        lost = {j: a for j, a in previous.items() if j not in entry.running}
-        if lost:
-            self.workers_lost += 1
-            log.warning("worker=%s came back without %d job(s): lost with its last life",
-                        name, len(lost))
-        for job_id, attempt in lost.items():
-            self._lose_attempt(job_id, attempt, name, now)
-        self._send(conn, m.Registered(
-            heartbeat_interval=self.config.heartbeat_interval_s, epoch=self.config.epoch,
-            kill=tuple(kill),
-        ))  # fmt: skip
-        log.info("worker=%s registered slots=%d running=%d%s", name, msg.slots,
-                 len(entry.running), " (again)" if old is not None else "")
-
-    def _on_heartbeat(self, entry: WorkerEntry, msg: m.Heartbeat, now: float) -> None:
-        if self.detector.heartbeat(entry.name, now):
-            log.info("worker=%s alive again", entry.name)
-        for ref in msg.running:
-            if entry.running.get(ref.job_id) != ref.attempt:
-                job = self.table.get(ref.job_id)
-                # A job we just assigned may race a heartbeat; only attempts we no longer
-                # want (an older attempt, or a job that moved on) are killed.
-                if job is None or job.attempts != ref.attempt or job.worker != entry.name \
-                        or job.state is not JobState.RUNNING:
-                    self._send(entry.conn, m.Kill(job_id=ref.job_id, attempt=ref.attempt,
-                                                  reason="stale attempt"))
-
-    def _on_result(self, entry: WorkerEntry, msg: m.Result, now: float) -> None:
-        self._send(entry.conn, m.ResultAck(job_id=msg.job_id, attempt=msg.attempt))
-        self.detector.heartbeat(entry.name, now)
-        if entry.running.get(msg.job_id) == msg.attempt:
-            del entry.running[msg.job_id]
-        job = self.table.get(msg.job_id)
-        if (
-            job is None or job.state is not JobState.RUNNING
-            or job.attempts != msg.attempt or job.worker != entry.name
-        ):
-            log.info("worker=%s job=%s attempt=%d: stale result ignored (%s)", entry.name,
-                     msg.job_id, msg.attempt, "unknown job" if job is None else job.state.value)
-            return
-        outcome = {
-            "exit_code": msg.exit_code, "stdout": msg.stdout, "stderr": msg.stderr,
-            "error": msg.error,
-        }  # fmt: skip
-        if msg.state == "succeeded":
-            self._record({"op": "finish", "id": job.id, "attempt": msg.attempt,
-                          "state": "succeeded", "at": now, "started_at": msg.started_at,
-                          "result": msg.result, **outcome})
-            return
-        failures = job.failures + 1
-        if failures <= job.spec.retries:
-            delay = retry_delay(failures, self.config.retry_base_s, self.config.retry_cap_s,
-                                self._rng)
-            self._record({"op": "requeue", "id": job.id, "reason": "failed",
-                          "not_before": now + delay, **outcome})
-            self.queue.push(job.id, job.spec.priority, job.seq, now + delay)
-            log.info("job=%s attempt=%d failed (%s); retry %d/%d in %.2fs", job.id, msg.attempt,
-                     msg.error or f"exit {msg.exit_code}", failures, job.spec.retries, delay)
-        else:
-            self._record({"op": "finish", "id": job.id, "attempt": msg.attempt,
-                          "state": "failed", "at": now, "started_at": msg.started_at,
-                          "result": msg.result, **outcome})
-
-    def _on_hand_back(self, entry: WorkerEntry, msg: m.HandBack, now: float) -> None:
-        if entry.running.get(msg.job_id) != msg.attempt:
-            return
-        del entry.running[msg.job_id]
-        job = self.table.get(msg.job_id)
-        if job is None or job.state is not JobState.RUNNING or job.attempts != msg.attempt:
-            return
-        self._record({"op": "requeue", "id": job.id, "reason": "handed_back",
-                      "error": f"handed back by {entry.name}: {msg.reason}"})
-        self.queue.push(job.id, job.spec.priority, job.seq)
-        log.info("job=%s handed back by worker=%s; requeued", job.id, entry.name)
-
-    def _lose_attempt(self, job_id: str, attempt: int, worker: str, now: float) -> None:
-        job = self.table.get(job_id)
-        if job is None or job.state is not JobState.RUNNING or job.attempts != attempt \
-                or job.worker != worker:
-            return
-        lost = job.lost_workers + 1
-        if lost >= self.config.poison_workers_max:
-            self._record({"op": "finish", "id": job.id, "attempt": attempt, "state": "failed",
-                          "at": now, "lost": True, "poisoned": True,
-                          "error": f"lost {lost} workers"})
-            log.warning("job=%s failed: lost %d workers (poison job)", job.id, lost)
-        else:
-            self._record({"op": "requeue", "id": job.id, "reason": "lost",
-                          "error": f"worker {worker} lost"})
-            self.queue.push(job.id, job.spec.priority, job.seq)
-            log.info("job=%s attempt=%d lost with worker=%s; requeued", job.id, attempt, worker)
-
-    def _declare_dead(self, entry: WorkerEntry, now: float, *, lost: bool = True) -> None:
-        if lost:
-            self.workers_lost += 1
-            log.warning("worker=%s dead: no heartbeat for %.1fs; %d job(s) to reassign",
-                        entry.name, self.config.heartbeat_timeout_s, len(entry.running))
-        self.detector.forget(entry.name)
-        entry.dead_at = now
-        running, entry.running = entry.running, {}
-        for job_id, attempt in running.items():
-            self._lose_attempt(job_id, attempt, entry.name, now)
-        if entry.conn is not None:
-            # A hung worker may still hold its connection; cut it so that, if it wakes up,
-            # it reconnects, re-registers, and is told to kill what it no longer owns.
-            self._conn_worker.pop(entry.conn, None)
-            self._effects.append(Close(entry.conn, "declared dead"))
-            entry.conn = None
-
     # -- time and dispatch ----------------------------------------------------------------------
 
     def _advance(self, now: float) -> None:
@@ -623,19 +387,20 @@ class Scheduler:
                 elif state == SUSPECT:
                     log.info("worker=%s suspect: no heartbeat for %.1fs", name,
                              now - (self.detector.last_heartbeat(name) or now))
-        self._expire_waiters(now)
-        self._apply_retention(now)
+        for waiter in self.waits.expire(now):
+            self._answer(waiter)
+        # Retention is inline, not a method of its own: this runs on every step.
+        ids = self.retention.due(self.table.finished_order, now)
+        kept_s = self.config.dead_workers_kept_s
+        for name, entry in list(self.workers.items()):
+            if entry.dead_at is not None and now - entry.dead_at > kept_s and entry.conn is None:
+                del self.workers[name]
+        if ids:
+            self._record({"op": "forget", "ids": ids})
         # Promote due delayed jobs even when no worker is free: otherwise next_deadline() stays
         # in the past and the shell's timer fires again at once, spinning until a slot frees.
         self.queue.promote(now)
         self._dispatch(now)
-
-    def _expire_waiters(self, now: float) -> None:
-        heap = self._waiter_deadlines
-        while heap and (heap[0][2].done or heap[0][0] <= now):
-            _, _, waiter = heapq.heappop(heap)
-            if not waiter.done:
-                self._finish_waiter(waiter)
 
     def _dispatch(self, now: float) -> None:
         queue = self.queue
@@ -670,27 +435,3 @@ class Scheduler:
             timeout=spec.timeout,
         ))  # fmt: skip
 
-    def _apply_retention(self, now: float) -> None:
-        cfg = self.config
-        finished = self.table.finished_order
-        excess = len(finished) - cfg.keep_finished
-        ids: list[str] = []
-        if excess > max(1, cfg.keep_finished // 100):
-            # Forget in batches (1% slack), so a busy cluster writes one record per batch.
-            ids = [job_id for job_id, _ in zip(finished, range(excess), strict=False)]
-        if cfg.keep_finished_for_s is not None and now >= self._next_retention_check:
-            self._next_retention_check = now + RETENTION_CHECK_PERIOD_S
-            horizon = now - cfg.keep_finished_for_s
-            skip = len(ids)
-            for i, (job_id, finished_at) in enumerate(finished.items()):
-                if i < skip:
-                    continue
-                if finished_at > horizon:
-                    break
-                ids.append(job_id)
-        for name, entry in list(self.workers.items()):
-            if entry.dead_at is not None and now - entry.dead_at > cfg.dead_workers_kept_s \
-                    and entry.conn is None:
-                del self.workers[name]
-        if ids:
-            self._record({"op": "forget", "ids": ids})

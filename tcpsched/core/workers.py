@@ -1,0 +1,115 @@
+"""What the leader knows of its workers, and the pure rules for reading it.
+
+Theory of operation: the leader keeps one `WorkerEntry` per worker name it has seen, alive or
+dead; `running` maps each job id the worker runs to the attempt it runs, and is the leader's
+side of the worker's own list. The failure detector owns liveness (alive, suspect, dead); an
+entry adds what the detector does not know: slots, tags, draining, and when it died. A dead
+entry is kept a while so `workers` can show it, then the scheduler drops it.
+
+When a worker registers or heartbeats it reports the attempts it runs. An attempt is kept only
+if the job table agrees that it is that job's current attempt on that worker (`is_current`);
+any other is stale and the worker is told to kill it. The scheduler acts on what these helpers
+find (kills, lost attempts, requeues); nothing here changes the job table.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from tcpsched.core.detector import DEAD
+from tcpsched.core.jobs import JobState
+
+if TYPE_CHECKING:
+    from tcpsched.core import messages as m
+    from tcpsched.core.detector import FailureDetector
+    from tcpsched.core.jobs import JobRecord
+    from tcpsched.core.state import JobTable
+
+DRAINING = "draining"
+
+
+@attrs.define
+class WorkerEntry:
+    """What the leader knows of one worker; `running` maps job id to the attempt it runs."""
+
+    name: str
+    conn: int | None
+    slots: int
+    tags: tuple[str, ...]
+    address: str
+    registered_at: float
+    running: dict[str, int] = attrs.field(factory=dict)
+    draining: bool = False
+    dead_at: float | None = None
+
+    def free_slots(self) -> int:
+        return self.slots - len(self.running)
+
+
+def is_current(job: JobRecord | None, attempt: int, worker: str) -> bool:
+    """Whether `attempt` is the running attempt of `job` on `worker`, as the table says."""
+    return (
+        job is not None and job.state is JobState.RUNNING and job.attempts == attempt
+        and job.worker == worker
+    )  # fmt: skip
+
+
+def worker_state(entry: WorkerEntry, detector: FailureDetector) -> str:
+    """The detector's verdict, except that a live worker that drains shows as draining."""
+    state = detector.state(entry.name)
+    if state != DEAD and entry.draining:
+        return DRAINING
+    return state
+
+
+def worker_rows(workers: dict[str, WorkerEntry], detector: FailureDetector,
+                ) -> list[dict[str, Any]]:
+    """The `workers` reply: one row per known worker, by name."""
+    return [
+        {
+            "name": entry.name,
+            "address": entry.address,
+            "slots": entry.slots,
+            "running": len(entry.running),
+            "tags": list(entry.tags),
+            "state": worker_state(entry, detector),
+            "last_heartbeat": detector.last_heartbeat(name) or entry.dead_at,
+        }
+        for name, entry in sorted(workers.items())
+    ]
+
+
+def sort_reported(
+    name: str, reported: tuple[m.AttemptRef, ...], previous: dict[str, int], table: JobTable,
+) -> tuple[dict[str, int], list[m.AttemptRef]]:
+    """Split the attempts a registering worker reports into those it keeps and those to kill.
+
+    It keeps an attempt only if the table says it is current on this worker and the leader
+    believed so before (`previous`: what its last life ran, empty if it was dead or new).
+    """
+    keep: dict[str, int] = {}
+    kill = []
+    for ref in reported:
+        if is_current(table.get(ref.job_id), ref.attempt, name) \
+                and previous.get(ref.job_id) == ref.attempt:
+            keep[ref.job_id] = ref.attempt
+        else:
+            kill.append(ref)
+    return keep, kill
+
+
+def stale_reported(entry: WorkerEntry, reported: tuple[m.AttemptRef, ...], table: JobTable,
+                   ) -> list[m.AttemptRef]:
+    """Attempts a heartbeat reports that the worker must kill.
+
+    A job just assigned may race a heartbeat, so an attempt the entry does not list yet is
+    killed only if it is not the job's current attempt on this worker.
+    """
+    return [
+        ref for ref in reported
+        if entry.running.get(ref.job_id) != ref.attempt
+        and not is_current(table.get(ref.job_id), ref.attempt, entry.name)
+    ]
+

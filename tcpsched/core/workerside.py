@@ -1,0 +1,204 @@
+"""The leader's side of the worker protocol, mixed into `Scheduler`.
+
+Theory of operation: a worker registers (naming the attempts it still runs), heartbeats (the
+same list), reports each attempt's result, may hand an attempt back, and may drain. Every report
+names an attempt; one that is not the job's current attempt on that worker is stale: it is
+acknowledged, logged and ignored, and the worker is told to kill what it should not run. A
+worker that registers again under its name is a new life of it: attempts its last life ran and
+this one no longer reports were lost with it. A worker declared dead loses its attempts: each
+goes back to the queue (keeping its place) or, after `poison_workers_max` lost workers, fails.
+A failed attempt retries after exponential backoff with full jitter while retries remain.
+
+`WorkerSide` holds no state of its own: it works on the scheduler's job table, queue, detector
+and worker entries (declared below for the type checker), and changes the table only through
+the scheduler's `_record`, so every change is journaled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from tcpsched.core import messages as m
+from tcpsched.core.detector import DEAD
+from tcpsched.core.events import Close
+from tcpsched.core.jobs import JobState
+from tcpsched.core.workers import (
+    WorkerEntry,
+    is_current,
+    sort_reported,
+    stale_reported,
+    worker_rows,
+    worker_state,
+)
+
+if TYPE_CHECKING:
+    import random
+
+    from tcpsched.core.detector import FailureDetector
+    from tcpsched.core.events import Effect
+    from tcpsched.core.jobqueue import JobQueue
+    from tcpsched.core.jobs import JobRecord
+    from tcpsched.core.scheduler import SchedulerConfig
+    from tcpsched.core.state import JobTable
+
+# The scheduler logs its worker events under its own name, as before the split.
+log = logging.getLogger("tcpsched.core.scheduler")
+
+
+def retry_delay(failures: int, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(failures-1))]."""
+    ceiling = min(cap_s, base_s * (2 ** max(failures - 1, 0)))
+    return rng.uniform(0.0, ceiling)
+
+
+class WorkerSide:
+    """Handlers for what workers send, and for losing a worker; `Scheduler` inherits them."""
+
+    config: SchedulerConfig
+    table: JobTable
+    queue: JobQueue
+    detector: FailureDetector
+    workers: dict[str, WorkerEntry]
+    workers_lost: int
+    _rng: random.Random
+    _conn_addresses: dict[int, str]
+    _conn_worker: dict[int, str]
+    _effects: list[Effect]
+    _record: Callable[[dict[str, Any]], JobRecord | None]
+    _send: Callable[[int | None, Any], None]
+
+    def worker_state(self, name: str) -> str:
+        return worker_state(self.workers[name], self.detector)
+
+    def worker_list(self) -> list[dict[str, Any]]:
+        return worker_rows(self.workers, self.detector)
+
+    def _on_register(self, conn: int, msg: m.Register, now: float) -> None:
+        if conn in self._conn_worker:
+            self._effects.append(Close(conn, "register sent twice"))
+            return
+        name = msg.name
+        old = self.workers.get(name)
+        if old is not None and old.conn is not None and old.conn != conn:
+            # Same name, new connection: the old one is a previous life of this worker.
+            self._conn_worker.pop(old.conn, None)
+            self._effects.append(Close(old.conn, f"worker {name} registered again"))
+        was_dead = old is None or self.detector.state(name) == DEAD
+        previous = dict(old.running) if old is not None and not was_dead else {}
+        entry = WorkerEntry(
+            name=name, conn=conn, slots=msg.slots, tags=msg.tags,
+            address=self._conn_addresses.get(conn, ""), registered_at=now, draining=msg.draining,
+        )  # fmt: skip
+        self.workers[name] = entry
+        self._conn_worker[conn] = name
+        self.detector.watch(name, now)
+        entry.running, kill = sort_reported(name, msg.running, previous, self.table)
+        for ref in kill:
+            log.info("worker=%s job=%s attempt=%d is stale: told to kill it",
+                     name, ref.job_id, ref.attempt)
+        # Attempts we believed it ran but it no longer reports were lost with its last life:
+        # it restarted before the timeout, which is a lost worker all the same.
+        lost = {j: a for j, a in previous.items() if j not in entry.running}
+        if lost:
+            self.workers_lost += 1
+            log.warning("worker=%s came back without %d job(s): lost with its last life",
+                        name, len(lost))
+        for job_id, attempt in lost.items():
+            self._lose_attempt(job_id, attempt, name, now)
+        self._send(conn, m.Registered(
+            heartbeat_interval=self.config.heartbeat_interval_s, epoch=self.config.epoch,
+            kill=tuple(kill),
+        ))  # fmt: skip
+        log.info("worker=%s registered slots=%d running=%d%s", name, msg.slots,
+                 len(entry.running), " (again)" if old is not None else "")
+
+    def _on_heartbeat(self, entry: WorkerEntry, msg: m.Heartbeat, now: float) -> None:
+        if self.detector.heartbeat(entry.name, now):
+            log.info("worker=%s alive again", entry.name)
+        for ref in stale_reported(entry, msg.running, self.table):
+            self._send(entry.conn, m.Kill(job_id=ref.job_id, attempt=ref.attempt,
+                                          reason="stale attempt"))
+
+    def _on_result(self, entry: WorkerEntry, msg: m.Result, now: float) -> None:
+        self._send(entry.conn, m.ResultAck(job_id=msg.job_id, attempt=msg.attempt))
+        self.detector.heartbeat(entry.name, now)
+        if entry.running.get(msg.job_id) == msg.attempt:
+            del entry.running[msg.job_id]
+        job = self.table.get(msg.job_id)
+        # `is_current`, spelled out: this runs for every result.
+        if (
+            job is None or job.state is not JobState.RUNNING
+            or job.attempts != msg.attempt or job.worker != entry.name
+        ):
+            log.info("worker=%s job=%s attempt=%d: stale result ignored (%s)", entry.name,
+                     msg.job_id, msg.attempt, "unknown job" if job is None else job.state.value)
+            return
+        outcome = {
+            "exit_code": msg.exit_code, "stdout": msg.stdout, "stderr": msg.stderr,
+            "error": msg.error,
+        }  # fmt: skip
+        if msg.state == "succeeded":
+            self._record({"op": "finish", "id": job.id, "attempt": msg.attempt,
+                          "state": "succeeded", "at": now, "started_at": msg.started_at,
+                          "result": msg.result, **outcome})
+            return
+        failures = job.failures + 1
+        if failures <= job.spec.retries:
+            delay = retry_delay(failures, self.config.retry_base_s, self.config.retry_cap_s,
+                                self._rng)
+            self._record({"op": "requeue", "id": job.id, "reason": "failed",
+                          "not_before": now + delay, **outcome})
+            self.queue.push(job.id, job.spec.priority, job.seq, now + delay)
+            log.info("job=%s attempt=%d failed (%s); retry %d/%d in %.2fs", job.id, msg.attempt,
+                     msg.error or f"exit {msg.exit_code}", failures, job.spec.retries, delay)
+        else:
+            self._record({"op": "finish", "id": job.id, "attempt": msg.attempt,
+                          "state": "failed", "at": now, "started_at": msg.started_at,
+                          "result": msg.result, **outcome})
+
+    def _on_hand_back(self, entry: WorkerEntry, msg: m.HandBack, now: float) -> None:
+        if entry.running.get(msg.job_id) != msg.attempt:
+            return
+        del entry.running[msg.job_id]
+        job = self.table.get(msg.job_id)
+        if job is None or job.state is not JobState.RUNNING or job.attempts != msg.attempt:
+            return
+        self._record({"op": "requeue", "id": job.id, "reason": "handed_back",
+                      "error": f"handed back by {entry.name}: {msg.reason}"})
+        self.queue.push(job.id, job.spec.priority, job.seq)
+        log.info("job=%s handed back by worker=%s; requeued", job.id, entry.name)
+
+    def _lose_attempt(self, job_id: str, attempt: int, worker: str, now: float) -> None:
+        job = self.table.get(job_id)
+        if job is None or not is_current(job, attempt, worker):
+            return
+        lost = job.lost_workers + 1
+        if lost >= self.config.poison_workers_max:
+            self._record({"op": "finish", "id": job.id, "attempt": attempt, "state": "failed",
+                          "at": now, "lost": True, "poisoned": True,
+                          "error": f"lost {lost} workers"})
+            log.warning("job=%s failed: lost %d workers (poison job)", job.id, lost)
+        else:
+            self._record({"op": "requeue", "id": job.id, "reason": "lost",
+                          "error": f"worker {worker} lost"})
+            self.queue.push(job.id, job.spec.priority, job.seq)
+            log.info("job=%s attempt=%d lost with worker=%s; requeued", job.id, attempt, worker)
+
+    def _declare_dead(self, entry: WorkerEntry, now: float, *, lost: bool = True) -> None:
+        if lost:
+            self.workers_lost += 1
+            log.warning("worker=%s dead: no heartbeat for %.1fs; %d job(s) to reassign",
+                        entry.name, self.config.heartbeat_timeout_s, len(entry.running))
+        self.detector.forget(entry.name)
+        entry.dead_at = now
+        running, entry.running = entry.running, {}
+        for job_id, attempt in running.items():
+            self._lose_attempt(job_id, attempt, entry.name, now)
+        if entry.conn is not None:
+            # A hung worker may still hold its connection; cut it so that, if it wakes up,
+            # it reconnects, re-registers, and is told to kill what it no longer owns.
+            self._conn_worker.pop(entry.conn, None)
+            self._effects.append(Close(entry.conn, "declared dead"))
+            entry.conn = None
