@@ -11,6 +11,9 @@ crashes (kill -9), hangs (SIGSTOP: no heartbeats, nothing processed, then resume
 checked; once the window closes every worker comes back, and every acknowledged job must then
 reach a terminal state. One seed is one exact run: a failure names the command that replays it.
 
+This module is the driver (event loop, scheduler and client side, fault injection, invariants,
+CLI); the clock and network are in `sim_net`, the simulated workers in `sim_worker`.
+
     python -m tcpsched.testing.sim --seed 17 [--verbose]
     python -m tcpsched.testing.sim --seeds 200           # seeds 0..199
 """
@@ -33,6 +36,13 @@ from tcpsched.core import messages as m
 from tcpsched.core.events import Close, Closed, Connected, Journal, Received, Send, Tick
 from tcpsched.core.jobs import JobSpec, JobState
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig
+from tcpsched.testing.sim_net import SimClock, SimConn, SimNetwork
+from tcpsched.testing.sim_worker import SimWorker, WorkerSide
+
+__all__ = [
+    "InvariantViolation", "SimClock", "SimConfig", "SimConn", "SimNetwork", "SimWorker",
+    "Simulation", "WorkerSide", "main", "run_seed",
+]
 
 CLIENT_CONN = 0
 TRACE_LINES = 40
@@ -60,111 +70,6 @@ class SimConfig:
     heartbeat_timeout_s: float = 2.0
     drain_timeout_s: float = 1.0
     policy: str = "round-robin"
-
-
-@attrs.define
-class SimClock:
-    now: float = 1_000.0
-
-    def advance_to(self, t: float) -> None:
-        assert t >= self.now - 1e-9, f"time went back: {t} < {self.now}"
-        self.now = max(self.now, t)
-
-
-@attrs.define
-class SimConn:
-    conn: int
-    worker: str
-    cut: bool = False  # reset: whatever is in flight is lost, both ways
-    sched_closed: bool = False  # the scheduler closed it (or saw it close)
-    worker_closed: bool = False
-    sched_told: bool = False  # the scheduler got its Closed event (exactly once)
-    to_sched_at: float = 0.0  # delivery time of the last message, for FIFO order
-    to_worker_at: float = 0.0
-
-
-class SimNetwork:
-    """Connections between the scheduler and workers: delays, FIFO per direction, cuts."""
-
-    def __init__(self, sim: Simulation) -> None:
-        self.sim = sim
-        self.conns: dict[int, SimConn] = {}
-        self._ids = itertools.count(1)
-
-    def _delay(self) -> float:
-        cfg = self.sim.config
-        return self.sim.rng.uniform(cfg.net_delay_min_s, cfg.net_delay_max_s)
-
-    def open(self, worker: str) -> int:
-        conn = next(self._ids)
-        c = self.conns[conn] = SimConn(conn, worker)
-        c.to_sched_at = self.sim.clock.now + self._delay()
-        self.sim.at(c.to_sched_at, "sched_connected", conn)
-        return conn
-
-    def to_sched(self, conn: int, msg: Any) -> None:
-        c = self.conns[conn]
-        if c.cut or c.worker_closed:
-            return
-        c.to_sched_at = max(c.to_sched_at, self.sim.clock.now + self._delay())
-        self.sim.at(c.to_sched_at, "sched_receive", (conn, msg))
-
-    def to_worker(self, conn: int, msg: Any) -> None:
-        c = self.conns.get(conn)
-        if c is None or c.cut or c.sched_closed:
-            return
-        c.to_worker_at = max(c.to_worker_at, self.sim.clock.now + self._delay())
-        self.sim.at(c.to_worker_at, "worker_receive", (c.worker, conn, msg))
-
-    def sched_close(self, conn: int) -> None:
-        """The scheduler closes: what it sent still arrives (flush), then the worker sees EOF."""
-        c = self.conns[conn]
-        if c.sched_closed:
-            return
-        c.sched_closed = True
-        c.to_worker_at = max(c.to_worker_at, self.sim.clock.now + self._delay())
-        self.sim.at(c.to_worker_at, "worker_closed", (c.worker, conn))
-        self.sim.at(self.sim.clock.now, "sched_closed", conn)
-
-    def worker_close(self, conn: int, *, reset: bool) -> None:
-        """The worker closes (gracefully after a drain, or by dying: a reset)."""
-        c = self.conns[conn]
-        if c.worker_closed:
-            return
-        c.worker_closed = True
-        c.cut = c.cut or reset
-        c.to_sched_at = max(c.to_sched_at, self.sim.clock.now + self._delay())
-        self.sim.at(c.to_sched_at, "sched_closed", conn)
-
-    def cut(self, conn: int) -> None:
-        """A network fault resets the connection: both sides see it close, in-flight is lost."""
-        c = self.conns[conn]
-        if c.cut:
-            return
-        c.cut = True
-        self.sim.at(self.sim.clock.now + self._delay(), "sched_closed", conn)
-        self.sim.at(self.sim.clock.now + self._delay(), "worker_closed", (c.worker, conn))
-
-
-@attrs.define
-class SimWorker:
-    """The worker protocol of `tcpsched/worker.py`, with jobs that only take simulated time."""
-
-    name: str
-    slots: int
-    up: bool = True
-    hung: bool = False
-    draining: bool = False
-    conn: int | None = None
-    registered: bool = False
-    life: int = 0  # bumped on crash/restart so timers of an earlier life are ignored
-    running: dict[str, int] = attrs.field(factory=dict)
-    outbox: dict[tuple[str, int], m.Result] = attrs.field(factory=dict)
-    backlog: list[tuple[str, Any]] = attrs.field(factory=list)  # what arrived while hung
-    epoch_seen: int = 0
-
-    def refs(self) -> tuple[m.AttemptRef, ...]:
-        return tuple(m.AttemptRef(job_id=j, attempt=a) for j, a in sorted(self.running.items()))
 
 
 class Simulation:
@@ -197,13 +102,13 @@ class Simulation:
         self._seq = itertools.count()
         self._req_ids = itertools.count(1)
         self._ticks_at_instant = 0
+        self.worker_side = ws = WorkerSide(self)
         self._handlers: dict[str, Callable[[Any], None]] = {
             "sched_connected": self._sched_connected, "sched_receive": self._sched_receive,
-            "sched_closed": self._sched_closed, "worker_receive": self._worker_receive,
-            "worker_closed": self._worker_closed, "worker_connect": self._worker_connect,
-            "heartbeat": self._heartbeat, "job_done": self._job_done,
-            "drain_end": self._drain_end, "submit": self._submit, "fault": self._fault,
-            "restart": self._restart, "resume": self._resume,
+            "sched_closed": self._sched_closed, "worker_receive": ws.receive,
+            "worker_closed": ws.closed, "worker_connect": ws.connect, "heartbeat": ws.heartbeat,
+            "job_done": ws.job_done, "drain_end": ws.drain_end, "submit": self._submit,
+            "fault": self._fault, "restart": ws.restart, "resume": ws.resume,
         }  # fmt: skip
 
     # -- the event loop ----------------------------------------------------------------------------
@@ -271,7 +176,7 @@ class Simulation:
         t, _, kind, payload = heapq.heappop(self._heap)
         self.clock.advance_to(t)
         self._ticks_at_instant = 0
-        self._handlers[kind](payload)
+        self.handle(kind, payload)
         self._check_invariants()
         return True
 
@@ -292,7 +197,7 @@ class Simulation:
                 if record["op"] == "finish" and record["state"] == "succeeded":
                     self.successes[record["id"]] += 1
                 if record["op"] in ("start", "finish", "requeue"):
-                    self._log(f"journal {record['op']} job={record['id']} "
+                    self.log(f"journal {record['op']} job={record['id']} "
                               f"{record.get('worker') or record.get('reason') or ''}")
             elif isinstance(effect, Send):
                 if effect.conn == CLIENT_CONN:
@@ -302,7 +207,7 @@ class Simulation:
             elif isinstance(effect, Close):
                 if effect.conn == CLIENT_CONN:
                     self._fail(f"the scheduler closed the client: {effect.reason}")
-                self._log(f"scheduler closes conn={effect.conn}: {effect.reason}")
+                self.log(f"scheduler closes conn={effect.conn}: {effect.reason}")
                 self.net.sched_close(effect.conn)
         self._check_invariants()
 
@@ -343,135 +248,6 @@ class Simulation:
         else:
             self._fail(f"unexpected reply to the client: {msg!r}")
 
-    # -- the worker side ---------------------------------------------------------------------------
-
-    def _send(self, worker: SimWorker, msg: Any) -> None:
-        if worker.conn is not None:
-            self.net.to_sched(worker.conn, msg)
-
-    def _worker_connect(self, payload: tuple[str, int]) -> None:
-        name, life = payload
-        w = self.workers[name]
-        if life != w.life or not w.up or w.conn is not None:
-            return
-        if w.hung:
-            w.backlog.append(("worker_connect", payload))
-            return
-        w.conn = self.net.open(name)
-        w.registered = False
-        self._log(f"{name} dials conn={w.conn} running={sorted(w.running.items())}")
-        self._send(w, m.Register(name=name, slots=w.slots, running=w.refs(),
-                                 draining=w.draining))
-
-    def _worker_receive(self, payload: tuple[str, int, Any]) -> None:
-        name, conn, msg = payload
-        w = self.workers[name]
-        if not w.up or conn != w.conn:
-            return
-        if w.hung:
-            w.backlog.append(("worker_receive", payload))
-            return
-        if isinstance(msg, m.Registered):
-            w.registered = True
-            w.epoch_seen = max(w.epoch_seen, msg.epoch)
-            for ref in msg.kill:
-                self._kill(w, ref.job_id, ref.attempt, "stale attempt")
-            for result in list(w.outbox.values()):
-                self._send(w, result)
-            self.at(self.clock.now, "heartbeat", (name, w.life, conn))
-        elif isinstance(msg, m.Assign):
-            self._assign(w, msg)
-        elif isinstance(msg, m.Kill):
-            self._kill(w, msg.job_id, msg.attempt, msg.reason)
-        elif isinstance(msg, m.ResultAck):
-            w.outbox.pop((msg.job_id, msg.attempt), None)
-
-    def _assign(self, w: SimWorker, msg: m.Assign) -> None:
-        if msg.epoch < w.epoch_seen:
-            return
-        current = w.running.get(msg.job_id)
-        if current is not None:
-            if current >= msg.attempt:
-                return
-            del w.running[msg.job_id]  # superseded: its result would be stale
-        if w.draining or len(w.running) >= w.slots:
-            self._send(w, m.HandBack(job_id=msg.job_id, attempt=msg.attempt,
-                                     reason="draining" if w.draining else "no free slot"))
-            return
-        w.running[msg.job_id] = msg.attempt
-        duration = self.rng.uniform(0.01, self.config.job_s_max)
-        self.at(self.clock.now + duration, "job_done", (w.name, w.life, msg.job_id, msg.attempt))
-
-    def _kill(self, w: SimWorker, job_id: str, attempt: int, reason: str) -> None:
-        if w.running.get(job_id) != attempt:
-            return
-        del w.running[job_id]
-        self._finish(w, job_id, attempt, "cancelled" if reason == "cancelled" else "failed",
-                     reason)
-
-    def _job_done(self, payload: tuple[str, int, str, int]) -> None:
-        name, life, job_id, attempt = payload
-        w = self.workers[name]
-        if life != w.life or w.running.get(job_id) != attempt:
-            return
-        if w.hung:
-            w.backlog.append(("job_done", payload))
-            return
-        del w.running[job_id]
-        failed = self.rng.random() < self.config.failure_p
-        self._finish(w, job_id, attempt, "failed" if failed else "succeeded",
-                     "exit code 1" if failed else None)
-
-    def _finish(self, w: SimWorker, job_id: str, attempt: int, state: str,
-                error: str | None) -> None:
-        now = self.clock.now
-        result = m.Result(job_id=job_id, attempt=attempt, state=state,
-                          exit_code=0 if state == "succeeded" else 1, result=None, stdout="",
-                          stderr="", error=error, started_at=now, finished_at=now)
-        w.outbox[(job_id, attempt)] = result
-        if w.registered:
-            self._send(w, result)
-
-    def _heartbeat(self, payload: tuple[str, int, int]) -> None:
-        name, life, conn = payload
-        w = self.workers[name]
-        if life != w.life or conn != w.conn or not w.up:
-            return
-        if w.hung:
-            w.backlog.append(("heartbeat", payload))
-            return
-        self._send(w, m.Heartbeat(running=w.refs()))
-        # A busy event loop beats a little late, never early.
-        interval = self.config.heartbeat_interval_s
-        self.at(self.clock.now + interval * self.rng.uniform(1.0, 1.3), "heartbeat", payload)
-
-    def _worker_closed(self, payload: tuple[str, int]) -> None:
-        name, conn = payload
-        w = self.workers[name]
-        if not w.up or conn != w.conn:
-            return
-        if w.hung:
-            w.backlog.append(("worker_closed", payload))
-            return
-        self._log(f"{name} sees conn={conn} closed")
-        w.conn = None
-        w.registered = False
-        self.at(self.clock.now + self.rng.uniform(0.0, 0.1), "worker_connect", (name, w.life))
-
-    def _drain_end(self, payload: tuple[str, int]) -> None:
-        name, life = payload
-        w = self.workers[name]
-        if life != w.life or not w.up:
-            return
-        if w.hung:
-            w.backlog.append(("drain_end", payload))
-            return
-        for job_id, attempt in sorted(w.running.items()):
-            self._send(w, m.HandBack(job_id=job_id, attempt=attempt, reason="drain timeout"))
-        self._log(f"{name} drained, handed back {sorted(w.running)}, exits")
-        w.running.clear()
-        self._stop_worker(w, reset=False)
-
     # -- faults ------------------------------------------------------------------------------------
 
     def _fault(self, _payload: None) -> None:
@@ -481,7 +257,7 @@ class Simulation:
         if kind == "cut" and w.up and w.conn is not None and not w.hung:
             self.net.cut(w.conn)
         elif kind == "crash" and w.up:
-            self._stop_worker(w, reset=True)
+            self.worker_side.stop(w, reset=True)
             self.at(self.clock.now + rng.uniform(0.2, 6.0), "restart", w.name)
         elif kind in ("hang", "hang_long") and w.up and not w.hung:
             timeout = self.config.heartbeat_timeout_s
@@ -491,54 +267,17 @@ class Simulation:
             self.at(self.clock.now + length, "resume", (w.name, w.life))
         elif kind == "drain" and w.up and not w.hung and not w.draining:
             w.draining = True
-            self._send(w, m.Draining())
+            self.worker_side.send(w, m.Draining())
             self.at(self.clock.now + rng.uniform(0, self.config.drain_timeout_s), "drain_end",
                     (w.name, w.life))
             self.at(self.clock.now + self.config.drain_timeout_s + rng.uniform(0.5, 4.0),
                     "restart", w.name)
         elif kind == "restart" and not w.up:
-            self._restart(w.name)
+            self.worker_side.restart(w.name)
         else:
             return
         self.faults[kind] += 1
-        self._log(f"FAULT {kind} {w.name}")
-
-    def _stop_worker(self, w: SimWorker, *, reset: bool) -> None:
-        if w.conn is not None:
-            self.net.worker_close(w.conn, reset=reset)
-        w.up = False
-        w.hung = False
-        w.conn = None
-        w.registered = False
-        w.running.clear()
-        w.outbox.clear()
-        w.backlog.clear()
-        w.life += 1
-
-    def _restart(self, name: str | None) -> None:
-        names = sorted(self.workers) if name is None else [name]
-        for n in names:
-            w = self.workers[n]
-            if name is None and w.hung:
-                self._resume((n, w.life))
-            if w.up:
-                continue
-            w.up = True
-            w.draining = False
-            w.life += 1
-            self._log(f"{n} restarts")
-            self.at(self.clock.now + self.rng.uniform(0.01, 0.3), "worker_connect", (n, w.life))
-
-    def _resume(self, payload: tuple[str, int]) -> None:
-        name, life = payload
-        w = self.workers[name]
-        if life != w.life or not w.hung:
-            return
-        w.hung = False
-        self._log(f"{name} resumes with {len(w.backlog)} queued events")
-        backlog, w.backlog = w.backlog, []
-        for kind, item in backlog:
-            self._handlers[kind](item)
+        self.log(f"FAULT {kind} {w.name}")
 
     # -- invariants --------------------------------------------------------------------------------
 
@@ -580,7 +319,12 @@ class Simulation:
                        f"stopped, e.g. {job.id} {job.state.value} worker={job.worker} "
                        f"attempts={job.attempts}")
 
-    def _log(self, line: str) -> None:
+    def handle(self, kind: str, payload: Any) -> None:
+        """Run the handler of one event (off the heap, or replayed by a resumed worker)."""
+        self._handlers[kind](payload)
+
+    def log(self, line: str) -> None:
+        """Keep a line for the trace that a failure prints."""
         self.trace.append(f"t={self.clock.now:.4f} {line}")
 
     def _fail(self, problem: str) -> None:
