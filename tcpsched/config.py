@@ -183,6 +183,7 @@ class CoordinatorSettings:
     log_level: str = "info"
     keep_finished: int = 100_000
     keep_finished_for_s: float | None = None
+    keep_output_bytes: int = 256 * 1024 * 1024
     repair: bool = False  # keep the good prefix of a journal corrupt before its last line
     compact_bytes: int = 64 * 1024 * 1024  # compact once the journal segment passes this...
     compact_records: int = 500_000  # ...or holds this many records
@@ -222,6 +223,9 @@ def coordinator_parser() -> UsageParser:
                    help="finished jobs kept in memory and snapshots")
     p.add_argument("--keep-finished-for", type=_positive_float, default=None, metavar="S",
                    help="forget finished jobs older than S seconds")
+    p.add_argument("--keep-output", type=_positive_int, default=256 * 1024 * 1024,
+                   metavar="BYTES", help="stdout + stderr kept by finished jobs in all; the "
+                   "oldest finished jobs are forgotten past it (256 MiB)")
     p.add_argument("--poison-workers", type=_positive_int, default=3, metavar="N",
                    help="fail a job after it lost N workers (3)")
     p.add_argument("--retry-base", type=_positive_float, default=1.0, metavar="S")
@@ -279,7 +283,8 @@ def coordinator_settings(argv: Sequence[str] | None = None) -> tuple[Coordinator
         fsync=args.fsync, heartbeat_interval_s=args.heartbeat_interval,
         heartbeat_timeout_s=args.heartbeat_timeout, token=read_token(args.token_file),
         log_level=args.log_level, keep_finished=args.keep_finished,
-        keep_finished_for_s=args.keep_finished_for, poison_workers_max=args.poison_workers,
+        keep_finished_for_s=args.keep_finished_for, keep_output_bytes=args.keep_output,
+        poison_workers_max=args.poison_workers,
         retry_base_s=args.retry_base, retry_cap_s=args.retry_cap,
         frame_bytes_max=args.max_frame, array_items_max=args.max_array_items,
         map_items_max=args.max_map_items, handshake_timeout_s=args.handshake_timeout,

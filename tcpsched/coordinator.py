@@ -109,6 +109,7 @@ class Coordinator:
             heartbeat_timeout_s=s.heartbeat_timeout_s, poison_workers_max=s.poison_workers_max,
             retry_base_s=s.retry_base_s, retry_cap_s=s.retry_cap_s,
             keep_finished=s.keep_finished, keep_finished_for_s=s.keep_finished_for_s,
+            keep_output_chars=s.keep_output_bytes,
         )  # fmt: skip
 
     def stop(self) -> None:

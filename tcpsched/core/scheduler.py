@@ -73,6 +73,7 @@ class SchedulerConfig:
     retry_cap_s: float = 60.0
     keep_finished: int = 100_000
     keep_finished_for_s: float | None = None
+    keep_output_chars: int | None = 256 * 1024 * 1024
     dead_workers_kept_s: float = 600.0
     list_limit_max: int = 100_000
 
@@ -98,7 +99,8 @@ class Scheduler(WorkerSide):
         self._conn_addresses: dict[int, str] = {}
         self._conn_worker: dict[int, str] = {}
         self.waits = Waits()
-        self.retention = Retention(config.keep_finished, config.keep_finished_for_s, now)
+        self.retention = Retention(config.keep_finished, config.keep_finished_for_s, now,
+                                   config.keep_output_chars)
         self._effects: list[Effect] = []
         self.workers_lost = 0
         self.started_at = now
@@ -390,7 +392,9 @@ class Scheduler(WorkerSide):
         for waiter in self.waits.expire(now):
             self._answer(waiter)
         # Retention is inline, not a method of its own: this runs on every step.
-        ids = self.retention.due(self.table.finished_order, now)
+        table = self.table
+        ids = self.retention.due(table.finished_order, now, table.finished_output_chars,
+                                 table.output_chars)
         kept_s = self.config.dead_workers_kept_s
         for name, entry in list(self.workers.items()):
             if entry.dead_at is not None and now - entry.dead_at > kept_s and entry.conn is None:

@@ -80,6 +80,7 @@ class JobTable:
             "handed_back": 0,
         }  # fmt: skip
         self.finished_order: dict[str, float] = {}  # terminal job id -> finished_at, in order
+        self.finished_output_chars = 0  # stdout + stderr held by terminal jobs (retention)
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -102,7 +103,13 @@ class JobTable:
             if new.state.is_terminal:
                 self.finished_order[new.id] = new.finished_at or 0.0
                 self.counters["finished"] += 1
+                self.finished_output_chars += len(new.stdout) + len(new.stderr)
         self.jobs[new.id] = new
+
+    def output_chars(self, job_id: str) -> int:
+        """Characters of stdout and stderr a job holds (what output retention counts)."""
+        job = self.jobs[job_id]
+        return len(job.stdout) + len(job.stderr)
 
     def _job(self, record: dict[str, Any]) -> JobRecord:
         job = self.jobs.get(record["id"])
@@ -168,7 +175,8 @@ class JobTable:
                 if gone is None:
                     continue
                 self.counts[gone.state] -= 1
-                self.finished_order.pop(job_id, None)
+                if self.finished_order.pop(job_id, None) is not None:
+                    self.finished_output_chars -= len(gone.stdout) + len(gone.stderr)
                 if gone.spec.key is not None and self.keys.get(gone.spec.key) == job_id:
                     del self.keys[gone.spec.key]
             return None
@@ -226,6 +234,8 @@ class JobTable:
             table.counts[_STATES[state]] = count
         table.finished_order = {job_id: jobs[job_id].finished_at or 0.0
                                 for job_id in header["finished"]}
+        table.finished_output_chars = sum(table.output_chars(job_id)
+                                          for job_id in table.finished_order)
         terminal = sum(n for state, n in table.counts.items() if state.is_terminal)
         if len(table.finished_order) != terminal:
             raise ValueError("snapshot's finished list does not match its terminal jobs")

@@ -147,10 +147,12 @@ operations = st.lists(
 class Driver:
     """A scheduler fed client and worker messages; keeps every journal record it emits."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, keep_finished: int = 1,
+                 keep_output_chars: int | None = None) -> None:
         self.now = 1000.0
         config = SchedulerConfig(heartbeat_interval_s=0.5, heartbeat_timeout_s=2.0,
-                                 keep_finished=1, retry_base_s=0.5, poison_workers_max=2)
+                                 keep_finished=keep_finished, retry_base_s=0.5,
+                                 poison_workers_max=2, keep_output_chars=keep_output_chars)
         self.sched = Scheduler(config, random.Random(seed), self.now)
         self.records: list[dict[str, Any]] = []
         self.conns: dict[str, int] = {}
@@ -217,7 +219,7 @@ class Driver:
 
 def table_state(table: JobTable) -> tuple[Any, ...]:
     return (list(table.jobs.items()), table.keys, table.counts, table.counters, table.next_seq,
-            list(table.finished_order.items()))
+            list(table.finished_order.items()), table.finished_output_chars)
 
 
 @settings(max_examples=300)
@@ -244,6 +246,46 @@ def test_snapshot_plus_replay_equals_live_state(ops: list[tuple[Any, ...]], seed
     running = {j.id: j.worker for j in rebuilt.jobs.values() if j.state is JobState.RUNNING}
     for job_id, worker in running.items():
         assert recovered.workers[worker].running[job_id] == rebuilt.jobs[job_id].attempts
+
+
+@settings(max_examples=100)
+@given(ops=operations, seed=st.integers(0, 2**16))
+def test_output_retention_bounds_kept_output_and_replays_exactly(ops: list[tuple[Any, ...]],
+                                                                 seed: int) -> None:
+    """Finished jobs are forgotten oldest first once their stdout + stderr pass the output
+    budget (whatever the count limit), and a replay of the journal agrees exactly."""
+    driver = Driver(seed, keep_finished=10_000, keep_output_chars=12)  # 4 jobs' "out"
+    for op in ops:
+        driver.run(op)
+        table = driver.sched.table
+        assert table.finished_output_chars == sum(table.output_chars(j)
+                                                  for j in table.finished_order)
+        assert table.finished_output_chars <= 12
+    replayed = JobTable()
+    for record in driver.records:
+        replayed.apply(decode_record(json_round_trip(encode_record(record))))
+    assert table_state(replayed) == table_state(driver.sched.table)
+
+
+def test_output_retention_forgets_the_oldest_finished_jobs_first() -> None:
+    """Past the output budget the oldest finished jobs are forgotten, the newest kept, while
+    the count limit alone would have kept them all."""
+    driver = Driver(1, keep_finished=10_000, keep_output_chars=12)  # 4 jobs' "out"
+    driver.run(("register", "w1", 3))
+    for i in range(7):
+        driver.run(("submit", 0, i, 0))
+    submitted = list(driver.sched.table.jobs)
+    finished: list[str] = []
+    for _ in range(7):
+        held = sorted(driver.sched.workers["w1"].running)
+        driver.run(("result", 0, "succeeded", 1))
+        finished.extend(j for j in held if j not in driver.sched.workers["w1"].running)
+    table = driver.sched.table
+    assert len(finished) == len(submitted) == 7
+    assert table.finished_output_chars <= 12
+    kept = list(table.finished_order)
+    assert kept == finished[-len(kept):] and 3 <= len(kept) <= 4
+    assert all(job_id not in table.jobs for job_id in finished[: -len(kept)])
 
 
 def test_recovered_running_job_waits_for_its_worker_then_requeues() -> None:
