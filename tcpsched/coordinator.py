@@ -58,6 +58,7 @@ ALLOWED_BY_ROLE = {
     "client": m.CLIENT_REQUESTS,
     "worker": m.WORKER_TO_COORDINATOR,
 }
+SERVED_ROLES = frozenset(ALLOWED_BY_ROLE)  # peers arrive with replication
 
 
 class Coordinator:
@@ -235,8 +236,9 @@ class Coordinator:
             return
         self._handshaking += 1
         try:
-            hello = await transport.accept(conn, s.token, f"c{s.node_id}", 1,
-                                           s.handshake_timeout_s)
+            hello = await transport.accept(conn, s.token, f"c{s.node_id}",
+                                           self.scheduler.config.epoch, s.handshake_timeout_s,
+                                           roles=SERVED_ROLES)
         except (RemoteProtocolError, AuthError, TimeoutError, OSError) as exc:
             if isinstance(exc, TimeoutError):
                 self._count("handshake_timeouts")
@@ -249,12 +251,7 @@ class Coordinator:
             return
         finally:
             self._handshaking -= 1
-        allowed = ALLOWED_BY_ROLE.get(hello.role)
-        if allowed is None:
-            conn.send(m.Refused(code="role", reason=f"role {hello.role!r} is not served here"))
-            await conn.drain()
-            conn.close("unsupported role")
-            return
+        allowed = ALLOWED_BY_ROLE[hello.role]
         conn.widen(allowed, s.frame_bytes_max, UnpackLimits(
             str_bytes_max=s.frame_bytes_max, bin_bytes_max=s.frame_bytes_max,
             array_items_max=s.array_items_max, map_items_max=s.map_items_max))

@@ -52,9 +52,11 @@ class ListenerHandshake:
     """The listening side. `receive(msg)` returns the messages to send; `done` once the peer
     has authenticated (then `hello` says who it is)."""
 
-    def __init__(self, token: bytes | None, node: str, epoch: int, nonce: bytes) -> None:
+    def __init__(self, token: bytes | None, node: str, epoch: int, nonce: bytes,
+                 roles: frozenset[str] | None = None) -> None:
         if len(nonce) != m.NONCE_BYTES:
             raise ValueError(f"nonce must be {m.NONCE_BYTES} bytes")
+        self.roles = roles  # the roles served here; None: every role
         self.token = token
         self.node = node
         self.epoch = epoch
@@ -93,6 +95,13 @@ class ListenerHandshake:
         return [self._welcome(listener_mac(self.token, hello.nonce, self.nonce))]
 
     def _welcome(self, proof: bytes) -> m.Welcome:
+        # A role we do not serve is refused before Welcome, so the peer never believes it
+        # was accepted.
+        assert self.hello is not None
+        if self.roles is not None and self.hello.role not in self.roles:
+            self.outbox = [m.Refused(code="role",
+                                     reason=f"role {self.hello.role!r} is not served here")]
+            raise RemoteProtocolError(f"role {self.hello.role!r} is not served here")
         self.done = True
         return m.Welcome(node=self.node, epoch=self.epoch, proof=proof)
 

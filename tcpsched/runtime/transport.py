@@ -280,13 +280,17 @@ async def accept(
     node: str,
     epoch: int,
     timeout_s: float = HANDSHAKE_TIMEOUT_S,
+    *,
+    roles: frozenset[str] | None = None,
 ) -> m.Hello:
-    """Listening side of the handshake. Returns the peer's Hello once it has authenticated.
+    """Listening side of the handshake. Returns the peer's Hello once it has authenticated
+    (and, if `roles` is given, only for a role in it).
 
     Raises RemoteProtocolError (bad input), AuthError (wrong token) or TimeoutError; the caller
     closes the connection.
     """
-    machine = auth.ListenerHandshake(token, node, epoch, secrets.token_bytes(m.NONCE_BYTES))
+    machine = auth.ListenerHandshake(token, node, epoch, secrets.token_bytes(m.NONCE_BYTES),
+                                     roles)
     try:
         async with asyncio.timeout(timeout_s):
             await _run_handshake(conn, machine, [])

@@ -292,3 +292,18 @@ def test_hypothesis_no_random_mac_gets_in(mac: bytes) -> None:
     listener.receive(dialer.hello())
     with pytest.raises(AuthError):
         listener.receive(m.Auth(mac=mac))
+
+
+@pytest.mark.parametrize("token", [None, TOKEN])
+def test_a_role_not_served_is_refused_before_welcome(token: bytes | None) -> None:
+    """A listener serving only workers and clients refuses a peer with Refused(role) and never
+    sends it a Welcome, with or without a token."""
+    rng = random.Random(3)
+    dialer = auth.DialerHandshake(token, "peer", "c2", nonce(rng))
+    listener = auth.ListenerHandshake(token, "c1", 7, nonce(rng),
+                                      roles=frozenset({"worker", "client"}))
+    with pytest.raises(RemoteProtocolError, match="not served"):
+        converse(dialer, listener)
+    assert not listener.done
+    assert [type(msg) for msg in listener.outbox] == [m.Refused]
+    assert listener.outbox[0].code == "role"
