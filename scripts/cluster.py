@@ -183,11 +183,17 @@ def start(args: argparse.Namespace) -> int:
         print("  note: these coordinators do not form a group yet; each runs alone, and each "
               "worker serves the first one it reached")
     print("connect:")
-    print("  make console")
+    overrides = "".join(
+        f" {name}={value}" for name, value, default in (
+            ("RUN", args.dir, "run"), ("PORT", args.port, 7001),
+            ("COORDINATORS", args.coordinators, 1),
+        ) if str(value) != str(default)
+    )  # fmt: skip
+    print(f"  make console{overrides}")
     print(f"  {py} -m tcpsched.console --coordinators {joined}")
     print(f"  {py} -m tcpsched --coordinators {joined} submit --shell 'echo hello'")
     print(f"  export TCPSCHED_COORDINATORS={joined}   # then: {py} -m tcpsched list")
-    print("then: make status, make stop")
+    print(f"then: make status{overrides}, make stop{overrides}")
     return 0
 
 
