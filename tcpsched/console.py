@@ -178,6 +178,8 @@ class Console:
             task.cancel()
 
         if self.handle_sigint:
+            # No signal support in this loop (another platform) or not the main thread: then
+            # Ctrl-C arrives as KeyboardInterrupt instead, which is handled the same way.
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signal.SIGINT, interrupt)
                 installed = True
