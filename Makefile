@@ -28,7 +28,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check tcpsched tests scripts
-	$(PY) -m ruff format --check tcpsched tests scripts || true
 	$(PY) -m mypy tcpsched
 
 demo: $(STAMP)
