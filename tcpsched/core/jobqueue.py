@@ -11,17 +11,19 @@ are skipped when they reach the top. Every operation is O(log n) amortized.
 from __future__ import annotations
 
 import heapq
+import operator
 from collections.abc import Iterable
 
-_Entry = tuple[int, int, str]  # (-priority, seq, job_id)
-_DelayedEntry = tuple[float, int, str, int]  # (not_before, seq, job_id, priority)
+ReadyEntry = tuple[int, int, str]  # (-priority, seq, job_id)
+DelayedEntry = tuple[float, int, str, int]  # (not_before, seq, job_id, priority)
+_entry_id = operator.itemgetter(2)  # the job id, in either kind of entry
 
 
 class JobQueue:
     def __init__(self) -> None:
-        self._ready: list[_Entry] = []
-        self._delayed: list[_DelayedEntry] = []
-        self._live: dict[str, _Entry | _DelayedEntry] = {}
+        self._ready: list[ReadyEntry] = []
+        self._delayed: list[DelayedEntry] = []
+        self._live: dict[str, ReadyEntry | DelayedEntry] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -32,11 +34,11 @@ class JobQueue:
     def push(self, job_id: str, priority: int, seq: int, not_before: float = 0.0) -> None:
         """Queue a job (replacing any earlier entry of it); it may run from `not_before` on."""
         if not_before > 0.0:
-            delayed: _DelayedEntry = (not_before, seq, job_id, priority)
+            delayed: DelayedEntry = (not_before, seq, job_id, priority)
             self._live[job_id] = delayed
             heapq.heappush(self._delayed, delayed)
         else:
-            entry: _Entry = (-priority, seq, job_id)
+            entry: ReadyEntry = (-priority, seq, job_id)
             self._live[job_id] = entry
             heapq.heappush(self._ready, entry)
 
@@ -44,12 +46,16 @@ class JobQueue:
         """Queue many (job_id, priority, seq, not_before) at once: one O(n) heapify instead of
         n pushes, which matters when a restart rebuilds a queue of a million jobs."""
         items = jobs if isinstance(jobs, list) else list(jobs)
-        ready: list[_Entry] = [(-p, seq, job_id) for job_id, p, seq, nb in items if nb <= 0.0]
-        delayed: list[_DelayedEntry] = [
-            (nb, seq, job_id, p) for job_id, p, seq, nb in items if nb > 0.0
-        ]
-        self._live.update(zip([e[2] for e in ready], ready, strict=True))
-        self._live.update(zip([e[2] for e in delayed], delayed, strict=True))
+        self.load_entries([(-p, seq, job_id) for job_id, p, seq, nb in items if nb <= 0.0],
+                          [(nb, seq, job_id, p) for job_id, p, seq, nb in items if nb > 0.0])
+
+    def load_entries(self, ready: list[ReadyEntry], delayed: list[DelayedEntry]) -> None:
+        """`load`, given the heap entries themselves: (-priority, seq, job_id) for jobs that
+        may run now, (not_before, seq, job_id, priority) for the others. A restart builds
+        these straight from the jobs, sparing a million intermediate tuples and a pass."""
+        live = self._live
+        live.update(zip(map(_entry_id, ready), ready, strict=True))
+        live.update(zip(map(_entry_id, delayed), delayed, strict=True))
         self._ready.extend(ready)
         self._delayed.extend(delayed)
         heapq.heapify(self._ready)
@@ -66,7 +72,7 @@ class JobQueue:
             entry = heapq.heappop(delayed)
             _not_before, seq, job_id, priority = entry
             if self._live.get(job_id) is entry:
-                ready: _Entry = (-priority, seq, job_id)
+                ready: ReadyEntry = (-priority, seq, job_id)
                 self._live[job_id] = ready
                 heapq.heappush(self._ready, ready)
         self._drop_dead(delayed)

@@ -18,13 +18,13 @@ How jobs and user values become JSON (journal maps, snapshot rows) is core/recor
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, cast
 
 import attrs
 
 from tcpsched.core.jobs import JobRecord, JobState, is_legal
-from tcpsched.core.records import job_from_dict, job_from_row, job_to_dict, job_to_row
+from tcpsched.core.records import job_from_dict, job_to_dict, job_to_row, jobs_from_rows
 
 # job_to_dict is re-exported: core/scheduler.py imports it from here.
 __all__ = ["SNAPSHOT_FORMAT", "JobTable", "TableImage", "TableStatistics", "job_to_dict"]
@@ -224,9 +224,14 @@ class JobTable:
         by_state: collections.Counter[str] = collections.Counter()
         for rows in row_chunks:
             # Whole-chunk passes (C loops for the dicts): this is the hot path of a restart.
-            jobs.update(zip([row[0] for row in rows], map(job_from_row, rows), strict=True))
-            keys.update({row[8]: row[0] for row in rows if row[8] is not None})
-            by_state.update([row[2] for row in rows])
+            ids, row_keys, states, built = jobs_from_rows(rows)
+            jobs.update(zip(ids, built, strict=True))
+            if None in row_keys:
+                keys.update({key: job_id for key, job_id in zip(row_keys, ids, strict=True)
+                             if key is not None})
+            else:
+                keys.update(zip(cast("Sequence[str]", row_keys), ids, strict=True))
+            by_state.update(states)
         if len(jobs) != header["jobs_count"] or sum(by_state.values()) != len(jobs):
             raise ValueError(f"snapshot holds {len(jobs)} distinct jobs, its header says "
                              f"{header['jobs_count']}")
