@@ -15,9 +15,7 @@ its pid to a file and the script kills exactly those processes after each trial.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import signal
 import statistics
 import sys
@@ -27,19 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from tcpsched.client import SyncClient
-from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until
+from tcpsched.testing.processes import (
+    ProcessGroup,
+    kill_job_processes,
+    wait_for_workers,
+    wait_until,
+)
 
 POLL_S = 0.01
 WAIT_S = 60.0
-
-
-def kill_job_processes(pid_file: Path) -> None:
-    """Kill the process groups of the shell jobs this run started (their pids are recorded)."""
-    if not pid_file.exists():
-        return
-    for line in pid_file.read_text().split():
-        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
-            os.killpg(int(line), signal.SIGKILL)
 
 
 def trial(group: ProcessGroup, client: SyncClient, address: str, workers: dict[str, Any],

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
-import os
 import random
 import signal
 import sys
@@ -28,7 +26,13 @@ from typing import Any
 
 from tcpsched.client import SyncClient
 from tcpsched.errors import JobNotFound, TcpschedError
-from tcpsched.testing.processes import Proc, ProcessGroup, wait_for_workers, wait_until
+from tcpsched.testing.processes import (
+    Proc,
+    ProcessGroup,
+    kill_job_processes,
+    wait_for_workers,
+    wait_until,
+)
 
 WAIT_S = 60.0
 
@@ -143,14 +147,6 @@ def check(client: SyncClient, job_ids: list[str], settle_s: float) -> tuple[dict
     attempts = collections.Counter(r["attempts"] for r in records)
     return {"jobs": len(job_ids), "states": dict(states),
             "attempts": {str(k): v for k, v in sorted(attempts.items())}}, violations
-
-
-def kill_job_processes(pid_file: Path) -> None:
-    if not pid_file.exists():
-        return
-    for line in pid_file.read_text().split():
-        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
-            os.killpg(int(line), signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:

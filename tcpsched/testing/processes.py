@@ -135,6 +135,16 @@ class ProcessGroup:
                          for p in self.procs)
 
 
+def kill_job_processes(pid_file: Path) -> None:
+    """Kill the process groups a run's shell jobs recorded in `pid_file` (one pid a line):
+    a script's last word, so nothing it started outlives it whatever happened to workers."""
+    if not pid_file.exists():
+        return
+    for line in pid_file.read_text().split():
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+            os.killpg(int(line), signal.SIGKILL)
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
     """Poll `predicate` until it returns something truthy; TimeoutError naming `what`."""
     deadline = time.monotonic() + timeout

@@ -217,6 +217,17 @@ class Driver:
             self.step(Tick())
 
 
+def snapshot_then_replay(records: list[dict[str, Any]], k: int) -> JobTable:
+    """Apply the first k records, snapshot through JSON, rebuild, replay the rest."""
+    before = JobTable()
+    for record in records[:k]:
+        before.apply(decode_record(record))
+    rebuilt = JobTable.from_snapshot(json_round_trip(before.snapshot()))
+    for record in records[k:]:
+        rebuilt.apply(decode_record(record))
+    return rebuilt
+
+
 def table_state(table: JobTable) -> tuple[Any, ...]:
     return (list(table.jobs.items()), table.keys, table.counts, table.counters, table.next_seq,
             list(table.finished_order.items()), table.finished_output_chars)
@@ -231,13 +242,7 @@ def test_snapshot_plus_replay_equals_live_state(ops: list[tuple[Any, ...]], seed
     for op in ops:
         driver.run(op)
     records = [json_round_trip(encode_record(r)) for r in driver.records]
-    k = int(cut * len(records))
-    before = JobTable()
-    for record in records[:k]:
-        before.apply(decode_record(record))
-    rebuilt = JobTable.from_snapshot(json_round_trip(before.snapshot()))
-    for record in records[k:]:
-        rebuilt.apply(decode_record(record))
+    rebuilt = snapshot_then_replay(records, int(cut * len(records)))
     assert table_state(rebuilt) == table_state(driver.sched.table)
     # And a scheduler recovering from it queues exactly the live pending jobs.
     recovered = Scheduler(driver.sched.config, random.Random(0), driver.now, table=rebuilt)
@@ -348,10 +353,5 @@ def test_long_random_histories_replay_exactly(seed: int) -> None:
     assert {"submit", "start", "finish", "requeue", "cancel", "forget"} <= ops
     records = [json_round_trip(encode_record(r)) for r in driver.records]
     for k in sorted({0, len(records) // 3, len(records) // 2, len(records) - 1, len(records)}):
-        before = JobTable()
-        for record in records[:k]:
-            before.apply(decode_record(record))
-        rebuilt = JobTable.from_snapshot(json_round_trip(before.snapshot()))
-        for record in records[k:]:
-            rebuilt.apply(decode_record(record))
+        rebuilt = snapshot_then_replay(records, k)
         assert table_state(rebuilt) == table_state(driver.sched.table)
