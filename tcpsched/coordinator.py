@@ -2,7 +2,9 @@
 
 One asyncio server; each connection does the handshake (bounded in number and time while
 unauthenticated), gets an integer id, and from then on every message it sends is an event for
-the scheduler, fed through the runner. SIGTERM/SIGINT stop accepting, flush, and exit 0.
+the scheduler, fed through the runner. SIGTERM/SIGINT stop accepting, flush, and exit 0. A
+journal that fails (a full disk, an I/O error) stops it the same way, with one CRITICAL line
+and exit 1; meanwhile the runner answers every request that needed the journal with an error.
 """
 
 from __future__ import annotations
@@ -79,7 +81,11 @@ class Coordinator:
                 repair=settings.repair, call_later=loop.call_later)
             # A restart is a new epoch, stored before anything is dispatched: workers then
             # refuse whatever a previous life of this coordinator might still send.
-            self.epoch = self.journal.next_epoch()
+            try:
+                self.epoch = self.journal.next_epoch()
+            except BaseException:
+                self.journal.close()  # unlock, so the one error line is all that is left
+                raise
             self.scheduler = Scheduler(self._scheduler_config(self.epoch), random.Random(seed),
                                        time.time(), table=self.recovery.table)
         finally:
@@ -89,6 +95,8 @@ class Coordinator:
             log.warning("node=%d %s", settings.node_id, warning)
         self.journal.publish(self.scheduler.extra_stats)
         self.runner = Runner(self.scheduler, self.journal, self.connections)
+        self.storage_failure: str | None = None
+        self.runner.on_journal_failure = self.journal.on_failure = self.storage_failed
         self._next_conn = 1
         self._handshaking = 0
         self._stop = asyncio.Event()
@@ -115,6 +123,16 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def storage_failed(self, reason: str) -> None:
+        """The one path for a journal that cannot be written: say so once, then stop (exit 1).
+        Until the loop gets there, the runner refuses what needs the journal."""
+        if self.storage_failure is None:
+            self.storage_failure = reason
+            log.critical("node=%d %s; refusing every request that needs the journal and "
+                         "stopping (nothing unrecorded was acknowledged; restart once there "
+                         "is room)", self.settings.node_id, reason)
+        self.stop()
 
     async def serve(self) -> None:
         s = self.settings
@@ -152,7 +170,10 @@ class Coordinator:
             self.runner.flush_now()
             await self._close_all()
             self.runner.stop()
-            self.journal.close()
+            try:
+                self.journal.close()
+            except JournalError as exc:
+                self.storage_failed(str(exc))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await server.wait_closed()
@@ -288,12 +309,10 @@ async def _main(settings: CoordinatorSettings) -> int:
         loop.add_signal_handler(sig, coordinator.stop)
 
     def on_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        # A journal that failed a write or an fsync raises at the end of a loop turn, before
-        # any reply of that turn is sent; stop then, and exit 1 (the shutdown flush raises
-        # the same error again), rather than run on acknowledging nothing.
+        # The runner and the storage report journal failures themselves; a JournalError that
+        # still escapes into a callback takes the same path rather than leave us running on.
         if isinstance(context.get("exception"), JournalError):
-            log.critical("node=%d %s", settings.node_id, context["exception"])
-            coordinator.stop()
+            coordinator.storage_failed(str(context["exception"]))
         else:
             loop.default_exception_handler(context)
 
@@ -303,7 +322,7 @@ async def _main(settings: CoordinatorSettings) -> int:
     except OSError as exc:
         log.error("cannot listen on %s: %s", settings.address, exc.strerror or exc)
         return 1
-    return 0
+    return 1 if coordinator.storage_failure is not None else 0
 
 
 def check_bind(settings: CoordinatorSettings) -> None:

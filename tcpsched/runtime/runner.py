@@ -5,6 +5,13 @@ records go to the journal's buffer at once, sends and closes wait in `_held` unt
 the event-loop turn, when one `journal.flush()` makes every record of the turn durable (group
 commit) and only then are the held effects carried out. One timer is armed at the core's
 `next_deadline()` and re-armed whenever that changes.
+
+A failed flush (a full disk, an I/O error) is final: the turn's records, and every later
+one, are not durable, so from then on no held reply is sent. Each is answered instead with an
+`unavailable` error saying the request was not acknowledged, other messages (orders to
+workers) are dropped, and `on_journal_failure` is told once, so the process can stop. This
+holds on every path, the shutdown's `flush_now` included: a reply never leaves before its
+record is durable.
 """
 
 from __future__ import annotations
@@ -16,8 +23,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from tcpsched.core.events import Close, Effect, Journal, Send, Tick
-from tcpsched.core.messages import ErrorReply
-from tcpsched.errors import LocalProtocolError
+from tcpsched.core.messages import ErrorReply, Reply
+from tcpsched.errors import JournalError, LocalProtocolError
 from tcpsched.runtime.transport import Connection
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,9 @@ class Runner:
         self._end_of_turn_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
+        # Why the journal failed, once it has: from then on nothing held is acknowledged.
+        self.journal_failure: str | None = None
+        self.on_journal_failure: Callable[[str], None] | None = None
 
     def feed(self, event: Any) -> None:
         effects = self.core.step(event, self.clock())
@@ -81,10 +91,19 @@ class Runner:
 
     def _end_of_turn(self) -> None:
         self._end_of_turn_scheduled = False
-        if self._dirty:
-            self._dirty = False
-            self.journal.flush()
         held, self._held = self._held, []
+        if self._dirty and self.journal_failure is None:
+            try:
+                self.journal.flush()
+            except (JournalError, OSError) as exc:
+                self._journal_failed(exc)
+            else:
+                # Cleared only once the flush succeeded: a turn whose flush failed stays
+                # unacknowledged on every later path (the shutdown's flush_now too).
+                self._dirty = False
+        if self.journal_failure is not None:
+            held = [refusal for effect in held
+                    if (refusal := self._refusal(effect)) is not None]
         for effect in held:
             if isinstance(effect, Send):
                 conn = self.connections.get(effect.conn)
@@ -96,6 +115,31 @@ class Runner:
                     log.info("closing %s: %s", conn.peer, effect.reason)
                     conn.flush()
                     conn.close(effect.reason)
+
+    def _journal_failed(self, exc: Exception) -> None:
+        reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+        self.journal_failure = reason
+        if self.on_journal_failure is not None:
+            self.on_journal_failure(reason)
+        else:
+            log.critical("journal failed: %s; acknowledging nothing more", reason)
+
+    def _refusal(self, effect: Effect) -> Effect | None:
+        """What to carry out, once the journal has failed, instead of a held effect: a reply
+        becomes an error saying the request was not acknowledged; an error reply and a close
+        stay (they acknowledge nothing); anything else (an order to a worker) is dropped."""
+        if isinstance(effect, Close):
+            return effect
+        if not isinstance(effect, Send):
+            return None
+        if isinstance(effect.msg, ErrorReply):
+            return effect
+        if isinstance(effect.msg, Reply):
+            return Send(effect.conn, ErrorReply(
+                req_id=effect.msg.req_id, kind="unavailable",
+                message=f"not acknowledged: the coordinator's journal failed "
+                        f"({self.journal_failure}) and it is stopping; retry once it is back"))
+        return None  # a worker's order or ack: the worker hears again after a restart
 
     def _send(self, conn: Connection, msg: Any) -> None:
         try:
@@ -112,7 +156,8 @@ class Runner:
                                  message=f"the reply cannot be sent: {exc}"))
 
     def flush_now(self) -> None:
-        """Carry out everything held (used at shutdown)."""
+        """Flush and carry out everything held (used at shutdown); after a journal failure,
+        held replies are refused, never sent."""
         self._end_of_turn()
 
     def _rearm(self) -> None:
