@@ -8,7 +8,8 @@ allows the newlines), so `read_snapshot` parses and converts one chunk at a time
 holding every parsed row of a million jobs at once (see `JobTable.from_parts`).
 
 `write_snapshot` writes `snapshot.json.tmp`, fsyncs it, `os.replace`s it over `snapshot.json`
-and fsyncs the directory: a crash at any point leaves the old snapshot or the new one, whole.
+and fsyncs the directory: a crash at any point leaves the old snapshot or the new one, whole;
+a write that fails (a full disk) deletes its temporary file.
 It is given a `TableImage`, an immutable view of the table, so it may run in a thread while the
 table goes on changing. The optional `CompactionHook` is called after every durable step; tests
 use it to crash compaction between any two of them.
@@ -26,7 +27,7 @@ from typing import Any
 
 from tcpsched.core.state import JobTable, TableImage
 from tcpsched.errors import JournalError
-from tcpsched.runtime.files import fsync_dir, write_all
+from tcpsched.runtime.files import fsync_dir, remove_quietly, write_all
 
 SNAPSHOT_NAME = "snapshot.json"
 SNAPSHOT_TMP_NAME = "snapshot.json.tmp"
@@ -75,16 +76,22 @@ def write_snapshot(data_dir: Path, seq: int, image: TableImage,
     """Write `snapshot.json` for the state at `seq`, atomically and durably; returns its size."""
     tmp = data_dir / SNAPSHOT_TMP_NAME
     size = 0
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        for piece in _snapshot_pieces(seq, image):
-            write_all(fd, piece)
-            size += len(piece)
-        compaction_step(hook, "write-snapshot-tmp")
-        os.fsync(fd)
-        compaction_step(hook, "fsync-snapshot-tmp")
-    finally:
-        os.close(fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for piece in _snapshot_pieces(seq, image):
+                write_all(fd, piece)
+                size += len(piece)
+            compaction_step(hook, "write-snapshot-tmp")
+            os.fsync(fd)
+            compaction_step(hook, "fsync-snapshot-tmp")
+        finally:
+            os.close(fd)
+    except OSError:
+        # Most often a full disk: a half-written snapshot is useless, and deleting it gives
+        # the space back to the journal, which still holds every record.
+        remove_quietly(tmp)
+        raise
     os.replace(tmp, data_dir / SNAPSHOT_NAME)
     compaction_step(hook, "replace-snapshot")
     fsync_dir(data_dir)

@@ -16,6 +16,13 @@ Theory of operation (Redis AOF + RDB, etcd WAL + snapshot):
   delete the segments the snapshot covers. A crash between any two of those steps leaves either
   the old snapshot with every segment after it, or the new snapshot with segments that may
   still hold records it covers (skipped by sequence number): nothing is lost.
+* Errors. Two kinds, each with one path. The journal's own write or fsync failing (a full disk,
+  an I/O error) is fatal: a failed write is cut back off the segment, and from then on nothing
+  is written and every `flush` raises `JournalError`, so no reply that depends on it can leave;
+  `on_failure` is told once, and the coordinator stops. Compaction failing (no inode for the
+  next segment, no room for the snapshot) is not: compaction only saves space, the journal
+  still holds every record, so it is logged and tried again once the segment has grown by
+  another threshold, when space may have come back.
 * Opening. `Storage.open` locks the directory (flock: one coordinator per data directory),
   recovers the table (runtime/journal.py) and appends to the last segment when its records end
   where recovery ended. The directory also holds `epoch.json`, the last epoch a coordinator
@@ -33,13 +40,19 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
 from tcpsched.core.state import TableImage
 from tcpsched.errors import JournalError
-from tcpsched.runtime.files import fsync_dir, write_all, write_durably
+from tcpsched.runtime.files import (
+    describe_os_error,
+    fsync_dir,
+    remove_quietly,
+    write_all,
+    write_durably,
+)
 from tcpsched.runtime.journal import Recovery, encode_line, list_segments, recover, segment_name
 from tcpsched.runtime.snapshot import (
     SNAPSHOT_TMP_NAME,
@@ -97,8 +110,8 @@ class Storage:
     """The open data directory: appends records, makes them durable, compacts.
 
     Made by `Storage.open`, which recovers first. `append` and `flush` are the runner's
-    `JournalSink`. After a failed write nothing more is written and every `flush` raises
-    `JournalError`: acknowledging after an unknown write would break the promise.
+    `JournalSink`. After a failed write or fsync nothing more is written and every `flush`
+    raises `JournalError`: acknowledging after an unknown write would break the promise.
     """
 
     def __init__(self, data_dir: Path, recovery: Recovery, config: StorageConfig, *,
@@ -106,6 +119,9 @@ class Storage:
                  call_later: Callable[[float, Callable[[], None]], Any] | None = None,
                  hook: CompactionHook | None = None) -> None:
         self.data_dir = data_dir
+        # Told once, with the reason, when the journal fails (also from the batch fsync timer,
+        # when no flush is under way to raise).
+        self.on_failure: Callable[[str], None] | None = None
         self.table = recovery.table
         self.config = config
         self.seq = recovery.last_seq
@@ -122,6 +138,8 @@ class Storage:
         self._last_sync = time.monotonic()
         self._compaction: threading.Thread | None = None
         self._compaction_error: str | None = None
+        # After a failed compaction: wait until the segment holds this many records or bytes.
+        self._compact_retry_at = (0, 0)
         self.compactions = 0
         self.fsyncs = 0
         self.writes = 0
@@ -171,8 +189,8 @@ class Storage:
             return storage, recovery
         except OSError as exc:
             os.close(lock_fd)
-            raise JournalError(f"cannot recover from {data_dir}: "
-                               f"{exc.filename or ''} {exc.strerror or exc}") from None
+            raise JournalError(f"cannot open the data directory {data_dir}: "
+                               f"{describe_os_error(exc)}") from None
         except BaseException:
             os.close(lock_fd)
             raise
@@ -181,15 +199,26 @@ class Storage:
 
     def next_epoch(self) -> int:
         """The last epoch this directory saw plus one, stored durably before it is returned."""
+        path = self.data_dir / EPOCH_NAME
         epoch = read_epoch(self.data_dir) + 1
-        write_durably(self.data_dir / EPOCH_NAME, _dumps({"epoch": epoch}).encode() + b"\n")
+        try:
+            write_durably(path, _dumps({"epoch": epoch}).encode() + b"\n")
+        except OSError as exc:
+            raise JournalError(f"cannot store the new epoch in {path}: "
+                               f"{exc.strerror or exc}") from None
         return epoch
+
+    @property
+    def failure(self) -> str | None:
+        """Why the journal stopped taking records, or None while it works."""
+        return self._failed
 
     # -- the JournalSink interface ---------------------------------------------------------
 
     def append(self, record: dict[str, Any]) -> None:
         self.seq += 1
-        self._buffer.append(encode_line(self.seq, record))
+        if self._failed is None:  # after a failure nothing is written: keep nothing
+            self._buffer.append(encode_line(self.seq, record))
 
     def flush(self) -> None:
         """Write the buffered records with one write (and fsync, by policy); maybe compact."""
@@ -202,6 +231,7 @@ class Storage:
             try:
                 write_all(self._fd, data)
             except OSError as exc:
+                self._cut_failed_write()
                 self._fail(f"cannot write the journal {self.segment_path}: {exc.strerror or exc}")
             self.writes += 1
             self.records_written += records
@@ -218,9 +248,22 @@ class Storage:
 
     # -- durability -------------------------------------------------------------------------
 
-    def _fail(self, message: str) -> None:
-        self._failed = message + "; stopping so that nothing unrecorded is acknowledged"
-        raise JournalError(self._failed)
+    def _fail(self, message: str) -> NoReturn:
+        self._failed = message
+        self._buffer.clear()
+        if self.on_failure is not None:
+            self.on_failure(message)
+        raise JournalError(message)
+
+    def _cut_failed_write(self) -> None:
+        """Cut a failed write's partial bytes off the segment, so that the journal holds
+        exactly the records written before it (no torn line, nothing refused that would come
+        back at the restart). If even that fails, recovery cuts the torn line."""
+        try:
+            os.ftruncate(self._fd, self.segment_bytes)
+        except OSError as exc:
+            log.warning("cannot cut the failed write off %s: %s (the restart will cut its torn "
+                        "line)", self.segment_path, exc.strerror or exc)
 
     def _sync(self) -> None:
         if not self._unsynced:
@@ -248,7 +291,8 @@ class Storage:
             try:
                 self._sync()
             except JournalError:
-                log.critical("%s", self._failed)
+                if self.on_failure is None:  # otherwise `_fail` told it, and it reports
+                    log.critical("%s", self._failed)
 
     # -- compaction -------------------------------------------------------------------------
 
@@ -262,11 +306,25 @@ class Storage:
             self._compaction = None
         if self.segment_records == 0:
             return
+        retry_records, retry_bytes = self._compact_retry_at
+        if self.segment_records < retry_records and self.segment_bytes < retry_bytes:
+            return  # the last attempt failed: wait for another threshold's worth of journal
         # Like Redis's auto-aof-rewrite-percentage: never compact more often than the journal
         # grows by the snapshot's own size, or a big table would be rewritten over and over.
         if self.segment_bytes >= max(cfg.compact_bytes, self.snapshot_bytes) \
                 or self.segment_records >= cfg.compact_records:
             self.compact()
+
+    def _compaction_failed(self, what: str, exc: OSError) -> None:
+        """Compaction could not go on: the journal still holds every record, so go on without
+        it and try again once the segment has grown by another threshold."""
+        cfg = self.config
+        self._compaction_error = f"compaction failed: {what}: {exc.strerror or exc}"
+        self._compact_retry_at = (self.segment_records + cfg.compact_records,
+                                  self.segment_bytes + max(cfg.compact_bytes, self.snapshot_bytes))
+        log.error("%s (the journal still holds every record, in %s; trying again after "
+                  "another %d records)", self._compaction_error, self.segment_path.name,
+                  cfg.compact_records)
 
     def compact(self) -> None:
         """Start a new segment and write a snapshot of the table as of the last record.
@@ -274,22 +332,22 @@ class Storage:
         The part that must see a consistent table (fsync, new segment, image) runs now; the
         snapshot is written in a thread when `background_compaction` is set.
         """
-        self._sync()
+        self._sync()  # the journal's own fsync: failing, it is fatal like any journal fsync
         compaction_step(self._hook, "fsync-segment")
         seq = self.seq
-        old = [path for first, path in list_segments(self.data_dir) if first <= seq]
         new_path = self.data_dir / segment_name(seq + 1)
-        if new_path != self.segment_path:
-            fd = os.open(new_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            compaction_step(self._hook, "create-segment")
-            fsync_dir(self.data_dir)
-            compaction_step(self._hook, "fsync-dir")
-            os.close(self._fd)
-            self._fd = fd
-            self.segment_path = new_path
-            old = [path for path in old if path != new_path]
+        try:
+            old = [path for first, path in list_segments(self.data_dir) if first <= seq]
+            if new_path != self.segment_path:
+                self._start_segment(new_path)
+                old = [path for path in old if path != new_path]
+        except OSError as exc:
+            self._compaction_failed(f"cannot start the next journal segment {new_path.name}",
+                                    exc)
+            return
         self.segment_bytes = 0
         self.segment_records = 0
+        self._compact_retry_at = (0, 0)
         image = self.table.image()
         if self.config.background_compaction:
             self._compaction = threading.Thread(target=self._compact_in_thread,
@@ -297,14 +355,35 @@ class Storage:
                                                 name="tcpsched-compaction", daemon=True)
             self._compaction.start()
         else:
-            self._finish_compaction(seq, image, old)
+            try:
+                self._finish_compaction(seq, image, old)
+            except OSError as exc:
+                self._compaction_failed("cannot write the snapshot", exc)
+
+    def _start_segment(self, path: Path) -> None:
+        """Create the next segment, durably named, and append to it from now on. On an
+        error the current segment stays the one appended to, and the new file is removed
+        (an empty segment is harmless to recovery, but it is clutter)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            compaction_step(self._hook, "create-segment")
+            fsync_dir(self.data_dir)
+        except OSError:
+            os.close(fd)
+            remove_quietly(path)
+            raise
+        compaction_step(self._hook, "fsync-dir")
+        os.close(self._fd)
+        self._fd = fd
+        self.segment_path = path
 
     def _compact_in_thread(self, seq: int, image: TableImage, old: list[Path]) -> None:
         try:
             self._finish_compaction(seq, image, old)
         except OSError as exc:
             # The journal still holds everything; the next threshold tries again.
-            self._compaction_error = f"compaction failed: {exc.strerror or exc}"
+            self._compaction_error = (f"compaction failed: cannot write the snapshot at seq={seq}: "
+                                      f"{describe_os_error(exc)}")
             log.error("%s (the journal still holds every record)", self._compaction_error)
 
     def _finish_compaction(self, seq: int, image: TableImage, old: list[Path]) -> None:
