@@ -141,6 +141,7 @@ class Storage:
         # After a failed compaction: wait until the segment holds this many records or bytes.
         self._compact_retry_at = (0, 0)
         self.compactions = 0
+        self.compaction_failures = 0
         self.fsyncs = 0
         self.writes = 0
         self.records_written = 0
@@ -320,6 +321,7 @@ class Storage:
         it and try again once the segment has grown by another threshold."""
         cfg = self.config
         self._compaction_error = f"compaction failed: {what}: {exc.strerror or exc}"
+        self.compaction_failures += 1
         self._compact_retry_at = (self.segment_records + cfg.compact_records,
                                   self.segment_bytes + max(cfg.compact_bytes, self.snapshot_bytes))
         log.error("%s (the journal still holds every record, in %s; trying again after "
@@ -384,6 +386,7 @@ class Storage:
             # The journal still holds everything; the next threshold tries again.
             self._compaction_error = (f"compaction failed: cannot write the snapshot at seq={seq}: "
                                       f"{describe_os_error(exc)}")
+            self.compaction_failures += 1
             log.error("%s (the journal still holds every record)", self._compaction_error)
 
     def _finish_compaction(self, seq: int, image: TableImage, old: list[Path]) -> None:
@@ -419,6 +422,8 @@ class Storage:
             "snapshot_seq": self.snapshot_seq,
             "snapshot_bytes": self.snapshot_bytes,
             "compactions": self.compactions,
+            "compaction_failures": self.compaction_failures,
+            "compaction_error": self._compaction_error,  # the last one, until one succeeds
         }
 
     def publish(self, target: dict[str, Any]) -> None:

@@ -223,6 +223,8 @@ def test_inode_exhaustion_at_compaction_never_hangs_a_submit(
     client = connect(address)
     stats = client.stats()
     assert stats["pending"] == 20 and stats["journal_seq"] >= 20 and stats["compactions"] == 0
+    assert stats["compaction_failures"] >= 1
+    assert "No space left on device" in stats["compaction_error"]
     assert "compaction failed" in first.log() and "No space left on device" in first.log()
 
     for path in reversed(fillers):
@@ -230,7 +232,8 @@ def test_inode_exhaustion_at_compaction_never_hangs_a_submit(
     more, refusal = submit_until_refused(address, "echo room", 10)
     assert refusal is None and len(more) == 10
     acknowledged += more
-    assert client.stats()["compactions"] >= 1
+    stats = client.stats()
+    assert stats["compactions"] >= 1 and stats["compaction_error"] is None
     client.close()
     assert procs.stop(first) == 0
     assert "Traceback" not in first.log()
