@@ -4,7 +4,7 @@ One asyncio server; each connection does the handshake (bounded in number and ti
 unauthenticated), gets an integer id, and from then on every message it sends is an event for
 the scheduler, fed through the runner. SIGTERM/SIGINT stop accepting, flush, and exit 0. A
 journal that fails (a full disk, an I/O error) stops it the same way, with one CRITICAL line
-and exit 1; meanwhile the runner answers every request that needed the journal with an error.
+and exit 1; meanwhile the runner answers every request with an error, acknowledging nothing.
 """
 
 from __future__ import annotations
@@ -126,12 +126,12 @@ class Coordinator:
 
     def storage_failed(self, reason: str) -> None:
         """The one path for a journal that cannot be written: say so once, then stop (exit 1).
-        Until the loop gets there, the runner refuses what needs the journal."""
+        Until the loop gets there, the runner answers every request with an error."""
         if self.storage_failure is None:
             self.storage_failure = reason
-            log.critical("node=%d %s; refusing every request that needs the journal and "
-                         "stopping (nothing unrecorded was acknowledged; restart once there "
-                         "is room)", self.settings.node_id, reason)
+            log.critical("node=%d %s; stopping, and answering every request meanwhile with "
+                         "an error (nothing unrecorded was acknowledged; restart once there is "
+                         "room)", self.settings.node_id, reason)
         self.stop()
 
     async def serve(self) -> None:

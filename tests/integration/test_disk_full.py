@@ -20,7 +20,7 @@ import pytest
 
 from tcpsched.client import Client
 from tcpsched.errors import TcpschedError, UnavailableError
-from tcpsched.testing.processes import Proc, ProcessGroup, free_port
+from tcpsched.testing.processes import Proc, ProcessGroup, free_port, wait_until
 from tests.conftest import connect
 
 REQUEST_S = 20.0  # one submit; a hang (the old bug) fails the test instead of stalling it
@@ -175,9 +175,8 @@ def test_disk_full_during_submits_acknowledges_only_what_is_on_disk(
     assert checked.returncode == 0 and "warning" not in checked.stdout, checked.stdout
     assert f"jobs: {len(acknowledged)} " in checked.stdout, checked.stdout
     _, address = start(procs, data, "c1-second", port)
-    client = connect(address)
-    present = {record["id"] for record in client.list(limit=1000)}
-    client.close()
+    with connect(address) as client:
+        present = {record["id"] for record in client.list(limit=1000)}
     assert set(acknowledged) == present
 
 
@@ -189,9 +188,8 @@ def test_a_write_refused_on_a_full_disk_gets_one_clear_error_and_never_an_id(
     data = mounts.mount("data", size="2m")
     port = free_port()
     first, address = start(procs, data, "c1-first", port)
-    client = connect(address)
-    before = [client.submit_shell(f"echo {i}") for i in range(3)]
-    client.close()
+    with connect(address) as client:
+        before = [client.submit_shell(f"echo {i}") for i in range(3)]
     filler = fill_blocks(data)
 
     refused = run_cli("--coordinators", address, "submit", "--shell", BIG_COMMAND)
@@ -203,9 +201,8 @@ def test_a_write_refused_on_a_full_disk_gets_one_clear_error_and_never_an_id(
 
     filler.unlink()
     _, address = start(procs, data, "c1-second", port)
-    client = connect(address)
-    assert sorted(record["id"] for record in client.list(limit=100)) == sorted(before)
-    client.close()
+    with connect(address) as client:
+        assert sorted(record["id"] for record in client.list(limit=100)) == sorted(before)
 
 
 def test_inode_exhaustion_at_compaction_never_hangs_a_submit(
@@ -220,28 +217,31 @@ def test_inode_exhaustion_at_compaction_never_hangs_a_submit(
     fillers = fill_inodes(data)
     acknowledged, refusal = submit_until_refused(address, "echo full", 20)
     assert refusal is None and len(acknowledged) == 20
-    client = connect(address)
-    stats = client.stats()
-    assert stats["pending"] == 20 and stats["journal_seq"] >= 20 and stats["compactions"] == 0
-    assert stats["compaction_failures"] >= 1
-    assert "No space left on device" in stats["compaction_error"]
-    assert "compaction failed" in first.log() and "No space left on device" in first.log()
+    with connect(address) as client:
+        stats = client.stats()
+        assert stats["pending"] == 20 and stats["journal_seq"] >= 20
+        assert stats["compactions"] == 0 and stats["compaction_failures"] >= 1
+        assert "No space left on device" in stats["compaction_error"]
+        assert "compaction failed" in first.log() and "No space left on device" in first.log()
 
-    for path in reversed(fillers):
-        path.rmdir() if path.is_dir() else path.unlink()
-    more, refusal = submit_until_refused(address, "echo room", 10)
-    assert refusal is None and len(more) == 10
-    acknowledged += more
-    stats = client.stats()
-    assert stats["compactions"] >= 1 and stats["compaction_error"] is None
-    client.close()
+        for path in reversed(fillers):
+            path.rmdir() if path.is_dir() else path.unlink()
+        more, refusal = submit_until_refused(address, "echo room", 10)
+        assert refusal is None and len(more) == 10
+        # The snapshot is written in a thread, and the figures are published at a flush: wait
+        # for its log line, then one more submit publishes them.
+        wait_until(lambda: "compacted:" in first.log(), 30, what="a compaction with inodes")
+        last, refusal = submit_until_refused(address, "echo last", 1)
+        assert refusal is None
+        acknowledged += more + last
+        stats = client.stats()
+        assert stats["compactions"] >= 1 and stats["compaction_error"] is None
     assert procs.stop(first) == 0
     assert "Traceback" not in first.log()
 
     _, address = start(procs, data, "c1-second", port, ("--compact-records", "5"))
-    client = connect(address)
-    assert {record["id"] for record in client.list(limit=100)} == set(acknowledged)
-    client.close()
+    with connect(address) as client:
+        assert {record["id"] for record in client.list(limit=100)} == set(acknowledged)
 
 
 def test_disk_full_while_compacting_stops_cleanly_and_loses_nothing(
@@ -260,9 +260,8 @@ def test_disk_full_while_compacting_stops_cleanly_and_loses_nothing(
 
     mounts.remount(data, size="16m")
     _, address = start(procs, data, "c1-second", port)
-    client = connect(address)
-    assert {record["id"] for record in client.list(limit=1000)} == set(acknowledged)
-    client.close()
+    with connect(address) as client:
+        assert {record["id"] for record in client.list(limit=1000)} == set(acknowledged)
 
 
 def test_start_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(
