@@ -73,7 +73,7 @@ def _bound(value: float) -> str:
 
 
 def _number(kind: type, minimum: float | None = None, maximum: float | None = None,
-            above_minimum: bool = False, unit: str = "") -> Any:
+            unit: str = "") -> Any:
     """An argparse type for a finite number within bounds; the message names the bounds.
 
     The errors are `ArgumentTypeError`s: argparse shows their text, whereas for a ValueError
@@ -81,9 +81,9 @@ def _number(kind: type, minimum: float | None = None, maximum: float | None = No
     low = "" if minimum is None else _bound(minimum)
     high = "" if maximum is None else _bound(maximum) + unit
     if minimum is not None and maximum is not None:
-        bounds = f"must be {'more than' if above_minimum else 'at least'} {low} and at most {high}"
+        bounds = f"must be at least {low} and at most {high}"
     elif minimum is not None:
-        bounds = f"must be {'more than' if above_minimum else 'at least'} {low}"
+        bounds = f"must be at least {low}"
     else:
         bounds = f"must be at most {high}"
 
@@ -95,8 +95,7 @@ def _number(kind: type, minimum: float | None = None, maximum: float | None = No
                 f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         if kind is float and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; it {bounds}")
-        too_low = minimum is not None and (value <= minimum if above_minimum else value < minimum)
-        if too_low or (maximum is not None and value > maximum):
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             raise argparse.ArgumentTypeError(f"{text!r} {bounds}")
         return value
 
