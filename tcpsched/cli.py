@@ -8,7 +8,9 @@ error (bad flags, unknown job), 3 no coordinator reachable, 4 authentication ref
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -25,7 +27,16 @@ from tcpsched.config import (
     read_token,
     tls_from_args,
 )
-from tcpsched.core.jobs import JobSpec, JobState
+from tcpsched.core.jobs import (
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    RETRIES_MAX,
+    SECONDS_MAX,
+    TIMEOUT_S_MIN,
+    JobSpec,
+    JobState,
+)
+from tcpsched.core.printable import escape_controls
 from tcpsched.errors import (
     AuthError,
     ConfigError,
@@ -57,18 +68,44 @@ def parse_arg(text: str) -> Any:
         return text
 
 
-def _number(kind: type, minimum: float | None = None) -> Any:
+def _bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _number(kind: type, minimum: float | None = None, maximum: float | None = None,
+            unit: str = "") -> Any:
+    """An argparse type for a finite number within bounds; the message names the bounds.
+
+    The errors are `ArgumentTypeError`s: argparse shows their text, whereas for a ValueError
+    it shows only "invalid float value", which hides what would have been accepted."""
+    low = "" if minimum is None else _bound(minimum)
+    high = "" if maximum is None else _bound(maximum) + unit
+    if minimum is not None and maximum is not None:
+        bounds = f"must be at least {low} and at most {high}"
+    elif minimum is not None:
+        bounds = f"must be at least {low}"
+    else:
+        bounds = f"must be at most {high}"
+
     def convert(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise ValueError(f"{text!r} is not a number") from None
-        if minimum is not None and value < minimum:
-            raise ValueError(f"{text!r} must be at least {minimum}")
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; it {bounds}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"{text!r} {bounds}")
         return value
 
     convert.__name__ = kind.__name__
     return convert
+
+
+def _seconds(minimum: float) -> Any:
+    """A duration flag: at least `minimum`, at most a year (what a job spec accepts)."""
+    return _number(float, minimum, SECONDS_MAX, unit=" seconds (365 days)")
 
 
 def add_command_parsers(parser: UsageParser) -> None:
@@ -76,11 +113,15 @@ def add_command_parsers(parser: UsageParser) -> None:
     sub.required = True
 
     p = sub.add_parser("submit", help="queue a job", description="Queue a job.")
-    p.add_argument("--priority", type=_number(int), default=0, help="higher runs first (0)")
-    p.add_argument("--retries", type=_number(int, 0), default=0, help="retries after failure")
-    p.add_argument("--timeout", type=_number(float, 0.001), default=None, metavar="S")
-    p.add_argument("--delay", type=_number(float, 0), default=0.0, metavar="S",
-                   help="run no sooner than S seconds from now")
+    p.add_argument("--priority", type=_number(int, PRIORITY_MIN, PRIORITY_MAX), default=0,
+                   help=f"higher runs first, {PRIORITY_MIN} to {PRIORITY_MAX} (0)")
+    p.add_argument("--retries", type=_number(int, 0, RETRIES_MAX), default=0,
+                   help=f"retries after failure, 0 to {RETRIES_MAX} (0)")
+    p.add_argument("--timeout", type=_seconds(TIMEOUT_S_MIN), default=None,
+                   metavar="S", help=f"kill the job after S seconds, {TIMEOUT_S_MIN:g} to "
+                   f"{SECONDS_MAX} (365 days)")
+    p.add_argument("--delay", type=_seconds(0), default=0.0, metavar="S",
+                   help=f"run no sooner than S seconds from now, 0 to {SECONDS_MAX} (365 days)")
     p.add_argument("--id", dest="key", default=None, metavar="KEY",
                    help="idempotency key: the same key twice makes one job")
     what = p.add_mutually_exclusive_group(required=True)
@@ -95,7 +136,8 @@ def add_command_parsers(parser: UsageParser) -> None:
 
     p = sub.add_parser("wait", help="block until jobs are finished; exit 0 if all succeeded")
     p.add_argument("jobs", nargs="+", metavar="JOB")
-    p.add_argument("--timeout", type=_number(float, 0), default=None, metavar="S")
+    p.add_argument("--timeout", type=_seconds(0), default=None, metavar="S",
+                   help=f"stop waiting after S seconds, 0 to {SECONDS_MAX}")
 
     p = sub.add_parser("list", help="jobs, newest first")
     p.add_argument("--state", choices=STATES, default=None)
@@ -115,7 +157,7 @@ def build_parser(prog: str = "python -m tcpsched") -> UsageParser:
                         help="coordinator addresses (TCPSCHED_COORDINATORS, 127.0.0.1:7001)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--token-file", default=None, metavar="F")
-    parser.add_argument("--connect-timeout", type=_number(float, 0.1), default=5.0,
+    parser.add_argument("--connect-timeout", type=_number(float, 0.1, SECONDS_MAX), default=5.0,
                         metavar="S", help="give up finding a coordinator after S seconds (5)")
     add_tls_flags(parser)
     add_command_parsers(parser)
@@ -158,14 +200,15 @@ async def execute(client: Client, args: Any, style: formatting.Styler | None = N
         return CommandResult(EXIT_OK, record, formatting.record_text(record, style))
     if command == "wait":
         records = await client.wait_records(args.jobs, args.timeout)
-        unfinished = [r for r in records if r["state"] in ("pending", "running")]
-        ok = all(r["state"] == "succeeded" for r in records)
+        states = [_field(r, "state") for r in records]
+        unfinished = [s for s in states if s in ("pending", "running")]
+        ok = all(s == "succeeded" for s in states)
         error = None
         if unfinished:
             error = (f"timed out after {args.timeout:g}s: {len(unfinished)} of {len(records)} "
                      "job(s) not finished")
         elif not ok:
-            bad = [r for r in records if r["state"] != "succeeded"]
+            bad = [s for s in states if s != "succeeded"]
             error = f"{len(bad)} of {len(records)} job(s) did not succeed"
         return CommandResult(EXIT_OK if ok else EXIT_JOB_FAILED, records,
                              formatting.jobs_table(records, style), error)
@@ -175,8 +218,9 @@ async def execute(client: Client, args: Any, style: formatting.Styler | None = N
     if command == "cancel":
         record = await client.cancel(args.job)
         error = None
-        if record["state"] not in ("cancelled",):
-            error = f"job {record['id']} had already {record['state']}; nothing to cancel"
+        if _field(record, "state") not in ("cancelled",):
+            error = (f"job {formatting.text(_field(record, 'id'))} had already "
+                     f"{formatting.text(_field(record, 'state'))}; nothing to cancel")
         return CommandResult(EXIT_OK, record, formatting.record_text(record, style), error)
     if command == "workers":
         workers = await client.workers()
@@ -186,9 +230,22 @@ async def execute(client: Client, args: Any, style: formatting.Styler | None = N
         return CommandResult(EXIT_OK, stats, formatting.stats_text(stats))
     if command == "leader":
         leader = await client.leader()
+        shown = " ".join(formatting.text(_field(leader, k)) for k in ("id", "address"))
         return CommandResult(EXIT_OK, leader,
-                             f"{leader['id']} {leader['address']} epoch {leader['epoch']}")
+                             f"{shown} epoch {formatting.text(_field(leader, 'epoch'))}")
     raise ConfigError(f"unknown command {command!r}")
+
+
+def _field(value: Any, name: str) -> Any:
+    """`value[name]` of a reply that should be a map, or None: a reply is what a peer sent."""
+    return value.get(name) if isinstance(value, dict) else None
+
+
+def error_line(exc: BaseException | str) -> str:
+    """An error as the one line a user sees: whitespace collapsed, control characters
+    escaped (a message may quote a job id, a name or a command a peer chose)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return escape_controls(text)
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -219,18 +276,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         result = uvloop.run(_run(args))
     except TcpschedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return exit_code_for(exc)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     try:
-        print(json.dumps(result.value, indent=2, default=repr) if args.json else result.text)
+        print(formatting.json_document(result.value) if args.json else result.text)
         sys.stdout.flush()
     except BrokenPipeError:
         # `... | head` closed the pipe: that is the reader's choice, not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if result.error:
-        print(f"error: {result.error}" if result.exit_code else f"note: {result.error}",
-              file=sys.stderr)
+        line = error_line(result.error)
+        print(f"error: {line}" if result.exit_code else f"note: {line}", file=sys.stderr)
     return result.exit_code

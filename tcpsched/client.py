@@ -25,9 +25,15 @@ from typing import Any, TypeVar
 import attrs
 import msgpack
 
-from tcpsched.config import TlsSettings, parse_coordinators, read_token
+from tcpsched.config import TlsSettings, parse_address, parse_coordinators, read_token
 from tcpsched.core import messages as m
-from tcpsched.core.codec import FRAME_BYTES_MAX, encode
+from tcpsched.core.codec import (
+    FRAME_BYTES_MAX,
+    UnpackLimits,
+    encode,
+    limit_problem,
+    limits_cannot_bind,
+)
 from tcpsched.core.jobs import JobSpec, JobState
 from tcpsched.errors import (
     AuthError,
@@ -63,15 +69,95 @@ SPEC_OVERHEAD_BYTES = 512  # a job's share of a Submit besides its strings and v
 UNPACKABLE_BYTES = 2**62  # a bound no batch passes: the exact encoding then says what is wrong
 
 
-def _size_bound(spec: JobSpec) -> int:
+def _size_bound(spec: JobSpec, limits: UnpackLimits | None = None) -> int:
     """An upper bound of the bytes `spec` adds to an encoded Submit, without encoding it:
-    strings count 4 bytes a character, args and kwargs are sized by msgpack's C packer."""
+    strings count 4 bytes a character, args and kwargs are sized by msgpack's C packer.
+
+    With `limits`, also checks what the coordinator would refuse (`_spec_problem`): then
+    RequestError for a job over its limits, and -1 for arguments that do not pack."""
     try:
         values = len(msgpack.packb(spec.args)) + len(msgpack.packb(spec.kwargs))
     except (TypeError, ValueError, OverflowError):
-        return UNPACKABLE_BYTES
+        return UNPACKABLE_BYTES if limits is None else -1
     texts = (spec.command, spec.function, spec.key, *spec.tags, *spec.after)
+    if limits is not None:
+        problem = _spec_problem(spec, limits, values)
+        if problem is not None:
+            raise RequestError(problem if problem.startswith("job too large")
+                               else f"cannot send the job: {problem}")
     return SPEC_OVERHEAD_BYTES + values + sum(4 * len(t) + 5 for t in texts if t is not None)
+
+
+def _which(index: int, jobs: Sequence[JobSpec]) -> str:
+    return "the job" if len(jobs) == 1 else f"job {index + 1} of the batch"
+
+
+def _utf8_problem(text: str) -> str | None:
+    """Why `text` cannot travel as UTF-8, or None. A lone surrogate is what Python makes of a
+    byte that was not UTF-8 in a command line or a file name (surrogateescape)."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = text[exc.start]
+        code = ord(char)
+        what = (f"the byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF
+                else f"the lone surrogate U+{code:04X}")
+        return (f"is not valid UTF-8 text: it holds {what} at character {exc.start} "
+                "(tcpsched sends text as UTF-8)")
+    return None
+
+
+def _value_problem(value: Any, where: str) -> str | None:
+    """Why a job argument cannot be packed, or None: text that is not UTF-8, an integer out
+    of msgpack's range, or a type other than None, bool, int, float, str, bytes, list, map."""
+    if value is None or isinstance(value, bool | float | bytes):
+        return None
+    if isinstance(value, int):
+        return None if -(2**63) <= value < 2**64 else f"{where} holds an integer out of range"
+    if isinstance(value, str):
+        problem = _utf8_problem(value)
+        return None if problem is None else f"{where} {problem}"
+    if isinstance(value, list | tuple):
+        for item in value:
+            if (problem := _value_problem(item, where)) is not None:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and (problem := _utf8_problem(key)) is not None:
+                return f"{where} has a key that {problem}"
+            if (problem := _value_problem(item, where)) is not None:
+                return problem
+        return None
+    return (f"{where} holds a value of type {type(value).__name__}; only None, bool, int, "
+            "float, str, "
+            "bytes, lists and maps can be sent")
+
+
+def _spec_problem(spec: JobSpec, limits: UnpackLimits, values_bytes: int | None) -> str | None:
+    """Why the coordinator would refuse `spec` (whose args and kwargs pack to `values_bytes`,
+    None when they do not pack), or None. Checked before sending: a refused frame gets the
+    connection closed, and the resend after the reconnect is closed again."""
+    for what, text in (("command", spec.command), ("key", spec.key),
+                       *(("tag", t) for t in spec.tags), *(("after", a) for a in spec.after)):
+        if text is not None and (problem := _utf8_problem(text)) is not None:
+            return f"the {what} {problem}"
+    if values_bytes is None:
+        return (_value_problem(list(spec.args), "an argument")
+                or _value_problem(spec.kwargs, "a keyword argument")
+                or "the arguments cannot be packed")
+    for what, items in (("tags", spec.tags), ("after", spec.after)):
+        if len(items) > limits.array_items_max:
+            return f"job too large to send: {what} holds {len(items)} items, over the limit " \
+                   f"of {limits.array_items_max}"
+    if not limits_cannot_bind(values_bytes, limits):
+        for what, value in (("args", list(spec.args)), ("kwargs", spec.kwargs)):
+            if (problem := limit_problem(value, limits)) is not None:
+                return (f"job too large to send: its {what} hold {problem} (the "
+                        "coordinator's --max-array-items and --max-map-items)")
+    return None
 
 
 def _spec(kind: str, **fields: Any) -> JobSpec:
@@ -97,11 +183,15 @@ class Client:
             self.addresses = parse_coordinators(coordinators)
         else:
             self.addresses = tuple(coordinators)
+            for address in self.addresses:
+                parse_address(address)  # a ConfigError now, not a failed name lookup later
         if isinstance(token, str):
             token = token.encode()
         self.token = token if token is not None else read_token(None)
         self.connect_timeout_s = connect_timeout
         self.frame_bytes_max = FRAME_BYTES_MAX  # the coordinators' default --max-frame
+        # ...and their default --max-array-items and --max-map-items
+        self.unpack_limits = UnpackLimits()
         self.ssl_context = tls if isinstance(tls, ssl.SSLContext) else (
             client_context(tls) if tls is not None else None)
         self.name = name or f"client-{socket.gethostname()}-{os.getpid()}"
@@ -201,9 +291,14 @@ class Client:
             conn = self._conn
             assert conn is not None
             req_id = next(self._req_ids)
+            try:
+                conn.send(build(req_id))
+            except LocalProtocolError as exc:
+                # Registered only once sent: a future nobody awaits would end in "Future
+                # exception was never retrieved" when the connection closes.
+                raise RequestError(f"cannot send the request: {exc}") from None
             future: asyncio.Future[Any] = loop.create_future()
             self._pending[req_id] = future
-            conn.send(build(req_id))
             try:
                 if give_up is None:
                     reply = await future
@@ -245,7 +340,7 @@ class Client:
         for given in specs:
             spec = given if given.key is not None else attrs.evolve(given, key=new_key())
             batch.append(spec)
-            if len(batch) >= batch_size:
+            if len(batch) >= min(batch_size, self.unpack_limits.array_items_max):
                 ids.extend(await self._submit_batch(batch))
                 batch = []
         if batch:
@@ -257,7 +352,14 @@ class Client:
         # A frame over the coordinator's limit gets the connection closed, and the resend after
         # the reconnect is closed again, forever: measure the batch first and split it. The
         # cheap bound spares the exact (second) encoding of every ordinary batch.
-        if sum(_size_bound(spec) for spec in jobs) + 64 <= self.frame_bytes_max:
+        bound = 0
+        for index, spec in enumerate(jobs):
+            size = _size_bound(spec, self.unpack_limits)
+            if size < 0:
+                problem = _spec_problem(spec, self.unpack_limits, None)
+                raise RequestError(f"cannot send {_which(index, jobs)}: {problem}")
+            bound += size
+        if bound + 64 <= self.frame_bytes_max:
             return list(await self._request(lambda r: m.Submit(req_id=r, jobs=jobs)))
         try:
             size = len(encode(m.Submit(req_id=0, jobs=jobs), frame_bytes_max=2**32 - 1))

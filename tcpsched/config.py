@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,6 +19,7 @@ from typing import Any, NoReturn
 import attrs
 
 from tcpsched.core.dispatch import POLICIES
+from tcpsched.core.printable import worker_problem
 from tcpsched.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -42,6 +44,25 @@ class UsageParser(argparse.ArgumentParser):
         raise SystemExit(status)
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` is neither an IP address nor a DNS name, or None."""
+    try:
+        ipaddress.ip_address(host.partition("%")[0])  # a v6 literal may carry a zone
+        return None
+    except ValueError:
+        pass
+    if "://" in host or "/" in host:
+        return f"host {host!r} looks like a URL: give HOST:PORT, without a scheme or path"
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return (f"host {host!r} is not a host name or IP address (letters, digits, '-' and "
+                "'.' only; separate several addresses with commas)")
+    return None
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """'host:port' (or '[v6]:port') into a pair, or ConfigError."""
     host, sep, port = text.strip().rpartition(":")
@@ -54,6 +75,9 @@ def parse_address(text: str) -> tuple[str, int]:
         raise ConfigError(f"address {text!r}: port {port!r} is not a number") from None
     if not 0 <= number <= 65535:
         raise ConfigError(f"address {text!r}: port must be within 0-65535")
+    problem = _host_problem(host)
+    if problem is not None:
+        raise ConfigError(f"address {text!r}: {problem}")
     return host, number
 
 
@@ -74,16 +98,24 @@ def is_loopback(host: str) -> bool:
 
 
 def parse_coordinators(text: str | None) -> tuple[str, ...]:
-    """Addresses from a flag, else $TCPSCHED_COORDINATORS, else 127.0.0.1:7001."""
+    """Addresses from a flag, else $TCPSCHED_COORDINATORS, else 127.0.0.1:7001.
+
+    A bad address is a usage error naming where it came from, found here rather than as a
+    name lookup failure ("no coordinator reachable") once the connection is tried."""
+    source = "--coordinators"
     if text is None:
         text = os.environ.get(ENV_COORDINATORS) or None
+        source = f"${ENV_COORDINATORS}"
     if text is None:
         return DEFAULT_COORDINATORS
     addresses = tuple(a.strip() for a in text.split(",") if a.strip())
     if not addresses:
-        raise ConfigError("no coordinator address given")
+        raise ConfigError(f"{source}: no coordinator address given")
     for address in addresses:
-        parse_address(address)
+        try:
+            parse_address(address)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     return addresses
 
 
@@ -339,10 +371,16 @@ def worker_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
     import socket
 
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
+    tags = tuple(t.strip() for t in args.tags.split(",") if t.strip())
+    # The coordinator checks the same rule when the worker registers; here it is one line
+    # and exit 2 instead of a connection that is closed again and again.
+    problem = worker_problem(name, tags)
+    if problem is not None:
+        flag = "--name" if problem.startswith("worker name") else "--tags"
+        raise ConfigError(f"{flag}: {problem}")
     return WorkerSettings(
         coordinators=parse_coordinators(args.coordinators), name=name, slots=args.slots,
-        tags=tuple(t.strip() for t in args.tags.split(",") if t.strip()),
-        token=read_token(args.token_file), drain_timeout_s=args.drain_timeout,
+        tags=tags, token=read_token(args.token_file), drain_timeout_s=args.drain_timeout,
         allow_shell=not args.no_shell, allow_call=tuple(args.allow_call),
         log_level=args.log_level, kill_grace_s=args.kill_grace, tls=tls_from_args(args),
     )  # fmt: skip

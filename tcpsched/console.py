@@ -51,8 +51,9 @@ from tcpsched.config import (
     tls_from_args,
 )
 from tcpsched.console_completion import CONSOLE_COMMANDS, Catalog, ConsoleCompleter
-from tcpsched.console_text import colour, json_text, one_line, plain, truncate
+from tcpsched.console_text import colour, json_text, one_line, plain, screen_safe, truncate
 from tcpsched.console_toolbar import POLL_INTERVAL_S, Poller
+from tcpsched.core.printable import escape_controls
 from tcpsched.errors import ConfigError, TcpschedError
 
 PROMPT = "tcpsched> "
@@ -229,6 +230,11 @@ class Console:
             self.report(line, one_line(exc), is_error=True)
         except SystemExit:  # argparse printing its own help; the console goes on
             self.report(line, "")
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            # A reply is what a peer sent: a value the renderers did not foresee is a bug to
+            # report, never a reason to end the operator's session.
+            self.report(line, f"unexpected {type(exc).__name__} while showing the reply: "
+                              f"{one_line(exc)}", is_error=True)
         return True
 
     async def _cli_command(self, line: str, words: list[str], as_json: bool) -> None:
@@ -248,27 +254,32 @@ class Console:
         if len(rest) != 1:
             raise ConfigError("logs: give one job id (logs JOB)")
         record = await self.client.status(rest[0])
+        if not isinstance(record, dict):
+            record = {"id": record}
         self.catalog.note_job(record)
         if as_json:
             self.report(line, json_text({k: record.get(k) for k in ("id", "stdout", "stderr")}))
             return
         parts = []
         for stream in ("stdout", "stderr"):
-            body = (record.get(stream) or "").rstrip("\n")
-            parts.append(f"\x1b[1m── {stream} ──\x1b[0m\n" + (body or "(empty)"))
-        state = colour(record["state"], record["state"])
-        self.report(line, f"job {record['id']} {state}\n" + "\n".join(parts))
+            body = record.get(stream) or ""
+            body = body.rstrip("\n") if isinstance(body, str) else formatting.text(body)
+            parts.append(f"\x1b[1m── {stream} ──\x1b[0m\n"
+                         + (escape_controls(body, keep_newlines=True) or "(empty)"))
+        state = formatting.text(record.get("state"))
+        self.report(line, f"job {formatting.text(record.get('id'))} {colour(state, state)}\n"
+                    + "\n".join(parts))
 
     async def _worker(self, line: str, rest: list[str], as_json: bool) -> None:
         if len(rest) != 1:
             raise ConfigError("worker: give one worker name (worker NAME)")
         workers: Sequence[dict[str, Any]] = await self.client.workers()
         self.catalog.note_value(workers)
-        found = [w for w in workers if w["name"] == rest[0]]
+        found = [w for w in workers if isinstance(w, dict) and w.get("name") == rest[0]]
         if not found:
             raise ConfigError(f"no worker named {rest[0]!r}")
         running = [r for r in await self.client.list("running", 1000)
-                   if r.get("worker") == rest[0]]
+                   if isinstance(r, dict) and r.get("worker") == rest[0]]
         if as_json:
             self.report(line, json_text({"worker": found[0], "running": running}))
             return
@@ -334,10 +345,10 @@ class Console:
                 workers = await self.client.workers()
                 stats = await self.client.stats()
                 self.catalog.note_value(workers)
-                return (formatting.workers_table(workers, colour) + "\n\n"
-                        f"pending {stats['pending']}  running {stats['running']}  "
-                        f"succeeded {stats['succeeded']}  failed {stats['failed']}  "
-                        f"reassigned {stats.get('reassigned', 0)}")
+                figures = stats if isinstance(stats, dict) else {}
+                counts = "  ".join(f"{k} {formatting.text(figures.get(k, 0))}" for k in (
+                    "pending", "running", "succeeded", "failed", "reassigned"))
+                return formatting.workers_table(workers, colour) + "\n\n" + counts
             if target == "jobs":
                 rows = max(self._rows() - 4, 5)
                 records = await self.client.list(None, rows)
@@ -360,7 +371,7 @@ class Console:
         def text() -> ANSI:
             stamp = time.strftime("%H:%M:%S")
             head = f"\x1b[1mwatching {target}\x1b[0m — {stamp} — press any key to stop\n"
-            return ANSI(head + truncate(view[0], max(self._rows() - 2, 5)))
+            return ANSI(head + screen_safe(truncate(view[0], max(self._rows() - 2, 5))))
 
         app: Application[None] = Application(
             layout=Layout(Window(FormattedTextControl(text))), key_bindings=bindings,
@@ -403,10 +414,11 @@ class Console:
             self.on_outcome(Outcome(line, plain(text), is_error))
 
     def emit(self, text: str) -> None:
+        shown = ANSI(screen_safe(text))
         if self.output is not None:
-            print_formatted_text(ANSI(text), output=self.output)
+            print_formatted_text(shown, output=self.output)
         else:
-            print_formatted_text(ANSI(text))
+            print_formatted_text(shown)
 
 
 def _subparsers(parser: UsageParser) -> Iterator[tuple[str, UsageParser]]:

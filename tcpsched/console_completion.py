@@ -62,7 +62,8 @@ class Catalog:
         elif isinstance(value, list):
             for item in value:
                 if isinstance(item, dict) and "name" in item and "slots" in item:
-                    self.workers[item["name"]] = item.get("state", "")
+                    if isinstance(item["name"], str):
+                        self.workers[item["name"]] = str(item.get("state", ""))
                 elif isinstance(item, dict):
                     self.note_job(item)
 

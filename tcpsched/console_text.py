@@ -7,8 +7,11 @@ sit in one place and stay pure functions of their input, with no prompt_toolkit 
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Any
+
+from tcpsched import formatting
+from tcpsched.core.printable import escape_controls
 
 _COLOURS = {
     "pending": "33", "running": "36;1", "succeeded": "32", "failed": "31;1",
@@ -33,14 +36,36 @@ def truncate(text: str, max_lines: int) -> str:
 
 
 def one_line(exc: BaseException) -> str:
-    """An error as the one line a user sees."""
+    """An error as the one line a user sees (control characters escaped: it may quote what
+    a peer chose)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text.lstrip(": ")
+    return escape_controls(text.lstrip(": "))
 
 
 def json_text(value: Any) -> str:
-    """A command's value as the JSON document `--json` prints."""
-    return json.dumps(value, indent=2, default=repr)
+    """A command's value as the JSON document `--json` prints (see formatting.json_document:
+    exact text, control characters as JSON escapes, non-finite floats as strings)."""
+    return formatting.json_document(value)
+
+
+# What the console itself puts in its text: colour codes (SGR) and newlines. Anything else that
+# a terminal would obey, or that prompt_toolkit's ANSI() would pass through raw (text between
+# \001 and \002), is escaped by `screen_safe` before it is drawn.
+_OUR_CODES = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def screen_safe(text: str) -> str:
+    """`text` with our colour codes kept and every other control character escaped: the last
+    guard before ANSI(), whatever a renderer upstream forgot to escape."""
+    if "\x1b" not in text:
+        return escape_controls(text, keep_newlines=True)
+    out, start = [], 0
+    for match in _OUR_CODES.finditer(text):
+        out.append(escape_controls(text[start:match.start()], keep_newlines=True))
+        out.append(match.group())
+        start = match.end()
+    out.append(escape_controls(text[start:], keep_newlines=True))
+    return "".join(out)
 
 
 def plain(text: str) -> str:

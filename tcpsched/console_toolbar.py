@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from tcpsched import formatting
 from tcpsched.client import Client
 from tcpsched.config import TlsSettings
 from tcpsched.console_completion import Catalog
@@ -51,8 +52,10 @@ class Poller:
             stats = await self.client.stats()
             if self.successes % 3 == 0:  # names for the completer change slower than figures
                 self.catalog.note_value(await self.client.workers())
-                for record in reversed(await self.client.list(None, 100)):
-                    self.catalog.note_job(record)
+                records = await self.client.list(None, 100)
+                for record in reversed(records if isinstance(records, list) else []):
+                    if isinstance(record, dict):
+                        self.catalog.note_job(record)
         except TcpschedError as exc:
             self.error = str(exc)
             self.samples.clear()
@@ -61,7 +64,9 @@ class Poller:
         self.stats = stats
         self.successes += 1
         now = time.monotonic()
-        self.samples.append((now, int(stats.get("finished", 0))))
+        finished = stats.get("finished", 0) if isinstance(stats, dict) else 0
+        if isinstance(finished, int) and not isinstance(finished, bool):
+            self.samples.append((now, finished))
         while self.samples and now - self.samples[0][0] > RATE_WINDOW_S:
             self.samples.popleft()
 
@@ -80,13 +85,18 @@ class Poller:
         s = self.stats
         if s is None:
             return f" <b>{where}</b>  connecting…"
-        total = sum(int(s.get(k, 0)) for k in
-                    ("workers_alive", "workers_suspect", "workers_draining", "workers_dead"))
+
+        def figure(key: str) -> str:  # what the coordinator sent, as escaped text
+            return _escape(formatting.text(s.get(key, 0) if isinstance(s, dict) else None))
+
+        counts = [s.get(k, 0) if isinstance(s, dict) else 0 for k in
+                  ("workers_alive", "workers_suspect", "workers_draining", "workers_dead")]
+        total = sum(c for c in counts if isinstance(c, int))
         rate = self.finished_per_s()
         rate_text = "-" if rate is None else f"{rate:.1f}"
-        return (f" <b>{where}</b>  leader <b>c{s.get('leader')}</b> epoch {s.get('epoch')}"
-                f"  │ workers {s.get('workers_alive', 0)}/{total}"
-                f"  │ pending {s.get('pending', 0)}  running {s.get('running', 0)}"
+        return (f" <b>{where}</b>  leader <b>c{figure('leader')}</b> epoch {figure('epoch')}"
+                f"  │ workers {figure('workers_alive')}/{total}"
+                f"  │ pending {figure('pending')}  running {figure('running')}"
                 f"  │ {rate_text} finished/s")
 
     async def close(self) -> None:
@@ -94,4 +104,7 @@ class Poller:
 
 
 def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text for prompt_toolkit's HTML(): markup characters as entities, controls escaped."""
+    text = formatting.text(text)
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;"))

@@ -15,6 +15,7 @@ nested at most `VALUE_DEPTH_MAX` deep. No ext types, no raw bytes for strings, n
 
 from __future__ import annotations
 
+import math
 import struct
 import types
 import typing
@@ -75,13 +76,45 @@ def check_value(value: Any, depth: int = 0) -> Any:
     _fail(f"value of type {type(value).__name__} is not allowed")
 
 
+def limit_problem(value: Any, limits: UnpackLimits) -> str | None:
+    """Why a decoder with `limits` would refuse `value`, or None: the sender's side of the
+    array and map item limits, so a sender can refuse a value that would otherwise get its
+    connection closed (and closed again on every resend). Strings and bytes are bounded by
+    the frame limit, which the sender checks when it encodes."""
+    kind = type(value)
+    if kind is list or kind is tuple:
+        if len(value) > limits.array_items_max:
+            return (f"an array of {len(value)} items, over the limit of "
+                    f"{limits.array_items_max}")
+        for item in value:
+            problem = limit_problem(item, limits)
+            if problem is not None:
+                return problem
+    elif kind is dict:
+        if len(value) > limits.map_items_max:
+            return f"a map of {len(value)} items, over the limit of {limits.map_items_max}"
+        for item in value.values():
+            problem = limit_problem(item, limits)
+            if problem is not None:
+                return problem
+    return None
+
+
+def limits_cannot_bind(packed_bytes: int, limits: UnpackLimits) -> bool:
+    """True when a value that packs to `packed_bytes` cannot hold an array or map over the
+    item limits (an array item takes at least a byte, a map item two), so `limit_problem`
+    need not walk it."""
+    return packed_bytes <= min(limits.array_items_max, 2 * limits.map_items_max)
+
+
 def _scalar(kind: type) -> _Checker:
     def check(value: Any) -> Any:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
-        if kind is float and value != value:  # noqa: PLR0124 (NaN is the one value != itself)
-            # A NaN deadline never compares as due: a timer re-armed at NaN spins forever.
-            _fail("expected a number, got NaN")
+        if kind is float and isinstance(value, float) and not math.isfinite(value):
+            # Every float field is a time or a duration. A NaN deadline never compares as due
+            # (a timer re-armed at NaN spins forever) and an infinite time is no date to show.
+            _fail(f"expected a finite number, got {value!r}")
         if kind is int and isinstance(value, bool):
             _fail("expected int, got bool")
         if not isinstance(value, kind):

@@ -10,6 +10,7 @@ is caught where it happens instead of corrupting the table.
 from __future__ import annotations
 
 import enum
+import math
 import re
 from typing import Any
 
@@ -20,6 +21,8 @@ PRIORITY_MAX = 1_000_000
 RETRIES_MAX = 1_000
 JOB_ID_BYTES_MAX = 128
 OUTPUT_BYTES_MAX = 1024 * 1024  # cap on captured stdout and on stderr, each
+SECONDS_MAX = 365 * 86400  # the longest timeout or delay: a year
+TIMEOUT_S_MIN = 0.001  # what the CLI accepts; a spec takes any positive timeout
 
 _FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -79,10 +82,13 @@ def _check_spec(spec: JobSpec) -> None:
         raise ValueError(f"priority must be within [{PRIORITY_MIN}, {PRIORITY_MAX}]")
     if not 0 <= spec.retries <= RETRIES_MAX:
         raise ValueError(f"retries must be within [0, {RETRIES_MAX}]")
-    if spec.timeout is not None and not 0 < spec.timeout <= 365 * 86400:
-        raise ValueError("timeout must be a positive number of seconds")
-    if not 0 <= spec.delay <= 365 * 86400:
-        raise ValueError("delay must be a non-negative number of seconds")
+    # Written so that NaN fails too: every comparison with NaN is false.
+    if spec.timeout is not None and not 0 < spec.timeout <= SECONDS_MAX:
+        raise ValueError(f"timeout must be more than 0 and at most {SECONDS_MAX} seconds "
+                         f"(365 days), not {spec.timeout!r}")
+    if not 0 <= spec.delay <= SECONDS_MAX:
+        raise ValueError(f"delay must be at least 0 and at most {SECONDS_MAX} seconds "
+                         f"(365 days), not {spec.delay!r}")
     if spec.key is not None and not 0 < len(spec.key) <= JOB_ID_BYTES_MAX:
         raise ValueError(f"idempotency key must have 1 to {JOB_ID_BYTES_MAX} characters")
     for tag in spec.tags:
@@ -111,6 +117,13 @@ class JobSpec:
         _check_spec(self)
 
 
+def finite_time(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    """A time must be a finite number (or None where it may be unknown): a NaN never compares
+    as due and an infinity cannot be shown as a date, so neither may enter a record."""
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{attribute.name} must be a finite number, not {value!r}")
+
+
 @attrs.frozen
 class JobRecord:
     """Everything known about one job. Replaced (never mutated) on every change.
@@ -127,15 +140,15 @@ class JobRecord:
     state: JobState = JobState.PENDING
     attempts: int = 0
     worker: str | None = None
-    submitted_at: float = 0.0
-    started_at: float | None = None
-    finished_at: float | None = None
+    submitted_at: float = attrs.field(default=0.0, validator=finite_time)
+    started_at: float | None = attrs.field(default=None, validator=finite_time)
+    finished_at: float | None = attrs.field(default=None, validator=finite_time)
     exit_code: int | None = None
     result: Any = None
     stdout: str = ""
     stderr: str = ""
     error: str | None = None
-    not_before: float = 0.0
+    not_before: float = attrs.field(default=0.0, validator=finite_time)
     lost_workers: int = 0
     failures: int = 0
 

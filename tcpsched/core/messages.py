@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from tcpsched.core.jobs import JobSpec
+from tcpsched.core.jobs import JobSpec, finite_time
 
 PROTOCOL_VERSION = 1
 ROLES = ("worker", "client", "peer")
@@ -247,8 +247,8 @@ class Result:
     stdout: str
     stderr: str
     error: str | None
-    started_at: float
-    finished_at: float
+    started_at: float = attrs.field(validator=finite_time)
+    finished_at: float = attrs.field(validator=finite_time)
 
     @state.validator
     def _state(self, _attribute: attrs.Attribute[Any], value: str) -> None:

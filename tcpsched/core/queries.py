@@ -36,6 +36,31 @@ def resolve(table: JobTable, ref: str) -> JobRecord | None:
     return found[0] if len(found) == 1 else None
 
 
+AMBIGUOUS_SHOWN = 5  # ids an "ambiguous prefix" error lists
+
+
+def not_found_message(table: JobTable, ref: str) -> str:
+    """Why `ref` names no job, for the client: an ambiguous prefix lists a few of the jobs
+    it matches. Only called once `resolve` has failed, so its scan costs nothing on the
+    paths that find their job."""
+    if len(ref) < JOB_ID_PREFIX_MIN:
+        return f"no job {ref!r} (an id prefix needs at least {JOB_ID_PREFIX_MIN} characters)"
+    matches: list[str] = []
+    for job_id in table.jobs:
+        if job_id.startswith(ref):
+            matches.append(job_id)
+            if len(matches) > AMBIGUOUS_SHOWN:
+                break
+    if len(matches) < 2:
+        return f"no job {ref!r}"
+    shown = ", ".join(sorted(matches[:AMBIGUOUS_SHOWN]))
+    if len(matches) > AMBIGUOUS_SHOWN:
+        return (f"job prefix {ref!r} is ambiguous: it matches more than {AMBIGUOUS_SHOWN} jobs, "
+                f"among them {shown}; give more characters")
+    return (f"job prefix {ref!r} is ambiguous: it matches {len(matches)} jobs ({shown}); "
+            "give more characters")
+
+
 def unknown_state(state: str | None) -> str | None:
     """Why `state` cannot filter a listing, or None if it can (None lists every state)."""
     if state is None or state in JobState.__members__.values():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import math
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from typing import Any, NamedTuple
@@ -48,6 +49,7 @@ _USER_VALUE_FIELDS = ("args", "kwargs", "result")
 _ROW_FIELDS = frozenset({"id", "seq", "state", "submitted_at", "kind", "command", "function",
                          "args", "priority", "key"})
 _STATES = {s.value: s for s in JobState}
+_TIME_FIELDS = ("started_at", "finished_at", "not_before")  # besides submitted_at
 
 
 # -- user values: exact JSON round trip -------------------------------------------------------
@@ -181,13 +183,24 @@ def job_to_dict(job: JobRecord) -> dict[str, Any]:
 def job_from_dict(data: dict[str, Any]) -> JobRecord:
     """Inverse of `job_to_dict` (raw user values; see `_build_job` on validation)."""
     kind = data["kind"]
+    submitted_at = data.get("submitted_at", 0.0)
+    # JSON reads NaN and Infinity; a job's times must be finite (JobRecord checks the times of
+    # every later change, but `_build_job` skips the validators).
+    if not math.isfinite(submitted_at):
+        raise ValueError(f"job {data['id']!r}: submitted_at {submitted_at!r} is not finite")
+    plain = data.keys() <= _ROW_FIELDS
+    if not plain:
+        for name in _TIME_FIELDS:
+            value = data.get(name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"job {data['id']!r}: {name} {value!r} is not finite")
     return _build_job(
-        data["id"], data["seq"], data["state"], data.get("submitted_at", 0.0), kind,
+        data["id"], data["seq"], data["state"], submitted_at, kind,
         data.get("command") if kind == "shell" else data.get("function"),
         data.get("args", ()), data.get("priority", 0), data.get("key"),
         # A job with nothing beyond the row fields (a plain submit, the common record in a
         # journal) takes `_build_job`'s all-defaults path instead of eighteen lookups.
-        None if data.keys() <= _ROW_FIELDS else data, _same,
+        None if plain else data, _same,
     )  # fmt: skip
 
 

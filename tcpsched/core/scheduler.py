@@ -36,6 +36,7 @@ from tcpsched.core.queries import (
     OUTPUT_CHARS_PER_RECORD_MIN,
     REPLY_OUTPUT_CHARS,
     list_records,
+    not_found_message,
     output_budget,
     resolve,
     unknown_state,
@@ -333,7 +334,7 @@ class Scheduler(WorkerSide):
         for ref in refs:
             job = self.resolve(ref)
             if job is None:
-                self._error(conn, req_id, "not_found", f"no job {ref!r}")
+                self._error(conn, req_id, "not_found", not_found_message(self.table, ref))
                 return None
             jobs.append(job)
         return jobs
@@ -365,7 +366,7 @@ class Scheduler(WorkerSide):
     def _on_cancel(self, conn: int, msg: m.Cancel, now: float) -> None:
         job = self.resolve(msg.job_id)
         if job is None:
-            self._error(conn, msg.req_id, "not_found", f"no job {msg.job_id!r}")
+            self._error(conn, msg.req_id, "not_found", not_found_message(self.table, msg.job_id))
             return
         self.cancel(job, now)
         self._reply(conn, msg.req_id, self.table.jobs[job.id].to_public())

@@ -24,6 +24,7 @@ from tcpsched.core import messages as m
 from tcpsched.core.detector import DEAD
 from tcpsched.core.events import Close
 from tcpsched.core.jobs import JobState
+from tcpsched.core.printable import worker_problem
 from tcpsched.core.workers import (
     WorkerEntry,
     is_current,
@@ -78,6 +79,10 @@ class WorkerSide:
     def _on_register(self, conn: int, msg: m.Register, now: float) -> None:
         if conn in self._conn_worker:
             self._effects.append(Close(conn, "register sent twice"))
+            return
+        problem = worker_problem(msg.name, msg.tags)
+        if problem is not None:
+            self._effects.append(Close(conn, f"registration refused: {problem}"))
             return
         name = msg.name
         old = self.workers.get(name)

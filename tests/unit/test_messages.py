@@ -26,7 +26,8 @@ from tcpsched.core.jobs import PRIORITY_MAX, PRIORITY_MIN, RETRIES_MAX, JobSpec
 from tcpsched.errors import RemoteProtocolError
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
-FLOATS = st.floats(allow_nan=False)
+FLOATS = st.floats(allow_nan=False)  # in free-form values; typed float fields are finite
+FINITE_FLOATS = st.floats(allow_nan=False, allow_infinity=False)
 TEXT = st.text(max_size=40)
 NAMES = st.text(min_size=1, max_size=m.NAME_CHARS_MAX)
 NONCES = st.binary(min_size=m.NONCE_BYTES, max_size=m.NONCE_BYTES)
@@ -88,7 +89,7 @@ def strategy_for_hint(hint: Any) -> st.SearchStrategy[Any]:
     """A strategy for one annotation, as the codec understands annotations."""
     if hint is Any:
         return VALUES
-    simple = {int: INT64, float: FLOATS, str: TEXT, bytes: st.binary(max_size=64),
+    simple = {int: INT64, float: FINITE_FLOATS, str: TEXT, bytes: st.binary(max_size=64),
               bool: st.booleans()}
     if hint in simple:
         return simple[hint]
