@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -243,10 +244,14 @@ class Executor:
         kwargs: dict[str, Any],
         timeout: float | None,
         kill: KillSwitch,
+        *,
+        defined_in: str | None = None,
     ) -> Outcome:
+        """Run `function`; with `defined_in` (a worker's `--allow-call MODULE` entry that
+        allows it), only a top-level callable defined in that module or below it is run."""
         started = time.time()
         try:
-            fn = resolve_callable(function)
+            fn = resolve_callable(function, defined_in)
         except ImportError as exc:
             return Outcome("failed", error=str(exc), started_at=started, finished_at=time.time())
         if inspect.iscoroutinefunction(fn):
@@ -283,13 +288,34 @@ class Executor:
         return Outcome("succeeded", result=value, started_at=started, finished_at=finished)
 
 
-def resolve_callable(function: str) -> Any:
-    """`pkg.module:attr.path` to the object, or ImportError with a one-line reason."""
+def resolve_callable(function: str, defined_in: str | None = None) -> Any:
+    """`pkg.module:attr.path` to the object, or ImportError with a one-line reason.
+
+    With `defined_in` the walk may not leave that module: one name after the colon, neither
+    private nor a module, and an object whose `__module__` is `defined_in` or below it. So a
+    name the allowed module merely imported (`os`, or `system` from os) is refused.
+    """
     module_name, _, attr_path = function.partition(":")
+    if defined_in is not None and ("." in attr_path or attr_path.startswith("_")):
+        raise ImportError(f"{function} is not allowed: --allow-call {defined_in} allows only "
+                          f"a top-level public name of the module ({module_name}:NAME)")
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:  # any error importing user code is that job's failure
         raise ImportError(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+    if defined_in is not None:
+        if not hasattr(obj, attr_path):
+            raise ImportError(f"{module_name} has no attribute {attr_path!r}")
+        obj = getattr(obj, attr_path)
+        if not callable(obj):
+            raise ImportError(f"{function} is not callable")
+        home = getattr(obj, "__module__", None)
+        if isinstance(obj, types.ModuleType) or not isinstance(home, str) or not (
+                home == defined_in or home.startswith(defined_in + ".")):
+            where = f"defined in {home}" if isinstance(home, str) else "not defined there"
+            raise ImportError(f"{function} is not allowed: it is {where}, and --allow-call "
+                              f"{defined_in} allows only callables defined in {defined_in}")
+        return obj
     for part in attr_path.split("."):
         try:
             obj = getattr(obj, part)
