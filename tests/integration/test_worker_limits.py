@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tcpsched.testing.processes import ProcessGroup, free_port, wait_for_workers, wait_until
+from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until
 from tests.conftest import connect
 
 WAIT_S = 60.0  # generous: two shared cores, other suites running beside us
@@ -99,8 +99,8 @@ class CuttableRelay:
     def __init__(self, target: str) -> None:
         host, port = target.rsplit(":", 1)
         self.target = (host, int(port))
-        self.listener = socket.create_server(("127.0.0.1", free_port()))
-        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
         self.lock = threading.Lock()
         self.stopped = False
