@@ -128,6 +128,8 @@ def record_text(r: dict[str, Any], style: Styler = _plain) -> str:
         fields.append(("result", json.dumps(r.get("result"), default=repr)))
     if r.get("error"):
         fields.append(("error", r["error"]))
+    if r.get("reason"):
+        fields.append(("reason", r["reason"]))
     lines = [f"{k + ':':<11}{'-' if v is None else v}" for k, v in fields]
     for stream in ("stdout", "stderr"):
         text = r.get(stream) or ""

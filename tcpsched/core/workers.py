@@ -101,6 +101,8 @@ def worker_rows(workers: dict[str, WorkerEntry], detector: FailureDetector,
             "tags": list(entry.tags),
             "state": worker_state(entry, detector),
             "last_heartbeat": detector.last_heartbeat(name) or entry.dead_at,
+            "allow_shell": entry.capabilities.allow_shell,
+            "allow_call": list(entry.capabilities.allow_call),
         }
         for name, entry in sorted(workers.items())
     ]
