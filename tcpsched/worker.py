@@ -44,7 +44,7 @@ from tcpsched.core.codec import peer_refusal
 from tcpsched.core.limits import WireLimits
 from tcpsched.errors import AuthError, ConfigError, RemoteProtocolError, UnavailableError
 from tcpsched.runtime.executor import Executor, KillSwitch, Outcome
-from tcpsched.runtime.reaper import Reaper
+from tcpsched.runtime.reaper import Reaper, become_subreaper
 from tcpsched.runtime.tls import client_context
 from tcpsched.runtime.transport import Connection, dial
 
@@ -67,10 +67,11 @@ class _Attempt:
 
 class Worker:
     def __init__(self, settings: WorkerSettings, rng: random.Random | None = None,
-                 reaper: Reaper | None = None) -> None:
+                 reaper: Reaper | None = None, *, subreaper: bool = False) -> None:
         self.settings = settings
         self.executor = Executor(settings.slots, settings.output_bytes_max, settings.kill_grace_s,
-                                 reaper if reaper is not None else Reaper())
+                                 reaper if reaper is not None else Reaper(),
+                                 subreaper=subreaper)
         self.running: dict[str, _Attempt] = {}
         self.outbox: dict[tuple[str, int], m.Result] = {}
         self._sends: dict[tuple[str, int], int] = {}  # connections each result went out on
@@ -352,7 +353,9 @@ def check_protected(settings: WorkerSettings) -> None:
 
 
 async def _main(settings: WorkerSettings) -> int:
-    worker = Worker(settings)
+    # Processes a job leaves behind outside its group come to us rather than to init, so the
+    # executor finds them among our descendants (runtime/reaper.py).
+    worker = Worker(settings, subreaper=become_subreaper())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
