@@ -18,7 +18,9 @@ from typing import Any, NoReturn
 
 import attrs
 
+from tcpsched.core.capabilities import parse_allow_call
 from tcpsched.core.dispatch import POLICIES
+from tcpsched.core.limits import ARRAY_ITEMS_MAX, FRAME_BYTES_MAX, MAP_ITEMS_MAX
 from tcpsched.core.printable import worker_problem
 from tcpsched.errors import ConfigError
 
@@ -222,12 +224,12 @@ class CoordinatorSettings:
     poison_workers_max: int = 3
     retry_base_s: float = 1.0
     retry_cap_s: float = 60.0
-    frame_bytes_max: int = 16 * 1024 * 1024
+    frame_bytes_max: int = FRAME_BYTES_MAX
     handshake_timeout_s: float = 5.0
     unauthenticated_max: int = 64
     output_bytes_max: int = 64 * 1024 * 1024
-    array_items_max: int = 200_000
-    map_items_max: int = 100_000
+    array_items_max: int = ARRAY_ITEMS_MAX
+    map_items_max: int = MAP_ITEMS_MAX
     idle_timeout_s: float = 60.0  # 0: never close idle connections
     seed: int | None = None
     tls: TlsSettings = TlsSettings()
@@ -262,10 +264,10 @@ def coordinator_parser() -> UsageParser:
                    help="fail a job after it lost N workers (3)")
     p.add_argument("--retry-base", type=_positive_float, default=1.0, metavar="S")
     p.add_argument("--retry-cap", type=_positive_float, default=60.0, metavar="S")
-    p.add_argument("--max-frame", type=_positive_int, default=16 * 1024 * 1024, metavar="BYTES")
-    p.add_argument("--max-array-items", type=_positive_int, default=200_000, metavar="N",
+    p.add_argument("--max-frame", type=_positive_int, default=FRAME_BYTES_MAX, metavar="BYTES")
+    p.add_argument("--max-array-items", type=_positive_int, default=ARRAY_ITEMS_MAX, metavar="N",
                    help="longest msgpack array accepted from an authenticated peer")
-    p.add_argument("--max-map-items", type=_positive_int, default=100_000, metavar="N",
+    p.add_argument("--max-map-items", type=_positive_int, default=MAP_ITEMS_MAX, metavar="N",
                    help="largest msgpack map accepted from an authenticated peer")
     p.add_argument("--handshake-timeout", type=_positive_float, default=5.0, metavar="S",
                    help="close a connection that has not authenticated after S seconds (5)")
@@ -341,7 +343,7 @@ class WorkerSettings:
     log_level: str = "info"
     kill_grace_s: float = 2.0
     output_bytes_max: int = 1024 * 1024
-    frame_bytes_max: int = 16 * 1024 * 1024
+    frame_bytes_max: int = FRAME_BYTES_MAX
     reconnect_base_s: float = 0.1
     reconnect_cap_s: float = 1.0  # well under the heartbeat timeout: a restarted coordinator
     # gives running jobs that long to come back with their worker before requeueing them
@@ -357,8 +359,11 @@ def worker_parser() -> UsageParser:
     p.add_argument("--token-file", default=None, metavar="F")
     p.add_argument("--drain-timeout", type=_positive_float, default=30.0, metavar="S")
     p.add_argument("--no-shell", action="store_true", help="refuse shell jobs")
-    p.add_argument("--allow-call", action="append", default=[], metavar="PREFIX",
-                   help="allow only callables starting with PREFIX (repeatable)")
+    p.add_argument("--allow-call", action="append", default=[], metavar="ENTRY",
+                   help="allow only these callables (repeatable): MODULE (or MODULE:) allows "
+                   "MODULE[.SUB]:NAME for a top-level NAME defined in that module, not "
+                   "starting with _, with no dotted path after the colon; MODULE:NAME allows "
+                   "exactly that one (NAME may be dotted). Default: every callable")
     p.add_argument("--kill-grace", type=_positive_float, default=2.0, metavar="S",
                    help="seconds between SIGTERM and SIGKILL on timeout or cancel")
     add_tls_flags(p)
@@ -378,9 +383,13 @@ def worker_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
     if problem is not None:
         flag = "--name" if problem.startswith("worker name") else "--tags"
         raise ConfigError(f"{flag}: {problem}")
+    try:
+        allow_call = tuple(dict.fromkeys(parse_allow_call(e) for e in args.allow_call))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return WorkerSettings(
         coordinators=parse_coordinators(args.coordinators), name=name, slots=args.slots,
         tags=tags, token=read_token(args.token_file), drain_timeout_s=args.drain_timeout,
-        allow_shell=not args.no_shell, allow_call=tuple(args.allow_call),
+        allow_shell=not args.no_shell, allow_call=allow_call,
         log_level=args.log_level, kill_grace_s=args.kill_grace, tls=tls_from_args(args),
     )  # fmt: skip

@@ -26,6 +26,7 @@ from tcpsched.config import CoordinatorSettings, coordinator_settings, is_loopba
 from tcpsched.core import messages as m
 from tcpsched.core.codec import UnpackLimits
 from tcpsched.core.events import Closed, Connected, Received
+from tcpsched.core.limits import WireLimits
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig
 from tcpsched.errors import (
     AuthError,
@@ -118,8 +119,12 @@ class Coordinator:
             heartbeat_timeout_s=s.heartbeat_timeout_s, poison_workers_max=s.poison_workers_max,
             retry_base_s=s.retry_base_s, retry_cap_s=s.retry_cap_s,
             keep_finished=s.keep_finished, keep_finished_for_s=s.keep_finished_for_s,
-            keep_output_chars=s.keep_output_bytes,
+            keep_output_chars=s.keep_output_bytes, wire_limits=self._wire_limits(),
         )  # fmt: skip
+
+    def _wire_limits(self) -> WireLimits:
+        s = self.settings
+        return WireLimits(s.frame_bytes_max, s.array_items_max, s.map_items_max)
 
     def stop(self) -> None:
         self._stop.set()
@@ -273,9 +278,7 @@ class Coordinator:
         finally:
             self._handshaking -= 1
         allowed = ALLOWED_BY_ROLE[hello.role]
-        conn.widen(allowed, s.frame_bytes_max, UnpackLimits(
-            str_bytes_max=s.frame_bytes_max, bin_bytes_max=s.frame_bytes_max,
-            array_items_max=s.array_items_max, map_items_max=s.map_items_max))
+        conn.widen(allowed, s.frame_bytes_max, UnpackLimits.from_wire_limits(self._wire_limits()))
         conn.role = hello.role
         conn_id = self._next_conn
         self._next_conn += 1

@@ -220,6 +220,8 @@ def record_text(r: Any, style: Styler = _plain) -> str:
         fields.append(("result", _json_text(r.get("result"))))
     if r.get("error"):
         fields.append(("error", r["error"]))
+    if r.get("reason"):
+        fields.append(("reason", r["reason"]))
     lines = [f"{k + ':':<11}{v if k in ('id', 'state', 'job') else text(v)}"
              for k, v in fields]
     for stream in ("stdout", "stderr"):

@@ -8,6 +8,14 @@ Jobs run as tasks beside the connection, so losing the coordinator never stops t
 results wait in `outbox` until acknowledged, across reconnects. An order from an epoch older
 than one already seen is ignored (a deposed leader cannot dispatch).
 
+Register carries a random `incarnation` (one per process, so a reconnect proves it is the
+same worker; a second process under a live worker's name is refused, and exits 2) and what
+this worker runs (`--no-shell`, `--allow-call`), so the coordinator sends only jobs it can run.
+Every result is checked against the limits the coordinator said it enforces (`Registered`)
+before it is sent: one it would refuse, which would cut the connection and be sent again on
+every reconnect, becomes a failed attempt saying why. A result that was in flight on
+`RESULT_SENDS_MAX` connections that all died before acknowledging it is replaced the same way.
+
 SIGTERM/SIGINT drains: no new jobs, running ones get `--drain-timeout` to finish, the rest are
 killed and handed back (they requeue at once), results are flushed, and the process exits 0.
 """
@@ -19,6 +27,7 @@ import contextlib
 import logging
 import os
 import random
+import secrets
 import signal
 import sys
 import threading
@@ -30,9 +39,12 @@ import attrs
 from tcpsched import logsetup
 from tcpsched.config import WorkerSettings, is_loopback, parse_address, worker_settings
 from tcpsched.core import messages as m
+from tcpsched.core.capabilities import Capabilities, call_grant
+from tcpsched.core.codec import peer_refusal
+from tcpsched.core.limits import WireLimits
 from tcpsched.errors import AuthError, ConfigError, RemoteProtocolError, UnavailableError
 from tcpsched.runtime.executor import Executor, KillSwitch, Outcome
-from tcpsched.runtime.reaper import Reaper
+from tcpsched.runtime.reaper import Reaper, become_subreaper
 from tcpsched.runtime.tls import client_context
 from tcpsched.runtime.transport import Connection, dial
 
@@ -40,6 +52,8 @@ log = logging.getLogger(__name__)
 
 JOB_THREAD_PREFIX = "tcpsched-job"  # thread_name_prefix of the executor's job threads
 RESULT_FLUSH_S = 5.0  # at exit, how long to wait for the coordinator to take our results
+RESULT_SENDS_MAX = 3  # connections a result may be in flight on, all lost, before it is dropped
+EXIT_NAME_IN_USE = 2  # a usage error: pick another --name
 
 
 @attrs.define(eq=False)
@@ -53,12 +67,17 @@ class _Attempt:
 
 class Worker:
     def __init__(self, settings: WorkerSettings, rng: random.Random | None = None,
-                 reaper: Reaper | None = None) -> None:
+                 reaper: Reaper | None = None, *, subreaper: bool = False) -> None:
         self.settings = settings
         self.executor = Executor(settings.slots, settings.output_bytes_max, settings.kill_grace_s,
-                                 reaper if reaper is not None else Reaper())
+                                 reaper if reaper is not None else Reaper(),
+                                 subreaper=subreaper)
         self.running: dict[str, _Attempt] = {}
         self.outbox: dict[tuple[str, int], m.Result] = {}
+        self._sends: dict[tuple[str, int], int] = {}  # connections each result went out on
+        self.incarnation = secrets.token_hex(8)
+        self.capabilities = Capabilities(settings.allow_shell, settings.allow_call)
+        self.limits = WireLimits(frame_bytes_max=settings.frame_bytes_max)  # until Registered
         self.conn: Connection | None = None
         self.draining = False
         self.epoch_seen = 0
@@ -171,19 +190,32 @@ class Worker:
 
     async def _session(self, conn: Connection, address: str) -> None:
         s = self.settings
+        caps = self.capabilities
         conn.send(m.Register(name=s.name, slots=s.slots, tags=s.tags,
-                             running=self._owned_refs(), draining=self.draining))
+                             running=self._owned_refs(), draining=self.draining,
+                             incarnation=self.incarnation, allow_shell=caps.allow_shell,
+                             allow_call=caps.allow_call))
         async with asyncio.timeout(10.0):
             reply = await conn.receive()
+        if isinstance(reply, m.Refused) and reply.code == "name":
+            log.error("worker=%s: %s refused to register it: %s", s.name, address, reply.reason)
+            self.exit_code = EXIT_NAME_IN_USE
+            self._stop.set()
+            return
         if not isinstance(reply, m.Registered):
             raise RemoteProtocolError(f"expected registered, got {reply!r:.60}")
         self._observe_epoch(reply.epoch)
         self.heartbeat_interval_s = reply.heartbeat_interval
+        self.limits = reply.limits
         for ref in reply.kill:
             self._kill(ref.job_id, ref.attempt, "stale attempt (coordinator moved on)")
         self.conn = conn
-        for result in list(self.outbox.values()):
-            conn.send(result)
+        for key, result in list(self.outbox.items()):
+            sends = self._sends.get(key, 0)
+            fresh = self._deliverable(result, sends)
+            self.outbox[key] = fresh
+            self._sends[key] = 1 if fresh is not result else sends + 1
+            conn.send(fresh)
         log.info("worker=%s registered with %s slots=%d running=%d resent=%d", s.name,
                  address, s.slots, len(self.running), len(self.outbox))
         beats = asyncio.ensure_future(self._heartbeats(conn))
@@ -193,6 +225,25 @@ class Worker:
             log.warning("worker=%s: %s closed the connection", s.name, address)
         finally:
             beats.cancel()
+
+    def _deliverable(self, result: m.Result, sends: int = 0) -> m.Result:
+        """`result`, or a failed attempt in its place if the coordinator would refuse it (by
+        the limits it gave us), or if it already went out on `RESULT_SENDS_MAX` connections
+        that all died before taking it: sending it again unchanged would only repeat that."""
+        why = peer_refusal(result, self.limits, m.WORKER_TO_COORDINATOR)
+        if why is None and sends < RESULT_SENDS_MAX:
+            return result
+        if why is None:
+            why = (f"the connection to the coordinator was lost {sends} times while it was "
+                   "being delivered")
+        error = f"result cannot be sent to the coordinator: {why}"
+        log.warning("job=%s attempt=%d: %s; reporting a failed attempt instead",
+                    result.job_id, result.attempt, error)
+        failed = attrs.evolve(result, state="failed", result=None, error=error)
+        if peer_refusal(failed, self.limits, m.WORKER_TO_COORDINATOR) is not None:
+            failed = attrs.evolve(failed, stdout="", stderr="[tcpsched: output dropped with "
+                                  "the result: too large to send]")
+        return failed
 
     async def _heartbeats(self, conn: Connection) -> None:
         while not conn.closed:
@@ -214,6 +265,7 @@ class Worker:
             self._kill(msg.job_id, msg.attempt, msg.reason)
         elif isinstance(msg, m.ResultAck):
             self.outbox.pop((msg.job_id, msg.attempt), None)
+            self._sends.pop((msg.job_id, msg.attempt), None)
             if not self.outbox:
                 self._outbox_empty.set()
 
@@ -224,15 +276,10 @@ class Worker:
             current.kill.pull(reason)
 
     def _refusal(self, msg: m.Assign) -> str | None:
-        s = self.settings
-        if msg.kind == "shell" and not s.allow_shell:
-            return f"refused by worker {s.name}: it does not run shell jobs (--no-shell)"
-        if msg.kind == "call" and s.allow_call:
-            function = msg.function or ""
-            if not any(function.startswith(prefix) for prefix in s.allow_call):
-                return (f"refused by worker {s.name}: {function} is not allowed "
-                        f"(--allow-call {' '.join(s.allow_call)})")
-        return None
+        """The coordinator places jobs by our capabilities, so this is a second line of
+        defence: the same rule (core/capabilities.py), checked before anything is imported."""
+        refusal = self.capabilities.refusal(msg.kind, msg.function)
+        return None if refusal is None else f"refused by worker {self.settings.name}: it {refusal}"
 
     def _on_assign(self, msg: m.Assign) -> None:
         if not self._observe_epoch(msg.epoch):
@@ -260,12 +307,15 @@ class Worker:
         refusal = self._refusal(msg)
         if refusal is not None:
             log.warning("job=%s: %s", msg.job_id, refusal)
-            outcome = Outcome("failed", error=refusal)
+            now = time.time()
+            outcome = Outcome("failed", error=refusal, started_at=now, finished_at=now)
         elif msg.kind == "shell":
             outcome = await self.executor.run_shell(msg.command or "", msg.timeout, attempt.kill)
         else:
-            outcome = await self.executor.run_call(msg.function or "", msg.args, msg.kwargs,
-                                                   msg.timeout, attempt.kill)
+            function = msg.function or ""
+            outcome = await self.executor.run_call(
+                function, msg.args, msg.kwargs, msg.timeout, attempt.kill,
+                defined_in=call_grant(function, self.capabilities.allow_call) or None)
         if self.running.get(attempt.job_id) is attempt:
             del self.running[attempt.job_id]
         if not self.running:
@@ -278,9 +328,12 @@ class Worker:
             stderr=outcome.stderr, error=outcome.error, started_at=outcome.started_at,
             finished_at=outcome.finished_at,
         )  # fmt: skip
-        self.outbox[(attempt.job_id, attempt.attempt)] = result
+        result = self._deliverable(result)
+        key = (attempt.job_id, attempt.attempt)
+        self.outbox[key] = result
         self._outbox_empty.clear()
         if self.conn is not None:
+            self._sends[key] = 1
             self.conn.send(result)
 
 
@@ -300,7 +353,9 @@ def check_protected(settings: WorkerSettings) -> None:
 
 
 async def _main(settings: WorkerSettings) -> int:
-    worker = Worker(settings)
+    # Processes a job leaves behind outside its group come to us rather than to init, so the
+    # executor finds them among our descendants (runtime/reaper.py).
+    worker = Worker(settings, subreaper=become_subreaper())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)

@@ -27,10 +27,10 @@ import msgpack
 
 from tcpsched.core import messages as m
 from tcpsched.core.jobs import JobSpec
+from tcpsched.core.limits import ARRAY_ITEMS_MAX, FRAME_BYTES_MAX, MAP_ITEMS_MAX, WireLimits
 from tcpsched.errors import LocalProtocolError, RemoteProtocolError
 
 HEADER = struct.Struct(">I")
-FRAME_BYTES_MAX = 16 * 1024 * 1024
 HANDSHAKE_FRAME_BYTES_MAX = 4096
 VALUE_DEPTH_MAX = 32
 VALUE_BYTES_MAX = FRAME_BYTES_MAX - 4 * 1024 * 1024  # room for the rest of a Result
@@ -42,8 +42,14 @@ class UnpackLimits:
 
     str_bytes_max: int = FRAME_BYTES_MAX
     bin_bytes_max: int = FRAME_BYTES_MAX
-    array_items_max: int = 200_000
-    map_items_max: int = 100_000
+    array_items_max: int = ARRAY_ITEMS_MAX
+    map_items_max: int = MAP_ITEMS_MAX
+
+    @classmethod
+    def from_wire_limits(cls, limits: WireLimits) -> UnpackLimits:
+        """How a coordinator unpacks what an authenticated peer sends (see core/limits.py)."""
+        return cls(str_bytes_max=limits.frame_bytes_max, bin_bytes_max=limits.frame_bytes_max,
+                   array_items_max=limits.array_items_max, map_items_max=limits.map_items_max)
 
 
 HANDSHAKE_LIMITS = UnpackLimits(
@@ -264,6 +270,49 @@ def encode_value(value: Any) -> bytes:
     if len(packed) > VALUE_BYTES_MAX:
         raise LocalProtocolError(f"value is {len(packed)} bytes, over {VALUE_BYTES_MAX}")
     return packed
+
+
+def peer_refusal(msg: Any, limits: WireLimits, allowed: frozenset[type] | None = None
+                 ) -> str | None:
+    """Why a peer that decodes with `limits` would refuse `msg` (and drop the connection), or
+    None if it would take it: the same unpacking and checks as its `FrameDecoder`.
+
+    A body of N bytes holds no array or map of more than N items and no string longer than the
+    frame, so a small body is judged by its length alone and only a big one is unpacked again.
+    """
+    try:
+        body = msgpack.packb(to_wire(msg), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        return f"it cannot be encoded: {exc}"
+    if len(body) > limits.frame_bytes_max:
+        return (f"it is {len(body)} bytes, over the coordinator's frame limit "
+                f"{limits.frame_bytes_max} (--max-frame)")
+    if len(body) <= min(limits.array_items_max, limits.map_items_max):
+        return None
+    decoder = FrameDecoder(limits.frame_bytes_max, allowed, UnpackLimits.from_wire_limits(limits))
+    try:
+        from_wire(decoder._unpack(body), allowed)
+    except RemoteProtocolError as exc:
+        return _explain_refusal(to_wire(msg), limits) or str(exc)
+    return None
+
+
+def _explain_refusal(value: Any, limits: WireLimits) -> str | None:
+    """The first array or map over its limit in `value`, in words (None if none is)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list | tuple):
+            if len(item) > limits.array_items_max:
+                return (f"it holds an array of {len(item)} items, over the coordinator's limit "
+                        f"of {limits.array_items_max} (--max-array-items)")
+            stack.extend(item)
+        elif isinstance(item, dict):
+            if len(item) > limits.map_items_max:
+                return (f"it holds a map of {len(item)} items, over the coordinator's limit "
+                        f"of {limits.map_items_max} (--max-map-items)")
+            stack.extend(item.values())
+    return None
 
 
 def _no_ext(code: int, data: bytes) -> Any:

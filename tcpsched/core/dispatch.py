@@ -1,8 +1,10 @@
-"""Placement policies: which of the workers with a free slot gets the next job.
+"""Placement: which workers can run a job, and which of those with a free slot gets it.
 
-A policy sees only candidate names (workers that are alive, not draining, and have a free
-slot) and their load; it never sees the clock, and `RandomPolicy` takes its `random.Random`
-from the caller, so a seeded simulation places jobs the same way every run.
+A policy sees only candidate names (workers that are alive, not draining, have a free slot and
+can run the job: `capable`) and their load; it never sees the clock, and `RandomPolicy` takes
+its `random.Random` from the caller, so a seeded simulation places jobs the same way every run.
+A job that no live worker can run (every one refuses its kind or its callable) is not handed
+to anyone: `unplaceable_reason` says why, and the scheduler keeps it pending with that reason.
 """
 
 from __future__ import annotations
@@ -11,10 +13,48 @@ import bisect
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from tcpsched.core.detector import DEAD
+
 if TYPE_CHECKING:
     import random
 
+    from tcpsched.core.detector import FailureDetector
+    from tcpsched.core.jobs import JobSpec
+    from tcpsched.core.workers import WorkerEntry
+
 POLICIES = ("round-robin", "random", "least-loaded")
+# Jobs one dispatch pass may set aside because only busy workers can run them: bounds the work
+# of a pass when the queue's head waits for a kind of worker that is busy.
+PLACEMENT_SKIPS_MAX = 256
+REASON_WORKERS_MAX = 3  # workers named in an unplaceable job's reason
+
+
+def capable(free: Mapping[str, WorkerEntry], spec: JobSpec) -> list[str]:
+    """The names of the workers in `free` that would run a job of this spec."""
+    kind, function = spec.kind, spec.function
+    return [name for name, entry in free.items()
+            if entry.capabilities.is_unrestricted
+            or entry.capabilities.refusal(kind, function) is None]
+
+
+def unplaceable_reason(workers: Mapping[str, WorkerEntry], detector: FailureDetector,
+                       spec: JobSpec) -> str | None:
+    """Why no live worker (connected, not draining, not dead) can run this job, or None if
+    one can, or if none is live at all (then the job simply waits for a worker)."""
+    refusals = []
+    for name, entry in sorted(workers.items()):
+        if entry.conn is None or entry.draining or detector.state(name) == DEAD:
+            continue
+        refusal = entry.capabilities.refusal(spec.kind, spec.function)
+        if refusal is None:
+            return None
+        refusals.append(f"{name} {refusal}")
+    if not refusals:
+        return None
+    shown = "; ".join(refusals[:REASON_WORKERS_MAX])
+    more = len(refusals) - REASON_WORKERS_MAX
+    return ("no live worker can run it: " + shown
+            + (f"; and {more} more" if more > 0 else "") + "; it waits for one that can")
 
 
 class RoundRobinPolicy:

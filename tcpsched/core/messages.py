@@ -20,7 +20,9 @@ from typing import Any, ClassVar
 
 import attrs
 
+from tcpsched.core.capabilities import ALLOW_CALL_ENTRIES_MAX, parse_allow_call
 from tcpsched.core.jobs import JobSpec, finite_time
+from tcpsched.core.limits import ARRAY_ITEMS_MAX, FRAME_BYTES_MAX, MAP_ITEMS_MAX, WireLimits
 
 PROTOCOL_VERSION = 1
 ROLES = ("worker", "client", "peer")
@@ -90,7 +92,7 @@ class Welcome:
 @attrs.frozen
 class Refused:
     TYPE: ClassVar[str] = "refused"
-    code: str  # "auth", "version", "busy", "role"
+    code: str  # "auth", "version", "busy", "role"; after the handshake, "name" (see Register)
     reason: str
 
 
@@ -181,14 +183,30 @@ class AttemptRef:
     attempt: int = attrs.field(validator=_non_negative)
 
 
+def _allow_call(_inst: object, _attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    if len(value) > ALLOW_CALL_ENTRIES_MAX:
+        raise ValueError(f"allow_call holds more than {ALLOW_CALL_ENTRIES_MAX} entries")
+    for entry in value:
+        if parse_allow_call(entry) != entry:
+            raise ValueError(f"allow_call entry {entry!r:.80} is not in normal form")
+
+
 @attrs.frozen
 class Register:
+    """A worker's first message. `incarnation` is random per worker process: the same name
+    with the same incarnation is that process reconnecting; with another, while the first is
+    alive, it is a second worker under a name already in use, and is refused. `allow_shell`
+    and `allow_call` say what it runs (core/capabilities.py), so jobs go only where they can."""
+
     TYPE: ClassVar[str] = "register"
     name: str = attrs.field(validator=_name)
     slots: int = attrs.field()
     tags: tuple[str, ...] = ()
     running: tuple[AttemptRef, ...] = ()
     draining: bool = False
+    incarnation: str = attrs.field(default="", validator=attrs.validators.max_len(64))
+    allow_shell: bool = True
+    allow_call: tuple[str, ...] = attrs.field(default=(), validator=_allow_call)
 
     @slots.validator
     def _slots(self, _attribute: attrs.Attribute[Any], value: int) -> None:
@@ -198,12 +216,22 @@ class Register:
 
 @attrs.frozen
 class Registered:
-    """The coordinator's answer to Register: how often to beat, and what to stop running."""
+    """The coordinator's answer to Register: how often to beat, what to stop running, and the
+    limits it enforces on what the worker sends (core/limits.py), so that a result it would
+    refuse is never sent."""
 
     TYPE: ClassVar[str] = "registered"
     heartbeat_interval: float
     epoch: int
     kill: tuple[AttemptRef, ...] = ()
+    frame_bytes_max: int = attrs.field(default=FRAME_BYTES_MAX, validator=_non_negative)
+    array_items_max: int = attrs.field(default=ARRAY_ITEMS_MAX, validator=_non_negative)
+    map_items_max: int = attrs.field(default=MAP_ITEMS_MAX, validator=_non_negative)
+
+    @property
+    def limits(self) -> WireLimits:
+        return WireLimits(max(self.frame_bytes_max, 1), max(self.array_items_max, 1),
+                          max(self.map_items_max, 1))
 
 
 @attrs.frozen
@@ -297,5 +325,6 @@ CLIENT_REQUESTS: frozenset[type] = frozenset(
 WORKER_TO_COORDINATOR: frozenset[type] = frozenset(
     {Register, Heartbeat, Result, HandBack, Draining}
 )
-COORDINATOR_TO_WORKER: frozenset[type] = frozenset({Registered, Assign, Kill, ResultAck})
+# `Refused` after the handshake: the coordinator will not take this Register (code "name").
+COORDINATOR_TO_WORKER: frozenset[type] = frozenset({Registered, Refused, Assign, Kill, ResultAck})
 COORDINATOR_TO_CLIENT: frozenset[type] = frozenset({Reply, ErrorReply})

@@ -27,10 +27,11 @@ import attrs
 
 from tcpsched.core import messages as m
 from tcpsched.core.detector import ALIVE, DEAD, SUSPECT, DetectorConfig, FailureDetector
-from tcpsched.core.dispatch import make_policy
+from tcpsched.core.dispatch import PLACEMENT_SKIPS_MAX, capable, make_policy, unplaceable_reason
 from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Send, Tick
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import JobRecord, JobSpec, JobState
+from tcpsched.core.limits import WireLimits
 from tcpsched.core.queries import (
     JOB_ID_PREFIX_MIN,
     OUTPUT_CHARS_PER_RECORD_MIN,
@@ -77,6 +78,8 @@ class SchedulerConfig:
     keep_output_chars: int | None = 256 * 1024 * 1024
     dead_workers_kept_s: float = 600.0
     list_limit_max: int = 100_000
+    # What the coordinator accepts from a peer; told to workers so they never send more.
+    wire_limits: WireLimits = attrs.field(factory=WireLimits)
 
 
 class Scheduler(WorkerSide):
@@ -96,6 +99,9 @@ class Scheduler(WorkerSide):
             DetectorConfig(config.heartbeat_interval_s, config.heartbeat_timeout_s)
         )
         self.workers: dict[str, WorkerEntry] = {}
+        # Pending jobs no live worker can run, out of the queue until a worker registers:
+        # job id -> why (shown as the record's `reason`).
+        self.parked: dict[str, str] = {}
         self._conn_roles: dict[int, str] = {}
         self._conn_addresses: dict[int, str] = {}
         self._conn_worker: dict[int, str] = {}
@@ -277,7 +283,8 @@ class Scheduler(WorkerSide):
         elif isinstance(msg, m.Status):
             jobs = self._resolve_all(conn, msg.req_id, msg.job_ids)
             if jobs is not None:
-                self._reply(conn, msg.req_id, [job.to_public() for job in jobs])
+                self._reply(conn, msg.req_id, [
+                    {**job.to_public(), "reason": self.parked.get(job.id)} for job in jobs])
         elif isinstance(msg, m.Wait):
             self._on_wait(conn, msg, now)
         elif isinstance(msg, m.ListJobs):
@@ -374,6 +381,7 @@ class Scheduler(WorkerSide):
     def cancel(self, job: JobRecord, now: float) -> None:
         if job.state is JobState.PENDING:
             self.queue.remove(job.id)
+            self.parked.pop(job.id, None)
             self._record({"op": "cancel", "id": job.id, "at": now})
             log.info("job=%s cancelled while pending", job.id)
         elif job.state is JobState.RUNNING:
@@ -422,16 +430,51 @@ class Scheduler(WorkerSide):
             if entry.conn is not None and not entry.draining and entry.free_slots() > 0
             and self.detector.state(name) == ALIVE
         }  # fmt: skip
-        while free:
+        # A job only the busy workers can run waits in its place; the jobs behind it may go
+        # to the free workers (at most PLACEMENT_SKIPS_MAX skipped per pass). A job nobody
+        # live can run is parked with the reason, until a worker registers.
+        skipped: list[JobRecord] = []
+        while free and len(skipped) < PLACEMENT_SKIPS_MAX:
             job_id = queue.pop(now)
             if job_id is None:
-                return
-            load = {name: len(e.running) / e.slots for name, e in free.items()}
-            name = self.policy.choose(list(free), load)
+                break
+            job = self.table.jobs[job_id]
+            names = capable(free, job.spec)
+            if not names:
+                reason = unplaceable_reason(self.workers, self.detector, job.spec)
+                if reason is None:
+                    skipped.append(job)
+                else:
+                    self._park(job, reason)
+                continue
+            load = {name: len(free[name].running) / free[name].slots for name in names}
+            name = self.policy.choose(names, load)
             entry = free[name]
             self._start(job_id, entry, now)
             if entry.free_slots() <= 0:
                 del free[name]
+        for job in skipped:
+            queue.push(job.id, job.spec.priority, job.seq)
+
+    def _park(self, job: JobRecord, reason: str) -> None:
+        if job.id not in self.parked:
+            log.warning("job=%s cannot be placed: %s", job.id, reason)
+        self.parked[job.id] = reason
+
+    def _unpark(self, now: float) -> None:
+        """A worker registered: parked jobs it (or another live worker) can run go back to
+        the queue in their place; the others stay parked, with the reason brought up to date."""
+        for job_id, old in list(self.parked.items()):
+            job = self.table.get(job_id)
+            if job is None or job.state is not JobState.PENDING:
+                del self.parked[job_id]
+                continue
+            reason = unplaceable_reason(self.workers, self.detector, job.spec)
+            if reason is None:
+                del self.parked[job_id]
+                self.queue.push(job.id, job.spec.priority, job.seq)
+            elif reason != old:
+                self.parked[job_id] = reason
 
     def _start(self, job_id: str, entry: WorkerEntry, now: float) -> None:
         job = self.table.jobs[job_id]

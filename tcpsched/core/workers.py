@@ -3,7 +3,8 @@
 Theory of operation: the leader keeps one `WorkerEntry` per worker name it has seen, alive or
 dead; `running` maps each job id the worker runs to the attempt it runs, and is the leader's
 side of the worker's own list. The failure detector owns liveness (alive, suspect, dead); an
-entry adds what the detector does not know: slots, tags, draining, and when it died. A dead
+entry adds what the detector does not know: slots, tags, draining, what it agrees to run
+(`capabilities`), which process holds the name (`incarnation`), and when it died. A dead
 entry is kept a while so `workers` can show it, then the scheduler drops it.
 
 When a worker registers or heartbeats it reports the attempts it runs. An attempt is kept only
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from tcpsched.core.detector import DEAD
+from tcpsched.core.capabilities import Capabilities
+from tcpsched.core.detector import ALIVE, DEAD
 from tcpsched.core.jobs import JobState
 
 if TYPE_CHECKING:
@@ -43,6 +45,8 @@ class WorkerEntry:
     running: dict[str, int] = attrs.field(factory=dict)
     draining: bool = False
     dead_at: float | None = None
+    incarnation: str = ""  # the worker process's random id (see messages.Register)
+    capabilities: Capabilities = attrs.field(factory=Capabilities)
 
     def free_slots(self) -> int:
         return self.slots - len(self.running)
@@ -54,6 +58,27 @@ def is_current(job: JobRecord | None, attempt: int, worker: str) -> bool:
         job is not None and job.state is JobState.RUNNING and job.attempts == attempt
         and job.worker == worker
     )  # fmt: skip
+
+
+def name_conflict(old: WorkerEntry | None, conn: int, incarnation: str,
+                  detector: FailureDetector) -> str | None:
+    """Why a Register for `old.name` on `conn` must be refused, or None.
+
+    A name belongs to one worker process at a time. The same process reconnecting (same
+    incarnation) takes its name back at once, even while its old connection still looks open
+    here. Another process may take the name only once its holder is no longer alive: its
+    connection closed (a restart under the same name), or its heartbeats stopped. Two live
+    processes under one name would each take the other's place on every reconnect, and run
+    jobs twice; the second is refused instead.
+    """
+    if old is None or old.conn is None or old.conn == conn:
+        return None
+    if incarnation and incarnation == old.incarnation:
+        return None
+    if detector.state(old.name) != ALIVE:
+        return None
+    return (f"worker name {old.name!r} is in use by a live worker at {old.address or '?'}; "
+            "give this one another --name, or stop that one first")
 
 
 def worker_state(entry: WorkerEntry, detector: FailureDetector) -> str:
@@ -76,6 +101,8 @@ def worker_rows(workers: dict[str, WorkerEntry], detector: FailureDetector,
             "tags": list(entry.tags),
             "state": worker_state(entry, detector),
             "last_heartbeat": detector.last_heartbeat(name) or entry.dead_at,
+            "allow_shell": entry.capabilities.allow_shell,
+            "allow_call": list(entry.capabilities.allow_call),
         }
         for name, entry in sorted(workers.items())
     ]

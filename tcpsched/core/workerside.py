@@ -5,8 +5,11 @@ same list), reports each attempt's result, may hand an attempt back, and may dra
 names an attempt; one that is not the job's current attempt on that worker is stale: it is
 acknowledged, logged and ignored, and the worker is told to kill what it should not run. A
 worker that registers again under its name is a new life of it: attempts its last life ran and
-this one no longer reports were lost with it. A worker declared dead loses its attempts: each
-goes back to the queue (keeping its place) or, after `poison_workers_max` lost workers, fails.
+this one no longer reports were lost with it; but a second process under the name of a live
+worker is refused (`workers.name_conflict`). Registering advertises what the worker runs, so a
+job parked because nobody could run it is looked at again. A worker declared dead loses its
+attempts: each goes back to the queue (keeping its place) or, after `poison_workers_max` lost
+workers, fails.
 A failed attempt retries after exponential backoff with full jitter while retries remain.
 
 `WorkerSide` holds no state of its own: it works on the scheduler's job table, queue, detector
@@ -21,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tcpsched.core import messages as m
+from tcpsched.core.capabilities import Capabilities
 from tcpsched.core.detector import DEAD
 from tcpsched.core.events import Close
 from tcpsched.core.jobs import JobState
@@ -28,6 +32,7 @@ from tcpsched.core.printable import worker_problem
 from tcpsched.core.workers import (
     WorkerEntry,
     is_current,
+    name_conflict,
     sort_reported,
     stale_reported,
     worker_rows,
@@ -69,6 +74,7 @@ class WorkerSide:
     _effects: list[Effect]
     _record: Callable[[dict[str, Any]], JobRecord | None]
     _send: Callable[[int | None, Any], None]
+    _unpark: Callable[[float], None]
 
     def worker_state(self, name: str) -> str:
         return worker_state(self.workers[name], self.detector)
@@ -82,10 +88,18 @@ class WorkerSide:
             return
         problem = worker_problem(msg.name, msg.tags)
         if problem is not None:
+            self._send(conn, m.Refused(code="name", reason=f"registration refused: {problem}"))
             self._effects.append(Close(conn, f"registration refused: {problem}"))
             return
         name = msg.name
         old = self.workers.get(name)
+        conflict = name_conflict(old, conn, msg.incarnation, self.detector)
+        if conflict is not None:
+            log.warning("worker=%s: refused a second registration from %s: %s", name,
+                        self._conn_addresses.get(conn, "?"), conflict)
+            self._send(conn, m.Refused(code="name", reason=conflict))
+            self._effects.append(Close(conn, "worker name in use"))
+            return
         if old is not None and old.conn is not None and old.conn != conn:
             # Same name, new connection: the old one is a previous life of this worker.
             self._conn_worker.pop(old.conn, None)
@@ -95,6 +109,8 @@ class WorkerSide:
         entry = WorkerEntry(
             name=name, conn=conn, slots=msg.slots, tags=msg.tags,
             address=self._conn_addresses.get(conn, ""), registered_at=now, draining=msg.draining,
+            incarnation=msg.incarnation,
+            capabilities=Capabilities(allow_shell=msg.allow_shell, allow_call=msg.allow_call),
         )  # fmt: skip
         self.workers[name] = entry
         self._conn_worker[conn] = name
@@ -112,10 +128,13 @@ class WorkerSide:
                         name, len(lost))
         for job_id, attempt in lost.items():
             self._lose_attempt(job_id, attempt, name, now)
+        limits = self.config.wire_limits
         self._send(conn, m.Registered(
             heartbeat_interval=self.config.heartbeat_interval_s, epoch=self.config.epoch,
-            kill=tuple(kill),
+            kill=tuple(kill), frame_bytes_max=limits.frame_bytes_max,
+            array_items_max=limits.array_items_max, map_items_max=limits.map_items_max,
         ))  # fmt: skip
+        self._unpark(now)
         log.info("worker=%s registered slots=%d running=%d%s", name, msg.slots,
                  len(entry.running), " (again)" if old is not None else "")
 

@@ -4,7 +4,9 @@ Theory of operation: a shell job starts in a new session (so its process group i
 with stdin closed and stdout/stderr read concurrently into buffers capped at
 `output_bytes_max` each (the rest is counted and dropped, and the record says so). On timeout or
 a kill order the whole group gets SIGTERM, then SIGKILL after `kill_grace_s`; when the shell
-itself exits, whatever it left behind in its group is killed too, so a job never leaves orphans.
+itself exits, whatever it left behind in its group is killed too. A process that left the group
+(`setsid cmd &`) is found by the mark in its environment and killed as well, with everything
+below it (see runtime/reaper.py for how, and for the one case it cannot find).
 
 A callable is `module:function`. A coroutine function is awaited on the loop; a plain one runs
 in a thread, so a busy job never delays heartbeats or other jobs. A thread cannot be killed: on
@@ -22,10 +24,12 @@ import inspect
 import logging
 import os
 import queue
+import secrets
 import signal
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +37,7 @@ import attrs
 
 from tcpsched.core.codec import encode_value
 from tcpsched.errors import LocalProtocolError
+from tcpsched.runtime import reaper as reaping
 from tcpsched.runtime.reaper import Reaper
 
 log = logging.getLogger(__name__)
@@ -162,11 +167,17 @@ def _killpg(pgid: int, sig: int) -> None:
 
 class Executor:
     def __init__(self, slots: int, output_bytes_max: int, kill_grace_s: float,
-                 reaper: Reaper | None = None) -> None:
+                 reaper: Reaper | None = None, *, subreaper: bool = False) -> None:
+        """`subreaper`: this process is a child subreaper (`reaper.become_subreaper`), so a
+        job's escaped processes become our children: only our descendants need searching, and
+        the re-parented ones that end must be reaped here. Otherwise all of /proc is searched."""
         self.output_bytes_max = output_bytes_max
         self.kill_grace_s = kill_grace_s
         self._threads = JobThreads()
         self._reaper = reaper
+        self._subreaper = subreaper
+        self._shells: set[int] = set()  # our job shells not yet waited for: never reaped here
+        self._spawning = 0  # shells being started, whose pids are not known yet
 
     def shutdown(self) -> None:
         self._threads.shutdown()
@@ -175,22 +186,59 @@ class Executor:
 
     async def run_shell(self, command: str, timeout: float | None, kill: KillSwitch) -> Outcome:
         started = time.time()
+        mark = secrets.token_hex(8)
+        self._spawning += 1
         try:
             proc = await asyncio.create_subprocess_shell(
                 command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                env={**os.environ, reaping.MARK_ENV: mark},
             )  # fmt: skip
         except OSError as exc:
             return Outcome("failed", error=f"cannot start shell: {exc}", started_at=started,
                            finished_at=time.time())
+        finally:
+            self._spawning -= 1
         pgid = proc.pid  # start_new_session makes the shell its group's leader
+        self._shells.add(proc.pid)
         if self._reaper is not None:
-            self._reaper.track(pgid)
+            self._reaper.track(pgid, mark)
         try:
             return await self._supervise(proc, pgid, timeout, kill, started)
         finally:
+            if proc.returncode is not None:
+                self._shells.discard(proc.pid)
+            self._kill_escaped(mark)
             if self._reaper is not None:
                 self._reaper.untrack(pgid)
+
+    def _kill_escaped(self, mark: str) -> None:
+        """Kill what the job left outside its process group (found by its mark)."""
+        skip = set(self._shells)
+        if self._reaper is not None:
+            skip.add(self._reaper.pid)
+        try:
+            candidates = (reaping.descendants(os.getpid(), skip) if self._subreaper
+                          else reaping.all_pids())
+            killed = reaping.kill_marked({mark.encode()}, candidates)
+            if killed:
+                log.info("killed %d process(es) the job left outside its group: %s",
+                         len(killed), " ".join(map(str, killed[:10])))
+            if self._subreaper:
+                self._reap_orphans()
+                if killed:  # they end in a moment; collect them then, not at the next job
+                    asyncio.get_running_loop().call_later(PIPE_SETTLE_S, self._reap_orphans)
+        except OSError as exc:  # no /proc: only the process group is killed
+            log.debug("cannot look for escaped job processes: %s", exc)
+
+    def _reap_orphans(self) -> None:
+        if self._spawning:
+            return  # a shell whose pid we do not know yet may have ended: not ours to reap
+        skip = set(self._shells)
+        if self._reaper is not None:
+            skip.add(self._reaper.pid)
+        with contextlib.suppress(OSError):
+            reaping.reap_zombie_children(skip)
 
     async def _supervise(self, proc: asyncio.subprocess.Process, pgid: int,
                          timeout: float | None, kill: KillSwitch, started: float) -> Outcome:
@@ -243,10 +291,14 @@ class Executor:
         kwargs: dict[str, Any],
         timeout: float | None,
         kill: KillSwitch,
+        *,
+        defined_in: str | None = None,
     ) -> Outcome:
+        """Run `function`; with `defined_in` (a worker's `--allow-call MODULE` entry that
+        allows it), only a top-level callable defined in that module or below it is run."""
         started = time.time()
         try:
-            fn = resolve_callable(function)
+            fn = resolve_callable(function, defined_in)
         except ImportError as exc:
             return Outcome("failed", error=str(exc), started_at=started, finished_at=time.time())
         if inspect.iscoroutinefunction(fn):
@@ -283,13 +335,34 @@ class Executor:
         return Outcome("succeeded", result=value, started_at=started, finished_at=finished)
 
 
-def resolve_callable(function: str) -> Any:
-    """`pkg.module:attr.path` to the object, or ImportError with a one-line reason."""
+def resolve_callable(function: str, defined_in: str | None = None) -> Any:
+    """`pkg.module:attr.path` to the object, or ImportError with a one-line reason.
+
+    With `defined_in` the walk may not leave that module: one name after the colon, neither
+    private nor a module, and an object whose `__module__` is `defined_in` or below it. So a
+    name the allowed module merely imported (`os`, or `system` from os) is refused.
+    """
     module_name, _, attr_path = function.partition(":")
+    if defined_in is not None and ("." in attr_path or attr_path.startswith("_")):
+        raise ImportError(f"{function} is not allowed: --allow-call {defined_in} allows only "
+                          f"a top-level public name of the module ({module_name}:NAME)")
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:  # any error importing user code is that job's failure
         raise ImportError(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+    if defined_in is not None:
+        if not hasattr(obj, attr_path):
+            raise ImportError(f"{module_name} has no attribute {attr_path!r}")
+        obj = getattr(obj, attr_path)
+        if not callable(obj):
+            raise ImportError(f"{function} is not callable")
+        home = getattr(obj, "__module__", None)
+        if isinstance(obj, types.ModuleType) or not isinstance(home, str) or not (
+                home == defined_in or home.startswith(defined_in + ".")):
+            where = f"defined in {home}" if isinstance(home, str) else "not defined there"
+            raise ImportError(f"{function} is not allowed: it is {where}, and --allow-call "
+                              f"{defined_in} allows only callables defined in {defined_in}")
+        return obj
     for part in attr_path.split("."):
         try:
             obj = getattr(obj, part)

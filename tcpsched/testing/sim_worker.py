@@ -61,8 +61,9 @@ class WorkerSide:
         w.conn = self.sim.net.open(name)
         w.registered = False
         self.sim.log(f"{name} dials conn={w.conn} running={sorted(w.running.items())}")
+        # One incarnation per life: a reconnect proves it is the same process, a restart is not.
         self.send(w, m.Register(name=name, slots=w.slots, running=w.refs(),
-                                 draining=w.draining))
+                                 draining=w.draining, incarnation=f"{name}#{w.life}"))
 
     def receive(self, payload: tuple[str, int, Any]) -> None:
         name, conn, msg = payload
@@ -86,6 +87,11 @@ class WorkerSide:
             self.kill(w, msg.job_id, msg.attempt, msg.reason)
         elif isinstance(msg, m.ResultAck):
             w.outbox.pop((msg.job_id, msg.attempt), None)
+        elif isinstance(msg, m.Refused):
+            # The name is still held by this worker's previous life (its close not yet seen):
+            # a real worker exits 2 here and its supervisor restarts it; the simulation lets
+            # it dial again when the connection closes.
+            self.sim.log(f"{name} refused: {msg.reason}")
 
     def assign(self, w: SimWorker, msg: m.Assign) -> None:
         if msg.epoch < w.epoch_seen:

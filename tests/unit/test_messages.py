@@ -79,6 +79,11 @@ FIELD_OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (m.ListJobs, "limit"): NON_NEGATIVE,
     (m.Register, "name"): NAMES,
     (m.Register, "slots"): st.integers(1, 10_000),
+    (m.Register, "allow_call"): st.lists(FUNCTIONS | _IDENT, max_size=3).map(
+        lambda entries: tuple(e for e in entries if "__" not in e)),  # no dunder entries
+    (m.Registered, "frame_bytes_max"): NON_NEGATIVE,
+    (m.Registered, "array_items_max"): NON_NEGATIVE,
+    (m.Registered, "map_items_max"): NON_NEGATIVE,
     (m.Result, "state"): st.sampled_from(("succeeded", "failed", "cancelled")),
     (m.ErrorReply, "kind"): st.sampled_from(m.ERROR_KINDS),
     (m.AttemptRef, "attempt"): NON_NEGATIVE,
