@@ -86,7 +86,9 @@ def run(jobs: int, prefixes: int, lists: int, job_s: float, workdir: Path) -> di
         procs.stop_all()
     return {"jobs": jobs, "prefixes": prefixes, "lists": lists, "fill_s": round(fill_s, 2),
             "read_s": round(read_s, 2), "max_stall_ms": measured["max_rtt_ms"],
-            "probe_closed": measured["closed"], "workers_lost": stats["workers_lost"],
+            "probe_closed": measured["closed"],
+            "leader_stall_max_ms": round(stats.get("loop_stall_max_s", 0.0) * 1000.0, 1),
+            "workers_lost": stats["workers_lost"],
             "job_attempts": record["attempts"], "job_state": record["state"]}
 
 

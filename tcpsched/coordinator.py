@@ -81,7 +81,8 @@ class Coordinator:
             # refuse whatever a previous life of this coordinator might still send.
             self.epoch = self.journal.next_epoch()
             self.scheduler = Scheduler(self._scheduler_config(self.epoch), random.Random(seed),
-                                       time.time(), table=self.recovery.table)
+                                       time.monotonic(), table=self.recovery.table,
+                                       wall=time.time())
         finally:
             gc.freeze()
             gc.enable()

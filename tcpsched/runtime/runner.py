@@ -5,6 +5,10 @@ records go to the journal's buffer at once, sends and closes wait in `_held` unt
 the event-loop turn, when one `journal.flush()` makes every record of the turn durable (group
 commit) and only then are the held effects carried out. One timer is armed at the core's
 `next_deadline()` and re-armed whenever that changes.
+
+Clocks: `clock` (monotonic) is the core's `now`, what every timer and duration is measured on;
+`wall_clock` (Unix time) goes along only for the times the core stamps on records. A step of
+the wall clock therefore moves no deadline.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class Core(Protocol):
-    def step(self, event: Any, now: float) -> list[Effect]: ...
+    def step(self, event: Any, now: float, wall: float | None = None) -> list[Effect]: ...
     def next_deadline(self) -> float | None: ...
 
 
@@ -54,12 +58,14 @@ class Runner:
         core: Core,
         journal: JournalSink,
         connections: dict[int, Connection],
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
         self.journal = journal
         self.connections = connections
         self.clock = clock
+        self.wall_clock = wall_clock
         self._held: list[Effect] = []
         self._dirty = False
         self._end_of_turn_scheduled = False
@@ -67,7 +73,7 @@ class Runner:
         self._timer_deadline: float | None = None
 
     def feed(self, event: Any) -> None:
-        effects = self.core.step(event, self.clock())
+        effects = self.core.step(event, self.clock(), self.wall_clock())
         for effect in effects:
             if isinstance(effect, Journal):
                 self.journal.append(effect.record)
