@@ -88,7 +88,8 @@ class Coordinator:
                 self.journal.close()  # unlock, so the one error line is all that is left
                 raise
             self.scheduler = Scheduler(self._scheduler_config(self.epoch), random.Random(seed),
-                                       time.time(), table=self.recovery.table)
+                                       time.monotonic(), table=self.recovery.table,
+                                       wall=time.time())
         finally:
             gc.freeze()
             gc.enable()

@@ -8,6 +8,16 @@ needs two missed beats by default, so ordinary jitter in heartbeats never flaps 
 `check(now)` returns the transitions since the last check; the caller runs it at
 `next_deadline()`, a fixed cadence of a fraction of the interval, which keeps the detector
 O(1) per heartbeat no matter how many workers there are.
+
+Times are the leader's monotonic clock. Silence is measured on the leader's *running* time:
+the caller says `loop_ran(now)` at every step, and since the detector asks for a check every
+`check_period_s`, a longer gap between two steps means the leader's own loop stalled (a huge
+request, a slow disk, a paused process). A stall is not a worker's silence: heartbeats sent
+meanwhile sit unread in the socket. The stall beyond the check period is added to `_excused_s`,
+and every watch keeps its last heartbeat on a clock that stops while the loop is stalled
+(`now - _excused_s`), so after a stall a worker is judged on the silence before and after it
+only, and its queued heartbeats are read before the timeout can be reached. A dead worker is
+then found a stall's length later, never a live one declared dead because the leader was busy.
 """
 
 from __future__ import annotations
@@ -35,7 +45,8 @@ class DetectorConfig:
 
 @attrs.define
 class _Watch:
-    last_heartbeat: float
+    last_heartbeat: float  # the leader's clock (monotonic), for display and logs
+    heard_running_s: float  # the same moment on the running clock (stalls left out)
     state: str = ALIVE
     connected: bool = True
 
@@ -45,6 +56,8 @@ class DetectorStatistics:
     alive: int
     suspect: int
     dead: int
+    stalls_excused_s: float = 0.0
+    stall_max_s: float = 0.0
 
 
 class FailureDetector:
@@ -52,11 +65,30 @@ class FailureDetector:
         self.config = config
         self._watches: dict[str, _Watch] = {}
         self._next_check: float | None = None
+        self._loop_ran_at: float | None = None
+        self._excused_s = 0.0  # stalls of the leader's loop, all together
+        self.stall_max_s = 0.0  # the longest one
+
+    def loop_ran(self, now: float) -> float:
+        """The leader's loop runs at `now` (the caller says so at every step); returns the
+        stall excused since the last call (0.0 when the loop kept its cadence)."""
+        last, self._loop_ran_at = self._loop_ran_at, now
+        if last is None or self._next_check is None:
+            return 0.0  # nobody is watched: nothing was asked of the loop
+        stall_s = now - last - self.config.check_period_s
+        if stall_s <= 0.0:
+            return 0.0
+        self._excused_s += stall_s
+        self.stall_max_s = max(self.stall_max_s, stall_s)
+        return stall_s
+
+    def _running(self, now: float) -> float:
+        return now - self._excused_s
 
     def watch(self, name: str, now: float, *, connected: bool = True) -> None:
         """Start (or restart, after a re-registration) watching a worker."""
-        self._watches[name] = _Watch(last_heartbeat=now, connected=connected,
-                                     state=ALIVE if connected else SUSPECT)
+        self._watches[name] = _Watch(last_heartbeat=now, heard_running_s=self._running(now),
+                                     connected=connected, state=ALIVE if connected else SUSPECT)
         if self._next_check is None:
             self._next_check = now + self.config.check_period_s
 
@@ -71,12 +103,18 @@ class FailureDetector:
         watch = self._watches.get(name)
         return None if watch is None else watch.last_heartbeat
 
+    def silence(self, name: str, now: float) -> float:
+        """How long the worker has been silent while the leader's loop ran."""
+        watch = self._watches.get(name)
+        return 0.0 if watch is None else self._running(now) - watch.heard_running_s
+
     def heartbeat(self, name: str, now: float) -> bool:
         """Record a heartbeat; True if it brought a suspect worker back to alive."""
         watch = self._watches.get(name)
         if watch is None or watch.state == DEAD:
             return False
         watch.last_heartbeat = max(watch.last_heartbeat, now)
+        watch.heard_running_s = max(watch.heard_running_s, self._running(now))
         watch.connected = True
         if watch.state == SUSPECT:
             watch.state = ALIVE
@@ -98,10 +136,11 @@ class FailureDetector:
         """Transitions (name, new state) that the passing of time caused."""
         changes: list[tuple[str, str]] = []
         cfg = self.config
+        running = self._running(now)
         for name, watch in self._watches.items():
             if watch.state == DEAD:
                 continue
-            silent = now - watch.last_heartbeat
+            silent = running - watch.heard_running_s
             if silent >= cfg.timeout_s:
                 watch.state = DEAD
                 changes.append((name, DEAD))
@@ -118,5 +157,6 @@ class FailureDetector:
     def statistics(self) -> DetectorStatistics:
         states = [w.state for w in self._watches.values()]
         return DetectorStatistics(
-            alive=states.count(ALIVE), suspect=states.count(SUSPECT), dead=states.count(DEAD)
+            alive=states.count(ALIVE), suspect=states.count(SUSPECT), dead=states.count(DEAD),
+            stalls_excused_s=self._excused_s, stall_max_s=self.stall_max_s,
         )

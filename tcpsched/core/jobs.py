@@ -59,6 +59,41 @@ def _trim(text: str, chars_max: int | None, job_id: str) -> str:
             f"`status {job_id}` shows the whole output]")
 
 
+def value_chars(value: Any) -> int:
+    """About how many characters a user value (a result) takes: strings and bytes by length,
+    numbers, booleans and None a few each, containers their items. What retention counts and
+    listings trim by; computed once per finished job (`JobTable`), not per reply."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str or kind is bytes or kind is bytearray:
+            total += len(item) + 2
+        elif kind is list or kind is tuple:
+            total += len(item) + 2
+            stack.extend(item)
+        elif kind is dict:
+            total += len(item) + 2
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            total += 8
+    return total
+
+
+def _trim_result(value: Any, chars: int, chars_max: int | None, job_id: str) -> Any:
+    """A result as a listing shows it: whole if it fits `chars_max`, else a string result cut
+    like output, and any other value replaced by a note (`status` shows every result whole)."""
+    if chars_max is None or chars <= chars_max:
+        return value
+    if type(value) is str:
+        return (value[:chars_max] + f"\n[tcpsched: {len(value) - chars_max} more characters of "
+                f"the result; `status {job_id}` shows it whole]")
+    return (f"[tcpsched: a {type(value).__name__} result of about {chars} characters; "
+            f"`status {job_id}` shows it]")
+
+
 def is_legal(old: JobState, new: JobState) -> bool:
     return new in LEGAL_TRANSITIONS[old]
 
@@ -152,10 +187,12 @@ class JobRecord:
     lost_workers: int = 0
     failures: int = 0
 
-    def to_public(self, output_chars_max: int | None = None) -> dict[str, Any]:
+    def to_public(self, output_chars_max: int | None = None, result_chars_max: int | None = None,
+                  result_chars: int | None = None) -> dict[str, Any]:
         """The record as users see it (CLI `--json`, `Client.status`): the contract's fields.
 
-        `output_chars_max` trims stdout and stderr, so a reply listing many jobs stays within
+        `output_chars_max` trims stdout and stderr, and `result_chars_max` the result (whose
+        size, `result_chars`, the job table knows), so a reply listing many jobs stays within
         a frame; `status` of one job shows them whole (up to the worker's capture cap).
         """
         spec = self.spec
@@ -182,7 +219,9 @@ class JobRecord:
             started_at=self.started_at,
             finished_at=self.finished_at,
             exit_code=self.exit_code,
-            result=self.result,
+            result=self.result if result_chars_max is None else _trim_result(
+                self.result, value_chars(self.result) if result_chars is None else result_chars,
+                result_chars_max, self.id),
             stdout=_trim(self.stdout, output_chars_max, self.id),
             stderr=_trim(self.stderr, output_chars_max, self.id),
             error=self.error,

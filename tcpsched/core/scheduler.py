@@ -15,7 +15,18 @@ The parts live in modules of their own: `workerside` (the worker protocol, mixed
 `queries` (read-only replies from the table) and `retention` (which finished jobs to forget).
 This module wires them: events in, effects out, submit, cancel, time and dispatch.
 
-`now` is Unix time in seconds, passed in; randomness comes from the injected `random.Random`.
+Clocks: `now` is the leader's monotonic clock in seconds, passed in with every step; every
+duration and deadline (the detector, delays, retry backoff, wait deadlines, retention ages)
+is measured on it, so a step of the wall clock (NTP) moves none of them. `wall` is Unix time
+at the same instant, used only for the times records show and the journal keeps
+(submitted_at, started_at, finished_at, a delayed job's not_before). What survives a restart is
+therefore wall-clock time; `_recover` turns it into the new process's monotonic clock once,
+at start (a wall-clock step while the leader was down moves a delayed job's start by as much).
+Randomness comes from the injected `random.Random`.
+
+Bounded work: big requests (submits, listings, waits) are generators advanced one bounded step
+per loop turn (`backlog`); each step begins by telling the detector the loop ran, so a stall of
+the leader's own loop is never counted as a worker's silence (`detector`).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from tcpsched.core import messages as m
+from tcpsched.core.backlog import Backlog
 from tcpsched.core.detector import ALIVE, DEAD, SUSPECT, DetectorConfig, FailureDetector
 from tcpsched.core.dispatch import PLACEMENT_SKIPS_MAX, capable, make_policy, unplaceable_reason
 from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Send, Tick
@@ -36,10 +48,12 @@ from tcpsched.core.queries import (
     JOB_ID_PREFIX_MIN,
     OUTPUT_CHARS_PER_RECORD_MIN,
     REPLY_OUTPUT_CHARS,
+    Build,
     list_records,
     not_found_message,
     output_budget,
     resolve,
+    resolve_all,
     unknown_state,
     wait_records,
 )
@@ -51,6 +65,9 @@ from tcpsched.core.workerside import WorkerSide, retry_delay
 
 if TYPE_CHECKING:
     import random
+
+SUBMITS_PER_TURN = 200  # jobs one step of a submit records (about 10 ms)
+STALL_LOGGED_S = 0.5  # a stall of the leader's loop this long is logged
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +106,13 @@ class Scheduler(WorkerSide):
         rng: random.Random,
         now: float,
         table: JobTable | None = None,
+        wall: float | None = None,
     ) -> None:
+        """`now` is the monotonic clock, `wall` Unix time at the same instant (default: the
+        same number, for tests and the simulation that run on one clock)."""
         self.config = config
+        self._now = now
+        self._wall = now if wall is None else wall
         self._rng = rng
         self.table = table if table is not None else JobTable()
         self.queue = JobQueue()
@@ -106,6 +128,7 @@ class Scheduler(WorkerSide):
         self._conn_addresses: dict[int, str] = {}
         self._conn_worker: dict[int, str] = {}
         self.waits = Waits()
+        self.backlog = Backlog()
         self.retention = Retention(config.keep_finished, config.keep_finished_for_s, now,
                                    config.keep_output_chars)
         self._effects: list[Effect] = []
@@ -123,6 +146,10 @@ class Scheduler(WorkerSide):
         re-register with them; until then it is a suspect placeholder, and then it is dead and
         its jobs are requeued like any lost worker's.
         """
+        # Finish times and delays come back in wall-clock time: from here on they are on
+        # this process's monotonic clock.
+        to_monotonic_s = now - self._wall
+        self.table.rebase_finished(to_monotonic_s)
         jobs = self.table.jobs.values()
         pending_state = JobState.PENDING
         # Comprehensions that build the queue's heap entries directly (`JobQueue.load_entries`):
@@ -131,7 +158,7 @@ class Scheduler(WorkerSide):
         ready = [(-j.spec.priority, j.seq, j.id)
                  for j in jobs if j.state is pending_state and j.not_before <= 0.0]
         delayed = [] if len(ready) == self.table.counts[pending_state] else [
-            (j.not_before, j.seq, j.id, j.spec.priority)
+            (j.not_before + to_monotonic_s, j.seq, j.id, j.spec.priority)
             for j in jobs if j.state is pending_state and j.not_before > 0.0]
         self.queue.load_entries(ready, delayed)
         if not self.table.counts[JobState.RUNNING]:
@@ -150,8 +177,15 @@ class Scheduler(WorkerSide):
 
     # -- the sans-I/O interface ---------------------------------------------------------------
 
-    def step(self, event: Any, now: float) -> list[Effect]:
+    def step(self, event: Any, now: float, wall: float | None = None) -> list[Effect]:
+        """One event at monotonic `now` (and Unix time `wall`, for the records' times)."""
         self._effects = []
+        self._now = now
+        self._wall = now if wall is None else wall
+        stall_s = self.detector.loop_ran(now)
+        if stall_s >= STALL_LOGGED_S:
+            log.warning("leader loop stalled for %.2fs; not counted against any worker",
+                        stall_s)
         if isinstance(event, Received):
             self._on_message(event.conn, event.msg, now)
         elif isinstance(event, Connected):
@@ -159,13 +193,17 @@ class Scheduler(WorkerSide):
             self._conn_addresses[event.conn] = event.address
         elif isinstance(event, Closed):
             self._on_closed(event.conn, event.reason, now)
-        elif not isinstance(event, Tick):
+        elif isinstance(event, Tick):
+            self.backlog.step()
+        else:
             raise TypeError(f"unknown event {event!r}")
         self._advance(now)
         effects, self._effects = self._effects, []
         return effects
 
     def next_deadline(self) -> float | None:
+        if self.backlog:
+            return self._now  # queued work goes on at the next loop turn
         candidates = [
             self.detector.next_deadline(),
             self.queue.next_deadline(),
@@ -204,6 +242,8 @@ class Scheduler(WorkerSide):
             "handed_back": t.handed_back,
             "workers_lost": self.workers_lost,
             "jobs_in_memory": len(self.table),
+            "loop_stall_max_s": round(detector.stall_max_s, 3),
+            "backlog": len(self.backlog),
             **self.extra_stats,
         }
 
@@ -214,7 +254,7 @@ class Scheduler(WorkerSide):
             self._effects.append(Send(conn, msg))
 
     def _record(self, record: dict[str, Any]) -> JobRecord | None:
-        job = self.table.apply(record)
+        job = self.table.apply(record, self._now)
         self._effects.append(Journal(record))
         if job is not None and job.state.is_terminal:
             for waiter in self.waits.job_finished(job.id):
@@ -233,6 +273,7 @@ class Scheduler(WorkerSide):
         self._conn_roles.pop(conn, None)
         self._conn_addresses.pop(conn, None)
         self.waits.closed(conn)
+        self.backlog.closed(conn)
         name = self._conn_worker.pop(conn, None)
         if name is None:
             return
@@ -281,12 +322,9 @@ class Scheduler(WorkerSide):
         if isinstance(msg, m.Submit):
             self._on_submit(conn, msg, now)
         elif isinstance(msg, m.Status):
-            jobs = self._resolve_all(conn, msg.req_id, msg.job_ids)
-            if jobs is not None:
-                self._reply(conn, msg.req_id, [
-                    {**job.to_public(), "reason": self.parked.get(job.id)} for job in jobs])
+            self.backlog.run_or_queue(conn, self._status_work(conn, msg))
         elif isinstance(msg, m.Wait):
-            self._on_wait(conn, msg, now)
+            self.backlog.run_or_queue(conn, self._wait_work(conn, msg))
         elif isinstance(msg, m.ListJobs):
             self._on_list(conn, msg)
         elif isinstance(msg, m.Cancel):
@@ -313,62 +351,87 @@ class Scheduler(WorkerSide):
                 self._error(conn, msg.req_id, "bad_request",
                             "job dependencies (after) and tag routing are not supported yet")
                 return
+        self.backlog.run_or_queue(conn, self._submit_work(conn, msg), finish_on_close=True)
+
+    def _submit_work(self, conn: int, msg: m.Submit) -> Build:
+        """Record a batch `SUBMITS_PER_TURN` jobs a turn; acknowledge it once all are."""
         ids = []
-        for spec in msg.jobs:
-            ids.append(self.submit(spec, now))
+        for i, spec in enumerate(msg.jobs, 1):
+            ids.append(self.submit(spec, self._now))
+            if i % SUBMITS_PER_TURN == 0 and i < len(msg.jobs):
+                yield
         self._reply(conn, msg.req_id, ids)
 
     def submit(self, spec: JobSpec, now: float) -> str:
-        """Queue one job (or find the one its idempotency key already made); returns its id."""
+        """Queue one job (or find the one its idempotency key already made); returns its id.
+        The journal keeps a delay's end in wall-clock time, the queue on `now`'s clock."""
         if spec.key is not None:
             existing = self.table.keys.get(spec.key)
             if existing is not None:
                 return existing
+        wall = self._wall
         job = JobRecord(
-            id=self._new_job_id(), seq=self.table.next_seq, spec=spec, submitted_at=now,
-            not_before=now + spec.delay if spec.delay > 0 else 0.0,
+            id=self._new_job_id(), seq=self.table.next_seq, spec=spec, submitted_at=wall,
+            not_before=wall + spec.delay if spec.delay > 0 else 0.0,
         )  # fmt: skip
         self._record({"op": "submit", "job": job_to_dict(job)})
-        self.queue.push(job.id, spec.priority, job.seq, job.not_before)
+        self.queue.push(job.id, spec.priority, job.seq, now + spec.delay if spec.delay > 0
+                        else 0.0)
         return job.id
 
     def resolve(self, ref: str) -> JobRecord | None:
         """A job by id, or by an unambiguous id prefix of at least 4 characters."""
         return resolve(self.table, ref)
 
-    def _resolve_all(self, conn: int, req_id: int, refs: tuple[str, ...]) -> list[JobRecord] | None:
-        jobs = []
-        for ref in refs:
-            job = self.resolve(ref)
-            if job is None:
-                self._error(conn, req_id, "not_found", not_found_message(self.table, ref))
-                return None
-            jobs.append(job)
-        return jobs
+    def _resolve_all(self, conn: int, req_id: int, refs: tuple[str, ...]) -> Build:
+        """Build: the jobs `refs` name, or None once a not_found error is sent."""
+        found = yield from resolve_all(self.table, refs)
+        if isinstance(found, str):
+            self._error(conn, req_id, "not_found", not_found_message(self.table, found))
+            return None
+        return found
 
-    def _on_wait(self, conn: int, msg: m.Wait, now: float) -> None:
-        jobs = self._resolve_all(conn, msg.req_id, msg.job_ids)
+    def _status_work(self, conn: int, msg: m.Status) -> Build:
+        jobs = yield from self._resolve_all(conn, msg.req_id, msg.job_ids)
+        if jobs is not None:
+            self._reply(conn, msg.req_id, [
+                {**job.to_public(), "reason": self.parked.get(job.id)} for job in jobs])
+
+    def _wait_work(self, conn: int, msg: m.Wait) -> Build:
+        jobs = yield from self._resolve_all(conn, msg.req_id, msg.job_ids)
         if jobs is None:
             return
-        remaining = {job.id for job in jobs if not job.state.is_terminal}
         ids = tuple(job.id for job in jobs)
+        # The jobs as they are now (resolving may have taken turns), in this one step: a job
+        # that finished meanwhile must not be waited for.
+        get = self.table.jobs.get
+        remaining = {job_id for job_id in ids
+                     if (job := get(job_id)) is not None and not job.state.is_terminal}
         if not remaining or (msg.timeout is not None and msg.timeout <= 0):
-            budget = output_budget(len(jobs))
-            self._reply(conn, msg.req_id, [job.to_public(budget) for job in jobs])
+            records = yield from wait_records(ids, self.table)
+            self._reply(conn, msg.req_id, records)
             return
-        deadline = now + msg.timeout if msg.timeout is not None else None
+        deadline = self._now + msg.timeout if msg.timeout is not None else None
         self.waits.add(conn, msg.req_id, ids, remaining, deadline)
 
     def _answer(self, waiter: Waiter) -> None:
-        self._reply(waiter.conn, waiter.req_id, wait_records(waiter.job_ids, self.table))
+        self.backlog.run_or_queue(waiter.conn, self._answer_work(waiter))
+
+    def _answer_work(self, waiter: Waiter) -> Build:
+        records = yield from wait_records(waiter.job_ids, self.table)
+        self._reply(waiter.conn, waiter.req_id, records)
 
     def _on_list(self, conn: int, msg: m.ListJobs) -> None:
         problem = unknown_state(msg.state)
         if problem is not None:
             self._error(conn, msg.req_id, "bad_request", problem)
             return
+        self.backlog.run_or_queue(conn, self._list_work(conn, msg))
+
+    def _list_work(self, conn: int, msg: m.ListJobs) -> Build:
         limit = min(msg.limit, self.config.list_limit_max)
-        self._reply(conn, msg.req_id, list_records(self.table, msg.state, limit))
+        records = yield from list_records(self.table, msg.state, limit)
+        self._reply(conn, msg.req_id, records)
 
     def _on_cancel(self, conn: int, msg: m.Cancel, now: float) -> None:
         job = self.resolve(msg.job_id)
@@ -382,10 +445,10 @@ class Scheduler(WorkerSide):
         if job.state is JobState.PENDING:
             self.queue.remove(job.id)
             self.parked.pop(job.id, None)
-            self._record({"op": "cancel", "id": job.id, "at": now})
+            self._record({"op": "cancel", "id": job.id, "at": self._wall})
             log.info("job=%s cancelled while pending", job.id)
         elif job.state is JobState.RUNNING:
-            self._record({"op": "cancel", "id": job.id, "at": now})
+            self._record({"op": "cancel", "id": job.id, "at": self._wall})
             entry = self.workers.get(job.worker or "")
             if entry is not None:
                 self._send(entry.conn, m.Kill(job_id=job.id, attempt=job.attempts,
@@ -403,7 +466,7 @@ class Scheduler(WorkerSide):
                     self._declare_dead(entry, now)
                 elif state == SUSPECT:
                     log.info("worker=%s suspect: no heartbeat for %.1fs", name,
-                             now - (self.detector.last_heartbeat(name) or now))
+                             self.detector.silence(name, now))
         for waiter in self.waits.expire(now):
             self._answer(waiter)
         # Retention is inline, not a method of its own: this runs on every step.
@@ -480,7 +543,7 @@ class Scheduler(WorkerSide):
         job = self.table.jobs[job_id]
         attempt = job.attempts + 1
         self._record({"op": "start", "id": job_id, "attempt": attempt, "worker": entry.name,
-                      "at": now})
+                      "at": self._wall})
         entry.running[job_id] = attempt
         spec = job.spec
         self._send(entry.conn, m.Assign(

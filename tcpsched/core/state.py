@@ -13,6 +13,14 @@ transitions of `core/jobs.py` and raises `ValueError` on anything else: the call
 wrong record, which is a bug (or, during recovery, a corrupt journal).
 
 How jobs and user values become JSON (journal maps, snapshot rows) is core/records.py.
+
+Besides the jobs, the table keeps what the leader reads often: `finished_order` (terminal ids
+in finish order, each with when it finished: the record's wall-clock time, or the leader's
+monotonic time when the leader applies it, see `apply` and `rebase_finished`), the output and
+results finished jobs hold (what retention bounds; a result is counted once, when the job
+finishes, and only if it is over `RESULT_CHARS_COUNTED`), and, built on the first lookup by
+prefix, an index of ids by their first `PREFIX_INDEX_CHARS` characters, so resolving a prefix
+costs a bucket, not a scan of the table.
 """
 
 from __future__ import annotations
@@ -23,13 +31,15 @@ from typing import Any, cast
 
 import attrs
 
-from tcpsched.core.jobs import JobRecord, JobState, is_legal
+from tcpsched.core.jobs import JobRecord, JobState, is_legal, value_chars
 from tcpsched.core.records import job_from_dict, job_to_dict, job_to_row, jobs_from_rows
 
 # job_to_dict is re-exported: core/scheduler.py imports it from here.
 __all__ = ["SNAPSHOT_FORMAT", "JobTable", "TableImage", "TableStatistics", "job_to_dict"]
 
 SNAPSHOT_FORMAT = 2
+RESULT_CHARS_COUNTED = 256  # smaller results are bounded by the count limit alone
+PREFIX_INDEX_CHARS = 4  # the shortest prefix a client may name a job by
 _STATES = {s.value: s for s in JobState}
 
 
@@ -80,7 +90,10 @@ class JobTable:
             "handed_back": 0,
         }  # fmt: skip
         self.finished_order: dict[str, float] = {}  # terminal job id -> finished_at, in order
-        self.finished_output_chars = 0  # stdout + stderr held by terminal jobs (retention)
+        # stdout + stderr + counted results held by terminal jobs (retention)
+        self.finished_output_chars = 0
+        self.result_chars: dict[str, int] = {}  # terminal job id -> its result's size, if big
+        self._by_prefix: dict[str, list[str]] | None = None  # built on first use
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -94,22 +107,49 @@ class JobTable:
     def newest_first(self) -> Iterator[JobRecord]:
         return reversed(self.jobs.values())
 
-    def _replace(self, old: JobRecord, new: JobRecord) -> None:
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        """Ids that start with `prefix` (at least `PREFIX_INDEX_CHARS` long), from the index."""
+        if self._by_prefix is None:
+            index: dict[str, list[str]] = {}
+            for job_id in self.jobs:
+                index.setdefault(job_id[:PREFIX_INDEX_CHARS], []).append(job_id)
+            self._by_prefix = index
+        bucket = self._by_prefix.get(prefix[:PREFIX_INDEX_CHARS], ())
+        return [job_id for job_id in bucket if job_id.startswith(prefix)]
+
+    def _replace(self, old: JobRecord, new: JobRecord, now: float | None = None) -> None:
         if old.state is not new.state:
             if not is_legal(old.state, new.state):
                 raise ValueError(f"job {old.id}: illegal transition {old.state} -> {new.state}")
             self.counts[old.state] -= 1
             self.counts[new.state] += 1
             if new.state.is_terminal:
-                self.finished_order[new.id] = new.finished_at or 0.0
+                self.finished_order[new.id] = (new.finished_at or 0.0) if now is None else now
                 self.counters["finished"] += 1
-                self.finished_output_chars += len(new.stdout) + len(new.stderr)
+                self._count_finished(new)
         self.jobs[new.id] = new
 
+    def _count_finished(self, job: JobRecord) -> None:
+        chars = len(job.stdout) + len(job.stderr)
+        if job.result is not None:
+            size = value_chars(job.result)
+            if size > RESULT_CHARS_COUNTED:
+                self.result_chars[job.id] = size
+                chars += size
+        self.finished_output_chars += chars
+
     def output_chars(self, job_id: str) -> int:
-        """Characters of stdout and stderr a job holds (what output retention counts)."""
+        """Characters of stdout, stderr and a counted result a job holds (what output
+        retention counts)."""
         job = self.jobs[job_id]
-        return len(job.stdout) + len(job.stderr)
+        return len(job.stdout) + len(job.stderr) + self.result_chars.get(job_id, 0)
+
+    def rebase_finished(self, offset_s: float) -> None:
+        """Move every finish time by `offset_s`: the leader, at start, turns the records'
+        wall-clock times into its monotonic clock, on which retention measures ages."""
+        order = self.finished_order
+        for job_id, at in order.items():
+            order[job_id] = at + offset_s
 
     def _job(self, record: dict[str, Any]) -> JobRecord:
         job = self.jobs.get(record["id"])
@@ -117,14 +157,19 @@ class JobTable:
             raise ValueError(f"record {record['op']!r} names unknown job {record['id']!r}")
         return job
 
-    def apply(self, record: dict[str, Any]) -> JobRecord | None:
-        """Apply one journal record; returns the job it changed (None for `forget`)."""
+    def apply(self, record: dict[str, Any], now: float | None = None) -> JobRecord | None:
+        """Apply one journal record; returns the job it changed (None for `forget`).
+
+        `now` is the leader's monotonic clock, kept as the finish time retention ages a job
+        by; without it (replay) the record's own wall-clock time is kept."""
         op = record["op"]
         if op == "submit":
             job = job_from_dict(record["job"])
             if job.id in self.jobs:
                 raise ValueError(f"submit of existing job {job.id!r}")
             self.jobs[job.id] = job
+            if self._by_prefix is not None:
+                self._by_prefix.setdefault(job.id[:PREFIX_INDEX_CHARS], []).append(job.id)
             self.counts[job.state] += 1
             if job.spec.key is not None:
                 self.keys[job.spec.key] = job.id
@@ -176,13 +221,19 @@ class JobTable:
                     continue
                 self.counts[gone.state] -= 1
                 if self.finished_order.pop(job_id, None) is not None:
-                    self.finished_output_chars -= len(gone.stdout) + len(gone.stderr)
+                    self.finished_output_chars -= (len(gone.stdout) + len(gone.stderr)
+                                                   + self.result_chars.pop(job_id, 0))
+                if self._by_prefix is not None:
+                    bucket = self._by_prefix[job_id[:PREFIX_INDEX_CHARS]]
+                    bucket.remove(job_id)
+                    if not bucket:
+                        del self._by_prefix[job_id[:PREFIX_INDEX_CHARS]]
                 if gone.spec.key is not None and self.keys.get(gone.spec.key) == job_id:
                     del self.keys[gone.spec.key]
             return None
         else:
             raise ValueError(f"unknown record op {op!r}")
-        self._replace(job, new)
+        self._replace(job, new, now)
         return new
 
     def statistics(self) -> TableStatistics:
@@ -239,8 +290,8 @@ class JobTable:
             table.counts[_STATES[state]] = count
         table.finished_order = {job_id: jobs[job_id].finished_at or 0.0
                                 for job_id in header["finished"]}
-        table.finished_output_chars = sum(table.output_chars(job_id)
-                                          for job_id in table.finished_order)
+        for job_id in table.finished_order:
+            table._count_finished(jobs[job_id])
         terminal = sum(n for state, n in table.counts.items() if state.is_terminal)
         if len(table.finished_order) != terminal:
             raise ValueError("snapshot's finished list does not match its terminal jobs")

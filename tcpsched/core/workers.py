@@ -90,8 +90,9 @@ def worker_state(entry: WorkerEntry, detector: FailureDetector) -> str:
 
 
 def worker_rows(workers: dict[str, WorkerEntry], detector: FailureDetector,
-                ) -> list[dict[str, Any]]:
-    """The `workers` reply: one row per known worker, by name."""
+                wall_offset_s: float = 0.0) -> list[dict[str, Any]]:
+    """The `workers` reply: one row per known worker, by name. The leader keeps times on its
+    monotonic clock; `wall_offset_s` (Unix time minus that clock) makes them Unix times."""
     return [
         {
             "name": entry.name,
@@ -100,12 +101,17 @@ def worker_rows(workers: dict[str, WorkerEntry], detector: FailureDetector,
             "running": len(entry.running),
             "tags": list(entry.tags),
             "state": worker_state(entry, detector),
-            "last_heartbeat": detector.last_heartbeat(name) or entry.dead_at,
+            "last_heartbeat": _wall(detector.last_heartbeat(name) or entry.dead_at,
+                                    wall_offset_s),
             "allow_shell": entry.capabilities.allow_shell,
             "allow_call": list(entry.capabilities.allow_call),
         }
         for name, entry in sorted(workers.items())
     ]
+
+
+def _wall(monotonic_s: float | None, offset_s: float) -> float | None:
+    return None if monotonic_s is None else monotonic_s + offset_s
 
 
 def sort_reported(

@@ -69,6 +69,8 @@ class WorkerSide:
     workers: dict[str, WorkerEntry]
     workers_lost: int
     _rng: random.Random
+    _now: float  # the monotonic clock of the current step
+    _wall: float  # Unix time of the current step: only for the times records show
     _conn_addresses: dict[int, str]
     _conn_worker: dict[int, str]
     _effects: list[Effect]
@@ -80,7 +82,7 @@ class WorkerSide:
         return worker_state(self.workers[name], self.detector)
 
     def worker_list(self) -> list[dict[str, Any]]:
-        return worker_rows(self.workers, self.detector)
+        return worker_rows(self.workers, self.detector, self._wall - self._now)
 
     def _on_register(self, conn: int, msg: m.Register, now: float) -> None:
         if conn in self._conn_worker:
@@ -165,7 +167,7 @@ class WorkerSide:
         }  # fmt: skip
         if msg.state == "succeeded":
             self._record({"op": "finish", "id": job.id, "attempt": msg.attempt,
-                          "state": "succeeded", "at": now, "started_at": msg.started_at,
+                          "state": "succeeded", "at": self._wall, "started_at": msg.started_at,
                           "result": msg.result, **outcome})
             return
         failures = job.failures + 1
@@ -173,13 +175,13 @@ class WorkerSide:
             delay = retry_delay(failures, self.config.retry_base_s, self.config.retry_cap_s,
                                 self._rng)
             self._record({"op": "requeue", "id": job.id, "reason": "failed",
-                          "not_before": now + delay, **outcome})
+                          "not_before": self._wall + delay, **outcome})
             self.queue.push(job.id, job.spec.priority, job.seq, now + delay)
             log.info("job=%s attempt=%d failed (%s); retry %d/%d in %.2fs", job.id, msg.attempt,
                      msg.error or f"exit {msg.exit_code}", failures, job.spec.retries, delay)
         else:
             self._record({"op": "finish", "id": job.id, "attempt": msg.attempt,
-                          "state": "failed", "at": now, "started_at": msg.started_at,
+                          "state": "failed", "at": self._wall, "started_at": msg.started_at,
                           "result": msg.result, **outcome})
 
     def _on_hand_back(self, entry: WorkerEntry, msg: m.HandBack, now: float) -> None:
@@ -201,7 +203,7 @@ class WorkerSide:
         lost = job.lost_workers + 1
         if lost >= self.config.poison_workers_max:
             self._record({"op": "finish", "id": job.id, "attempt": attempt, "state": "failed",
-                          "at": now, "lost": True, "poisoned": True,
+                          "at": self._wall, "lost": True, "poisoned": True,
                           "error": f"lost {lost} workers"})
             log.warning("job=%s failed: lost %d workers (poison job)", job.id, lost)
         else:

@@ -12,6 +12,10 @@ one, are not durable, so from then on no held reply is sent. Each is answered in
 workers) are dropped, and `on_journal_failure` is told once, so the process can stop. This
 holds on every path, the shutdown's `flush_now` included: a reply never leaves before its
 record is durable.
+
+Clocks: `clock` (monotonic) is the core's `now`, what every timer and duration is measured on;
+`wall_clock` (Unix time) goes along only for the times the core stamps on records. A step of
+the wall clock therefore moves no deadline.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 class Core(Protocol):
-    def step(self, event: Any, now: float) -> list[Effect]: ...
+    def step(self, event: Any, now: float, wall: float | None = None) -> list[Effect]: ...
     def next_deadline(self) -> float | None: ...
 
 
@@ -61,12 +65,14 @@ class Runner:
         core: Core,
         journal: JournalSink,
         connections: dict[int, Connection],
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
         self.journal = journal
         self.connections = connections
         self.clock = clock
+        self.wall_clock = wall_clock
         self._held: list[Effect] = []
         self._dirty = False
         self._end_of_turn_scheduled = False
@@ -77,7 +83,7 @@ class Runner:
         self.on_journal_failure: Callable[[str], None] | None = None
 
     def feed(self, event: Any) -> None:
-        effects = self.core.step(event, self.clock())
+        effects = self.core.step(event, self.clock(), self.wall_clock())
         for effect in effects:
             if isinstance(effect, Journal):
                 self.journal.append(effect.record)

@@ -209,12 +209,18 @@ class Driver:
             if conn is not None:
                 self.step(Closed(conn, "reset"))
         elif kind == "advance":
-            self.now += op[1]
-            for name, conn in self.conns.items():
-                entry = self.sched.workers[name]
-                refs = tuple(m.AttemptRef(job_id=j, attempt=a) for j, a in entry.running.items())
-                self.step(Received(conn, m.Heartbeat(running=refs)))
-            self.step(Tick())
+            # Time passes in ticks at the scheduler's cadence, as the runner gives them (a
+            # longer gap would be a stall of the leader's loop, which excuses every worker);
+            # connected workers keep beating, closed ones fall silent.
+            end = self.now + op[1]
+            while self.now < end:
+                self.now = min(end, self.now + 0.1)
+                for name, conn in self.conns.items():
+                    entry = self.sched.workers[name]
+                    refs = tuple(m.AttemptRef(job_id=j, attempt=a)
+                                 for j, a in entry.running.items())
+                    self.step(Received(conn, m.Heartbeat(running=refs)))
+                self.step(Tick())
 
 
 def snapshot_then_replay(records: list[dict[str, Any]], k: int) -> JobTable:
@@ -318,9 +324,12 @@ def test_recovered_running_job_waits_for_its_worker_then_requeues() -> None:
     lonely = Scheduler(driver.sched.config, random.Random(4), 2000.0,
                        table=JobTable.from_snapshot(json_round_trip(
                            driver.sched.table.snapshot())))
-    lonely.step(Tick(), 2001.0)
-    assert lonely.table.counts[JobState.RUNNING] == 2
-    lonely.step(Tick(), 2002.5)
+    # Ticked at the cadence the scheduler asks for, as the runner does (a longer gap would be
+    # a stall of the leader's loop, which the detector does not count as silence).
+    for tick in range(1, 26):
+        lonely.step(Tick(), 2000.0 + tick / 10)
+        if tick == 10:
+            assert lonely.table.counts[JobState.RUNNING] == 2
     assert lonely.table.counts[JobState.PENDING] == 2
 
 
