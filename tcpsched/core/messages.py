@@ -22,7 +22,7 @@ import attrs
 
 from tcpsched.core.jobs import JobSpec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: frames after a token handshake are sealed (core/channel.py)
 ROLES = ("worker", "client", "peer")
 NONCE_BYTES = 32
 MAC_BYTES = 32
