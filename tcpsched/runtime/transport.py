@@ -462,7 +462,10 @@ async def dial(
     except (OSError, TimeoutError) as exc:
         hint = ""
         if ssl_context is not None and isinstance(exc, ConnectionResetError):
-            hint = " during the TLS handshake (does it serve TLS? it needs --tls-cert)"
+            # A coordinator short of handshake slots closes its oldest pending connections,
+            # so a reset here is not proof that it serves no TLS.
+            hint = (" during the TLS handshake (busy, or it does not serve TLS: that needs "
+                    "--tls-cert)")
         raise UnavailableError(f"cannot connect to {address}: {describe(exc)}{hint}"
                                ) from None
     conn = Connection(reader, writer, output_bytes_max=output_bytes_max)
