@@ -11,9 +11,10 @@ must be closed by the coordinator. Then it checks that the coordinator still ser
 jobs that existed before are unchanged, and how its memory (VmRSS) compares with before.
 
 Without `--coordinator` it starts its own coordinator and worker on loopback (token, 1 s
-handshake deadline, handshake slots for every stalled connection, 1 MiB output bound, 5 s idle timeout,
-5 s heartbeat timeout so a CPU-starved 2-core machine does not declare the worker dead) and
-stops them at the end.
+handshake deadline, handshake slots for every stalled connection, 1 MiB output bound, 5 s idle
+timeout, 5 s heartbeat timeout so a CPU-starved 2-core machine does not declare the worker
+dead) and stops them at the end. Malformed frames after authenticating are sent sealed, so
+they get past the MAC and meet the decoder.
 
     python scripts/abuse.py [--frames 10000] [--stalled 500] [--non-readers 4] [--json]
     python scripts/abuse.py --coordinator 127.0.0.1:7001 --pid PID --token-file F --json

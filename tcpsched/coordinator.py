@@ -160,10 +160,10 @@ class Coordinator:
             log.info("node=%d shutting down", s.node_id)
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
-            listener.close()
-            accepting.cancel()
+            accepting.cancel()  # before the close: a socket closed under a waiting accept
             with contextlib.suppress(asyncio.CancelledError):
                 await accepting
+            listener.close()
             self.runner.flush_now()
             await self._close_all()
             self.runner.stop()
