@@ -230,8 +230,8 @@ class Coordinator:
         self._close_log.warning(
             "closing %s before authentication: handshake slots full (%d from %s, %d in all; "
             "--max-unauthenticated-per-source %d, --max-unauthenticated %d); the oldest goes "
-            "first", victim.peer, self._slots.pending_from(source) + 1, source,
-            len(self._slots) + 1, self._slots.per_source_max, self._slots.total_max)
+            "first", victim.peer, self._slots.pending_from(source), source, len(self._slots),
+            self._slots.per_source_max, self._slots.total_max)
         victim.evict()
 
     async def _close_all(self) -> None:

@@ -336,7 +336,9 @@ async def open_accepted(sock: socket.socket, ssl_context: ssl.SSLContext | None,
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=READ_BYTES)
     protocol = asyncio.StreamReaderProtocol(reader)
-    tls_timeout = {} if ssl_context is None else {"ssl_handshake_timeout": max(timeout_s, 0.001)}
+    # The loop's own TLS timer is a backstop a little after the caller's deadline, so that a
+    # stalled TLS handshake ends as the caller's TimeoutError (and is counted as such).
+    tls_timeout = {} if ssl_context is None else {"ssl_handshake_timeout": max(timeout_s, 0) + 1}
     transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock, ssl=ssl_context,
                                                       **tls_timeout)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)

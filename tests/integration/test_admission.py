@@ -183,6 +183,26 @@ def test_refused_tls_handshakes_are_logged_and_counted(procs: ProcessGroup,
     assert "TLS handshake failed" in coordinator.log()
 
 
+def test_a_silent_tls_connection_is_closed_at_the_deadline_and_counted(
+        procs: ProcessGroup, certificates: dict[str, Path]) -> None:
+    """A TLS connection that never starts its TLS handshake is closed --handshake-timeout
+    after accept, logged and counted as a handshake timeout like any other."""
+    c = certificates
+    certs = c["ca"].parent
+    coordinator, address = procs.coordinator(extra=[
+        "--handshake-timeout", "0.5", "--tls-cert", str(c["coordinator"]),
+        "--tls-key", str(certs / "coordinator.key")])
+    connect(address, tls=TlsSettings(ca=str(c["ca"]))).close()  # up and listening
+    with socket.create_connection(parse_address(address), timeout=RUN_TIMEOUT_S) as silent:
+        try:
+            assert silent.recv(65536) == b""  # closed by the coordinator, not by us
+        except ConnectionResetError:
+            pass  # aborted: closed too
+    with connect(address, tls=TlsSettings(ca=str(c["ca"]))) as client:
+        assert client.stats()["handshake_timeouts"] >= 1
+    assert "no TLS handshake within 0.5s" in coordinator.log()
+
+
 def test_full_slots_close_the_oldest_with_refused_busy(procs: ProcessGroup) -> None:
     """With --max-unauthenticated 2: two silent connections, then a third: the OLDEST is
     closed and reads Refused(busy); the newcomer keeps its slot, and a client gets in."""
