@@ -11,9 +11,10 @@ must be closed by the coordinator. Then it checks that the coordinator still ser
 jobs that existed before are unchanged, and how its memory (VmRSS) compares with before.
 
 Without `--coordinator` it starts its own coordinator and worker on loopback (token, 1 s
-handshake deadline, room for every stalled connection, 1 MiB output bound, 5 s idle timeout,
-5 s heartbeat timeout so a CPU-starved 2-core machine does not declare the worker dead) and
-stops them at the end.
+handshake deadline, handshake slots for every stalled connection, 1 MiB output bound, 5 s idle
+timeout, 5 s heartbeat timeout so a CPU-starved 2-core machine does not declare the worker
+dead) and stops them at the end. Malformed frames after authenticating are sent sealed, so
+they get past the MAC and meet the decoder.
 
     python scripts/abuse.py [--frames 10000] [--stalled 500] [--non-readers 4] [--json]
     python scripts/abuse.py --coordinator 127.0.0.1:7001 --pid PID --token-file F --json
@@ -79,7 +80,7 @@ class Case:
 
 
 def _hello(rng: random.Random, role: str = "client") -> m.Hello:
-    return m.Hello(version=1, role=role, name=f"abuser-{rng.randrange(10**6)}",
+    return m.Hello(version=m.PROTOCOL_VERSION, role=role, name=f"abuser-{rng.randrange(10**6)}",
                    nonce=rng.randbytes(32))
 
 
@@ -201,7 +202,7 @@ async def _authenticated_case(address: str, case: Case, token: bytes | None,
                               rng: random.Random) -> asyncio.StreamReader:
     conn, _welcome = await dial(address, case.phase, f"abuser-{rng.randrange(10**6)}", token,
                                 ROLE_ALLOWED[case.phase], timeout_s=CLOSE_WAIT_S)
-    conn.writer.write(case.data)
+    conn.send_bytes(case.data)  # sealed with the session key, so the decoder gets to see it
     if case.incomplete:
         conn.writer.write_eof()
     return conn.reader
@@ -428,6 +429,9 @@ def _own_cluster(workdir: Path, token_file: Path, stalled_count: int,
     coordinator, address = group.coordinator(port, extra=[
         "--token-file", str(token_file), "--handshake-timeout", "1",
         "--max-unauthenticated", str(stalled_count + concurrency + 64),
+        # All from 127.0.0.1: room for every stalled connection, so that the handshake
+        # deadline (not eviction to make room) is what closes them.
+        "--max-unauthenticated-per-source", str(stalled_count + concurrency + 64),
         "--max-output-buffer", str(1024 * 1024), "--idle-timeout", "5",
         "--heartbeat-timeout", "5", "--log-level", "warning",
     ])

@@ -11,7 +11,11 @@ Benchmarks (one function each, listed in `BENCHMARKS`; add a section by adding a
   latency     one job at a time, submit -> result: p50, p99 (and mean, max) in milliseconds.
 
     python scripts/bench.py [--jobs 20000] [--latency-samples 500] [--workers 2] [--slots 4]
-                            [--fsync always|batch|never] [--only NAME]... [--json]
+                            [--fsync always|batch|never] [--token] [--only NAME]... [--json]
+
+`--token` runs the cluster with a shared token (random, in the temporary directory), so every
+connection authenticates and, without TLS, every coalesced write carries a MAC: the cost of
+authenticated frames shows as the difference from a run without it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import signal
 import sys
 import tempfile
@@ -56,6 +61,7 @@ class BenchConfig:
     slots: int = 4
     policy: str = "round-robin"
     fsync: str | None = None  # None: the coordinator's default
+    token: bool = False  # a shared token: authenticated handshakes and MAC'd frames
 
 
 Benchmark = Callable[[Client, BenchConfig], Awaitable[list[Figure]]]
@@ -125,24 +131,30 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
-def start_cluster(group: ProcessGroup, config: BenchConfig) -> str:
+def start_cluster(group: ProcessGroup, config: BenchConfig, token: bytes | None) -> str:
     """One coordinator (state in memory) and `config.workers` workers; returns its address."""
     extra = ["--policy", config.policy, "--log-level", "warning"]
+    worker_extra = ["--log-level", "warning"]
     if config.fsync is not None:
         extra += ["--fsync", config.fsync]
+    if token is not None:
+        token_file = group.workdir / "token"
+        token_file.write_bytes(token)
+        extra += ["--token-file", str(token_file)]
+        worker_extra += ["--token-file", str(token_file)]
     _, address = group.coordinator(extra=extra)
     names = [f"w{i + 1}" for i in range(config.workers)]
     for name in names:
-        group.worker(address, name, slots=config.slots, extra=["--log-level", "warning"])
-    with SyncClient(address, connect_timeout=30.0) as client:
+        group.worker(address, name, slots=config.slots, extra=worker_extra)
+    with SyncClient(address, connect_timeout=30.0, token=token) as client:
         wait_for_workers(client, names, timeout=30.0)
     return address
 
 
-async def run_benchmarks(address: str, config: BenchConfig, names: Sequence[str]
-                         ) -> list[Figure]:
+async def run_benchmarks(address: str, config: BenchConfig, names: Sequence[str],
+                         token: bytes | None) -> list[Figure]:
     figures: list[Figure] = []
-    async with Client([address], connect_timeout=30.0) as client:
+    async with Client([address], token=token, connect_timeout=30.0) as client:
         for name in names:
             figures.extend(await BENCHMARKS[name](client, config))
     return figures
@@ -187,6 +199,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--policy", default="round-robin", choices=("round-robin", "random"))
     p.add_argument("--fsync", default=None, choices=("always", "batch", "never"),
                    help="the coordinator's journal fsync policy (its default if not given)")
+    p.add_argument("--token", action="store_true",
+                   help="run the cluster with a shared token (authenticated, MAC'd frames)")
     p.add_argument("--only", action="append", choices=sorted(BENCHMARKS), default=None,
                    help="run only this benchmark (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -204,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = BenchConfig(jobs=args.jobs, latency_samples=args.latency_samples,
                          workers=args.workers, slots=args.slots, policy=args.policy,
-                         fsync=args.fsync)
+                         fsync=args.fsync, token=args.token)
     names = args.only or list(BENCHMARKS)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # so the finally below stops the cluster
     import uvloop
@@ -212,10 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tcpsched-bench-") as tmp:
         group = ProcessGroup(Path(tmp))
         try:
-            address = start_cluster(group, config)
-            _log(f"cluster: 1 coordinator at {address} (fsync {config.fsync or 'default'}), "
-                 f"{config.workers} workers x {config.slots} slots")
-            figures = uvloop.run(run_benchmarks(address, config, names))
+            token = secrets.token_hex(16).encode() if config.token else None
+            address = start_cluster(group, config, token)
+            _log(f"cluster: 1 coordinator at {address} (fsync {config.fsync or 'default'}, "
+                 f"token {'on' if token else 'off'}), {config.workers} workers x "
+                 f"{config.slots} slots")
+            figures = uvloop.run(run_benchmarks(address, config, names, token))
         except KeyboardInterrupt:
             _log("interrupted: stopping the cluster")
             return 130

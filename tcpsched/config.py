@@ -227,6 +227,7 @@ class CoordinatorSettings:
     frame_bytes_max: int = FRAME_BYTES_MAX
     handshake_timeout_s: float = 5.0
     unauthenticated_max: int = 64
+    unauthenticated_per_source_max: int = 32
     output_bytes_max: int = 64 * 1024 * 1024
     array_items_max: int = ARRAY_ITEMS_MAX
     map_items_max: int = MAP_ITEMS_MAX
@@ -272,7 +273,11 @@ def coordinator_parser() -> UsageParser:
     p.add_argument("--handshake-timeout", type=_positive_float, default=5.0, metavar="S",
                    help="close a connection that has not authenticated after S seconds (5)")
     p.add_argument("--max-unauthenticated", type=_positive_int, default=64, metavar="N",
-                   help="connections in their handshake at once; more are refused (64)")
+                   help="connections in their handshake (TLS included) at once; past it, the "
+                   "oldest is closed to admit a new one (64)")
+    p.add_argument("--max-unauthenticated-per-source", type=_positive_int, default=32,
+                   metavar="N", help="of those, from one source address; past it, that "
+                   "address's oldest is closed (32)")
     p.add_argument("--idle-timeout", type=_non_negative_float, default=60.0, metavar="S",
                    help="close a worker silent for S seconds, a client with no request "
                    "in flight and no message for S seconds, or a peer that reads none of "
@@ -322,7 +327,9 @@ def coordinator_settings(argv: Sequence[str] | None = None) -> tuple[Coordinator
         retry_base_s=args.retry_base, retry_cap_s=args.retry_cap,
         frame_bytes_max=args.max_frame, array_items_max=args.max_array_items,
         map_items_max=args.max_map_items, handshake_timeout_s=args.handshake_timeout,
-        unauthenticated_max=args.max_unauthenticated, idle_timeout_s=args.idle_timeout,
+        unauthenticated_max=args.max_unauthenticated,
+        unauthenticated_per_source_max=args.max_unauthenticated_per_source,
+        idle_timeout_s=args.idle_timeout,
         output_bytes_max=args.max_output_buffer, tls=tls_from_args(args), seed=args.seed,
         repair=args.repair, compact_bytes=args.compact_bytes,
         compact_records=args.compact_records,

@@ -5,6 +5,13 @@ unauthenticated), gets an integer id, and from then on every message it sends is
 the scheduler, fed through the runner. SIGTERM/SIGINT stop accepting, flush, and exit 0. A
 journal that fails (a full disk, an I/O error) stops it the same way, with one CRITICAL line
 and exit 1; meanwhile the runner answers every request with an error, acknowledging nothing.
+
+Admission: a connection takes a handshake slot the moment it is accepted, before its TLS
+handshake (`transport.Listener` hands sockets over raw; TLS starts on each inside the same
+deadline as the token handshake), so neither silent sockets nor stalled TLS handshakes can pile
+up past the slots. Slots are bounded in all and per source address, and when they are full the
+oldest pending connection is closed to admit the new one (`core/admission.py` says why that
+keeps service available where refusing the newcomer did not).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import logging
 import random
 import secrets
 import signal
+import socket
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -24,6 +33,7 @@ from typing import Any
 from tcpsched import logsetup
 from tcpsched.config import CoordinatorSettings, coordinator_settings, is_loopback
 from tcpsched.core import messages as m
+from tcpsched.core.admission import HandshakeSlots
 from tcpsched.core.codec import UnpackLimits
 from tcpsched.core.events import Closed, Connected, Received
 from tcpsched.core.limits import WireLimits
@@ -54,8 +64,9 @@ LISTEN_BACKLOG = 1024
 READ_REQUESTS = frozenset({m.Status, m.Wait, m.ListJobs, m.Workers, m.Stats, m.Leader})
 
 # Connections refused or closed, by cause; shown by `stats`.
+# refused_busy: closed while still in the handshake to make room for a newer connection.
 CONNECTION_COUNTERS = ("protocol_errors", "auth_failures", "handshake_timeouts", "refused_busy",
-                       "idle_closed")
+                       "idle_closed", "tls_failures")
 
 ALLOWED_BY_ROLE = {
     "client": m.CLIENT_REQUESTS,
@@ -100,7 +111,9 @@ class Coordinator:
         self.storage_failure: str | None = None
         self.runner.on_journal_failure = self.journal.on_failure = self.storage_failed
         self._next_conn = 1
-        self._handshaking = 0
+        self._slots = HandshakeSlots(settings.unauthenticated_max,
+                                     settings.unauthenticated_per_source_max)
+        self._ssl_context: ssl.SSLContext | None = None
         self._stop = asyncio.Event()
         self.port: int | None = None
         self.refused_connections = 0
@@ -108,7 +121,7 @@ class Coordinator:
         self._close_log = LogLimiter(log)
         for what in CONNECTION_COUNTERS:
             self.scheduler.extra_stats.setdefault(what, 0)
-        self._open: set[Connection] = set()  # every connection, in its handshake or not
+        self._open: set[_Accepted] = set()  # every connection, in its handshake or not
         self._none_open = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None
 
@@ -143,19 +156,18 @@ class Coordinator:
     async def serve(self) -> None:
         s = self.settings
         host, port = s.listen
-        ssl_context = server_context(s.tls)
-        server = await asyncio.start_server(
-            self._on_connect, host, port, limit=transport.READ_BYTES, reuse_address=True,
-            backlog=LISTEN_BACKLOG, ssl=ssl_context,
-            ssl_handshake_timeout=s.handshake_timeout_s if ssl_context else None,
-        )
-        self.port = server.sockets[0].getsockname()[1]
+        ssl_context = self._ssl_context = server_context(s.tls)
+        # Raw sockets even with TLS: each connection starts TLS in its handler (see
+        # _handshake), so it is counted and timed from accept, not once its TLS is done.
+        listener = transport.Listener.bind(host, port, LISTEN_BACKLOG)
+        self.port = listener.port
         tls = "off" if ssl_context is None else (
             "mutual" if s.tls.authenticates_dialers else "server-only")
         log.info("node=%d listening on %s:%d policy=%s heartbeat=%gs/%gs auth=%s tls=%s",
                  s.node_id, host, self.port, s.policy, s.heartbeat_interval_s,
                  s.heartbeat_timeout_s, "token" if s.token else "none", tls)
         self._sweep_idle()
+        accepting = asyncio.ensure_future(listener.serve(self._on_accept))
         r = self.recovery
         states = " ".join(f"{k}={v}" for k, v in r.jobs_by_state().items() if v)
         log.info("node=%d recovered %d job(s)%s from %s: snapshot seq=%d + %d journal record(s) "
@@ -172,7 +184,10 @@ class Coordinator:
             log.info("node=%d shutting down", s.node_id)
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
-            server.close()
+            accepting.cancel()  # before the close: a socket closed under a waiting accept
+            with contextlib.suppress(asyncio.CancelledError):
+                await accepting
+            listener.close()
             self.runner.flush_now()
             await self._close_all()
             self.runner.stop()
@@ -180,9 +195,6 @@ class Coordinator:
                 self.journal.close()
             except JournalError as exc:
                 self.storage_failed(str(exc))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2.0):
-                    await server.wait_closed()
 
     def _count(self, what: str) -> None:
         """Count a refused or closed connection; the figures show in `stats`."""
@@ -220,64 +232,96 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         self._idle_timer = loop.call_later(max(period_s, 0.05), self._sweep_idle)
 
-    async def _on_connect(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        s = self.settings
-        conn = Connection(reader, writer, output_bytes_max=s.output_bytes_max, backpressure=True,
-                          write_stall_s=s.idle_timeout_s or transport.WRITE_STALL_S)
-        self._open.add(conn)
+    async def _on_accept(self, sock: socket.socket) -> None:
+        accepted = _Accepted(sock)
+        self._open.add(accepted)
         self._none_open.clear()
+        for victim in self._slots.admit(accepted, accepted.source):
+            assert isinstance(victim, _Accepted)
+            self._evict(victim)
         try:
-            await self._serve_connection(conn)
+            hello = await self._handshake(accepted)
+            if hello is not None:
+                assert accepted.conn is not None
+                await self._serve_connection(accepted.conn, hello)
         finally:
-            self._open.discard(conn)
+            self._slots.release(accepted)
+            self._open.discard(accepted)
             if not self._open:
                 self._none_open.set()
+
+    def _evict(self, victim: _Accepted) -> None:
+        """Close a connection still in its handshake to make room for a newer one."""
+        self._count("refused_busy")
+        source = victim.source
+        self._close_log.warning(
+            "closing %s before authentication: handshake slots full (%d from %s, %d in all; "
+            "--max-unauthenticated-per-source %d, --max-unauthenticated %d); the oldest goes "
+            "first", victim.peer, self._slots.pending_from(source), source, len(self._slots),
+            self._slots.per_source_max, self._slots.total_max)
+        victim.evict()
 
     async def _close_all(self) -> None:
         """At shutdown: close every connection, handshaking ones too, and let their handlers
         end on their own (a handler cancelled at loop teardown is logged as an error). A TLS
         close waits for the peer's close_notify, so whatever is still open after a moment is
         aborted."""
-        for conn in list(self._open):
-            conn.flush()
-            conn.close("coordinator shutting down")
+        for accepted in list(self._open):
+            accepted.close("coordinator shutting down")
         for grace_s in (1.0, 0.5):
             if not self._open:
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace_s):
                     await self._none_open.wait()
-            for conn in list(self._open):
-                conn.writer.transport.abort()
+            for accepted in list(self._open):
+                accepted.abort()
 
-    async def _serve_connection(self, conn: Connection) -> None:
+    async def _handshake(self, accepted: _Accepted) -> m.Hello | None:
+        """TLS (if configured), then the token handshake, under one deadline counted from
+        accept. Returns the peer's Hello (`accepted.conn` is set then), or None once the
+        connection is closed (the reason logged, rate-limited, and counted)."""
         s = self.settings
-        if self._handshaking >= s.unauthenticated_max:
-            self._count("refused_busy")
-            self._close_log.warning("refusing %s: %d connections already in handshake "
-                                    "(--max-unauthenticated)", conn.peer, self._handshaking)
-            conn.send(m.Refused(code="busy", reason="too many connections in handshake"))
-            conn.flush()
-            conn.close("too many unauthenticated connections", abort=True)
-            return
-        self._handshaking += 1
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + s.handshake_timeout_s - (time.monotonic()
+                                                            - accepted.accepted_at_s)
+        stage = "TLS handshake" if self._ssl_context is not None else "handshake"
         try:
-            hello = await transport.accept(conn, s.token, f"c{s.node_id}",
-                                           self.scheduler.config.epoch, s.handshake_timeout_s,
-                                           roles=SERVED_ROLES)
+            async with asyncio.timeout_at(deadline_s):
+                reader, writer = await transport.open_accepted(
+                    accepted.sock, self._ssl_context, deadline_s - loop.time())
+                conn = accepted.conn = Connection(
+                    reader, writer, output_bytes_max=s.output_bytes_max, backpressure=True,
+                    write_stall_s=s.idle_timeout_s or transport.WRITE_STALL_S)
+                if accepted.is_closed:  # evicted or shut down while its TLS finished
+                    conn.close(accepted.close_reason, abort=True)
+                    return None
+                stage = "handshake"
+                return await transport.accept(conn, s.token, f"c{s.node_id}",
+                                              self.scheduler.config.epoch,
+                                              s.handshake_timeout_s, roles=SERVED_ROLES)
         except (RemoteProtocolError, AuthError, TimeoutError, OSError) as exc:
+            # ssl.SSLError is an OSError.
+            if accepted.is_closed:
+                return None  # evicted (logged then) or shut down
             if isinstance(exc, TimeoutError):
                 self._count("handshake_timeouts")
-                reason = f"no handshake within {s.handshake_timeout_s:g}s"
+                reason = f"no {stage} within {s.handshake_timeout_s:g}s"
+            elif stage == "TLS handshake":
+                self._count("tls_failures")
+                reason = f"TLS handshake failed: {transport.describe(exc)}"
             else:
                 self._count("auth_failures" if isinstance(exc, AuthError) else "protocol_errors")
                 reason = str(exc) or type(exc).__name__
-            self._close_log.warning("closing %s before authentication: %s", conn.peer, reason)
-            conn.close(reason, abort=True)
-            return
+            self._close_log.warning("closing %s before authentication: %s", accepted.peer,
+                                    reason)
+            accepted.close(reason, abort=True)
+            return None
         finally:
-            self._handshaking -= 1
+            self._slots.release(accepted)
+
+    async def _serve_connection(self, conn: Connection, hello: m.Hello) -> None:
+        s = self.settings
         allowed = ALLOWED_BY_ROLE[hello.role]
         conn.widen(allowed, s.frame_bytes_max, UnpackLimits.from_wire_limits(self._wire_limits()))
         conn.role = hello.role
@@ -304,6 +348,54 @@ class Coordinator:
             conn.close(reason)
             del self.connections[conn_id]
             self.runner.feed(Closed(conn_id, reason))
+
+
+class _Accepted:
+    """One accepted connection, from accept on: its raw socket, and its Connection once the
+    streams (and TLS, if configured) are up. The handshake slots hold these."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.accepted_at_s = time.monotonic()
+        try:
+            host, port = sock.getpeername()[:2]
+        except OSError:  # reset before we looked
+            host, port = "?", 0
+        self.source = str(host)
+        self.peer = f"{host}:{port}"
+        self.conn: Connection | None = None
+        self.is_closed = False
+        self.close_reason = ""
+
+    def evict(self) -> None:
+        """Closed to make room: told so with a Refused(busy) if it can read a frame (no TLS,
+        or TLS already up); one still in its TLS handshake just sees the socket close."""
+        if self.conn is not None and not self.conn.closed:
+            self.conn.send(m.Refused(code="busy", reason="too many connections in handshake "
+                                     "(the oldest are closed first)"))
+            self.conn.flush()
+        self.close("closed to make room in the handshake slots", abort=True)
+
+    def close(self, reason: str, abort: bool = False) -> None:
+        if self.is_closed:
+            return
+        self.is_closed = True
+        self.close_reason = reason
+        if self.conn is not None:
+            self.conn.flush()
+            self.conn.close(reason, abort=abort)
+        else:
+            # Still in its TLS handshake (the transport owns the socket): a shutdown ends
+            # the handshake at once, and the transport then closes the socket itself.
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+    def abort(self) -> None:
+        if self.conn is not None:
+            self.conn.writer.transport.abort()
+        else:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
 
 
 async def _main(settings: CoordinatorSettings) -> int:

@@ -7,6 +7,11 @@ MAC over the nonces in the other order under a different label, so neither answe
 replayed as the other, and an old answer is useless against new nonces. MACs are compared only
 with `hmac.compare_digest`. Nonces come from the shell (`secrets.token_bytes`), never from here.
 
+Once both sides have proved the token, `session_keys` derives the keys that authenticate every
+later frame (see `core/channel.py`): one per direction, from the token and both nonces, so they
+are fresh for every connection and useless to anyone who saw the handshake but lacks the token.
+The machines offer them as `keys` once done (None without a token).
+
 Authentication is mutual: a dialer that holds a token refuses a listener that cannot prove it
 holds the same one, including a listener with no token at all (it would send no challenge).
 
@@ -24,11 +29,34 @@ import hashlib
 import hmac
 from typing import Any
 
+import attrs
+
 from tcpsched.core import messages as m
 from tcpsched.errors import AuthError, RemoteProtocolError, UnavailableError
 
 _CLIENT_LABEL = b"tcpsched-v1 dialer"
 _SERVER_LABEL = b"tcpsched-v1 listener"
+_DIALER_TO_LISTENER_LABEL = b"tcpsched-v2 session dialer->listener"
+_LISTENER_TO_DIALER_LABEL = b"tcpsched-v2 session listener->dialer"
+
+
+@attrs.frozen
+class SessionKeys:
+    """The keys of one authenticated connection, one per direction (see core/channel.py)."""
+
+    dialer_to_listener: bytes = attrs.field(repr=False)
+    listener_to_dialer: bytes = attrs.field(repr=False)
+
+
+def session_keys(token: bytes, dialer_nonce: bytes, listener_nonce: bytes) -> SessionKeys:
+    """HMAC-SHA256 keyed by the token over a direction label and both nonces (fixed length,
+    so the concatenation is unambiguous): the extract-and-expand of HKDF in one step, since
+    the token is the only secret and the nonces are fresh per connection."""
+    nonces = dialer_nonce + listener_nonce
+    return SessionKeys(
+        dialer_to_listener=hmac.digest(token, _DIALER_TO_LISTENER_LABEL + nonces, "sha256"),
+        listener_to_dialer=hmac.digest(token, _LISTENER_TO_DIALER_LABEL + nonces, "sha256"),
+    )
 
 
 def dialer_mac(token: bytes, role: str, name: str, dialer_nonce: bytes,
@@ -63,6 +91,7 @@ class ListenerHandshake:
         self.nonce = nonce
         self.hello: m.Hello | None = None
         self.done = False
+        self.keys: SessionKeys | None = None  # once done, with a token
         self.outbox: list[Any] = []  # what to send before closing, after an error
 
     def receive(self, msg: Any) -> list[Any]:
@@ -92,7 +121,9 @@ class ListenerHandshake:
         if not verify(expected, msg.mac):
             self._refuse()
             raise AuthError(f"{who}: wrong token")
-        return [self._welcome(listener_mac(self.token, hello.nonce, self.nonce))]
+        welcome = self._welcome(listener_mac(self.token, hello.nonce, self.nonce))
+        self.keys = session_keys(self.token, hello.nonce, self.nonce)
+        return [welcome]
 
     def _welcome(self, proof: bytes) -> m.Welcome:
         # A role we do not serve is refused before Welcome, so the peer never believes it
@@ -123,6 +154,7 @@ class DialerHandshake:
         self.listener_nonce: bytes | None = None
         self.welcome: m.Welcome | None = None
         self.done = False
+        self.keys: SessionKeys | None = None  # once done, with a token
         self.outbox: list[Any] = []  # the dialer has no parting words; kept for symmetry
 
     def hello(self) -> m.Hello:
@@ -152,6 +184,7 @@ class DialerHandshake:
             expected = listener_mac(self.token, self.nonce, self.listener_nonce)
             if not verify(expected, msg.proof):
                 raise AuthError(f"{self.peer} could not prove it knows the token")
+            self.keys = session_keys(self.token, self.nonce, self.listener_nonce)
         self.welcome = msg
         self.done = True
         return []

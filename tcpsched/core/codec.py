@@ -6,6 +6,10 @@ message. `FrameDecoder` works like h11's connection: `feed(data)` buffers bytes,
 returns one message, or None when it needs more bytes, or raises `RemoteProtocolError` exactly
 where the bad input is parsed. The length is checked as soon as the 4 header bytes are in, before
 the body is buffered, so a peer cannot make us hold more than one frame plus one read.
+After a token handshake without TLS the bytes on the wire are sealed units of frames
+(`core/channel.py`); the connection verifies them and feeds only the verified payload here.
+A handshake decoder is made with `lookahead=False`, so that what follows its last message
+stays buffered untouched and can be taken (`take_buffered`) to be read as sealed units.
 
 Every field is checked against the annotation in `core/messages.py` (compiled once per class
 into a list of checkers) and the attrs validators run on construction. Free-form values (job
@@ -327,10 +331,16 @@ class FrameDecoder:
         frame_bytes_max: int = FRAME_BYTES_MAX,
         allowed: frozenset[type] | None = None,
         limits: UnpackLimits | None = None,
+        *,
+        lookahead: bool = True,
     ) -> None:
+        """`lookahead`: check the next frame's header as soon as a message is delivered (an
+        oversized one is refused before more is read); off for a handshake decoder, whose
+        next bytes may be sealed units rather than frames."""
         self.frame_bytes_max = frame_bytes_max
         self.allowed = allowed
         self.limits = limits or UnpackLimits()
+        self.lookahead = lookahead
         self._buffer = bytearray()
         self._need: int | None = None  # body length of the frame being read, once known
         self._error: RemoteProtocolError | None = None
@@ -347,11 +357,22 @@ class FrameDecoder:
         self.allowed = allowed
         self.limits = limits
 
+    def take_buffered(self) -> bytes:
+        """Everything buffered and not yet decoded, which is then gone from here: at the end of
+        a handshake, the first sealed bytes (see `core/channel.py`)."""
+        if self._error is not None:
+            raise self._error
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self._need = None
+        return data
+
     def feed(self, data: bytes) -> None:
         if self._error is not None:
             raise self._error
         self._buffer += data
-        self._check_header()
+        if self.lookahead:
+            self._check_header()
 
     def _check_header(self) -> None:
         if self._need is None and len(self._buffer) >= HEADER.size:
@@ -381,10 +402,11 @@ class FrameDecoder:
         except RemoteProtocolError as exc:
             self._error = exc
             raise
-        try:
-            self._check_header()  # refuse an oversized next frame before more is read
-        except RemoteProtocolError:
-            pass  # the decoder is dead now and the next call raises; first deliver this one
+        if self.lookahead:
+            try:
+                self._check_header()  # refuse an oversized next frame before more is read
+            except RemoteProtocolError:
+                pass  # the decoder is dead now and the next call raises; deliver this first
         return msg
 
     def messages(self) -> list[Any]:

@@ -24,7 +24,7 @@ from tcpsched.core.capabilities import ALLOW_CALL_ENTRIES_MAX, parse_allow_call
 from tcpsched.core.jobs import JobSpec, finite_time
 from tcpsched.core.limits import ARRAY_ITEMS_MAX, FRAME_BYTES_MAX, MAP_ITEMS_MAX, WireLimits
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: frames after a token handshake are sealed (core/channel.py)
 ROLES = ("worker", "client", "peer")
 NONCE_BYTES = 32
 MAC_BYTES = 32

@@ -16,6 +16,13 @@ The handshake (`accept` on the listening side, `dial` on the other) runs the san
 of `core/auth.py` with the decoder narrowed to handshake messages and tiny limits, under a
 deadline; only then is it widened to the role's messages and the configured limits.
 
+After a token handshake on a connection without TLS, both sides `seal` it with the session keys
+the handshake derived: every flush becomes one or more sealed units (`core/channel.py`: a MAC
+per coalesced write, with an implicit counter per direction), and every byte read is verified
+before the decoder sees it, so a relay that passed the handshake through cannot insert, replay,
+drop or reorder anything unnoticed: the connection fails with RemoteProtocolError. With TLS the
+channel itself gives integrity and ordering, so there is no second MAC.
+
 A connection counts the messages it received and sent and remembers when the last one arrived,
 so the coordinator can close idle ones (see `Coordinator._sweep_idle`).
 """
@@ -25,12 +32,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import ssl
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tcpsched.core import auth
 from tcpsched.core import messages as m
+from tcpsched.core.channel import Opener, Sealer
 from tcpsched.core.codec import (
     FRAME_BYTES_MAX,
     HANDSHAKE_FRAME_BYTES_MAX,
@@ -49,6 +59,7 @@ HANDSHAKE_TIMEOUT_S = 5.0
 YIELD_EVERY_MESSAGES = 64
 BACKPRESSURE_BYTES = 256 * 1024  # read no more requests while this much output is unsent
 WRITE_STALL_S = 30.0  # by default, a peer that takes none of our output this long is cut off
+ACCEPT_PAUSE_S = 1.0  # after an accept fails (out of file descriptors): what asyncio does
 FIRST_BYTES_KEPT = 8  # to recognise a TLS record where a frame was expected, and say so
 
 
@@ -70,8 +81,11 @@ class Connection:
         self.backpressure = backpressure
         self.write_stall_s = write_stall_s
         self.writer = writer
+        # No lookahead: the bytes after the last handshake message may be sealed units.
         self.decoder = decoder or FrameDecoder(HANDSHAKE_FRAME_BYTES_MAX, m.HANDSHAKE_TYPES,
-                                               HANDSHAKE_LIMITS)
+                                               HANDSHAKE_LIMITS, lookahead=False)
+        self._sealer: Sealer | None = None  # once sealed (see seal)
+        self._opener: Opener | None = None
         self.output_bytes_max = output_bytes_max
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
@@ -111,12 +125,25 @@ class Connection:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
+    def send_bytes(self, data: bytes) -> None:
+        """Queue bytes as they are, in place of frames (sealed like frames on a sealed
+        connection), and write them now: scripts/abuse.py gets malformed frames past the MAC
+        this way, to show that the decoder behind it refuses them too."""
+        if self.closed:
+            return
+        self._outbox.append(data)
+        self._outbox_bytes += len(data)
+        self.flush()
+
     def flush(self) -> None:
         self._flush_scheduled = False
         if self.closed or not self._outbox:
             self._outbox.clear()
             return
-        data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
+        if self._sealer is not None:
+            data = self._sealer.seal(self._outbox)
+        else:
+            data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
         self._outbox.clear()
         self._outbox_bytes = 0
         self.bytes_out += len(data)
@@ -166,14 +193,17 @@ class Connection:
             self._since_yield = 0
             data = await self.reader.read(READ_BYTES)
             if not data:
-                if self.decoder.buffered_bytes:
+                partial = self.decoder.buffered_bytes + (
+                    self._opener.buffered_bytes if self._opener is not None else 0)
+                if partial:
                     raise RemoteProtocolError(
-                        f"connection closed inside a frame ({self.decoder.buffered_bytes} bytes)"
-                    )
+                        f"connection closed inside a frame ({partial} bytes)")
                 return None
             if len(self.first_bytes) < FIRST_BYTES_KEPT:
                 self.first_bytes = (self.first_bytes + data)[:FIRST_BYTES_KEPT]
             self.bytes_in += len(data)
+            if self._opener is not None:
+                data = self._opener.feed(data)  # only verified bytes reach the decoder
             self.decoder.feed(data)
 
     async def _wait_writable(self) -> None:
@@ -209,6 +239,26 @@ class Connection:
         except (OSError, ssl.SSLError):
             pass  # the peer went away first; closed is closed
 
+    @property
+    def is_tls(self) -> bool:
+        return self.writer.get_extra_info("ssl_object") is not None
+
+    @property
+    def is_sealed(self) -> bool:
+        return self._sealer is not None
+
+    def seal(self, send_key: bytes, receive_key: bytes) -> None:
+        """From now on, every write is sealed with `send_key` and every read verified with
+        `receive_key` (core/channel.py). Called by both sides right after a token handshake,
+        with nothing of ours queued: what the peer sent after its last handshake frame (and
+        the decoder already holds) is read as sealed units too."""
+        assert not self._outbox and self._sealer is None
+        self._sealer = Sealer(send_key)
+        self._opener = Opener(receive_key, self.decoder.frame_bytes_max)
+        early = self.decoder.take_buffered()
+        if early:
+            self.decoder.feed(self._opener.feed(early))
+
     def widen(self, allowed: frozenset[type], frame_bytes_max: int = FRAME_BYTES_MAX,
               limits: UnpackLimits | None = None) -> None:
         """After the handshake: accept this role's messages at full size."""
@@ -216,6 +266,82 @@ class Connection:
         if limits is None:
             limits = UnpackLimits(str_bytes_max=frame_bytes_max, bin_bytes_max=frame_bytes_max)
         self.decoder.configure(frame_bytes_max, allowed, limits)
+        self.decoder.lookahead = True
+        if self._opener is not None:
+            self._opener.configure(frame_bytes_max)
+
+
+class Listener:
+    """A listening socket whose connections are handed over raw: nothing is read from them and
+    no TLS handshake starts before the caller has counted them (`open_accepted` does both), so
+    silent sockets and stalled TLS handshakes are bounded and timed from accept like any other
+    connection still in its handshake."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @classmethod
+    def bind(cls, host: str, port: int, backlog: int) -> Listener:
+        sock = socket.create_server((host, port), family=_family(host), backlog=backlog)
+        sock.setblocking(False)
+        return cls(sock)
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    async def serve(self, on_accept: Callable[[socket.socket], Coroutine[Any, Any, None]]
+                    ) -> None:
+        """Accept until closed, each connection handled by its own task. Like asyncio's
+        servers: a handler's unexpected exception goes to the loop's exception handler and
+        the listener goes on; out of file descriptors, it pauses accepting for a moment."""
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            try:
+                sock, _address = await loop.sock_accept(self.sock)
+            except OSError as exc:
+                if self._closed:
+                    return
+                log.warning("accept failed: %s; pausing accepts for %gs", describe(exc),
+                            ACCEPT_PAUSE_S)
+                await asyncio.sleep(ACCEPT_PAUSE_S)
+                continue
+            task = loop.create_task(on_accept(sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            task.get_loop().call_exception_handler({
+                "message": "unhandled exception in a connection handler", "exception": exc,
+                "task": task})
+
+    def close(self) -> None:
+        self._closed = True
+        self.sock.close()
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+async def open_accepted(sock: socket.socket, ssl_context: ssl.SSLContext | None,
+                        timeout_s: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Streams over an accepted socket, after the TLS handshake if `ssl_context` is given
+    (raises OSError, ssl.SSLError included, or TimeoutError; the transport, which owns the
+    socket from the start, has closed it then)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_BYTES)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    # The loop's own TLS timer is a backstop a little after the caller's deadline, so that a
+    # stalled TLS handshake ends as the caller's TimeoutError (and is counted as such).
+    tls_timeout = {} if ssl_context is None else {"ssl_handshake_timeout": max(timeout_s, 0) + 1}
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock, ssl=ssl_context,
+                                                      **tls_timeout)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 class LogLimiter:
@@ -300,6 +426,8 @@ async def accept(
                                       "(--tls-cert)") from None
         raise exc from None
     assert machine.hello is not None
+    if machine.keys is not None and not conn.is_tls:
+        conn.seal(machine.keys.listener_to_dialer, machine.keys.dialer_to_listener)
     return machine.hello
 
 
@@ -329,15 +457,18 @@ async def dial(
             reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context,
                                                            limit=READ_BYTES)
     except ssl.SSLError as exc:
-        conn_error = f"TLS handshake with {address} failed: {_describe(exc)}"
+        conn_error = f"TLS handshake with {address} failed: {describe(exc)}"
         if ssl_context is not None and "CERTIFICATE" in str(exc).upper():
             raise AuthError(conn_error) from None
         raise UnavailableError(conn_error) from None
     except (OSError, TimeoutError) as exc:
         hint = ""
         if ssl_context is not None and isinstance(exc, ConnectionResetError):
-            hint = " during the TLS handshake (does it serve TLS? it needs --tls-cert)"
-        raise UnavailableError(f"cannot connect to {address}: {_describe(exc)}{hint}"
+            # A coordinator short of handshake slots closes its oldest pending connections,
+            # so a reset here is not proof that it serves no TLS.
+            hint = (" during the TLS handshake (busy, or it does not serve TLS: that needs "
+                    "--tls-cert)")
+        raise UnavailableError(f"cannot connect to {address}: {describe(exc)}{hint}"
                                ) from None
     conn = Connection(reader, writer, output_bytes_max=output_bytes_max)
     machine = auth.DialerHandshake(token, role, name, secrets.token_bytes(m.NONCE_BYTES),
@@ -354,24 +485,26 @@ async def dial(
             raise AuthError(f"{address} requires TLS: give --tls-ca (and --tls-cert/--tls-key "
                             "if it asks for a client certificate)") from None
         if ssl_context is not None and isinstance(exc, ssl.SSLError):
-            raise AuthError(f"TLS with {address} failed: {_describe(exc)}") from None
+            raise AuthError(f"TLS with {address} failed: {describe(exc)}") from None
         hint = ""
         if conn.bytes_in == 0 and isinstance(exc, RemoteProtocolError):
             # A TLS listener drops a plain dialer, and a mutual-TLS one a dialer without a
             # certificate, without a word we could read.
             hint = (" (if it requires TLS, give --tls-ca)" if ssl_context is None else
                     " (if it requires a client certificate, give --tls-cert and --tls-key)")
-        raise UnavailableError(f"handshake with {address} failed: {_describe(exc)}{hint}"
+        raise UnavailableError(f"handshake with {address} failed: {describe(exc)}{hint}"
                                ) from None
     except asyncio.CancelledError:  # a caller gave up mid-handshake: do not leak the socket
         conn.close()
         raise
     assert machine.welcome is not None
+    if machine.keys is not None and not conn.is_tls:
+        conn.seal(machine.keys.dialer_to_listener, machine.keys.listener_to_dialer)
     conn.widen(allowed, frame_bytes_max, limits)
     return conn, machine.welcome
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:

@@ -24,9 +24,8 @@ from typing import Any
 import pytest
 
 from tcpsched import Client
-from tcpsched.config import TlsSettings, parse_address
+from tcpsched.config import TlsSettings
 from tcpsched.core import messages as m
-from tcpsched.core.codec import HANDSHAKE_FRAME_BYTES_MAX, HANDSHAKE_LIMITS, FrameDecoder
 from tcpsched.runtime.transport import dial
 from tcpsched.testing.processes import ProcessGroup, free_port, wait_for_workers
 from tests.conftest import connect
@@ -281,34 +280,6 @@ def test_idle_connections_close_but_a_pending_wait_keeps_its_client(
         assert client.stats()["idle_closed"] >= 2
 
 
-# -- unauthenticated connections are capped -----------------------------------------------------
-
-
-def test_connections_beyond_the_unauthenticated_cap_are_refused_busy(
-        procs: ProcessGroup) -> None:
-    """With --max-unauthenticated 2, a third handshake-less connection gets Refused(busy);
-    once the two go away, clients get in again."""
-    _coordinator, address = procs.coordinator(
-        extra=["--max-unauthenticated", "2", "--handshake-timeout", "120"])
-    connect(address).close()
-    host, port = parse_address(address)
-    stalled = [socket.create_connection((host, port), timeout=30) for _ in range(2)]
-    try:
-        with socket.create_connection((host, port), timeout=30) as third:
-            decoder = FrameDecoder(HANDSHAKE_FRAME_BYTES_MAX, m.HANDSHAKE_TYPES,
-                                   HANDSHAKE_LIMITS)
-            while (refused := decoder.next_message()) is None:
-                data = third.recv(4096)
-                assert data, "closed without a refusal"
-                decoder.feed(data)
-            assert isinstance(refused, m.Refused) and refused.code == "busy"
-    finally:
-        for sock in stalled:
-            sock.close()
-    with connect(address) as client:
-        assert client.stats()["refused_busy"] >= 1
-
-
 # -- abuse --------------------------------------------------------------------------------------
 
 
@@ -327,6 +298,7 @@ def test_abuse_changes_no_job_and_memory_returns(procs: ProcessGroup,
     good, _bad = token_files
     coordinator, address = secured(procs, good, [
         "--handshake-timeout", "1", "--max-unauthenticated", "1000",
+        "--max-unauthenticated-per-source", "1000",
         "--max-output-buffer", str(1024 * 1024), "--idle-timeout", "5",
         "--heartbeat-timeout", "5",
     ])

@@ -182,6 +182,19 @@ def test_a_dead_decoder_keeps_raising() -> None:
         decoder.next_message()
 
 
+def test_a_handshake_decoder_leaves_what_follows_its_last_message_untouched() -> None:
+    """Without lookahead, bytes after the last message (sealed units, whose length may be over
+    the handshake limit) stay buffered and are handed over whole by take_buffered."""
+    decoder = FrameDecoder(HANDSHAKE_FRAME_BYTES_MAX, m.HANDSHAKE_TYPES, HANDSHAKE_LIMITS,
+                           lookahead=False)
+    welcome = m.Welcome(node="c1", epoch=1)
+    after = HEADER.pack(HANDSHAKE_FRAME_BYTES_MAX * 10) + b"sealed"
+    decoder.feed(encode(welcome) + after)
+    assert decoder.next_message() == welcome
+    assert decoder.take_buffered() == after
+    assert decoder.buffered_bytes == 0 and decoder.next_message() is None
+
+
 def test_partial_frame_needs_more_bytes() -> None:
     """An incomplete frame yields None and keeps its bytes for later."""
     data = encode(m.Draining())

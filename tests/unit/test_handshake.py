@@ -64,6 +64,26 @@ def test_right_token_authenticates_both_ways() -> None:
     assert dialer.welcome.proof == auth.listener_mac(TOKEN, dialer.nonce, listener.nonce)
 
 
+def test_both_sides_derive_the_same_session_keys() -> None:
+    """With a token, dialer and listener end with equal per-direction keys, distinct from
+    each other and from the token, and other nonces give other keys."""
+    dialer, listener = pair(TOKEN, TOKEN)
+    converse(dialer, listener)
+    assert dialer.keys is not None and dialer.keys == listener.keys
+    assert len({dialer.keys.dialer_to_listener, dialer.keys.listener_to_dialer, TOKEN}) == 3
+    other_dialer, other_listener = pair(TOKEN, TOKEN, seed=2)
+    converse(other_dialer, other_listener)
+    assert other_dialer.keys != dialer.keys
+    assert "dialer_to_listener=" not in repr(dialer.keys)  # keys stay out of logs
+
+
+def test_no_token_means_no_session_keys() -> None:
+    """Without a token there is nothing to key a MAC with: no keys (frames are not sealed)."""
+    dialer, listener = pair(None, None)
+    converse(dialer, listener)
+    assert dialer.keys is None and listener.keys is None
+
+
 def test_no_token_anywhere_is_an_open_handshake() -> None:
     """Without tokens (loopback use) Hello is answered by a Welcome with an empty proof."""
     dialer, listener = pair(None, None)
@@ -125,7 +145,7 @@ def test_truncated_or_padded_answer_is_refused(length: int) -> None:
 def test_answer_is_bound_to_role_and_name() -> None:
     """A MAC made for one role or name does not let a hello of another in."""
     dialer, listener = pair(TOKEN, TOKEN, role="worker", name="w1")
-    hello = m.Hello(version=1, role="client", name="w1", nonce=dialer.nonce)
+    hello = m.Hello(version=m.PROTOCOL_VERSION, role="client", name="w1", nonce=dialer.nonce)
     (challenge,) = listener.receive(hello)
     (answer,) = dialer.receive(challenge)  # the dialer's MAC says role=worker
     with pytest.raises(AuthError):
