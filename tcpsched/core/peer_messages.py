@@ -1,0 +1,86 @@
+"""What coordinators say to each other: the bully election and log replication.
+
+Theory of operation: these travel on `peer` connections, after the same authenticated handshake
+as every other role. Each coordinator dials every other one and sends its own messages on the
+connection it dialled, so reachability can differ by direction (as real partitions do) and the
+election reasons about what each side hears. Every message carries the sender's id (`src`) and
+the highest epoch it knows, so any node that sees a higher epoch learns of it at once.
+
+A log position is (epoch, seq) of the last record: positions compare as tuples, epoch first,
+which is the "more up to date" order the election relies on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+NODE_ID_MAX = 1_000_000
+
+
+def _node_id(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 1 <= value <= NODE_ID_MAX:
+        raise ValueError(f"{attribute.name} must be within [1, {NODE_ID_MAX}]")
+
+
+def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0")
+
+
+# -- election -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Election:
+    """ELECTION: the sender has no leader it can hear and asks who is there."""
+
+    TYPE: ClassVar[str] = "election"
+    src: int = attrs.field(validator=_node_id)
+    epoch: int = attrs.field(validator=_non_negative)
+    last_epoch: int = attrs.field(validator=_non_negative)
+    last_seq: int = attrs.field(validator=_non_negative)
+
+
+@attrs.frozen
+class Answer:
+    """ANSWER: alive, with my epoch, my log position, the leader I hear (0: none) and how many
+    peers I hear, so the asker can tell whether a higher id could win a majority."""
+
+    TYPE: ClassVar[str] = "answer"
+    src: int = attrs.field(validator=_node_id)
+    epoch: int = attrs.field(validator=_non_negative)
+    last_epoch: int = attrs.field(validator=_non_negative)
+    last_seq: int = attrs.field(validator=_non_negative)
+    leader: int = attrs.field(validator=_non_negative)
+    reach: int = attrs.field(validator=_non_negative)
+
+
+@attrs.frozen
+class Coordinator:
+    """COORDINATOR: the sender proposes itself as leader of `epoch`."""
+
+    TYPE: ClassVar[str] = "coordinator"
+    src: int = attrs.field(validator=_node_id)
+    epoch: int = attrs.field(validator=_non_negative)
+    last_epoch: int = attrs.field(validator=_non_negative)
+    last_seq: int = attrs.field(validator=_non_negative)
+
+
+@attrs.frozen
+class CoordinatorAck:
+    """The answer to COORDINATOR: `ok` once the promise is durable; otherwise why not, with my
+    promise and position so the proposer learns what it lacks."""
+
+    TYPE: ClassVar[str] = "coordinator_ack"
+    src: int = attrs.field(validator=_node_id)
+    epoch: int = attrs.field(validator=_non_negative)
+    ok: bool
+    promised_epoch: int = attrs.field(validator=_non_negative)
+    last_epoch: int = attrs.field(validator=_non_negative)
+    last_seq: int = attrs.field(validator=_non_negative)
+    reason: str = ""
+
+
+ELECTION_MESSAGES: tuple[type, ...] = (Election, Answer, Coordinator, CoordinatorAck)
