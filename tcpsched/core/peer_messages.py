@@ -84,3 +84,42 @@ class CoordinatorAck:
 
 
 ELECTION_MESSAGES: tuple[type, ...] = (Election, Answer, Coordinator, CoordinatorAck)
+
+
+# -- replication -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Append:
+    """The leader's records after (prev_epoch, prev_seq), and its commit seq. With no records it
+    is the leader's heartbeat. `records` are journal lines exactly as the leader wrote them."""
+
+    TYPE: ClassVar[str] = "append"
+    src: int = attrs.field(validator=_node_id)
+    epoch: int = attrs.field(validator=_non_negative)
+    prev_epoch: int = attrs.field(validator=_non_negative)
+    prev_seq: int = attrs.field(validator=_non_negative)
+    entries: tuple[bytes, ...]
+    epochs: tuple[int, ...]
+    commit_seq: int = attrs.field(validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.entries) != len(self.epochs):
+            raise ValueError("entries and epochs must have the same length")
+
+
+@attrs.frozen
+class AppendAck:
+    """A follower's answer: `ok` with `match_seq`, the last seq it holds durably; or a refusal
+    (fenced: my promise is higher; or my log does not hold prev), with my commit seq so the
+    leader resends from a point we are sure to share."""
+
+    TYPE: ClassVar[str] = "append_ack"
+    src: int = attrs.field(validator=_node_id)
+    epoch: int = attrs.field(validator=_non_negative)
+    ok: bool
+    match_seq: int = attrs.field(validator=_non_negative)
+    commit_seq: int = attrs.field(validator=_non_negative)
+
+
+REPLICATION_MESSAGES: tuple[type, ...] = (Append, AppendAck)
