@@ -156,8 +156,10 @@ class Election:
         self._leader_heard_at = -1.0
         self._following_since: float | None = None
         self._holddown_at: float | None = None
-        # Start soon: a live leader, if any, is found by the probe and followed.
+        # Start soon: a live leader, if any, is found by the probe and followed. Alone, at once.
         self._deadline = now + rng.uniform(0.0, timing.jitter_s) + timing.probe_timeout_s
+        if not self.peers:
+            self._deadline = now
         self._phase = "wait"
         self._takeover = False
         self._answers: dict[int, pm.Answer] = {}
@@ -188,6 +190,10 @@ class Election:
     def reach(self, now: float) -> int:
         horizon = now - self.timing.election_timeout_s
         return sum(1 for t in self._heard.values() if t >= horizon)
+
+    def heard_at(self) -> dict[int, float]:
+        """When each peer was last heard (a copy)."""
+        return dict(self._heard)
 
     def live_leader(self, now: float) -> int:
         if self.role is Role.LEADER:

@@ -123,3 +123,30 @@ class AppendAck:
 
 
 REPLICATION_MESSAGES: tuple[type, ...] = (Append, AppendAck)
+
+
+@attrs.frozen
+class Fetch:
+    """A candidate about to announce pulls the entries after `after_seq` it lacks."""
+
+    TYPE: ClassVar[str] = "fetch"
+    src: int = attrs.field(validator=_node_id)
+    after_seq: int = attrs.field(validator=_non_negative)
+
+
+@attrs.frozen
+class FetchReply:
+    """Entries after (prev_epoch, prev_seq), bounded; `more`: ask again from the last one.
+    `ok` False: this node's window no longer reaches back that far."""
+
+    TYPE: ClassVar[str] = "fetch_reply"
+    src: int = attrs.field(validator=_node_id)
+    ok: bool
+    prev_epoch: int = attrs.field(validator=_non_negative)
+    prev_seq: int = attrs.field(validator=_non_negative)
+    entries: tuple[bytes, ...]
+    epochs: tuple[int, ...]
+    more: bool
+
+
+PEER_MESSAGES: tuple[type, ...] = (*ELECTION_MESSAGES, *REPLICATION_MESSAGES, Fetch, FetchReply)

@@ -141,6 +141,7 @@ class Progress:
     next: int = 1
     needs_snapshot: bool = False
     last_sent_at: float = -1.0
+    sent_commit: int = 0
 
 
 class LeaderReplication:
@@ -189,7 +190,9 @@ class LeaderReplication:
         """One Append per follower that has entries waiting (or is due a heartbeat)."""
         out: list[tuple[int, pm.Append]] = []
         for peer, progress in self.progress.items():
-            waiting = progress.next <= self.log.last_seq
+            # New entries, a commit seq it has not heard (so followers apply promptly), or a beat.
+            waiting = (progress.next <= self.log.last_seq
+                       or progress.sent_commit < min(self.log.commit_seq, progress.match))
             due = heartbeat and now - progress.last_sent_at >= self.beat_s
             if not waiting and not due:
                 continue
@@ -201,6 +204,7 @@ class LeaderReplication:
                 continue
             progress.needs_snapshot = False
             progress.last_sent_at = now
+            progress.sent_commit = self.log.commit_seq
             if entries:
                 progress.next = entries[-1].seq + 1
             out.append((peer, pm.Append(

@@ -1,0 +1,567 @@
+"""One coordinator: its role, epoch, log and commit; the scheduler while it leads.
+
+Theory of operation
+-------------------
+`Node` is the pure object the asyncio shell feeds. It owns the election (`election.py`), the
+log and its replication (`replication.py`), the job table, and, only while it leads, the
+scheduler, built from the table when leadership begins and dropped when it ends. Like etcd
+raft's `Step`, events are handled by role: `_become_leader`, `_become_follower` and
+`_become_candidate` reset that role's state, so no handler asks which role it is halfway down.
+
+Records get their identity here: every record the scheduler emits is numbered (epoch, seq) as
+the next entry of the log and turned into its journal line at once (`encode_line`); the shell
+writes those bytes, and the leader ships the same bytes to its followers.
+
+Three clocks of durability gate what leaves:
+* a reply or order to a client or worker waits until everything the node had logged when it
+  was made is *committed* (on a majority, durably): nothing shown can be taken back by a
+  failover; sends made while nothing is pending leave at once;
+* an acknowledgement to a peer (a promise, an append) waits for the next local flush;
+* heartbeats, election traffic and replication itself never wait.
+The shell reports local durability with `Flushed(seq)`; followers report theirs in AppendAck;
+the commit seq follows from both (replication.py).
+
+Followers apply entries to their table only once committed, so a follower's table is always a
+committed state. A leader applies at once (the scheduler needs its own decisions); a leader that
+is deposed with applied but uncommitted entries asks the shell to rebuild its table from disk up
+to its commit seq (`Reload`). A restarted node recovers the table up to the last commit mark it
+journaled; the entries after that wait in the log to be committed or cut.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from tcpsched.core import messages as m
+from tcpsched.core import peer_messages as pm
+from tcpsched.core.election import (
+    Election,
+    ElectionTiming,
+    PeerSend,
+    Promise,
+    Pull,
+    Role,
+    RoleChanged,
+)
+from tcpsched.core.events import Close, Closed, Connected, Journal, Received, Send, Tick
+from tcpsched.core.replication import Entry, LeaderReplication, Log, follower_append
+
+if TYPE_CHECKING:
+    import random
+
+    from tcpsched.core.state import JobTable
+
+log = logging.getLogger(__name__)
+
+# -- events the shell feeds (beside Connected, Received, Closed and Tick) ------------------------
+
+
+@attrs.frozen
+class PeerReceived:
+    """A message from coordinator `peer` (on the connection it dialled to us)."""
+
+    peer: int
+    msg: Any
+
+
+@attrs.frozen
+class PeerClosed:
+    """The connection we hear `peer` on closed."""
+
+    peer: int
+
+
+@attrs.frozen
+class Flushed:
+    """Everything written so far is durable; `seq` is the last entry written."""
+
+    seq: int
+
+
+@attrs.frozen
+class EndOfTurn:
+    """The event loop's turn is over: replicate what it logged, in one Append per follower."""
+
+
+@attrs.frozen
+class Reloaded:
+    """The table rebuilt from disk up to `seq` (the answer to `Reload`)."""
+
+    table: JobTable
+    seq: int
+
+
+# -- effects (beside Send and Close) ------------------------------------------------------------
+
+
+@attrs.frozen
+class ToPeer:
+    peer: int
+    msg: Any
+
+
+@attrs.frozen
+class WriteEntries:
+    """Append these journal lines (already numbered and encoded) to the local journal."""
+
+    entries: tuple[Entry, ...]
+
+
+@attrs.frozen
+class WritePromise:
+    """Journal the election promise (a local line, not a numbered entry)."""
+
+    epoch: int
+    leader: int
+
+
+@attrs.frozen
+class WriteCommit:
+    """Journal a commit mark: recovery applies entries up to it."""
+
+    seq: int
+
+
+@attrs.frozen
+class Truncate:
+    """Cut the local journal after `seq`."""
+
+    seq: int
+
+
+@attrs.frozen
+class Reload:
+    """Rebuild the table from disk, applying entries up to `seq`, and feed back `Reloaded`."""
+
+    seq: int
+
+
+NodeEffect = Send | Close | ToPeer | WriteEntries | WritePromise | WriteCommit | Truncate | Reload
+
+
+class Leading(Protocol):
+    """What the node needs of the scheduler it runs while leading."""
+
+    table: JobTable
+
+    def step(self, event: Any, now: float) -> list[Any]: ...
+    def next_deadline(self) -> float | None: ...
+    def statistics(self) -> dict[str, Any]: ...
+
+
+@attrs.frozen
+class NodeConfig:
+    node_id: int
+    address: str
+    peers: Mapping[int, str]  # id -> client-facing address, for redirects
+    timing: ElectionTiming = attrs.field(factory=ElectionTiming)
+    beat_s: float = 0.1
+    window_entries_max: int = 100_000
+
+
+@attrs.frozen
+class Recovered:
+    """What the shell read from disk at start."""
+
+    table: JobTable
+    entries: tuple[Entry, ...] = ()  # the journal's entries after the snapshot (the window)
+    base: tuple[int, int] = (0, 0)  # the snapshot's position
+    commit_seq: int = 0
+    promised_epoch: int = 0
+    promised_leader: int = 0
+
+
+class Node:
+    def __init__(
+        self,
+        config: NodeConfig,
+        rng: random.Random,
+        now: float,
+        recovered: Recovered,
+        *,
+        make_scheduler: Callable[[JobTable, int, float], Leading],
+        encode_line: Callable[[int, int, dict[str, Any]], bytes],
+        decode_line: Callable[[bytes], dict[str, Any]],
+    ) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.make_scheduler = make_scheduler
+        self.encode_line = encode_line
+        self.decode_line = decode_line
+        self.log = Log(recovered.base, commit_seq=recovered.base[1],
+                       window_entries_max=config.window_entries_max)
+        self.log.extend(recovered.entries)
+        single = not config.peers
+        # Alone, everything journaled is committed; in a group only what was marked so.
+        self.log.commit_seq = self.log.last_seq if single else max(
+            recovered.base[1], min(recovered.commit_seq, self.log.last_seq))
+        self.table = recovered.table
+        self.applied_seq = self.log.commit_seq if not single else self.log.last_seq
+        self.election = Election(
+            config.node_id, [config.node_id, *config.peers], config.timing, rng, now,
+            promised_epoch=recovered.promised_epoch, promised_leader=recovered.promised_leader,
+        )
+        self.scheduler: Leading | None = None
+        self.replication: LeaderReplication | None = None
+        self.flushed_seq = self.log.last_seq
+        self._held_commit: deque[tuple[int, Any]] = deque()
+        self._held_flush: list[Any] = []
+        self._ack_owed: tuple[int, int, int] | None = None  # (leader, epoch, matched seq)
+        self._pulling = 0
+        self._reloading = False
+        self._conn_roles: dict[int, Connected] = {}
+        self._effects: list[Any] = []
+        self._commit_marked = self.log.commit_seq
+        self._last_beat = -1.0
+
+    # -- queries ------------------------------------------------------------------------------
+
+    @property
+    def role(self) -> Role:
+        return self.election.role
+
+    @property
+    def is_leader(self) -> bool:
+        return self.scheduler is not None
+
+    @property
+    def epoch(self) -> int:
+        return self.election.epoch
+
+    def leader_address(self) -> str | None:
+        leader = self.election.leader_hint()
+        if leader == self.node_id:
+            return self.config.address
+        return self.config.peers.get(leader)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [self.election.next_deadline()]
+        if self.scheduler is not None:
+            deadlines.append(self._last_beat + self.config.beat_s)
+            scheduled = self.scheduler.next_deadline()
+            if scheduled is not None:
+                deadlines.append(scheduled)
+        return min(deadlines)
+
+    def statistics(self, now: float) -> dict[str, Any]:
+        e = self.election.statistics(now)
+        last_epoch, last_seq = self.log.last
+        return {
+            "node": self.node_id, "role": e.role, "epoch": e.epoch, "leader": e.leader,
+            "last_epoch": last_epoch, "last_seq": last_seq, "commit_seq": self.log.commit_seq,
+            "elections": e.elections, "reach": e.reach,
+        }
+
+    def coordinators(self, now: float) -> list[dict[str, Any]]:
+        """Every configured coordinator as this node sees it (exact for itself)."""
+        horizon = now - self.config.timing.election_timeout_s
+        lag = self.replication.lag() if self.replication is not None else {}
+        progress = self.replication.progress if self.replication is not None else {}
+        heard = self.election.heard_at()
+        rows = []
+        last_seq = self.log.last_seq
+        for node_id in sorted([self.node_id, *self.config.peers]):
+            if node_id == self.node_id:
+                rows.append({"id": node_id, "address": self.config.address,
+                             "role": self.role.value, "epoch": self.epoch, "last_seq": last_seq,
+                             "commit_seq": self.log.commit_seq, "lag": 0, "reachable": True})
+                continue
+            reachable = heard.get(node_id, -1.0) >= horizon
+            leader = self.election.leader_hint()
+            role = "leader" if node_id == leader else ("follower" if reachable else "unknown")
+            match = progress[node_id].match if node_id in progress else None
+            rows.append({"id": node_id, "address": self.config.peers[node_id], "role": role,
+                         "epoch": self.epoch if role != "unknown" else None,
+                         "last_seq": match, "commit_seq": None,
+                         "lag": lag.get(node_id), "reachable": reachable})
+        return rows
+
+    # -- the sans-I/O interface ---------------------------------------------------------------
+
+    def step(self, event: Any, now: float) -> list[Any]:
+        self._effects = []
+        if isinstance(event, PeerReceived):
+            self._on_peer(event.peer, event.msg, now)
+        elif isinstance(event, Flushed):
+            self._on_flushed(event.seq, now)
+        elif isinstance(event, EndOfTurn):
+            if self.replication is not None:
+                self._send_appends(now, heartbeat=False)
+        elif isinstance(event, Tick):
+            self._on_tick(now)
+        elif isinstance(event, PeerClosed):
+            self._election(self.election.peer_down(event.peer, now), now)
+        elif isinstance(event, Connected | Received | Closed):
+            self._on_connection(event, now)
+        elif isinstance(event, Reloaded):
+            self.table = event.table
+            self.applied_seq = event.seq
+            self._reloading = False
+            self._apply_committed()
+        else:
+            raise TypeError(f"unknown event {event!r}")
+        effects, self._effects = self._effects, []
+        return effects
+
+    # -- connections of clients and workers -----------------------------------------------------
+
+    def _on_connection(self, event: Connected | Received | Closed, now: float) -> None:
+        if isinstance(event, Connected):
+            self._conn_roles[event.conn] = event
+        elif isinstance(event, Closed):
+            self._conn_roles.pop(event.conn, None)
+        if self.scheduler is not None:
+            self._run_scheduler(event, now)
+        elif isinstance(event, Received):
+            self._redirect(event.conn, event.msg)
+
+    def _redirect(self, conn: int, msg: Any) -> None:
+        """Not the leader: say who is, so the sender goes there by itself."""
+        hint = self.leader_address()
+        req_id = getattr(msg, "req_id", None)
+        if req_id is not None:
+            text = f"coordinator {self.node_id} is not the leader" + (
+                f"; the leader is {hint}" if hint else "; no leader is elected yet")
+            self._effects.append(Send(conn, m.ErrorReply(req_id=req_id, kind="not_leader",
+                                                         message=text, leader_hint=hint)))
+        else:
+            self._effects.append(Close(conn, f"not the leader (leader: {hint or 'none yet'})"))
+
+    def _run_scheduler(self, event: Any, now: float) -> None:
+        assert self.scheduler is not None
+        for effect in self.scheduler.step(event, now):
+            if isinstance(effect, Journal):
+                self._log_record(effect.record)
+            elif isinstance(effect, Send | Close):
+                self._hold_for_commit(effect)
+            else:
+                self._effects.append(effect)
+
+    def _log_record(self, record: dict[str, Any]) -> None:
+        seq = self.log.last_seq + 1
+        entry = self.log.append(self.epoch, self.encode_line(self.epoch, seq, record))
+        self.applied_seq = entry.seq
+        self._effects.append(WriteEntries((entry,)))
+
+    def _hold_for_commit(self, effect: Any) -> None:
+        needed = self.log.last_seq
+        if needed <= self.log.commit_seq and not self._held_commit:
+            self._effects.append(effect)
+        else:
+            self._held_commit.append((needed, effect))
+
+    def _release_committed(self) -> None:
+        held = self._held_commit
+        commit = self.log.commit_seq
+        while held and held[0][0] <= commit:
+            self._effects.append(held.popleft()[1])
+
+    # -- durability -------------------------------------------------------------------------------
+
+    def _on_flushed(self, seq: int, now: float) -> None:
+        self.flushed_seq = max(self.flushed_seq, min(seq, self.log.last_seq))
+        released, self._held_flush = self._held_flush, []
+        self._effects.extend(released)
+        if self._ack_owed is not None:
+            leader, epoch, matched = self._ack_owed
+            if self.flushed_seq >= matched or matched <= self.log.commit_seq:
+                self._ack_owed = None
+                self._effects.append(ToPeer(leader, pm.AppendAck(
+                    src=self.node_id, epoch=epoch, ok=True,
+                    match_seq=min(matched, self.flushed_seq), commit_seq=self.log.commit_seq)))
+        if self.replication is not None and self.replication.on_flushed(self.flushed_seq):
+            self._committed(now)
+
+    def _committed(self, now: float) -> None:
+        self._release_committed()
+        if self.log.commit_seq > self._commit_marked and self.config.peers:
+            self._commit_marked = self.log.commit_seq
+            self._effects.append(WriteCommit(self.log.commit_seq))
+
+    # -- peers ------------------------------------------------------------------------------------
+
+    def _on_peer(self, peer: int, msg: Any, now: float) -> None:
+        if peer not in self.config.peers:
+            return
+        self.election.peer_heard(peer, now)
+        if isinstance(msg, pm.Append):
+            self._on_append(peer, msg, now)
+        elif isinstance(msg, pm.AppendAck):
+            self._on_append_ack(peer, msg, now)
+        elif isinstance(msg, pm.Fetch):
+            self._on_fetch(peer, msg)
+        elif isinstance(msg, pm.FetchReply):
+            self._on_fetch_reply(peer, msg, now)
+        else:
+            self._election(self.election.on_message(peer, msg, now, self.log.last), now)
+
+    def _on_append(self, peer: int, msg: pm.Append, now: float) -> None:
+        accepted, outs = self.election.leader_contact(peer, msg.epoch, now)
+        self._election(outs, now)
+        if not accepted:
+            self._effects.append(ToPeer(peer, pm.AppendAck(
+                src=self.node_id, epoch=max(self.epoch, msg.epoch), ok=False, match_seq=0,
+                commit_seq=self.log.commit_seq)))
+            return
+        before_commit = self.log.commit_seq
+        outcome = follower_append(self.log, msg)
+        if not outcome.ok:
+            self._effects.append(ToPeer(peer, pm.AppendAck(
+                src=self.node_id, epoch=msg.epoch, ok=False, match_seq=0,
+                commit_seq=self.log.commit_seq)))
+            return
+        if outcome.truncate_after is not None:
+            self.flushed_seq = min(self.flushed_seq, outcome.truncate_after)
+            self._effects.append(Truncate(outcome.truncate_after))
+        if outcome.appended:
+            self._effects.append(WriteEntries(outcome.appended))
+        if self.log.commit_seq > before_commit:
+            self._apply_committed()
+            self._committed(now)
+        if outcome.matched_seq <= self.flushed_seq:
+            self._effects.append(ToPeer(peer, pm.AppendAck(
+                src=self.node_id, epoch=msg.epoch, ok=True, match_seq=outcome.matched_seq,
+                commit_seq=self.log.commit_seq)))
+        else:
+            self._ack_owed = (peer, msg.epoch, outcome.matched_seq)
+
+    def _on_append_ack(self, peer: int, msg: pm.AppendAck, now: float) -> None:
+        if msg.epoch > self.epoch:
+            self._election(self.election.observe_epoch(msg.epoch, now), now)
+            return
+        if self.replication is None:
+            return
+        if self.replication.on_ack(peer, msg, now):
+            self._committed(now)
+        if not msg.ok:
+            self._send_appends(now, heartbeat=False)
+
+    def _on_fetch(self, peer: int, msg: pm.Fetch) -> None:
+        """A candidate pulls what it lacks before it announces itself."""
+        prev_epoch = self.log.epoch_at(msg.after_seq)
+        entries = self.log.entries_after(msg.after_seq) if prev_epoch is not None else None
+        if entries is None:
+            self._effects.append(ToPeer(peer, pm.FetchReply(
+                src=self.node_id, ok=False, prev_epoch=0, prev_seq=msg.after_seq, entries=(),
+                epochs=(), more=False)))
+            return
+        more = bool(entries) and entries[-1].seq < self.log.last_seq
+        self._effects.append(ToPeer(peer, pm.FetchReply(
+            src=self.node_id, ok=True, prev_epoch=prev_epoch, prev_seq=msg.after_seq,
+            entries=tuple(e.data for e in entries), epochs=tuple(e.epoch for e in entries),
+            more=more)))
+
+    def _on_fetch_reply(self, peer: int, msg: pm.FetchReply, now: float) -> None:
+        if peer != self._pulling or self.role is not Role.CANDIDATE:
+            return
+        if msg.ok:
+            outcome = follower_append(self.log, pm.Append(
+                src=peer, epoch=self.epoch, prev_epoch=msg.prev_epoch, prev_seq=msg.prev_seq,
+                entries=msg.entries, epochs=msg.epochs, commit_seq=0))
+            if outcome.ok:
+                if outcome.truncate_after is not None:
+                    self.flushed_seq = min(self.flushed_seq, outcome.truncate_after)
+                    self._effects.append(Truncate(outcome.truncate_after))
+                if outcome.appended:
+                    self._effects.append(WriteEntries(outcome.appended))
+                if msg.more:
+                    self._effects.append(ToPeer(peer, pm.Fetch(src=self.node_id,
+                                                               after_seq=self.log.last_seq)))
+                    return
+        self._pulling = 0
+        self._election(self.election.caught_up(now, self.log.last), now)
+
+    # -- election outputs and roles ------------------------------------------------------------
+
+    def _election(self, outs: list[Any], now: float) -> None:
+        for out in outs:
+            if isinstance(out, Promise):
+                self._effects.append(WritePromise(out.epoch, out.leader))
+            elif isinstance(out, PeerSend):
+                effect = ToPeer(out.peer, out.msg)
+                if out.durable:
+                    self._held_flush.append(effect)
+                else:
+                    self._effects.append(effect)
+            elif isinstance(out, Pull):
+                self._pulling = out.peer
+                self._effects.append(ToPeer(out.peer, pm.Fetch(
+                    src=self.node_id, after_seq=self.log.commit_seq)))
+            elif isinstance(out, RoleChanged):
+                if out.role is Role.LEADER:
+                    self._become_leader(now)
+                elif self.scheduler is not None:
+                    self._stop_leading(now)
+
+    def _become_leader(self, now: float) -> None:
+        self._apply_all()
+        self.replication = LeaderReplication(self.node_id, self.config.peers, self.epoch,
+                                             self.log, now, beat_s=self.config.beat_s)
+        self.replication.on_flushed(self.flushed_seq)
+        self.scheduler = self.make_scheduler(self.table, self.epoch, now)
+        # The epoch's first entry: committing it commits everything before it (Raft's rule),
+        # and it is where the epoch lives in the log.
+        self._log_record({"op": "epoch", "epoch": self.epoch, "leader": self.node_id})
+        for connected in list(self._conn_roles.values()):
+            if connected.role == "client":
+                self._run_scheduler(connected, now)
+            else:
+                # Workers that dialled us while we followed were redirected; any left reconnect.
+                self._effects.append(Close(connected.conn, "leader changed; register again"))
+        self._send_appends(now, heartbeat=True)
+
+    def _stop_leading(self, now: float) -> None:
+        log.info("node=%d epoch=%d stops leading", self.node_id, self.epoch)
+        self.scheduler = None
+        self.replication = None
+        # What was never committed is never acknowledged; its senders ask again elsewhere.
+        self._held_commit.clear()
+        for conn in list(self._conn_roles):
+            self._effects.append(Close(conn, "this coordinator is no longer the leader"))
+        if self.applied_seq > self.log.commit_seq:
+            self._reloading = True
+            self._effects.append(Reload(self.log.commit_seq))
+
+    def _apply_committed(self) -> None:
+        """Followers apply committed entries only; the table is always a committed state."""
+        if self._reloading or self.scheduler is not None:
+            return
+        self._apply_through(self.log.commit_seq)
+
+    def _apply_all(self) -> None:
+        self._apply_through(self.log.last_seq)
+
+    def _apply_through(self, seq: int) -> None:
+        while self.applied_seq < seq:
+            entry = self.log.entry(self.applied_seq + 1)
+            if entry is None:  # behind the window: the shell must reload from disk
+                self._reloading = True
+                self._effects.append(Reload(seq))
+                return
+            record = self.decode_line(entry.data)
+            if record.get("op") != "epoch":
+                self.table.apply(record)
+            self.applied_seq = entry.seq
+
+    # -- time -----------------------------------------------------------------------------------
+
+    def _on_tick(self, now: float) -> None:
+        caught_up = self.applied_seq >= self.log.commit_seq and self.log.last_seq >= (
+            self.log.commit_seq)
+        self._election(self.election.on_tick(now, self.log.last, caught_up), now)
+        if self.scheduler is not None:
+            if now - self._last_beat >= self.config.beat_s:
+                self._send_appends(now, heartbeat=True)
+            self._run_scheduler(Tick(), now)
+
+    def _send_appends(self, now: float, *, heartbeat: bool) -> None:
+        assert self.replication is not None
+        if heartbeat:
+            self._last_beat = now
+        for peer, append in self.replication.appends(now, heartbeat=heartbeat):
+            self._effects.append(ToPeer(peer, append))
