@@ -38,7 +38,7 @@ from tcpsched.core.records import decode_record, encode_record
 from tcpsched.core.state import JobTable
 from tcpsched.errors import JournalError
 from tcpsched.runtime.files import fsync_dir, write_durably
-from tcpsched.runtime.snapshot import SNAPSHOT_NAME, read_snapshot
+from tcpsched.runtime.snapshot import SNAPSHOT_NAME, read_snapshot, read_snapshot_log
 
 _SEGMENT_RE = re.compile(r"^journal-(\d{20})\.jsonl$")
 _SEQ_HEAD = b'{"seq":'
@@ -55,17 +55,74 @@ def segment_name(first_seq: int) -> str:
     return f"journal-{first_seq:020d}.jsonl"
 
 
-def encode_line(seq: int, record: dict[str, Any]) -> bytes:
+def encode_line(seq: int, record: dict[str, Any], epoch: int = 0) -> bytes:
+    """One numbered entry. The CRC starts from the epoch, so it covers the epoch too."""
     payload = _dumps(encode_record(record)).encode()
+    if epoch:
+        return b'{"seq":%d,"epoch":%d,"crc":%d,"rec":%b}\n' % (
+            seq, epoch, zlib.crc32(payload, epoch), payload)
     return b'{"seq":%d,"crc":%d,"rec":%b}\n' % (seq, zlib.crc32(payload), payload)
+
+
+def encode_promise(epoch: int, leader: int) -> bytes:
+    """A local line: this node promised `epoch` to `leader` (never replicated, not numbered)."""
+    body = b'"promise":%d,"leader":%d' % (epoch, leader)
+    return b'{%b,"crc":%d}\n' % (body, zlib.crc32(body))
+
+
+def encode_commit(seq: int) -> bytes:
+    """A local line: entries up to `seq` are committed (recovery applies up to the last one)."""
+    body = b'"commit":%d' % seq
+    return b'{%b,"crc":%d}\n' % (body, zlib.crc32(body))
 
 
 class _BadLine(Exception):
     """One journal line cannot be trusted; the message says why."""
 
 
-def _line_payload(line: bytes, expected_seq: int) -> bytes:
-    """The verified record bytes of one line (without its newline), or _BadLine."""
+_PROMISE_HEAD = b'{"promise":'
+_COMMIT_HEAD = b'{"commit":'
+_LOCAL_CRC = b',"crc":'
+_EPOCH_MARK = b',"epoch":'
+
+
+@attrs.frozen
+class LocalLine:
+    """A promise (epoch, leader) or a commit mark (seq) read back from the journal."""
+
+    promise: tuple[int, int] | None = None
+    commit: int | None = None
+
+
+def _local_line(line: bytes) -> LocalLine | None:
+    """The promise or commit mark on this line, None if it is an entry; _BadLine if broken."""
+    if not (line.startswith(_PROMISE_HEAD) or line.startswith(_COMMIT_HEAD)):
+        return None
+    crc_at = line.rfind(_LOCAL_CRC)
+    if crc_at < 0 or not line.endswith(b"}"):
+        raise _BadLine("not a journal line")
+    body, crc_text = line[1:crc_at], line[crc_at + 7 : -1]
+    if not crc_text.isdigit() or zlib.crc32(body) != int(crc_text):
+        raise _BadLine("checksum mismatch")
+    try:
+        fields = json.loads(b"{" + body + b"}")
+    except ValueError:
+        raise _BadLine("not a journal line") from None
+    values = list(fields.values())
+    if not all(type(v) is int and 0 <= v < 2**63 for v in values):
+        raise _BadLine("a promise or commit mark must hold non-negative integers")
+    if "promise" in fields:
+        if set(fields) != {"promise", "leader"}:
+            raise _BadLine("a promise holds exactly promise and leader")
+        return LocalLine(promise=(fields["promise"], fields["leader"]))
+    if set(fields) != {"commit"}:
+        raise _BadLine("a commit mark holds exactly commit")
+    return LocalLine(commit=fields["commit"])
+
+
+def _line_payload(line: bytes, expected_seq: int) -> tuple[bytes, int]:
+    """The verified record bytes of one entry line (without its newline) and its epoch, or
+    _BadLine."""
     if not line.startswith(_SEQ_HEAD) or not line.endswith(b"}"):
         raise _BadLine("not a journal line")
     crc_at = line.find(_CRC_MARK)
@@ -73,19 +130,24 @@ def _line_payload(line: bytes, expected_seq: int) -> bytes:
     if crc_at < 0 or rec_at < 0:
         raise _BadLine("not a journal line")
     seq_text, crc_text = line[7:crc_at], line[crc_at + 7 : rec_at]
+    epoch = 0
+    epoch_at = seq_text.find(_EPOCH_MARK)
+    if epoch_at >= 0:
+        epoch_text, seq_text = seq_text[epoch_at + 9 :], seq_text[:epoch_at]
+        if not epoch_text.isdigit() or len(epoch_text) > 18:
+            raise _BadLine("not a journal line")
+        epoch = int(epoch_text)
     if not (seq_text.isdigit() and crc_text.isdigit()):
         raise _BadLine("not a journal line")
     payload = line[rec_at + 7 : -1]
-    if zlib.crc32(payload) != int(crc_text):
+    if zlib.crc32(payload, epoch) != int(crc_text):
         raise _BadLine("checksum mismatch")
     if int(seq_text) != expected_seq:
         raise _BadLine(f"sequence number {int(seq_text)} where {expected_seq} was expected")
-    return payload
+    return payload, epoch
 
 
-def decode_line(line: bytes, expected_seq: int) -> dict[str, Any]:
-    """The record of one journal line (without its newline), checked; `_BadLine` otherwise."""
-    payload = _line_payload(line, expected_seq)
+def _parse_payload(payload: bytes) -> dict[str, Any]:
     try:
         text = payload.decode()
         try:
@@ -104,6 +166,30 @@ def decode_line(line: bytes, expected_seq: int) -> dict[str, Any]:
         return decode_record(record)
     except (ValueError, TypeError, KeyError) as exc:
         raise _BadLine(f"bad record ({exc})") from None
+
+
+def decode_line(line: bytes, expected_seq: int) -> dict[str, Any]:
+    """The record of one journal line (without its newline), checked; `_BadLine` otherwise."""
+    payload, _epoch = _line_payload(line, expected_seq)
+    return _parse_payload(payload)
+
+
+def line_epoch(line: bytes) -> int:
+    """The epoch of an entry line (0 for a line written before epochs were journaled)."""
+    at = line.find(_EPOCH_MARK, 0, 64)
+    if at < 0:
+        return 0
+    end = line.find(b",", at + 9)
+    text = line[at + 9 : end]
+    return int(text) if text.isdigit() else 0
+
+
+def decode_entry(line: bytes) -> dict[str, Any]:
+    """The record of one replicated entry line (with or without its newline)."""
+    line = line.rstrip(b"\n")
+    head = line[7 : line.find(b",", 7)]
+    payload, _epoch = _line_payload(line, int(head) if head.isdigit() else -1)
+    return _parse_payload(payload)
 
 
 def list_segments(data_dir: Path) -> list[tuple[int, Path]]:
@@ -138,6 +224,17 @@ class Recovery:
     warnings: list[str] = attrs.field(factory=list)
     problem: str | None = None
     seconds: float = 0.0
+    # For a coordinator in a group: the entries after the snapshot (the log's window), the
+    # last promise and commit mark; `applied_seq` is where the table stands.
+    snapshot_epoch: int = 0
+    entries: list[tuple[int, int, bytes]] = attrs.field(factory=list)
+    promise: tuple[int, int] = (0, 0)
+    commit_seq: int = 0
+    applied_seq: int = 0
+
+    @property
+    def last_epoch(self) -> int:
+        return self.entries[-1][1] if self.entries else self.snapshot_epoch
 
     def jobs_by_state(self) -> dict[str, int]:
         counts = self.table.counts
@@ -170,13 +267,17 @@ class SegmentScan:
 
 
 def scan_segment(data: bytes, first: int, expected: int,
-                 apply: Callable[[dict[str, Any]], Any], *, start: int = 0,
-                 start_lineno: int = 1) -> SegmentScan:
+                 apply: Callable[[dict[str, Any]], Any] | None, *, start: int = 0,
+                 start_lineno: int = 1,
+                 on_entry: Callable[[int, int, bytes, dict[str, Any]], Any] | None = None,
+                 on_local: Callable[[LocalLine], Any] | None = None) -> SegmentScan:
     """Check the lines of one segment (from byte `start`, holding sequence `first`) and apply
     every record from `expected` on; lines before `expected` are only checked.
 
-    A line without a newline at the end of the data is torn. `bad_is_last_line` says whether
-    the bad line is the segment's last one, the only place a crash in mid-write can leave it.
+    `on_entry(seq, epoch, line, record)` sees every entry from `expected` on (after `apply`,
+    if any); `on_local` every promise and commit mark. A line without a newline at the end of
+    the data is torn. `bad_is_last_line` says whether the bad line is the segment's last one,
+    the only place a crash in mid-write can leave it.
     """
     lines = data[start:].split(b"\n")
     tail = lines.pop()  # b"" when the data ends with a newline, as it should
@@ -186,15 +287,25 @@ def scan_segment(data: bytes, first: int, expected: int,
     skipped = replayed = 0
     for lineno, line in enumerate(lines, start_lineno):
         try:
+            local = _local_line(line) if line[:3] != b'{"s' else None
+            if local is not None:
+                if on_local is not None:
+                    on_local(local)
+                offset += len(line) + 1
+                continue
             if seq < expected:
                 _line_payload(line, seq)
                 skipped += 1
             else:
-                record = decode_line(line, seq)
-                try:
-                    apply(record)
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise _BadLine(f"record cannot be applied ({exc})") from None
+                payload, epoch = _line_payload(line, seq)
+                record = _parse_payload(payload)
+                if apply is not None:
+                    try:
+                        apply(record)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise _BadLine(f"record cannot be applied ({exc})") from None
+                if on_entry is not None:
+                    on_entry(seq, epoch, line + b"\n", record)
                 replayed += 1
         except _BadLine as exc:
             bad = (lineno, offset, str(exc))
@@ -209,8 +320,13 @@ def scan_segment(data: bytes, first: int, expected: int,
                        bad=bad, bad_is_last_line=bad is not None and bad[0] == last_lineno)
 
 
-def recover(data_dir: Path, *, repair: bool = False, read_only: bool = False) -> Recovery:
+def recover(data_dir: Path, *, repair: bool = False, read_only: bool = False,
+            group: bool = False, upto: int | None = None) -> Recovery:
     """Rebuild the job table from `data_dir`; see the module comment for the rules.
+
+    Alone, a coordinator's every journaled entry is committed and applied. In a group
+    (`group`), entries are applied only up to the last commit mark (or `upto`, when the node
+    rebuilds its table after losing the lead): the rest wait in the log to be committed or cut.
 
     The cycle collector is paused meanwhile: recovery only creates objects (millions of them
     at a million jobs), and every collection it triggered would walk all of them again for
@@ -219,23 +335,41 @@ def recover(data_dir: Path, *, repair: bool = False, read_only: bool = False) ->
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _recover(data_dir, repair=repair, read_only=read_only)
+        return _recover(data_dir, repair=repair, read_only=read_only, group=group, upto=upto)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _recover(data_dir: Path, *, repair: bool, read_only: bool) -> Recovery:
+def _recover(data_dir: Path, *, repair: bool, read_only: bool, group: bool,
+             upto: int | None) -> Recovery:
     started = time.perf_counter()
     snapshot_path = data_dir / SNAPSHOT_NAME
     if snapshot_path.exists():
         snapshot_seq, table, snapshot_bytes = read_snapshot(snapshot_path)
+        snapshot_epoch, promise = read_snapshot_log(snapshot_path)
     else:
         snapshot_seq, table, snapshot_bytes = 0, JobTable(), 0
-    result = Recovery(table=table, snapshot_seq=snapshot_seq, snapshot_bytes=snapshot_bytes)
+        snapshot_epoch, promise = 0, (0, 0)
+    result = Recovery(table=table, snapshot_seq=snapshot_seq, snapshot_bytes=snapshot_bytes,
+                      snapshot_epoch=snapshot_epoch, promise=promise, commit_seq=snapshot_seq)
     segments = list_segments(data_dir)
     expected = snapshot_seq + 1  # the next record to apply
-    apply = table.apply
+    deferred: list[tuple[int, dict[str, Any]]] = []
+    entries = result.entries
+
+    def on_entry(seq: int, epoch: int, line: bytes, record: dict[str, Any]) -> None:
+        entries.append((seq, epoch, line))
+        if group:
+            deferred.append((seq, record))
+
+    def on_local(local: LocalLine) -> None:
+        if local.promise is not None:
+            result.promise = local.promise
+        elif local.commit is not None:
+            result.commit_seq = max(result.commit_seq, local.commit)
+
+    apply = None if group else table.apply
     for index, (first, path) in enumerate(segments):
         is_last = index == len(segments) - 1
         if not is_last and segments[index + 1][0] <= expected:
@@ -248,7 +382,7 @@ def _recover(data_dir: Path, *, repair: bool, read_only: bool) -> Recovery:
                               whole=True)
             break
         data = path.read_bytes()
-        scan = scan_segment(data, first, expected, apply)
+        scan = scan_segment(data, first, expected, apply, on_entry=on_entry, on_local=on_local)
         result.skipped += scan.skipped
         result.replayed += scan.replayed
         expected += scan.replayed
@@ -268,8 +402,35 @@ def _recover(data_dir: Path, *, repair: bool, read_only: bool) -> Recovery:
                           repair=repair, read_only=read_only, offset=offset, data=data)
         break
     result.last_seq = max(expected - 1, snapshot_seq)
+    if group:
+        limit = min(result.commit_seq if upto is None else upto, result.last_seq)
+        for seq, record in deferred:
+            if seq > limit:
+                break
+            try:
+                table.apply(record)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise JournalError(f"{data_dir}: entry {seq} cannot be applied ({exc})") from None
+        result.applied_seq = max(limit, snapshot_seq)
+    else:
+        result.applied_seq = result.commit_seq = result.last_seq
+    if result.promise == (0, 0):
+        result.promise = (_legacy_epoch(data_dir), 0)
     result.seconds = time.perf_counter() - started
     return result
+
+
+LEGACY_EPOCH_NAME = "epoch.json"
+
+
+def _legacy_epoch(data_dir: Path) -> int:
+    """The epoch an older tcpsched kept in `epoch.json`, so a restart still moves past it."""
+    try:
+        data = json.loads((data_dir / LEGACY_EPOCH_NAME).read_bytes())
+    except (OSError, ValueError):
+        return 0
+    epoch = data.get("epoch") if isinstance(data, dict) else None
+    return epoch if type(epoch) is int and 0 <= epoch < 2**53 else 0
 
 
 def _refuse_or_repair(result: Recovery, path: Path, lineno: int, reason: str, *,

@@ -47,14 +47,14 @@ def compaction_step(hook: CompactionHook | None, name: str) -> None:
         hook(name)
 
 
-def _snapshot_pieces(seq: int, image: TableImage) -> Iterator[bytes]:
+def _snapshot_pieces(seq: int, image: TableImage, log: dict[str, Any]) -> Iterator[bytes]:
     """The snapshot file in pieces: a prefix, the table body, and the CRC of the body last.
 
     The jobs array holds one chunk of rows per line (JSON allows the newlines), so a reader
     can parse and convert one chunk at a time instead of holding every parsed row at once.
     """
     yield b'{"seq":%d,"table":' % seq
-    head = _dumps({**image.header(), "finished": image.finished})
+    head = _dumps({**image.header(), "log": log, "finished": image.finished})
     piece = (head[:-1] + ',"jobs":[\n').encode()
     crc = zlib.crc32(piece)
     yield piece
@@ -72,14 +72,19 @@ def _snapshot_pieces(seq: int, image: TableImage) -> Iterator[bytes]:
 
 
 def write_snapshot(data_dir: Path, seq: int, image: TableImage,
-                   hook: CompactionHook | None = None) -> int:
-    """Write `snapshot.json` for the state at `seq`, atomically and durably; returns its size."""
+                   hook: CompactionHook | None = None, *, epoch: int = 0,
+                   promise: tuple[int, int] = (0, 0)) -> int:
+    """Write `snapshot.json` for the state at `seq`, atomically and durably; returns its size.
+
+    `epoch` is the epoch of entry `seq` (the log position the snapshot stands for) and
+    `promise` this node's election promise, which the segments the snapshot replaces held."""
+    log = {"epoch": epoch, "promise": list(promise)}
     tmp = data_dir / SNAPSHOT_TMP_NAME
     size = 0
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            for piece in _snapshot_pieces(seq, image):
+            for piece in _snapshot_pieces(seq, image, log):
                 write_all(fd, piece)
                 size += len(piece)
             compaction_step(hook, "write-snapshot-tmp")
@@ -134,3 +139,26 @@ def read_snapshot(path: Path) -> tuple[int, JobTable, int]:
         raise JournalError(f"{path}: cannot rebuild the job table ({exc})") from None
     return int(seq_text), table, crc_at - body_at
 
+
+
+SNAPSHOT_HEAD_BYTES_MAX = 64 * 1024
+
+
+def read_snapshot_log(path: Path) -> tuple[int, tuple[int, int]]:
+    """(epoch of the snapshot's last entry, promise) from a snapshot's header; (0, (0, 0)) for
+    a snapshot written before peers existed. The file's CRC is checked by `read_snapshot`."""
+    with open(path, "rb") as f:
+        head = f.read(SNAPSHOT_HEAD_BYTES_MAX)
+    start = head.find(b'"log":')
+    if start < 0:
+        return 0, (0, 0)
+    end = head.find(b"}", start)
+    try:
+        log = json.loads(head[start + 6 : end + 1])
+        epoch, promise = log["epoch"], log["promise"]
+        if not (type(epoch) is int and len(promise) == 2
+                and all(type(v) is int and v >= 0 for v in promise) and epoch >= 0):
+            raise ValueError("bad values")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise JournalError(f"{path}: bad log position in the snapshot header ({exc})") from None
+    return epoch, (promise[0], promise[1])

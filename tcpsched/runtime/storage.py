@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -53,7 +54,16 @@ from tcpsched.runtime.files import (
     write_all,
     write_durably,
 )
-from tcpsched.runtime.journal import Recovery, encode_line, list_segments, recover, segment_name
+from tcpsched.runtime.journal import (
+    Recovery,
+    encode_commit,
+    encode_line,
+    encode_promise,
+    line_epoch,
+    list_segments,
+    recover,
+    segment_name,
+)
 from tcpsched.runtime.snapshot import (
     SNAPSHOT_TMP_NAME,
     CompactionHook,
@@ -125,7 +135,17 @@ class Storage:
         self.table = recovery.table
         self.config = config
         self.seq = recovery.last_seq
+        self.epoch = recovery.last_epoch  # of the last entry written
+        self.promise = recovery.promise
+        self.commit_seq = recovery.commit_seq
+        # Where a snapshot may stand now: (seq, epoch of that entry, image), or None when the
+        # table holds entries that are not committed yet. Alone, the table is always the
+        # state after the last entry; in a group the node core says (coordinator.py).
+        self.snapshot_source: Callable[[], tuple[int, int, TableImage] | None] = (
+            lambda: (self.seq, self.epoch, self.table.image()))
+        self.on_compacted: Callable[[int], None] | None = None
         self.snapshot_seq = recovery.snapshot_seq
+        self.snapshot_epoch = recovery.snapshot_epoch
         self.snapshot_bytes = recovery.snapshot_bytes
         self._lock_fd = lock_fd
         self._call_later = call_later
@@ -219,10 +239,111 @@ class Storage:
     def append(self, record: dict[str, Any]) -> None:
         self.seq += 1
         if self._failed is None:  # after a failure nothing is written: keep nothing
-            self._buffer.append(encode_line(self.seq, record))
+            self._buffer.append(encode_line(self.seq, record, self.epoch))
+
+    def append_entry(self, seq: int, epoch: int, line: bytes) -> None:
+        """Buffer one entry numbered and encoded by the node core (the bytes a leader also
+        ships to its followers)."""
+        if seq != self.seq + 1:
+            raise JournalError(f"entry {seq} appended after {self.seq}: the log has a gap")
+        self.seq = seq
+        self.epoch = epoch
+        if self._failed is None:
+            self._buffer.append(line)
+
+    def write_promise(self, epoch: int, leader: int) -> None:
+        """Buffer the election promise; it is durable at the next flush, before any
+        acknowledgement that depends on it leaves."""
+        self.promise = (epoch, leader)
+        if self._failed is None:
+            self._buffer.append(encode_promise(epoch, leader))
+
+    def write_commit(self, seq: int) -> None:
+        """Buffer a commit mark: a restart applies entries up to the last one it finds."""
+        self.commit_seq = max(self.commit_seq, seq)
+        if self._failed is None:
+            self._buffer.append(encode_commit(seq))
+
+    def truncate_after(self, seq: int) -> None:
+        """Cut every entry after `seq` off the journal (a stale tail that the leader's log
+        contradicts), durably, and journal the promise again (it may have been in the cut)."""
+        if self._failed is not None:
+            raise JournalError(self._failed)
+        if seq >= self.seq:
+            return
+        if seq < self.snapshot_seq:
+            raise JournalError(f"cannot cut the journal after {seq}: the snapshot covers "
+                               f"{self.snapshot_seq}")
+        self._write_buffer()
+        try:
+            self._cut_after(seq)
+        except OSError as exc:
+            self._fail(f"cannot cut the journal after seq={seq}: {describe_os_error(exc)}")
+        self.write_promise(*self.promise)
+        self.write_commit(min(self.commit_seq, seq))
+        self.flush()
+
+    def _cut_after(self, seq: int) -> None:
+        segments = [(first, path) for first, path in list_segments(self.data_dir)]
+        keep: tuple[int, Any] | None = None
+        for first, path in segments:
+            if first <= seq + 1:
+                keep = (first, path)
+        if keep is None:
+            raise FileNotFoundError(f"no journal segment holds entry {seq + 1}")
+        first, path = keep
+        data = path.read_bytes()
+        # The entry after `seq` starts the cut; local lines before it stay.
+        cut_at = len(data)
+        position = 0
+        entry_seq = first
+        epoch = self.snapshot_epoch
+        for line in data.split(b"\n")[:-1]:
+            if line.startswith(b'{"seq":'):
+                if entry_seq == seq + 1:
+                    cut_at = position
+                    break
+                epoch = line_epoch(line)
+                entry_seq += 1
+            position += len(line) + 1
+        os.close(self._fd)
+        with open(path, "r+b") as f:
+            f.truncate(cut_at)
+            f.flush()
+            os.fsync(f.fileno())
+        for later_first, later in segments:
+            if later_first > first:
+                later.unlink()
+        fsync_dir(self.data_dir)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND, 0o644)
+        self.segment_path = path
+        self.segment_bytes = cut_at
+        self.segment_records = seq + 1 - first
+        self.seq = seq
+        self.epoch = epoch
+        log.warning("journal cut after seq=%d (a stale tail the leader's log contradicts)", seq)
+
+    def reload(self, upto: int) -> Any:
+        """The table rebuilt from disk with entries up to `upto` applied (a deposed leader's
+        table may hold entries that were never committed)."""
+        self._write_buffer()
+        result = recover(self.data_dir, read_only=True, group=True, upto=upto)
+        self.table = result.table
+        return result.table
 
     def flush(self) -> None:
         """Write the buffered records with one write (and fsync, by policy); maybe compact."""
+        if self._write_buffer():
+            policy = self.config.fsync
+            if policy == "always":
+                self._sync()
+            elif policy == "batch":
+                self._sync_soon()
+            self._maybe_compact()
+        self._publish()
+
+    def _write_buffer(self) -> bool:
+        """Write what is buffered, with one write; True if anything was written."""
         if self._failed is not None:
             raise JournalError(self._failed)
         if self._buffer:
@@ -237,15 +358,14 @@ class Storage:
             self.writes += 1
             self.records_written += records
             self.segment_bytes += len(data)
-            self.segment_records += records
+            self.segment_records = self.seq + 1 - self._segment_first()
             self._unsynced = True
-            policy = self.config.fsync
-            if policy == "always":
-                self._sync()
-            elif policy == "batch":
-                self._sync_soon()
-            self._maybe_compact()
-        self._publish()
+            return True
+        return False
+
+    def _segment_first(self) -> int:
+        name = self.segment_path.name
+        return int(name[len("journal-"):-len(".jsonl")])
 
     # -- durability -------------------------------------------------------------------------
 
@@ -329,18 +449,29 @@ class Storage:
                   cfg.compact_records)
 
     def compact(self) -> None:
-        """Start a new segment and write a snapshot of the table as of the last record.
+        """Start a new segment and write a snapshot of the table where it stands.
 
         The part that must see a consistent table (fsync, new segment, image) runs now; the
-        snapshot is written in a thread when `background_compaction` is set.
+        snapshot is written in a thread when `background_compaction` is set. The snapshot
+        stands at `snapshot_source()` (alone: the last entry; in a group: the last applied
+        entry, and only while the table holds nothing uncommitted): segments are deleted only
+        when every entry in them is at or below it.
         """
+        point = self.snapshot_source()
+        if point is None:
+            return  # the table holds uncommitted entries: try again at the next flush
+        seq, epoch, image = point
         self._sync()  # the journal's own fsync: failing, it is fatal like any journal fsync
         compaction_step(self._hook, "fsync-segment")
-        seq = self.seq
-        new_path = self.data_dir / segment_name(seq + 1)
+        new_path = self.data_dir / segment_name(self.seq + 1)
         try:
-            old = [path for first, path in list_segments(self.data_dir) if first <= seq]
+            segments = list_segments(self.data_dir)
+            # A segment can go once the next one starts at or below seq + 1.
+            old = [path for (_first, path), (nxt, _) in itertools.pairwise(segments)
+                   if nxt <= seq + 1]
             if new_path != self.segment_path:
+                if self.seq <= seq:
+                    old.append(self.segment_path)
                 self._start_segment(new_path)
                 old = [path for path in old if path != new_path]
         except OSError as exc:
@@ -350,15 +481,15 @@ class Storage:
         self.segment_bytes = 0
         self.segment_records = 0
         self._compact_retry_at = (0, 0)
-        image = self.table.image()
+        promise = self.promise
         if self.config.background_compaction:
             self._compaction = threading.Thread(target=self._compact_in_thread,
-                                                args=(seq, image, old),
+                                                args=(seq, epoch, promise, image, old),
                                                 name="tcpsched-compaction", daemon=True)
             self._compaction.start()
         else:
             try:
-                self._finish_compaction(seq, image, old)
+                self._finish_compaction(seq, epoch, promise, image, old)
             except OSError as exc:
                 self._compaction_failed("cannot write the snapshot", exc)
 
@@ -379,9 +510,10 @@ class Storage:
         self._fd = fd
         self.segment_path = path
 
-    def _compact_in_thread(self, seq: int, image: TableImage, old: list[Path]) -> None:
+    def _compact_in_thread(self, seq: int, epoch: int, promise: tuple[int, int],
+                           image: TableImage, old: list[Path]) -> None:
         try:
-            self._finish_compaction(seq, image, old)
+            self._finish_compaction(seq, epoch, promise, image, old)
         except OSError as exc:
             # The journal still holds everything; the next threshold tries again.
             self._compaction_error = (f"compaction failed: cannot write the snapshot at seq={seq}: "
@@ -389,15 +521,18 @@ class Storage:
             self.compaction_failures += 1
             log.error("%s (the journal still holds every record)", self._compaction_error)
 
-    def _finish_compaction(self, seq: int, image: TableImage, old: list[Path]) -> None:
+    def _finish_compaction(self, seq: int, epoch: int, promise: tuple[int, int],
+                           image: TableImage, old: list[Path]) -> None:
         started = time.perf_counter()
-        size = write_snapshot(self.data_dir, seq, image, self._hook)
+        size = write_snapshot(self.data_dir, seq, image, self._hook, epoch=epoch,
+                              promise=promise)
         for path in old:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             compaction_step(self._hook, "delete-segment")
         fsync_dir(self.data_dir)
         self.snapshot_seq = seq
+        self.snapshot_epoch = epoch
         self.snapshot_bytes = size
         self.compactions += 1
         self._compaction_error = None
