@@ -89,6 +89,13 @@ class EndOfTurn:
 
 
 @attrs.frozen
+class JournalFailed:
+    """The local journal failed a write or an fsync: nothing more will be durable here."""
+
+    reason: str
+
+
+@attrs.frozen
 class Reloaded:
     """The table rebuilt from disk up to `seq` (the answer to `Reload`)."""
 
@@ -149,7 +156,7 @@ class Leading(Protocol):
 
     table: JobTable
 
-    def step(self, event: Any, now: float) -> list[Any]: ...
+    def step(self, event: Any, now: float, wall: float | None = None) -> list[Any]: ...
     def next_deadline(self) -> float | None: ...
     def statistics(self) -> dict[str, Any]: ...
 
@@ -184,7 +191,7 @@ class Node:
         now: float,
         recovered: Recovered,
         *,
-        make_scheduler: Callable[[JobTable, int, float], Leading],
+        make_scheduler: Callable[[JobTable, int, float, float], Leading],
         encode_line: Callable[[int, int, dict[str, Any]], bytes],
         decode_line: Callable[[bytes], dict[str, Any]],
     ) -> None:
@@ -218,6 +225,7 @@ class Node:
         self._effects: list[Any] = []
         self._commit_marked = self.log.commit_seq
         self._last_beat = -1.0
+        self._wall = now
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -232,6 +240,11 @@ class Node:
     @property
     def epoch(self) -> int:
         return self.election.epoch
+
+    @property
+    def wants_flush(self) -> bool:
+        """Something waits for the next local flush (a promise's or an append's ack)."""
+        return bool(self._held_flush) or self._ack_owed is not None
 
     def leader_address(self) -> str | None:
         leader = self.election.leader_hint()
@@ -283,8 +296,10 @@ class Node:
 
     # -- the sans-I/O interface ---------------------------------------------------------------
 
-    def step(self, event: Any, now: float) -> list[Any]:
+    def step(self, event: Any, now: float, wall: float | None = None) -> list[Any]:
+        """One event at monotonic `now` (and Unix time `wall`, for the times on records)."""
         self._effects = []
+        self._wall = now if wall is None else wall
         if isinstance(event, PeerReceived):
             self._on_peer(event.peer, event.msg, now)
         elif isinstance(event, Flushed):
@@ -298,6 +313,8 @@ class Node:
             self._election(self.election.peer_down(event.peer, now), now)
         elif isinstance(event, Connected | Received | Closed):
             self._on_connection(event, now)
+        elif isinstance(event, JournalFailed):
+            self._on_journal_failed(event.reason)
         elif isinstance(event, Reloaded):
             self.table = event.table
             self.applied_seq = event.seq
@@ -334,7 +351,7 @@ class Node:
 
     def _run_scheduler(self, event: Any, now: float) -> None:
         assert self.scheduler is not None
-        for effect in self.scheduler.step(event, now):
+        for effect in self.scheduler.step(event, now, self._wall):
             if isinstance(effect, Journal):
                 self._log_record(effect.record)
             elif isinstance(effect, Send | Close):
@@ -376,6 +393,22 @@ class Node:
                     match_seq=min(matched, self.flushed_seq), commit_seq=self.log.commit_seq)))
         if self.replication is not None and self.replication.on_flushed(self.flushed_seq):
             self._committed(now)
+
+    def _on_journal_failed(self, reason: str) -> None:
+        """Nothing held will ever be committed here: a reply becomes an error saying it was
+        not acknowledged; errors and closes go; orders to workers and peer acks are dropped."""
+        held, self._held_commit = self._held_commit, deque()
+        self._held_flush = []
+        self._ack_owed = None
+        for _seq, effect in held:
+            if isinstance(effect, Close) or (
+                    isinstance(effect, Send) and isinstance(effect.msg, m.ErrorReply)):
+                self._effects.append(effect)
+            elif isinstance(effect, Send) and isinstance(effect.msg, m.Reply):
+                self._effects.append(Send(effect.conn, m.ErrorReply(
+                    req_id=effect.msg.req_id, kind="unavailable",
+                    message=f"not acknowledged: the coordinator's journal failed ({reason}) "
+                            "and it is stopping; retry once it is back")))
 
     def _committed(self, now: float) -> None:
         self._release_committed()
@@ -503,7 +536,7 @@ class Node:
         self.replication = LeaderReplication(self.node_id, self.config.peers, self.epoch,
                                              self.log, now, beat_s=self.config.beat_s)
         self.replication.on_flushed(self.flushed_seq)
-        self.scheduler = self.make_scheduler(self.table, self.epoch, now)
+        self.scheduler = self.make_scheduler(self.table, self.epoch, now, self._wall)
         # The epoch's first entry: committing it commits everything before it (Raft's rule),
         # and it is where the epoch lives in the log.
         self._log_record({"op": "epoch", "epoch": self.epoch, "leader": self.node_id})

@@ -28,6 +28,18 @@ from typing import Any, Protocol
 
 from tcpsched.core.events import Close, Effect, Journal, Send, Tick
 from tcpsched.core.messages import ErrorReply, Reply
+from tcpsched.core.node import (
+    EndOfTurn,
+    Flushed,
+    JournalFailed,
+    Reload,
+    Reloaded,
+    ToPeer,
+    Truncate,
+    WriteCommit,
+    WriteEntries,
+    WritePromise,
+)
 from tcpsched.errors import JournalError, LocalProtocolError
 from tcpsched.runtime.transport import Connection
 
@@ -44,6 +56,18 @@ class JournalSink(Protocol):
 
     def append(self, record: dict[str, Any]) -> None: ...
     def flush(self) -> None: ...
+
+
+class NodeStorage(JournalSink, Protocol):
+    """What a node core's effects need of storage (runtime/storage.py)."""
+
+    seq: int
+
+    def append_entry(self, seq: int, epoch: int, line: bytes) -> None: ...
+    def write_promise(self, epoch: int, leader: int) -> None: ...
+    def write_commit(self, seq: int) -> None: ...
+    def truncate_after(self, seq: int) -> None: ...
+    def reload(self, upto: int) -> Any: ...
 
 
 class MemoryJournal:
@@ -67,9 +91,16 @@ class Runner:
         connections: dict[int, Connection],
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        *,
+        peer_send: Callable[[int, Any], None] | None = None,
     ) -> None:
+        """`peer_send`: given for a node core (core/node.py), whose effects include peer
+        messages (sent at once: heartbeats and replication never wait for our fsync) and
+        numbered entries; the runner then tells it `EndOfTurn` and `Flushed`."""
         self.core = core
         self.journal = journal
+        self.peer_send = peer_send
+        self._reloads: list[int] = []
         self.connections = connections
         self.clock = clock
         self.wall_clock = wall_clock
@@ -83,30 +114,73 @@ class Runner:
         self.on_journal_failure: Callable[[str], None] | None = None
 
     def feed(self, event: Any) -> None:
-        effects = self.core.step(event, self.clock(), self.wall_clock())
-        for effect in effects:
-            if isinstance(effect, Journal):
-                self.journal.append(effect.record)
-                self._dirty = True
-            else:
-                self._held.append(effect)
-        if (self._held or self._dirty) and not self._end_of_turn_scheduled:
+        self._carry(self.core.step(event, self.clock(), self.wall_clock()))
+        self._schedule_end_of_turn()
+        self._rearm()
+
+    def _schedule_end_of_turn(self) -> None:
+        wants = self._held or self._dirty or self._reloads or (
+            self.peer_send is not None and getattr(self.core, "wants_flush", False))
+        if wants and not self._end_of_turn_scheduled:
             self._end_of_turn_scheduled = True
             asyncio.get_running_loop().call_soon(self._end_of_turn)
-        self._rearm()
+
+    def _carry(self, effects: list[Any]) -> None:
+        journal: Any = self.journal
+        for effect in effects:
+            kind = type(effect)
+            if kind is Send or kind is Close:
+                self._held.append(effect)
+            elif kind is ToPeer:
+                assert self.peer_send is not None
+                self.peer_send(effect.peer, effect.msg)
+            elif kind is WriteEntries:
+                for entry in effect.entries:
+                    journal.append_entry(entry.seq, entry.epoch, entry.data)
+                self._dirty = True
+            elif kind is Journal:
+                journal.append(effect.record)
+                self._dirty = True
+            elif kind is WritePromise:
+                journal.write_promise(effect.epoch, effect.leader)
+                self._dirty = True
+            elif kind is WriteCommit:
+                # Rides with the next write: losing one only makes a restart apply less.
+                journal.write_commit(effect.seq)
+            elif kind is Truncate:
+                journal.truncate_after(effect.seq)
+            elif kind is Reload:
+                self._reloads.append(effect.seq)
+            else:
+                raise TypeError(f"unknown effect {effect!r}")
+
+    def _step_now(self, event: Any) -> None:
+        self._carry(self.core.step(event, self.clock(), self.wall_clock()))
 
     def _end_of_turn(self) -> None:
         self._end_of_turn_scheduled = False
-        held, self._held = self._held, []
-        if self._dirty and self.journal_failure is None:
+        node = self.peer_send is not None
+        if node and self.journal_failure is None:
+            self._step_now(EndOfTurn())  # one Append per follower for the whole turn
+        flush = self._dirty or (node and getattr(self.core, "wants_flush", False))
+        if flush and self.journal_failure is None:
             try:
                 self.journal.flush()
             except (JournalError, OSError) as exc:
                 self._journal_failed(exc)
+                if node:
+                    self._step_now(JournalFailed(self.journal_failure or str(exc)))
             else:
                 # Cleared only once the flush succeeded: a turn whose flush failed stays
                 # unacknowledged on every later path (the shutdown's flush_now too).
                 self._dirty = False
+                if node:
+                    self._step_now(Flushed(self.journal.seq))  # type: ignore[attr-defined]
+        while self._reloads and self.journal_failure is None:
+            seq = self._reloads.pop(0)
+            table = self.journal.reload(seq)  # type: ignore[attr-defined]
+            self._step_now(Reloaded(table, seq))
+        held, self._held = self._held, []
         if self.journal_failure is not None:
             held = [refusal for effect in held
                     if (refusal := self._refusal(effect)) is not None]
@@ -121,6 +195,9 @@ class Runner:
                     log.info("closing %s: %s", conn.peer, effect.reason)
                     conn.flush()
                     conn.close(effect.reason)
+        if self._dirty or self._held:
+            self._schedule_end_of_turn()
+        self._rearm()
 
     def _journal_failed(self, exc: Exception) -> None:
         reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)

@@ -51,11 +51,11 @@ class FakeTable:
 class FakeScheduler:
     """Each client message ("put", x) becomes a record and a reply ("ok", x)."""
 
-    def __init__(self, table: FakeTable, epoch: int, now: float) -> None:
+    def __init__(self, table: FakeTable, epoch: int, now: float, wall: float) -> None:
         self.table = table
         self.epoch = epoch
 
-    def step(self, event: Any, now: float) -> list[Any]:
+    def step(self, event: Any, now: float, wall: float | None = None) -> list[Any]:
         if isinstance(event, Received) and event.msg[0] == "put":
             record = {"op": "put", "x": event.msg[1]}
             self.table.apply(record)
