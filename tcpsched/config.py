@@ -234,6 +234,9 @@ class CoordinatorSettings:
     idle_timeout_s: float = 60.0  # 0: never close idle connections
     seed: int | None = None
     tls: TlsSettings = TlsSettings()
+    election_timeout_s: float = 1.0  # a follower that hears no leader this long elects
+    hold_down_s: float = 3.0  # a higher id follows, caught up, this long before taking over
+    peer_heartbeat_s: float = 0.1  # the leader's beat to its followers
 
     @property
     def address(self) -> str:
@@ -246,7 +249,16 @@ def coordinator_parser() -> UsageParser:
     p.add_argument("--id", type=_positive_int, default=1, help="this coordinator's id (1)")
     p.add_argument("--listen", default=f"{DEFAULT_HOST}:{DEFAULT_PORT}", metavar="HOST:PORT")
     p.add_argument("--peer", action="append", default=[], metavar="ID@HOST:PORT",
-                   help="another coordinator (repeatable)")
+                   help="another coordinator of the group (repeatable; every member lists "
+                   "all the others)")
+    p.add_argument("--election-timeout", type=_positive_float, default=1.0, metavar="S",
+                   help="a follower that hears no leader for S seconds starts an election; a "
+                   "leader that hears no majority that long steps down (1.0)")
+    p.add_argument("--hold-down", type=_non_negative_float, default=3.0, metavar="S",
+                   help="a coordinator with a higher id than the leader takes over only "
+                   "after following it, caught up, for S seconds (3.0)")
+    p.add_argument("--peer-heartbeat", type=_positive_float, default=0.1, metavar="S",
+                   help="how often the leader beats to its followers (0.1)")
     p.add_argument("--data-dir", default=None, help="journal directory (./tcpsched-data/cID)")
     p.add_argument("--policy", choices=POLICIES, default="round-robin")
     p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always")
@@ -314,10 +326,19 @@ def coordinator_settings(argv: Sequence[str] | None = None) -> tuple[Coordinator
     args = coordinator_parser().parse_args(argv)
     host, port = parse_address(args.listen)
     peers = tuple(parse_peer(p) for p in args.peer)
+    ids = [node_id for node_id, _ in peers]
+    if args.id in ids:
+        raise ConfigError(f"--peer {args.id}@...: that is this coordinator's own --id")
+    if len(set(ids)) != len(ids):
+        raise ConfigError("--peer: each peer id may be given once")
+    if args.peer_heartbeat * 3 > args.election_timeout:
+        raise ConfigError("--election-timeout must be at least 3 times --peer-heartbeat")
     if args.heartbeat_timeout <= args.heartbeat_interval:
         raise ConfigError("--heartbeat-timeout must be greater than --heartbeat-interval")
     settings = CoordinatorSettings(
         node_id=args.id, listen=(host, port), peers=peers,
+        election_timeout_s=args.election_timeout, hold_down_s=args.hold_down,
+        peer_heartbeat_s=args.peer_heartbeat,
         data_dir=Path(args.data_dir or f"tcpsched-data/c{args.id}"), policy=args.policy,
         fsync=args.fsync, heartbeat_interval_s=args.heartbeat_interval,
         heartbeat_timeout_s=args.heartbeat_timeout, token=read_token(args.token_file),

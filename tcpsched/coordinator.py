@@ -35,9 +35,14 @@ from tcpsched.config import CoordinatorSettings, coordinator_settings, is_loopba
 from tcpsched.core import messages as m
 from tcpsched.core.admission import HandshakeSlots
 from tcpsched.core.codec import UnpackLimits
-from tcpsched.core.events import Closed, Connected, Received
+from tcpsched.core.election import ElectionTiming
+from tcpsched.core.events import Closed, Connected, Received, Tick
 from tcpsched.core.limits import WireLimits
+from tcpsched.core.node import Node, NodeConfig, PeerClosed, PeerReceived, Recovered
+from tcpsched.core.peer_messages import PEER_MESSAGES
+from tcpsched.core.replication import Entry
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig
+from tcpsched.core.state import JobTable
 from tcpsched.errors import (
     AuthError,
     ConfigError,
@@ -46,9 +51,11 @@ from tcpsched.errors import (
     TcpschedError,
 )
 from tcpsched.runtime import transport
+from tcpsched.runtime.journal import decode_entry, encode_line
+from tcpsched.runtime.peers import PeerLinks, peer_id_from_name
 from tcpsched.runtime.runner import Runner
 from tcpsched.runtime.storage import FSYNC_LOSS, Storage, StorageConfig, check
-from tcpsched.runtime.tls import server_context
+from tcpsched.runtime.tls import client_context, server_context
 from tcpsched.runtime.transport import Connection, LogLimiter
 
 log = logging.getLogger(__name__)
@@ -71,8 +78,9 @@ CONNECTION_COUNTERS = ("protocol_errors", "auth_failures", "handshake_timeouts",
 ALLOWED_BY_ROLE = {
     "client": m.CLIENT_REQUESTS,
     "worker": m.WORKER_TO_COORDINATOR,
+    "peer": frozenset(PEER_MESSAGES),
 }
-SERVED_ROLES = frozenset(ALLOWED_BY_ROLE)  # peers arrive with replication
+SERVED_ROLES = frozenset(ALLOWED_BY_ROLE)
 
 
 class Coordinator:
@@ -84,30 +92,48 @@ class Coordinator:
         # Recovery and the queue rebuild only allocate (millions of objects at a million jobs):
         # collections meanwhile would walk them all again and again for nothing. Then the
         # recovered jobs, which live long, are kept out of every future full collection.
+        self.rng = random.Random(seed)
+        self.extra_stats: dict[str, Any] = {}  # figures the shell adds (journal, connections)
+        peers = dict(settings.peers)
         gc.disable()
         try:
             self.journal, self.recovery = Storage.open(
                 settings.data_dir, StorageConfig(fsync=settings.fsync,
                                                  compact_bytes=settings.compact_bytes,
                                                  compact_records=settings.compact_records),
-                repair=settings.repair, call_later=loop.call_later)
-            # A restart is a new epoch, stored before anything is dispatched: workers then
-            # refuse whatever a previous life of this coordinator might still send.
-            try:
-                self.epoch = self.journal.next_epoch()
-            except BaseException:
-                self.journal.close()  # unlock, so the one error line is all that is left
-                raise
-            self.scheduler = Scheduler(self._scheduler_config(self.epoch), random.Random(seed),
-                                       time.monotonic(), table=self.recovery.table,
-                                       wall=time.time())
+                repair=settings.repair, call_later=loop.call_later, group=bool(peers))
+            r = self.recovery
+            # The epoch lives in the log: the node's election promises a new one, journaled
+            # before anything is dispatched, so workers refuse whatever a previous life of
+            # this coordinator might still send.
+            self.node = Node(
+                NodeConfig(node_id=settings.node_id, address=settings.address, peers=peers,
+                           timing=ElectionTiming(
+                               election_timeout_s=settings.election_timeout_s,
+                               hold_down_s=settings.hold_down_s),
+                           beat_s=settings.peer_heartbeat_s),
+                random.Random(self.rng.getrandbits(64)), time.monotonic(),
+                Recovered(table=r.table,
+                          entries=tuple(Entry(epoch, seq, line) for seq, epoch, line in r.entries),
+                          base=(r.snapshot_epoch, r.snapshot_seq), commit_seq=r.commit_seq,
+                          promised_epoch=r.promise[0], promised_leader=r.promise[1]),
+                make_scheduler=self._make_scheduler,
+                encode_line=lambda epoch, seq, record: encode_line(seq, record, epoch),
+                decode_line=decode_entry,
+            )
         finally:
             gc.freeze()
             gc.enable()
         for warning in self.recovery.warnings:
             log.warning("node=%d %s", settings.node_id, warning)
-        self.journal.publish(self.scheduler.extra_stats)
-        self.runner = Runner(self.scheduler, self.journal, self.connections)
+        self.journal.publish(self.extra_stats)
+        self.journal.snapshot_source = self._snapshot_source
+        self.peers = PeerLinks(settings.node_id, peers, settings.token,
+                               client_context(settings.tls) if settings.tls.enabled else None,
+                               frame_bytes_max=settings.frame_bytes_max,
+                               rng=random.Random(self.rng.getrandbits(64)))
+        self.runner = Runner(self.node, self.journal, self.connections,
+                             peer_send=self.peers.send)
         self.storage_failure: str | None = None
         self.runner.on_journal_failure = self.journal.on_failure = self.storage_failed
         self._next_conn = 1
@@ -120,10 +146,29 @@ class Coordinator:
         self.protocol_errors = 0
         self._close_log = LogLimiter(log)
         for what in CONNECTION_COUNTERS:
-            self.scheduler.extra_stats.setdefault(what, 0)
+            self.extra_stats.setdefault(what, 0)
+        self._peer_conns: dict[int, int] = {}  # peer id -> the connection we hear it on
         self._open: set[_Accepted] = set()  # every connection, in its handshake or not
         self._none_open = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None
+
+    def _make_scheduler(self, table: JobTable, epoch: int, now: float, wall: float
+                        ) -> Scheduler:
+        """The node's scheduler, built each time this coordinator becomes the leader."""
+        scheduler = Scheduler(self._scheduler_config(epoch),
+                              random.Random(self.rng.getrandbits(64)), now, table=table,
+                              wall=wall)
+        scheduler.extra_stats = self.extra_stats
+        return scheduler
+
+    def _snapshot_source(self) -> tuple[int, int, Any] | None:
+        """Where a snapshot may stand: the table's own position, while it holds nothing that
+        is not committed (a follower's table never does; a leader's, between turns)."""
+        point = self.node.snapshot_point()
+        if point is None:
+            return None
+        seq, epoch = point
+        return seq, epoch, self.node.table.image()
 
     def _scheduler_config(self, epoch: int = 1) -> SchedulerConfig:
         s = self.settings
@@ -175,9 +220,10 @@ class Coordinator:
                  f" ({states})" if states else "", s.data_dir, r.snapshot_seq, r.replayed,
                  r.seconds, r.last_seq, s.fsync, FSYNC_LOSS[s.fsync])
         if s.peers:
-            log.warning("node=%d --peer given, but peer coordinators are not supported yet; "
-                        "running alone", s.node_id)
-        log.info("node=%d epoch=%d became leader (single coordinator)", s.node_id, self.epoch)
+            log.info("node=%d peers: %s", s.node_id,
+                     " ".join(f"{i}@{a}" for i, a in sorted(s.peers)))
+        self.peers.start()
+        self.runner.feed(Tick())  # alone, this makes us the leader at once
         try:
             await self._stop.wait()
         finally:
@@ -188,6 +234,7 @@ class Coordinator:
             with contextlib.suppress(asyncio.CancelledError):
                 await accepting
             listener.close()
+            await self.peers.close()
             self.runner.flush_now()
             await self._close_all()
             self.runner.stop()
@@ -202,7 +249,7 @@ class Coordinator:
             self.protocol_errors += 1
         elif what == "refused_busy":
             self.refused_connections += 1
-        stats = self.scheduler.extra_stats
+        stats = self.extra_stats
         stats[what] = stats.get(what, 0) + 1
 
     def _sweep_idle(self) -> None:
@@ -298,7 +345,7 @@ class Coordinator:
                     return None
                 stage = "handshake"
                 return await transport.accept(conn, s.token, f"c{s.node_id}",
-                                              self.scheduler.config.epoch,
+                                              self.node.epoch,
                                               s.handshake_timeout_s, roles=SERVED_ROLES)
         except (RemoteProtocolError, AuthError, TimeoutError, OSError) as exc:
             # ssl.SSLError is an OSError.
@@ -320,8 +367,37 @@ class Coordinator:
         finally:
             self._slots.release(accepted)
 
+    async def _serve_peer(self, conn: Connection, hello: m.Hello) -> None:
+        """A coordinator that dialled us: what it says goes to the node as peer events."""
+        peer = peer_id_from_name(hello.name)
+        if peer is None or peer not in dict(self.settings.peers):
+            self._close_log.warning("closing %s: %r is not a configured peer (--peer)",
+                                    conn.peer, hello.name)
+            conn.close("not a configured peer", abort=True)
+            return
+        s = self.settings
+        conn.widen(ALLOWED_BY_ROLE["peer"], s.frame_bytes_max,
+                   UnpackLimits.from_wire_limits(self._wire_limits()))
+        conn.role = "peer"
+        reason = "closed by peer"
+        try:
+            while (msg := await conn.receive()) is not None:
+                self.runner.feed(PeerReceived(peer, msg))
+        except RemoteProtocolError as exc:
+            self._count("protocol_errors")
+            reason = f"protocol error: {exc}"
+            self._close_log.warning("closing %s (peer %d): %s", conn.peer, peer, reason)
+        except OSError as exc:
+            reason = f"connection error: {exc}"
+        finally:
+            conn.close(reason)
+            self.runner.feed(PeerClosed(peer))
+
     async def _serve_connection(self, conn: Connection, hello: m.Hello) -> None:
         s = self.settings
+        if hello.role == "peer":
+            await self._serve_peer(conn, hello)
+            return
         allowed = ALLOWED_BY_ROLE[hello.role]
         conn.widen(allowed, s.frame_bytes_max, UnpackLimits.from_wire_limits(self._wire_limits()))
         conn.role = hello.role

@@ -32,6 +32,7 @@ import msgpack
 from tcpsched.core import messages as m
 from tcpsched.core.jobs import JobSpec
 from tcpsched.core.limits import ARRAY_ITEMS_MAX, FRAME_BYTES_MAX, MAP_ITEMS_MAX, WireLimits
+from tcpsched.core.peer_messages import PEER_MESSAGES
 from tcpsched.errors import LocalProtocolError, RemoteProtocolError
 
 HEADER = struct.Struct(">I")
@@ -226,8 +227,9 @@ def _unstructure(value: Any) -> Any:
     return value
 
 
-_BY_TYPE: dict[str, type] = {cls.TYPE: cls for cls in m.ALL_MESSAGES}  # type: ignore[attr-defined]
-for _cls in (*m.ALL_MESSAGES, JobSpec, m.AttemptRef):
+_WIRE_MESSAGES = (*m.ALL_MESSAGES, *PEER_MESSAGES)
+_BY_TYPE: dict[str, type] = {cls.TYPE: cls for cls in _WIRE_MESSAGES}  # type: ignore[attr-defined]
+for _cls in (*_WIRE_MESSAGES, JobSpec, m.AttemptRef):
     _shape(_cls)  # compile every checker at import, so a bad annotation fails loudly and early
 
 

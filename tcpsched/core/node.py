@@ -157,6 +157,15 @@ class Leading(Protocol):
     table: JobTable
 
     def step(self, event: Any, now: float, wall: float | None = None) -> list[Any]: ...
+    def snapshot_point(self) -> tuple[int, int] | None:
+        """(seq, epoch) the table stands at, if a snapshot may stand there: only while the
+        table holds nothing that is not committed."""
+        seq = self.applied_seq
+        if self._reloading or seq > self.log.commit_seq:
+            return None
+        epoch = self.log.epoch_at(seq)
+        return None if epoch is None else (seq, epoch)
+
     def next_deadline(self) -> float | None: ...
     def statistics(self) -> dict[str, Any]: ...
 
@@ -251,6 +260,15 @@ class Node:
         if leader == self.node_id:
             return self.config.address
         return self.config.peers.get(leader)
+
+    def snapshot_point(self) -> tuple[int, int] | None:
+        """(seq, epoch) the table stands at, if a snapshot may stand there: only while the
+        table holds nothing that is not committed."""
+        seq = self.applied_seq
+        if self._reloading or seq > self.log.commit_seq:
+            return None
+        epoch = self.log.epoch_at(seq)
+        return None if epoch is None else (seq, epoch)
 
     def next_deadline(self) -> float | None:
         deadlines = [self.election.next_deadline()]

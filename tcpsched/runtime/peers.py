@@ -19,7 +19,6 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from tcpsched.core.peer_messages import PEER_MESSAGES
 from tcpsched.errors import AuthError, RemoteProtocolError, UnavailableError
 from tcpsched.runtime.transport import Connection, dial
 

@@ -184,7 +184,8 @@ class Storage:
     def open(cls, data_dir: Path, config: StorageConfig = StorageConfig(), *,
              repair: bool = False,
              call_later: Callable[[float, Callable[[], None]], Any] | None = None,
-             hook: CompactionHook | None = None) -> tuple[Storage, Recovery]:
+             hook: CompactionHook | None = None, group: bool = False
+             ) -> tuple[Storage, Recovery]:
         """Lock the directory (creating it), recover, and open the journal for appending."""
         if config.fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}")
@@ -204,7 +205,7 @@ class Storage:
         try:
             with contextlib.suppress(FileNotFoundError):
                 (data_dir / SNAPSHOT_TMP_NAME).unlink()  # an interrupted compaction's leftover
-            recovery = recover(data_dir, repair=repair)
+            recovery = recover(data_dir, repair=repair, group=group)
             storage = cls(data_dir, recovery, config, lock_fd=lock_fd, call_later=call_later,
                           hook=hook)
             return storage, recovery
