@@ -201,6 +201,16 @@ class Coordinator:
     async def serve(self) -> None:
         s = self.settings
         host, port = s.listen
+        if not s.peers:
+            # Alone, the election is immediate: journal the new epoch before listening, so a
+            # full disk is one line and an exit, not a coordinator that serves nothing.
+            self.runner.feed(Tick())
+            self.runner.flush_now()
+            if self.storage_failure is not None:
+                self.runner.stop()
+                with contextlib.suppress(JournalError):
+                    self.journal.close()
+                return
         ssl_context = self._ssl_context = server_context(s.tls)
         # Raw sockets even with TLS: each connection starts TLS in its handler (see
         # _handshake), so it is counted and timed from accept, not once its TLS is done.
@@ -223,7 +233,7 @@ class Coordinator:
             log.info("node=%d peers: %s", s.node_id,
                      " ".join(f"{i}@{a}" for i, a in sorted(s.peers)))
         self.peers.start()
-        self.runner.feed(Tick())  # alone, this makes us the leader at once
+        self.runner.feed(Tick())
         try:
             await self._stop.wait()
         finally:

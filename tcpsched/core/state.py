@@ -214,6 +214,9 @@ class JobTable:
                 job, state=JobState.CANCELLED, finished_at=record["at"],
                 error=record.get("error", "cancelled"),
             )  # fmt: skip
+        elif op == "epoch":
+            # A leader's first entry of its epoch (core/node.py): it changes no job.
+            return None
         elif op == "forget":
             for job_id in record["ids"]:
                 gone = self.jobs.pop(job_id, None)

@@ -413,7 +413,7 @@ def _recover(data_dir: Path, *, repair: bool, read_only: bool, group: bool,
                 raise JournalError(f"{data_dir}: entry {seq} cannot be applied ({exc})") from None
         result.applied_seq = max(limit, snapshot_seq)
     else:
-        result.applied_seq = result.commit_seq = result.last_seq
+        result.applied_seq = result.last_seq  # alone, every entry journaled is committed
     if result.promise == (0, 0):
         result.promise = (_legacy_epoch(data_dir), 0)
     result.seconds = time.perf_counter() - started

@@ -176,6 +176,7 @@ class Runner:
                 self._dirty = False
                 if node:
                     self._step_now(Flushed(self.journal.seq))  # type: ignore[attr-defined]
+                    self.journal.maybe_compact()  # type: ignore[attr-defined]
         while self._reloads and self.journal_failure is None:
             seq = self._reloads.pop(0)
             table = self.journal.reload(seq)  # type: ignore[attr-defined]

@@ -25,8 +25,8 @@ Theory of operation (Redis AOF + RDB, etcd WAL + snapshot):
   another threshold, when space may have come back.
 * Opening. `Storage.open` locks the directory (flock: one coordinator per data directory),
   recovers the table (runtime/journal.py) and appends to the last segment when its records end
-  where recovery ended. The directory also holds `epoch.json`, the last epoch a coordinator
-  started with there. `check` runs recovery read-only, for `--check`.
+  where recovery ended. The election promise (the epoch) is a line of the journal too, and the
+  snapshot keeps the last one. `check` runs recovery read-only, for `--check`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ from tcpsched.runtime.files import (
     fsync_dir,
     remove_quietly,
     write_all,
-    write_durably,
 )
 from tcpsched.runtime.journal import (
     Recovery,
@@ -84,24 +83,9 @@ FSYNC_LOSS = {
 }  # fmt: skip
 COMPACT_BYTES = 64 * 1024 * 1024
 COMPACT_RECORDS = 500_000
-EPOCH_NAME = "epoch.json"
 LOCK_NAME = "lock"
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def read_epoch(data_dir: Path) -> int:
-    path = data_dir / EPOCH_NAME
-    try:
-        data = json.loads(path.read_bytes())
-        epoch = data["epoch"]
-    except FileNotFoundError:
-        return 0
-    except (ValueError, KeyError, TypeError, OSError) as exc:
-        raise JournalError(f"{path}: unreadable epoch file ({exc})") from None
-    if type(epoch) is not int or epoch < 0:
-        raise JournalError(f"{path}: epoch must be a non-negative integer")
-    return epoch
 
 
 # -- the writer -------------------------------------------------------------------------------
@@ -216,19 +200,6 @@ class Storage:
         except BaseException:
             os.close(lock_fd)
             raise
-
-    # -- epoch ----------------------------------------------------------------------------------
-
-    def next_epoch(self) -> int:
-        """The last epoch this directory saw plus one, stored durably before it is returned."""
-        path = self.data_dir / EPOCH_NAME
-        epoch = read_epoch(self.data_dir) + 1
-        try:
-            write_durably(path, _dumps({"epoch": epoch}).encode() + b"\n")
-        except OSError as exc:
-            raise JournalError(f"cannot store the new epoch in {path}: "
-                               f"{exc.strerror or exc}") from None
-        return epoch
 
     @property
     def failure(self) -> str | None:
@@ -418,6 +389,12 @@ class Storage:
 
     # -- compaction -------------------------------------------------------------------------
 
+    def maybe_compact(self) -> None:
+        """Compact if a threshold is passed and the table may be snapshotted now (the runner
+        asks again once a node core has taken in the flush: its commit may have moved)."""
+        if self._failed is None:
+            self._maybe_compact()
+
     def _maybe_compact(self) -> None:
         cfg = self.config
         if self._closing:
@@ -600,7 +577,6 @@ def check(data_dir: Path) -> tuple[int, list[str]]:
         return 1, [f"error: {data_dir}: no such data directory"]
     try:
         result = recover(data_dir, read_only=True)
-        epoch = read_epoch(data_dir)
     except JournalError as exc:
         return 1, [f"error: {exc}"]
     except OSError as exc:
@@ -613,8 +589,9 @@ def check(data_dir: Path) -> tuple[int, list[str]]:
         f"snapshot: {snapshot}",
         f"journal: {len(result.segments)} segment(s), {result.replayed} record(s) after the "
         f"snapshot, {result.skipped} already in it",
-        f"last sequence number: {result.last_seq}",
-        f"epoch: {epoch}",
+        f"last sequence number: {result.last_seq} (epoch {result.last_epoch}), commit mark: "
+        f"{result.commit_seq}",
+        f"epoch: {result.promise[0]} (promised to coordinator {result.promise[1]})",
         f"jobs: {len(result.table)} ({states})",
     ]
     lines.extend(f"warning: {w}" for w in result.warnings)

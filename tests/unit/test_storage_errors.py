@@ -14,12 +14,11 @@ import pytest
 
 from tcpsched.core.state import JobTable
 from tcpsched.errors import JournalError
-from tcpsched.runtime import files as files_module
 from tcpsched.runtime import snapshot as snapshot_module
 from tcpsched.runtime import storage as storage_module
 from tcpsched.runtime.journal import list_segments, recover
 from tcpsched.runtime.snapshot import SNAPSHOT_NAME, SNAPSHOT_TMP_NAME
-from tcpsched.runtime.storage import EPOCH_NAME, Storage, StorageConfig
+from tcpsched.runtime.storage import Storage, StorageConfig
 from tests.unit.test_state import table_state
 from tests.unit.test_storage import fill, make_records
 
@@ -187,22 +186,23 @@ def test_a_snapshot_that_cannot_be_written_leaves_no_temporary_file(
     assert (tmp_path / SNAPSHOT_NAME).read_bytes() == old
 
 
-def test_storing_the_epoch_on_a_full_disk_is_a_journal_error_with_no_temporary_file(
+def test_a_promise_on_a_full_disk_is_a_journal_error_and_the_old_one_stays(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`next_epoch` on a full disk raises one JournalError naming the file and the cause, and
-    leaves the stored epoch as it was with no `epoch.json.tmp` beside it."""
+    """Journaling a new promise (a new epoch) on a full disk raises one JournalError naming the
+    file and the cause; the failed write is cut off, so a restart finds the previous promise."""
     storage, _ = Storage.open(tmp_path)
-    assert storage.next_epoch() == 1
+    storage.write_promise(1, 1)
+    storage.flush()
 
     def write_all(fd: int, data: bytes) -> None:
         raise disk_full()
 
-    monkeypatch.setattr(files_module, "write_all", write_all)
-    with pytest.raises(JournalError) as caught:
-        storage.next_epoch()
-    assert str(caught.value) == (f"cannot store the new epoch in {tmp_path / EPOCH_NAME}: "
-                                 "No space left on device")
-    assert sorted(p.name for p in tmp_path.glob("*.tmp")) == []
+    monkeypatch.setattr(storage_module, "write_all", write_all)
+    storage.write_promise(2, 1)
+    with pytest.raises(JournalError, match="No space left on device"):
+        storage.flush()
     monkeypatch.undo()
-    assert storage.next_epoch() == 2
     storage.close()
+    assert sorted(p.name for p in tmp_path.glob("*.tmp")) == []
+    _, recovery = Storage.open(tmp_path)
+    assert recovery.promise == (1, 1)
