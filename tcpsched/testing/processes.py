@@ -93,6 +93,21 @@ class ProcessGroup:
                 "--data-dir", str(self.workdir / f"c{node_id}"), *extra]
         return self.start(name or f"c{node_id}", "tcpsched.coordinator", args), address
 
+    def group(self, size: int = 3, extra: Sequence[str] = (),
+              ports: Sequence[int] | None = None) -> dict[int, tuple[Proc, str]]:
+        """`size` peer coordinators with ids 1..size, each told of all the others."""
+        ports = list(ports) if ports is not None else [free_port() for _ in range(size)]
+        addresses = {i: f"127.0.0.1:{port}" for i, port in enumerate(ports, 1)}
+        return {i: self.peer(i, addresses, extra) for i in addresses}
+
+    def peer(self, node_id: int, addresses: dict[int, str], extra: Sequence[str] = (),
+             name: str | None = None) -> tuple[Proc, str]:
+        """Coordinator `node_id` of the group whose members listen at `addresses`."""
+        peers = [arg for i, a in sorted(addresses.items()) if i != node_id
+                 for arg in ("--peer", f"{i}@{a}")]
+        port = int(addresses[node_id].rsplit(":", 1)[1])
+        return self.coordinator(port=port, node_id=node_id, extra=[*peers, *extra], name=name)
+
     def worker(self, coordinators: str, name: str, slots: int = 2,
                extra: Sequence[str] = ()) -> Proc:
         args = ["--coordinators", coordinators, "--name", name, "--slots", str(slots), *extra]

@@ -1,0 +1,171 @@
+"""Three peer coordinators and two workers, real processes on loopback, killed with real signals.
+
+The highest id leads; a killed leader is replaced by the next one and nothing acknowledged is
+lost; a restarted highest id catches up, holds down, and leads again; a leader stopped past the
+election timeout steps down when it wakes, and its orders are refused; all three killed at
+once and restarted keep every acknowledged job. Shell jobs append their id to an effects file,
+so how often each ran is read from disk, not from what the coordinators say.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from tcpsched.client import SyncClient
+from tcpsched.errors import TcpschedError
+from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until
+
+TIMING = ["--election-timeout", "0.6", "--hold-down", "1.0", "--heartbeat-interval", "0.2",
+          "--heartbeat-timeout", "1.5"]
+WAIT_S = 60.0
+
+
+def start_group(procs: ProcessGroup, extra: list[str] | None = None):  # type: ignore[no-untyped-def]
+    group = procs.group(3, extra=[*TIMING, *(extra or [])])
+    addresses = ",".join(address for _, address in group.values())
+    return group, addresses
+
+
+def leader_id(addresses: str) -> int:
+    with SyncClient(addresses, connect_timeout=5.0) as client:
+        return int(client.leader()["id"])
+
+
+def wait_leader(addresses: str, node_id: int, timeout: float = 20.0) -> None:
+    def check() -> bool:
+        try:
+            return leader_id(addresses) == node_id
+        except TcpschedError:
+            return False
+
+    wait_until(check, timeout, what=f"coordinator {node_id} to lead")
+
+
+class Submitter:
+    """Submits shell jobs that append their number to `effects` until stopped; remembers
+    every submit that was acknowledged (the id the coordinator answered with)."""
+
+    def __init__(self, addresses: str, effects: Path) -> None:
+        self.addresses = addresses
+        self.effects = effects
+        self.acknowledged: dict[str, int] = {}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Submitter:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        n = 0
+        with SyncClient(self.addresses, connect_timeout=20.0) as client:
+            while not self._stop.is_set():
+                n += 1
+                try:
+                    job_id = client.submit_shell(f"echo {n} >> {self.effects}")
+                except TcpschedError as exc:
+                    self.errors.append(str(exc))
+                    continue
+                self.acknowledged[job_id] = n
+
+    def wait_count(self, count: int, timeout: float = WAIT_S) -> None:
+        wait_until(lambda: len(self.acknowledged) >= count, timeout,
+                   what=f"{count} acknowledged submits")
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join(60)
+        return dict(self.acknowledged)
+
+
+def check_effects(addresses: str, acknowledged: dict[str, int], effects: Path) -> Counter[int]:
+    """Every acknowledged job succeeded; the effects file shows each of them ran."""
+    with SyncClient(addresses, connect_timeout=20.0) as client:
+        records = client.gather(list(acknowledged), timeout=WAIT_S)
+    assert [r["state"] for r in records] == ["succeeded"] * len(records)
+    runs = Counter(int(line) for line in effects.read_text().split())
+    for n in acknowledged.values():
+        assert runs[n] >= 1, n
+    return runs
+
+
+def test_killed_leader_is_replaced_and_keeps_every_acknowledged_job(procs: ProcessGroup,
+                                                                     tmp_path: Path) -> None:
+    """kill -9 of leader 3 during submits: 2 leads within 2 s, every acknowledged job is there
+    and runs; restarted, 3 catches up and leads again with the same jobs."""
+    group, addresses = start_group(procs)
+    for name in ("w1", "w2"):
+        procs.worker(addresses, name, slots=4)
+    wait_leader(addresses, 3)
+    with SyncClient(addresses) as client:
+        wait_for_workers(client, ["w1", "w2"])
+    effects = tmp_path / "effects"
+    submitter = Submitter(addresses, effects).start()
+    submitter.wait_count(50)
+    killed_at = time.monotonic()
+    group[3][0].signal(signal.SIGKILL)
+    wait_leader(addresses, 2, timeout=10.0)
+    failover_s = time.monotonic() - killed_at
+    before = len(submitter.acknowledged)
+    submitter.wait_count(before + 50)
+    acknowledged = submitter.stop()
+    assert failover_s < 2.0, failover_s
+    check_effects(addresses, acknowledged, effects)
+
+    procs.peer(3, {i: a for i, (_, a) in group.items()}, TIMING, name="c3-restarted")
+    wait_leader(addresses, 3)
+    with SyncClient(addresses) as client:
+        records = [client.status(job_id) for job_id in acknowledged]
+    assert {r["id"] for r in records} == set(acknowledged)
+    assert all(r["state"] == "succeeded" for r in records)
+
+
+def test_stopped_leader_steps_down_when_it_wakes(procs: ProcessGroup, tmp_path: Path) -> None:
+    """SIGSTOP the leader past the election timeout: 2 leads; SIGCONT: 3 finds a higher epoch,
+    steps down (until its hold-down makes it take over again), and no job runs twice."""
+    group, addresses = start_group(procs, ["--hold-down", "30"])
+    for name in ("w1", "w2"):
+        procs.worker(addresses, name, slots=2)
+    wait_leader(addresses, 3)
+    effects = tmp_path / "effects"
+    submitter = Submitter(addresses, effects).start()
+    submitter.wait_count(20)
+    group[3][0].signal(signal.SIGSTOP)
+    try:
+        wait_leader(addresses, 2, timeout=15.0)
+        submitter.wait_count(len(submitter.acknowledged) + 20)
+    finally:
+        group[3][0].signal(signal.SIGCONT)
+    wait_until(lambda: "stops leading" in group[3][0].log(), 15.0,
+               what="the woken leader to step down")
+    submitter.wait_count(len(submitter.acknowledged) + 20)
+    acknowledged = submitter.stop()
+    assert leader_id(addresses) == 2
+    runs = check_effects(addresses, acknowledged, effects)
+    assert sum(runs.values()) >= len(acknowledged)
+
+
+def test_all_coordinators_killed_during_submits_keep_every_acknowledged_job(
+        procs: ProcessGroup, tmp_path: Path) -> None:
+    """kill -9 all three while submits stream in; restarted, every acknowledged job is there."""
+    group, addresses = start_group(procs)
+    procs.worker(addresses, "w1", slots=4)
+    wait_leader(addresses, 3)
+    effects = tmp_path / "effects"
+    submitter = Submitter(addresses, effects).start()
+    submitter.wait_count(60)
+    for proc, _ in group.values():
+        proc.signal(signal.SIGKILL)
+    for proc, _ in group.values():
+        proc.wait(10)
+    acknowledged = submitter.stop()
+    members = {i: a for i, (_, a) in group.items()}
+    for i in members:
+        procs.peer(i, members, TIMING, name=f"c{i}-restarted")
+    wait_leader(addresses, 3)
+    check_effects(addresses, acknowledged, effects)
