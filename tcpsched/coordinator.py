@@ -25,7 +25,7 @@ from tcpsched import logsetup
 from tcpsched.config import CoordinatorSettings, coordinator_settings, is_loopback
 from tcpsched.core import messages as m
 from tcpsched.core.codec import UnpackLimits
-from tcpsched.core.events import Closed, Connected, Received
+from tcpsched.core.events import Closed, Connected, HigherEpoch, Received
 from tcpsched.core.limits import WireLimits
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig
 from tcpsched.errors import (
@@ -99,6 +99,7 @@ class Coordinator:
         self.runner = Runner(self.scheduler, self.journal, self.connections)
         self.storage_failure: str | None = None
         self.runner.on_journal_failure = self.journal.on_failure = self.storage_failed
+        self.runner.on_higher_epoch = self.adopt_higher_epoch
         self._next_conn = 1
         self._handshaking = 0
         self._stop = asyncio.Event()
@@ -129,6 +130,23 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def adopt_higher_epoch(self, effect: HigherEpoch) -> None:
+        """A worker has seen an epoch above ours: this coordinator was started behind its
+        cluster (a fresh or restored data dir) and every order it sends is refused. Alone, it
+        is its whole majority, so what an operator wants is for it to go on leading: it takes
+        the next epoch above the one seen, stored durably before any order carries it, and the
+        workers it turned away register again at once. (With peers, the node steps down.)"""
+        if effect.epoch <= self.scheduler.config.epoch:
+            return  # already past it
+        try:
+            epoch = self.journal.next_epoch(at_least=effect.epoch + 1)
+        except JournalError as exc:
+            self.storage_failed(str(exc))
+            return
+        log.warning("node=%d %s: taking epoch %d", self.settings.node_id, effect.reason, epoch)
+        self.epoch = epoch
+        self.scheduler.adopt_epoch(epoch)
 
     def storage_failed(self, reason: str) -> None:
         """The one path for a journal that cannot be written: say so once, then stop (exit 1).

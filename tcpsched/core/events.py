@@ -67,4 +67,15 @@ class Journal:
     record: dict[str, Any]
 
 
-Effect = Send | Close | Journal
+@attrs.frozen
+class HigherEpoch:
+    """A peer has seen `epoch`, above this coordinator's own: it has been deposed, or it was
+    started behind its cluster (a fresh data dir). Its orders are refused from now on. A node
+    steps down on this; a coordinator alone adopts an epoch above it, stored durably before
+    any order carries it (coordinator.py)."""
+
+    epoch: int
+    reason: str
+
+
+Effect = Send | Close | Journal | HigherEpoch

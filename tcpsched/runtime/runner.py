@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from tcpsched.core.events import Close, Effect, Journal, Send, Tick
+from tcpsched.core.events import Close, Effect, HigherEpoch, Journal, Send, Tick
 from tcpsched.core.messages import ErrorReply, Reply
 from tcpsched.errors import JournalError, LocalProtocolError
 from tcpsched.runtime.transport import Connection
@@ -81,6 +81,9 @@ class Runner:
         # Why the journal failed, once it has: from then on nothing held is acknowledged.
         self.journal_failure: str | None = None
         self.on_journal_failure: Callable[[str], None] | None = None
+        # Told at once of a `HigherEpoch` effect: the entry point decides what a coordinator
+        # that learns it is behind does (step down, or, alone, adopt a higher epoch).
+        self.on_higher_epoch: Callable[[HigherEpoch], None] | None = None
 
     def feed(self, event: Any) -> None:
         effects = self.core.step(event, self.clock(), self.wall_clock())
@@ -88,6 +91,9 @@ class Runner:
             if isinstance(effect, Journal):
                 self.journal.append(effect.record)
                 self._dirty = True
+            elif isinstance(effect, HigherEpoch):
+                if self.on_higher_epoch is not None:
+                    self.on_higher_epoch(effect)
             else:
                 self._held.append(effect)
         if (self._held or self._dirty) and not self._end_of_turn_scheduled:

@@ -198,10 +198,11 @@ class Storage:
 
     # -- epoch ----------------------------------------------------------------------------------
 
-    def next_epoch(self) -> int:
-        """The last epoch this directory saw plus one, stored durably before it is returned."""
+    def next_epoch(self, at_least: int = 0) -> int:
+        """The last epoch this directory saw plus one (or `at_least`, if higher), stored
+        durably before it is returned."""
         path = self.data_dir / EPOCH_NAME
-        epoch = read_epoch(self.data_dir) + 1
+        epoch = max(read_epoch(self.data_dir) + 1, at_least)
         try:
             write_durably(path, _dumps({"epoch": epoch}).encode() + b"\n")
         except OSError as exc:
