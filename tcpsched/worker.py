@@ -63,6 +63,7 @@ class Worker:
         self.incarnation = secrets.token_hex(8)
         self.proto = wp.WorkerProtocol(protocol_config(settings, self.incarnation),
                                        rng or random.Random(), time.monotonic())
+        self._tls = client_context(settings.tls)  # read once: the certificates do not move
         self.conn: Connection | None = None
         self._session: int | None = None
         self._session_ids = itertools.count(1)
@@ -158,7 +159,7 @@ class Worker:
             conn, _welcome = await dial(address, "worker", s.name, s.token,
                                        m.COORDINATOR_TO_WORKER,
                                        frame_bytes_max=s.frame_bytes_max,
-                                       ssl_context=client_context(s.tls))
+                                       ssl_context=self._tls)
         except AuthError as exc:
             self.feed(wp.DialFailed(address, str(exc), auth_refused=True))
             return

@@ -43,7 +43,7 @@ class RequestCore:
     """Each request (a Received whose msg is a req_id) journals one record and answers with a
     Reply, an ErrorReply for a second request, an order to a worker, and a close."""
 
-    def step(self, event: Any, now: float) -> list[Effect]:
+    def step(self, event: Any, now: float, wall: float | None = None) -> list[Effect]:
         if not isinstance(event, Received):
             return []
         req_id = event.msg
