@@ -1,20 +1,11 @@
 """`python -m tcpsched.worker`: connects to a coordinator, runs what it is assigned.
 
-Theory of operation: one connection loop dials the coordinators in turn, with capped
-exponential backoff and full jitter; each session registers (reporting the attempts still
-running, so they are not started twice), resends results the coordinator has not acknowledged,
-and then beats at the interval the coordinator asked for while it handles Assign and Kill.
-Jobs run as tasks beside the connection, so losing the coordinator never stops them; their
-results wait in `outbox` until acknowledged, across reconnects. An order from an epoch older
-than one already seen is ignored (a deposed leader cannot dispatch).
-
-Register carries a random `incarnation` (one per process, so a reconnect proves it is the
-same worker; a second process under a live worker's name is refused, and exits 2) and what
-this worker runs (`--no-shell`, `--allow-call`), so the coordinator sends only jobs it can run.
-Every result is checked against the limits the coordinator said it enforces (`Registered`)
-before it is sent: one it would refuse, which would cut the connection and be sent again on
-every reconnect, becomes a failed attempt saying why. A result that was in flight on
-`RESULT_SENDS_MAX` connections that all died before acknowledging it is replaced the same way.
+Theory of operation: the protocol (registration, the outbox of unacknowledged results,
+heartbeats, epoch fencing, redirects and failover, slots, drain) is the sans-I/O
+`core/workerproto.WorkerProtocol`; the simulation drives the same class. This module is its
+shell: it dials where the core says, runs the jobs the core starts in the executor (as tasks
+beside the connection, so losing the coordinator never stops them), feeds the core what happens
+(sessions, messages, finished jobs, signals, its timer) and carries out the effects it returns.
 
 SIGTERM/SIGINT drains: no new jobs, running ones get `--drain-timeout` to finish, the rest are
 killed and handed back (they requeue at once), results are flushed, and the process exits 0.
@@ -24,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -34,16 +26,13 @@ import threading
 import time
 from collections.abc import Sequence
 
-import attrs
-
 from tcpsched import logsetup
 from tcpsched.config import WorkerSettings, is_loopback, parse_address, worker_settings
 from tcpsched.core import messages as m
+from tcpsched.core import workerproto as wp
 from tcpsched.core.capabilities import Capabilities, call_grant
-from tcpsched.core.codec import peer_refusal
-from tcpsched.core.limits import WireLimits
 from tcpsched.errors import AuthError, ConfigError, RemoteProtocolError, UnavailableError
-from tcpsched.runtime.executor import Executor, KillSwitch, Outcome
+from tcpsched.runtime.executor import Executor, KillSwitch
 from tcpsched.runtime.reaper import Reaper, become_subreaper
 from tcpsched.runtime.tls import client_context
 from tcpsched.runtime.transport import Connection, dial
@@ -51,18 +40,17 @@ from tcpsched.runtime.transport import Connection, dial
 log = logging.getLogger(__name__)
 
 JOB_THREAD_PREFIX = "tcpsched-job"  # thread_name_prefix of the executor's job threads
-RESULT_FLUSH_S = 5.0  # at exit, how long to wait for the coordinator to take our results
-RESULT_SENDS_MAX = 3  # connections a result may be in flight on, all lost, before it is dropped
-EXIT_NAME_IN_USE = 2  # a usage error: pick another --name
+SEND_FLUSH_S = 2.0  # at exit, how long the last messages (hand-backs, results) get to leave
 
 
-@attrs.define(eq=False)
-class _Attempt:
-    job_id: str
-    attempt: int
-    kill: KillSwitch
-    handed_back: bool = False
-    task: asyncio.Task[None] | None = None
+def protocol_config(settings: WorkerSettings, incarnation: str) -> wp.WorkerConfig:
+    s = settings
+    return wp.WorkerConfig(
+        name=s.name, slots=s.slots, coordinators=s.coordinators, incarnation=incarnation,
+        tags=s.tags, capabilities=Capabilities(s.allow_shell, s.allow_call),
+        drain_timeout_s=s.drain_timeout_s, reconnect_base_s=s.reconnect_base_s,
+        reconnect_cap_s=s.reconnect_cap_s, frame_bytes_max=s.frame_bytes_max,
+    )  # fmt: skip
 
 
 class Worker:
@@ -72,269 +60,147 @@ class Worker:
         self.executor = Executor(settings.slots, settings.output_bytes_max, settings.kill_grace_s,
                                  reaper if reaper is not None else Reaper(),
                                  subreaper=subreaper)
-        self.running: dict[str, _Attempt] = {}
-        self.outbox: dict[tuple[str, int], m.Result] = {}
-        self._sends: dict[tuple[str, int], int] = {}  # connections each result went out on
         self.incarnation = secrets.token_hex(8)
-        self.capabilities = Capabilities(settings.allow_shell, settings.allow_call)
-        self.limits = WireLimits(frame_bytes_max=settings.frame_bytes_max)  # until Registered
+        self.proto = wp.WorkerProtocol(protocol_config(settings, self.incarnation),
+                                       rng or random.Random(), time.monotonic())
+        self._tls = client_context(settings.tls)  # read once: the certificates do not move
         self.conn: Connection | None = None
-        self.draining = False
-        self.epoch_seen = 0
-        self.heartbeat_interval_s = 0.5
-        self._rng = rng or random.Random()
+        self._session: int | None = None
+        self._session_ids = itertools.count(1)
+        self._kills: dict[tuple[str, int], KillSwitch] = {}
         self._stop = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._outbox_empty = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
+        self._link: asyncio.Task[None] | None = None  # the dial and session task
+        self._timer: asyncio.TimerHandle | None = None
+        self._feeding = False
         self.exit_code = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        self._stop.set()
+        """SIGTERM/SIGINT: the core drains, then asks to exit."""
+        self.feed(wp.DrainRequested())
 
     async def run(self) -> int:
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
-            connector = tasks.create_task(self._connection_loop())
+            self.feed(wp.Tick())  # the core's first deadline is now: dial
             await self._stop.wait()
-            if self.exit_code == 0:
-                await self._drain()
-            connector.cancel()
-            for attempt in list(self.running.values()):
-                attempt.kill.pull("worker stopped")
+            if self._timer is not None:
+                self._timer.cancel()
+            if self.conn is not None:
+                with contextlib.suppress(TimeoutError, OSError):
+                    async with asyncio.timeout(SEND_FLUSH_S):
+                        await self.conn.drain()
+            if self._link is not None:
+                self._link.cancel()
+            for kill in list(self._kills.values()):
+                kill.pull("worker stopped")
         self.executor.shutdown()
         return self.exit_code
 
-    async def _drain(self) -> None:
-        s = self.settings
-        self.draining = True
-        log.info("worker=%s draining: %d running, up to %gs", s.name, len(self.running),
-                 s.drain_timeout_s)
-        if self.conn is not None:
-            self.conn.send(m.Draining())
-        if self.running:
-            self._idle.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(s.drain_timeout_s):
-                    await self._idle.wait()
-        for attempt in list(self.running.values()):
-            attempt.handed_back = True
-            attempt.kill.pull("worker draining")
-            if self.conn is not None:
-                self.conn.send(m.HandBack(job_id=attempt.job_id, attempt=attempt.attempt,
-                                          reason="drain timeout"))
-            log.info("job=%s attempt=%d handed back", attempt.job_id, attempt.attempt)
-        if self.outbox and self.conn is not None:
-            self._outbox_empty.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RESULT_FLUSH_S):
-                    await self._outbox_empty.wait()
-        if self.conn is not None:
-            await self.conn.drain()
-        log.info("worker=%s drained: %d result(s) unsent", s.name, len(self.outbox))
+    # -- the core -------------------------------------------------------------------------------
 
-    # -- connection -----------------------------------------------------------------------------
-
-    async def _connection_loop(self) -> None:
-        s = self.settings
-        tls = client_context(s.tls)
-        backoff = s.reconnect_base_s
-        index = 0
-        failures = 0
-        while True:
-            address = s.coordinators[index % len(s.coordinators)]
-            index += 1
-            try:
-                conn, _welcome = await dial(address, "worker", s.name, s.token,
-                                           m.COORDINATOR_TO_WORKER,
-                                           frame_bytes_max=s.frame_bytes_max, ssl_context=tls)
-            except AuthError as exc:
-                log.error("worker=%s: %s", s.name, exc)
-                self.exit_code = 4
-                self._stop.set()
-                return
-            except UnavailableError as exc:
-                failures += 1
-                if failures == 1 or failures % 20 == 0:
-                    log.warning("worker=%s: %s (retrying)", s.name, exc)
-                await asyncio.sleep(self._rng.uniform(0, backoff))
-                backoff = min(s.reconnect_cap_s, backoff * 2)
-                continue
-            failures = 0
-            backoff = s.reconnect_base_s
-            try:
-                await self._session(conn, address)
-            except (RemoteProtocolError, OSError) as exc:
-                log.warning("worker=%s: connection to %s lost: %s", s.name, address, exc)
-            finally:
-                self.conn = None
-                conn.close()
-            index -= 1  # try the same coordinator first next time
-            await asyncio.sleep(self._rng.uniform(0, backoff))
-
-    def _running_refs(self) -> tuple[m.AttemptRef, ...]:
-        return tuple(
-            m.AttemptRef(job_id=a.job_id, attempt=a.attempt)
-            for a in self.running.values() if not a.handed_back
-        )
-
-    def _owned_refs(self) -> tuple[m.AttemptRef, ...]:
-        """What Register reports: attempts still running and finished ones whose result the
-        coordinator has not acknowledged. Both are ours; leaving out the finished ones would
-        make a restarted coordinator think them lost and run them again."""
-        finished = tuple(m.AttemptRef(job_id=job_id, attempt=attempt)
-                         for job_id, attempt in self.outbox)
-        return self._running_refs() + finished
-
-    async def _session(self, conn: Connection, address: str) -> None:
-        s = self.settings
-        caps = self.capabilities
-        conn.send(m.Register(name=s.name, slots=s.slots, tags=s.tags,
-                             running=self._owned_refs(), draining=self.draining,
-                             incarnation=self.incarnation, allow_shell=caps.allow_shell,
-                             allow_call=caps.allow_call))
-        async with asyncio.timeout(10.0):
-            reply = await conn.receive()
-        if isinstance(reply, m.Refused) and reply.code == "name":
-            log.error("worker=%s: %s refused to register it: %s", s.name, address, reply.reason)
-            self.exit_code = EXIT_NAME_IN_USE
-            self._stop.set()
-            return
-        if not isinstance(reply, m.Registered):
-            raise RemoteProtocolError(f"expected registered, got {reply!r:.60}")
-        self._observe_epoch(reply.epoch)
-        self.heartbeat_interval_s = reply.heartbeat_interval
-        self.limits = reply.limits
-        for ref in reply.kill:
-            self._kill(ref.job_id, ref.attempt, "stale attempt (coordinator moved on)")
-        self.conn = conn
-        for key, result in list(self.outbox.items()):
-            sends = self._sends.get(key, 0)
-            fresh = self._deliverable(result, sends)
-            self.outbox[key] = fresh
-            self._sends[key] = 1 if fresh is not result else sends + 1
-            conn.send(fresh)
-        log.info("worker=%s registered with %s slots=%d running=%d resent=%d", s.name,
-                 address, s.slots, len(self.running), len(self.outbox))
-        beats = asyncio.ensure_future(self._heartbeats(conn))
+    def feed(self, event: wp.Event) -> None:
+        """Step the core with one event and carry out its effects, then re-arm its timer."""
+        assert not self._feeding, "the core was fed while carrying out its effects"
+        self._feeding = True
         try:
-            while (msg := await conn.receive()) is not None:
-                self._on_message(msg)
-            log.warning("worker=%s: %s closed the connection", s.name, address)
+            effects = self.proto.step(event, time.monotonic(), time.time())
+            for effect in effects:
+                self._carry_out(effect)
         finally:
-            beats.cancel()
+            self._feeding = False
+        self._rearm()
 
-    def _deliverable(self, result: m.Result, sends: int = 0) -> m.Result:
-        """`result`, or a failed attempt in its place if the coordinator would refuse it (by
-        the limits it gave us), or if it already went out on `RESULT_SENDS_MAX` connections
-        that all died before taking it: sending it again unchanged would only repeat that."""
-        why = peer_refusal(result, self.limits, m.WORKER_TO_COORDINATOR)
-        if why is None and sends < RESULT_SENDS_MAX:
-            return result
-        if why is None:
-            why = (f"the connection to the coordinator was lost {sends} times while it was "
-                   "being delivered")
-        error = f"result cannot be sent to the coordinator: {why}"
-        log.warning("job=%s attempt=%d: %s; reporting a failed attempt instead",
-                    result.job_id, result.attempt, error)
-        failed = attrs.evolve(result, state="failed", result=None, error=error)
-        if peer_refusal(failed, self.limits, m.WORKER_TO_COORDINATOR) is not None:
-            failed = attrs.evolve(failed, stdout="", stderr="[tcpsched: output dropped with "
-                                  "the result: too large to send]")
-        return failed
-
-    async def _heartbeats(self, conn: Connection) -> None:
-        while not conn.closed:
-            conn.send(m.Heartbeat(running=self._running_refs()))
-            await asyncio.sleep(self.heartbeat_interval_s)
-
-    def _observe_epoch(self, epoch: int) -> bool:
-        if epoch < self.epoch_seen:
-            return False
-        self.epoch_seen = epoch
-        return True
-
-    # -- orders ---------------------------------------------------------------------------------
-
-    def _on_message(self, msg: object) -> None:
-        if isinstance(msg, m.Assign):
-            self._on_assign(msg)
-        elif isinstance(msg, m.Kill):
-            self._kill(msg.job_id, msg.attempt, msg.reason)
-        elif isinstance(msg, m.ResultAck):
-            self.outbox.pop((msg.job_id, msg.attempt), None)
-            self._sends.pop((msg.job_id, msg.attempt), None)
-            if not self.outbox:
-                self._outbox_empty.set()
-
-    def _kill(self, job_id: str, attempt: int, reason: str) -> None:
-        current = self.running.get(job_id)
-        if current is not None and current.attempt == attempt:
-            log.info("job=%s attempt=%d: kill (%s)", job_id, attempt, reason)
-            current.kill.pull(reason)
-
-    def _refusal(self, msg: m.Assign) -> str | None:
-        """The coordinator places jobs by our capabilities, so this is a second line of
-        defence: the same rule (core/capabilities.py), checked before anything is imported."""
-        refusal = self.capabilities.refusal(msg.kind, msg.function)
-        return None if refusal is None else f"refused by worker {self.settings.name}: it {refusal}"
-
-    def _on_assign(self, msg: m.Assign) -> None:
-        if not self._observe_epoch(msg.epoch):
-            log.warning("job=%s: assign from stale epoch %d < %d ignored", msg.job_id,
-                        msg.epoch, self.epoch_seen)
-            return
-        current = self.running.get(msg.job_id)
-        if current is not None:
-            if current.attempt >= msg.attempt:
-                return  # a duplicate of what we run already
-            current.handed_back = True  # superseded: its result would be stale anyway
-            current.kill.pull("superseded by a newer attempt")
-        if self.draining or len(self.running) >= self.settings.slots:
+    def _carry_out(self, effect: wp.Effect) -> None:
+        if isinstance(effect, wp.Send):
             if self.conn is not None:
-                self.conn.send(m.HandBack(job_id=msg.job_id, attempt=msg.attempt,
-                                          reason="draining" if self.draining else "no free slot"))
-            return
-        attempt = _Attempt(msg.job_id, msg.attempt, KillSwitch())
-        self.running[msg.job_id] = attempt
-        self._idle.clear()
-        assert self._tasks is not None
-        attempt.task = self._tasks.create_task(self._run(attempt, msg))
+                self.conn.send(effect.msg)
+        elif isinstance(effect, wp.StartJob):
+            assign = effect.assign
+            kill = self._kills[(assign.job_id, assign.attempt)] = KillSwitch()
+            assert self._tasks is not None
+            self._tasks.create_task(self._run_job(assign, kill))
+        elif isinstance(effect, wp.KillJob):
+            switch = self._kills.get((effect.job_id, effect.attempt))
+            if switch is not None:
+                switch.pull(effect.reason)
+        elif isinstance(effect, wp.Dial):
+            assert self._tasks is not None
+            self._link = self._tasks.create_task(self._dial(effect.address))
+        elif isinstance(effect, wp.CloseSession):
+            conn, self.conn, self._session = self.conn, None, None
+            if conn is not None:
+                conn.close(effect.reason)
+        elif isinstance(effect, wp.Exit):
+            # The core has said why, in one line (tests and operators count on one).
+            self.exit_code = effect.code
+            self._stop.set()
 
-    async def _run(self, attempt: _Attempt, msg: m.Assign) -> None:
-        refusal = self._refusal(msg)
-        if refusal is not None:
-            log.warning("job=%s: %s", msg.job_id, refusal)
-            now = time.time()
-            outcome = Outcome("failed", error=refusal, started_at=now, finished_at=now)
-        elif msg.kind == "shell":
-            outcome = await self.executor.run_shell(msg.command or "", msg.timeout, attempt.kill)
-        else:
-            function = msg.function or ""
-            outcome = await self.executor.run_call(
-                function, msg.args, msg.kwargs, msg.timeout, attempt.kill,
-                defined_in=call_grant(function, self.capabilities.allow_call) or None)
-        if self.running.get(attempt.job_id) is attempt:
-            del self.running[attempt.job_id]
-        if not self.running:
-            self._idle.set()
-        if attempt.handed_back:
+    def _rearm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.proto.next_deadline()
+        if deadline is not None and not self._stop.is_set():
+            delay = max(0.0, deadline - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.feed(wp.Tick())
+
+    # -- the connection -------------------------------------------------------------------------
+
+    async def _dial(self, address: str) -> None:
+        s = self.settings
+        try:
+            conn, _welcome = await dial(address, "worker", s.name, s.token,
+                                       m.COORDINATOR_TO_WORKER,
+                                       frame_bytes_max=s.frame_bytes_max,
+                                       ssl_context=self._tls)
+        except AuthError as exc:
+            self.feed(wp.DialFailed(address, str(exc), auth_refused=True))
             return
-        result = m.Result(
-            job_id=attempt.job_id, attempt=attempt.attempt, state=outcome.state,
+        except UnavailableError as exc:
+            self.feed(wp.DialFailed(address, str(exc)))
+            return
+        session = next(self._session_ids)
+        self.conn, self._session = conn, session
+        reason = "closed by the coordinator"
+        try:
+            self.feed(wp.SessionStarted(session, address))
+            while self._session == session and (msg := await conn.receive()) is not None:
+                self.feed(wp.Received(session, msg))
+        except (RemoteProtocolError, OSError) as exc:
+            reason = str(exc)
+        finally:
+            conn.close()
+            if self._session == session:  # not left by the core (CloseSession)
+                self.conn, self._session = None, None
+                self.feed(wp.SessionClosed(session, reason))
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    async def _run_job(self, msg: m.Assign, kill: KillSwitch) -> None:
+        try:
+            if msg.kind == "shell":
+                outcome = await self.executor.run_shell(msg.command or "", msg.timeout, kill)
+            else:
+                function = msg.function or ""
+                allow_call = self.proto.config.capabilities.allow_call
+                outcome = await self.executor.run_call(
+                    function, msg.args, msg.kwargs, msg.timeout, kill,
+                    defined_in=call_grant(function, allow_call) or None)
+        finally:
+            self._kills.pop((msg.job_id, msg.attempt), None)
+        self.feed(wp.JobFinished(m.Result(
+            job_id=msg.job_id, attempt=msg.attempt, state=outcome.state,
             exit_code=outcome.exit_code, result=outcome.result, stdout=outcome.stdout,
             stderr=outcome.stderr, error=outcome.error, started_at=outcome.started_at,
             finished_at=outcome.finished_at,
-        )  # fmt: skip
-        result = self._deliverable(result)
-        key = (attempt.job_id, attempt.attempt)
-        self.outbox[key] = result
-        self._outbox_empty.clear()
-        if self.conn is not None:
-            self._sends[key] = 1
-            self.conn.send(result)
+        )))  # fmt: skip
 
 
 def check_protected(settings: WorkerSettings) -> None:

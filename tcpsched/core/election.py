@@ -483,6 +483,8 @@ class Election:
                              if leader and leader < self.node_id else None)
         self._skip.clear()
         self._arm_follower(now)
+        if not self.peers:
+            self._deadline = now  # alone: elect ourselves again at once, at a higher epoch
         if leader:
             log.info("node=%d epoch=%d became follower of %d", self.node_id, self.promised_epoch,
                      leader)

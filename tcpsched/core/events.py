@@ -67,4 +67,15 @@ class Journal:
     record: dict[str, Any]
 
 
-Effect = Send | Close | Journal
+@attrs.frozen
+class HigherEpoch:
+    """A peer has seen `epoch`, above this coordinator's own: it has been deposed, or it was
+    started behind its cluster (a fresh data dir). Its orders are refused from now on. The node
+    steps down on this, and its next election announces an epoch above it (alone, at once),
+    journaled before any order carries it (core/node.py)."""
+
+    epoch: int
+    reason: str
+
+
+Effect = Send | Close | Journal | HigherEpoch

@@ -10,8 +10,14 @@ Phases of a connection: the side that dials sends `Hello`; the listening side an
 then `Welcome` (with its own proof, so authentication is mutual) or `Refused`. Only
 `HANDSHAKE_TYPES` are decoded before that, with a small frame limit. After it, a client sends
 requests (each with a `req_id`) and gets `Reply` or `ErrorReply`; a worker sends `Register`,
-`Heartbeat`, `Result`, `HandBack`, `Draining`, and receives `Registered`, `Assign`, `Kill`,
-`ResultAck`.
+`Heartbeat`, `Result`, `HandBack`, `Draining`, `Fenced`, and receives `Registered`, `Assign`,
+`Kill`, `ResultAck`, `Redirect`.
+
+Fencing: every order from a leader (`Registered` with its kill list, `Assign`, `Kill`,
+`ResultAck`) carries the leader's epoch. A worker keeps the highest epoch it has seen and refuses
+an order from a lower one, answering `Fenced` so that the deposed sender learns the higher epoch
+(a refusal dropped without a word is how jobs used to stay `running` forever). `Register` says
+the highest epoch the worker has seen, so a new leader learns it before it orders anything.
 """
 
 from __future__ import annotations
@@ -92,7 +98,7 @@ class Welcome:
 @attrs.frozen
 class Refused:
     TYPE: ClassVar[str] = "refused"
-    code: str  # "auth", "version", "busy", "role"; after the handshake, "name" (see Register)
+    code: str  # "auth", "version", "busy", "role"; after the handshake, "name" or "epoch"
     reason: str
 
 
@@ -207,6 +213,7 @@ class Register:
     incarnation: str = attrs.field(default="", validator=attrs.validators.max_len(64))
     allow_shell: bool = True
     allow_call: tuple[str, ...] = attrs.field(default=(), validator=_allow_call)
+    epoch_seen: int = attrs.field(default=0, validator=_non_negative)
 
     @slots.validator
     def _slots(self, _attribute: attrs.Attribute[Any], value: int) -> None:
@@ -260,6 +267,7 @@ class Kill:
     job_id: str
     attempt: int
     reason: str
+    epoch: int = attrs.field(validator=_non_negative)
 
 
 @attrs.frozen
@@ -289,6 +297,7 @@ class ResultAck:
     TYPE: ClassVar[str] = "result_ack"
     job_id: str
     attempt: int
+    epoch: int = attrs.field(validator=_non_negative)
 
 
 @attrs.frozen
@@ -306,16 +315,46 @@ class Draining:
     TYPE: ClassVar[str] = "draining"
 
 
+@attrs.frozen
+class Fenced:
+    """A worker's answer to an order it refused because it came from an epoch below `epoch`,
+    the highest the worker has seen: its sender has been deposed (or is a fresh coordinator
+    that does not know the cluster moved on). `order` is the refused message's TYPE and
+    `order_epoch` the epoch it carried; `job_id` and `attempt` name the attempt it concerned,
+    if any, so the sender can put a refused assignment back in the queue at once."""
+
+    TYPE: ClassVar[str] = "fenced"
+    epoch: int = attrs.field(validator=_non_negative)
+    order: str
+    order_epoch: int = attrs.field(validator=_non_negative)
+    job_id: str | None = None
+    attempt: int | None = None
+
+
+@attrs.frozen
+class Redirect:
+    """A coordinator that does not lead answers `Register` with this: `leader` is the
+    leader's address when known (the worker dials it next), else None (the worker tries the
+    next coordinator in its list after a short backoff). `epoch` is the highest epoch the
+    sender knows, so a worker can tell an old hint from a fresh one."""
+
+    TYPE: ClassVar[str] = "redirect"
+    leader: str | None
+    epoch: int = attrs.field(validator=_non_negative)
+
+
 Message = (
     Hello | Challenge | Auth | Welcome | Refused
     | Submit | Status | Wait | ListJobs | Cancel | Workers | Stats | Leader | Reply | ErrorReply
     | Register | Registered | Heartbeat | Assign | Kill | Result | ResultAck | HandBack | Draining
+    | Fenced | Redirect
 )
 
 ALL_MESSAGES: tuple[type, ...] = (
     Hello, Challenge, Auth, Welcome, Refused,
     Submit, Status, Wait, ListJobs, Cancel, Workers, Stats, Leader, Reply, ErrorReply,
     Register, Registered, Heartbeat, Assign, Kill, Result, ResultAck, HandBack, Draining,
+    Fenced, Redirect,
 )  # fmt: skip
 
 HANDSHAKE_TYPES: frozenset[type] = frozenset({Hello, Challenge, Auth, Welcome, Refused})
@@ -323,8 +362,11 @@ CLIENT_REQUESTS: frozenset[type] = frozenset(
     {Submit, Status, Wait, ListJobs, Cancel, Workers, Stats, Leader}
 )
 WORKER_TO_COORDINATOR: frozenset[type] = frozenset(
-    {Register, Heartbeat, Result, HandBack, Draining}
+    {Register, Heartbeat, Result, HandBack, Draining, Fenced}
 )
-# `Refused` after the handshake: the coordinator will not take this Register (code "name").
-COORDINATOR_TO_WORKER: frozenset[type] = frozenset({Registered, Refused, Assign, Kill, ResultAck})
+# `Refused` after the handshake: the coordinator will not take this Register (code "name", or
+# "epoch" when the worker has seen a higher epoch than the coordinator's).
+COORDINATOR_TO_WORKER: frozenset[type] = frozenset(
+    {Registered, Refused, Redirect, Assign, Kill, ResultAck}
+)
 COORDINATOR_TO_CLIENT: frozenset[type] = frozenset({Reply, ErrorReply})

@@ -48,7 +48,16 @@ from tcpsched.core.election import (
     Role,
     RoleChanged,
 )
-from tcpsched.core.events import Close, Closed, Connected, Journal, Received, Send, Tick
+from tcpsched.core.events import (
+    Close,
+    Closed,
+    Connected,
+    HigherEpoch,
+    Journal,
+    Received,
+    Send,
+    Tick,
+)
 from tcpsched.core.replication import Entry, LeaderReplication, Log, follower_append
 
 if TYPE_CHECKING:
@@ -359,7 +368,11 @@ class Node:
         """Not the leader: say who is, so the sender goes there by itself."""
         hint = self.leader_address()
         req_id = getattr(msg, "req_id", None)
-        if req_id is not None:
+        if isinstance(msg, m.Register):
+            # The worker dials the leader next (or, with no hint, the next coordinator).
+            self._effects.append(Send(conn, m.Redirect(leader=hint, epoch=self.epoch)))
+            self._effects.append(Close(conn, f"not the leader (leader: {hint or 'none yet'})"))
+        elif req_id is not None:
             text = f"coordinator {self.node_id} is not the leader" + (
                 f"; the leader is {hint}" if hint else "; no leader is elected yet")
             self._effects.append(Send(conn, m.ErrorReply(req_id=req_id, kind="not_leader",
@@ -369,13 +382,22 @@ class Node:
 
     def _run_scheduler(self, event: Any, now: float) -> None:
         assert self.scheduler is not None
+        higher = 0
         for effect in self.scheduler.step(event, now, self._wall):
             if isinstance(effect, Journal):
                 self._log_record(effect.record)
             elif isinstance(effect, Send | Close):
                 self._hold_for_commit(effect)
+            elif isinstance(effect, HigherEpoch):
+                log.warning("node=%d epoch=%d %s", self.node_id, self.epoch, effect.reason)
+                higher = max(higher, effect.epoch)
             else:
                 self._effects.append(effect)
+        if higher:
+            # A worker has seen a later epoch than ours: we are behind (a deposed leader, or
+            # one started on a fresh or restored data dir). Step down; the next election
+            # announces an epoch above it. Alone, that is this node again at once.
+            self._election(self.election.observe_epoch(higher, now), now)
 
     def _log_record(self, record: dict[str, Any]) -> None:
         seq = self.log.last_seq + 1

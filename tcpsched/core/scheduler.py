@@ -308,6 +308,8 @@ class Scheduler(WorkerSide):
                 self._on_result(entry, msg, now)
             elif kind is m.HandBack:
                 self._on_hand_back(entry, msg, now)
+            elif kind is m.Fenced:
+                self._on_fenced(entry, msg, now)
             elif kind is m.Draining:
                 if not entry.draining:
                     log.info("worker=%s draining", name)
@@ -452,7 +454,7 @@ class Scheduler(WorkerSide):
             entry = self.workers.get(job.worker or "")
             if entry is not None:
                 self._send(entry.conn, m.Kill(job_id=job.id, attempt=job.attempts,
-                                              reason="cancelled"))
+                                              reason="cancelled", epoch=self.config.epoch))
             log.info("job=%s cancelled while running on worker=%s", job.id, job.worker)
 
     # -- time and dispatch ----------------------------------------------------------------------
@@ -545,6 +547,7 @@ class Scheduler(WorkerSide):
         self._record({"op": "start", "id": job_id, "attempt": attempt, "worker": entry.name,
                       "at": self._wall})
         entry.running[job_id] = attempt
+        entry.assigned_at[job_id] = now
         spec = job.spec
         self._send(entry.conn, m.Assign(
             job_id=job_id, attempt=attempt, epoch=self.config.epoch, kind=spec.kind,

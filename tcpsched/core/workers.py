@@ -47,6 +47,10 @@ class WorkerEntry:
     dead_at: float | None = None
     incarnation: str = ""  # the worker process's random id (see messages.Register)
     capabilities: Capabilities = attrs.field(factory=Capabilities)
+    # For reconciling heartbeats (workerside): when each attempt in `running` was assigned
+    # (absent: reported at registration), and how many heartbeats in a row have left it out.
+    assigned_at: dict[str, float] = attrs.field(factory=dict)
+    unreported: dict[str, int] = attrs.field(factory=dict)
 
     def free_slots(self) -> int:
         return self.slots - len(self.running)

@@ -12,6 +12,17 @@ attempts: each goes back to the queue (keeping its place) or, after `poison_work
 workers, fails.
 A failed attempt retries after exponential backoff with full jitter while retries remain.
 
+Fencing and reconciliation: a worker that refuses an order of ours because it has seen a higher
+epoch answers `Fenced`; one that registers says the highest epoch it has seen. Either way, if
+that epoch is above ours, this coordinator is behind its cluster: it logs why, cuts that
+worker's connection rather than keep ordering it in vain, and emits `HigherEpoch` (a node steps
+down; a coordinator alone adopts an epoch above it). A refused `Assign` never ran, so its
+attempt goes back to the queue at once. And a leader checks each heartbeat against what it
+believes the worker runs: an attempt the worker leaves out of `MISSING_BEATS_MAX` heartbeats in
+a row, each arriving at least `MISSING_GRACE_BEATS` intervals after the assignment (time for the
+`Assign` to get there), is lost and requeued like a lost worker's job. Without this, an
+assignment the worker never took would stay `running` forever.
+
 `WorkerSide` holds no state of its own: it works on the scheduler's job table, queue, detector
 and worker entries (declared below for the type checker), and changes the table only through
 the scheduler's `_record`, so every change is journaled.
@@ -26,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from tcpsched.core import messages as m
 from tcpsched.core.capabilities import Capabilities
 from tcpsched.core.detector import DEAD
-from tcpsched.core.events import Close
+from tcpsched.core.events import Close, HigherEpoch
 from tcpsched.core.jobs import JobState
 from tcpsched.core.printable import worker_problem
 from tcpsched.core.workers import (
@@ -51,6 +62,10 @@ if TYPE_CHECKING:
 
 # The scheduler logs its worker events under its own name, as before the split.
 log = logging.getLogger("tcpsched.core.scheduler")
+
+MISSING_GRACE_BEATS = 2  # heartbeat intervals an Assign gets to reach its worker
+MISSING_BEATS_MAX = 2  # heartbeats in a row that leave an attempt out before it is lost: one
+# may have been written before a resumed (SIGSTOPped) worker read the Assign behind it
 
 
 def retry_delay(failures: int, base_s: float, cap_s: float, rng: random.Random) -> float:
@@ -87,6 +102,16 @@ class WorkerSide:
     def _on_register(self, conn: int, msg: m.Register, now: float) -> None:
         if conn in self._conn_worker:
             self._effects.append(Close(conn, "register sent twice"))
+            return
+        if msg.epoch_seen > self.config.epoch:
+            # It would refuse every order of ours: say so to both sides and let it go.
+            reason = (f"worker {msg.name} has seen epoch {msg.epoch_seen}, above ours "
+                      f"{self.config.epoch}")
+            log.warning("node=%d epoch=%d is behind its cluster: %s; not registering it",
+                        self.config.node_id, self.config.epoch, reason)
+            self._send(conn, m.Refused(code="epoch", reason=f"coordinator is stale: {reason}"))
+            self._effects.append(Close(conn, "worker has seen a higher epoch"))
+            self._effects.append(HigherEpoch(msg.epoch_seen, reason))
             return
         problem = worker_problem(msg.name, msg.tags)
         if problem is not None:
@@ -145,10 +170,74 @@ class WorkerSide:
             log.info("worker=%s alive again", entry.name)
         for ref in stale_reported(entry, msg.running, self.table):
             self._send(entry.conn, m.Kill(job_id=ref.job_id, attempt=ref.attempt,
-                                          reason="stale attempt"))
+                                          reason="stale attempt", epoch=self.config.epoch))
+        self._reconcile(entry, msg.running, now)
+
+    def _reconcile(self, entry: WorkerEntry, reported: tuple[m.AttemptRef, ...],
+                   now: float) -> None:
+        """Lose the attempts this worker keeps leaving out of its heartbeats (see the module's
+        theory of operation); results and hand-backs travel ahead of the heartbeat on the same
+        connection, so an attempt that ended is already gone from `entry.running` here."""
+        if not entry.running and not entry.unreported:
+            return
+        has = {ref.job_id: ref.attempt for ref in reported}
+        grace_s = MISSING_GRACE_BEATS * self.config.heartbeat_interval_s
+        unreported: dict[str, int] = {}
+        lost = []
+        for job_id, attempt in entry.running.items():
+            if has.get(job_id) == attempt:
+                continue
+            assigned_at = entry.assigned_at.get(job_id)
+            if assigned_at is not None and now - assigned_at < grace_s:
+                continue
+            beats = entry.unreported.get(job_id, 0) + 1
+            if beats >= MISSING_BEATS_MAX:
+                lost.append((job_id, attempt))
+            else:
+                unreported[job_id] = beats
+        entry.unreported = unreported
+        entry.assigned_at = {j: t for j, t in entry.assigned_at.items() if j in entry.running}
+        for job_id, attempt in lost:
+            del entry.running[job_id]
+            entry.assigned_at.pop(job_id, None)
+            log.warning("worker=%s job=%s attempt=%d: left out of %d heartbeats: lost",
+                        entry.name, job_id, attempt, MISSING_BEATS_MAX)
+            self._lose_attempt(job_id, attempt, entry.name, now)
+
+    def _on_fenced(self, entry: WorkerEntry, msg: m.Fenced, now: float) -> None:
+        epoch = self.config.epoch
+        log.warning("worker=%s refused %s job=%s attempt=%s of epoch %d: it has seen epoch %d "
+                    "(ours %d)", entry.name, msg.order, msg.job_id, msg.attempt,
+                    msg.order_epoch, msg.epoch, epoch)
+        if msg.order == "assign" and msg.job_id is not None and msg.attempt is not None \
+                and entry.running.get(msg.job_id) == msg.attempt:
+            # Refused, so never started: back to the queue, as if handed back.
+            del entry.running[msg.job_id]
+            self._requeue_handed_back(msg.job_id, msg.attempt, f"refused by {entry.name}: "
+                                  f"assigned in epoch {msg.order_epoch}, it has seen {msg.epoch}")
+        if msg.epoch > epoch and entry.conn is not None:
+            reason = f"worker {entry.name} has seen epoch {msg.epoch}, above ours {epoch}"
+            log.warning("node=%d epoch=%d is behind its cluster: %s; closing its connection",
+                        self.config.node_id, epoch, reason)
+            # Detached at once, so nothing more is dispatched to it in vain; what it runs stays
+            # assigned, for it to report when it registers again.
+            self._conn_worker.pop(entry.conn, None)
+            self._effects.append(Close(entry.conn, "worker has seen a higher epoch"))
+            entry.conn = None
+            self.detector.disconnected(entry.name)
+            self._effects.append(HigherEpoch(msg.epoch, reason))
+
+    def _requeue_handed_back(self, job_id: str, attempt: int, error: str) -> None:
+        job = self.table.get(job_id)
+        if job is None or job.state is not JobState.RUNNING or job.attempts != attempt:
+            return
+        self._record({"op": "requeue", "id": job.id, "reason": "handed_back", "error": error})
+        self.queue.push(job.id, job.spec.priority, job.seq)
+        log.info("job=%s attempt=%d requeued: %s", job.id, attempt, error)
 
     def _on_result(self, entry: WorkerEntry, msg: m.Result, now: float) -> None:
-        self._send(entry.conn, m.ResultAck(job_id=msg.job_id, attempt=msg.attempt))
+        self._send(entry.conn, m.ResultAck(job_id=msg.job_id, attempt=msg.attempt,
+                                           epoch=self.config.epoch))
         self.detector.heartbeat(entry.name, now)
         if entry.running.get(msg.job_id) == msg.attempt:
             del entry.running[msg.job_id]
@@ -188,13 +277,8 @@ class WorkerSide:
         if entry.running.get(msg.job_id) != msg.attempt:
             return
         del entry.running[msg.job_id]
-        job = self.table.get(msg.job_id)
-        if job is None or job.state is not JobState.RUNNING or job.attempts != msg.attempt:
-            return
-        self._record({"op": "requeue", "id": job.id, "reason": "handed_back",
-                      "error": f"handed back by {entry.name}: {msg.reason}"})
-        self.queue.push(job.id, job.spec.priority, job.seq)
-        log.info("job=%s handed back by worker=%s; requeued", job.id, entry.name)
+        self._requeue_handed_back(msg.job_id, msg.attempt,
+                              f"handed back by {entry.name}: {msg.reason}")
 
     def _lose_attempt(self, job_id: str, attempt: int, worker: str, now: float) -> None:
         job = self.table.get(job_id)

@@ -1,8 +1,9 @@
 """A seeded simulation of a whole single-coordinator cluster, with faults, checked every step.
 
 Theory of operation: the real `Scheduler` (the core, unchanged) talks to simulated workers that
-follow the same protocol as `tcpsched/worker.py` (register with running attempts, heartbeats,
-results kept in an outbox until acknowledged, kill orders, hand back on drain). Everything runs
+run the real worker core, `core/workerproto.py`, the one `tcpsched/worker.py` wraps (register
+with running and unacknowledged attempts, heartbeats, results kept in an outbox until
+acknowledged, epoch fencing, kill orders, hand back on drain). Everything runs
 on one `SimClock` and one event heap; `SimNetwork` carries each message with a random delay
 while keeping per-connection FIFO order, like TCP, and loses in-flight messages when a
 connection is cut. Faults are drawn from the seed during a fault window: connection cuts, worker
@@ -106,9 +107,10 @@ class Simulation:
         self._handlers: dict[str, Callable[[Any], None]] = {
             "sched_connected": self._sched_connected, "sched_receive": self._sched_receive,
             "sched_closed": self._sched_closed, "worker_receive": ws.receive,
-            "worker_closed": ws.closed, "worker_connect": ws.connect, "heartbeat": ws.heartbeat,
-            "job_done": ws.job_done, "drain_end": ws.drain_end, "submit": self._submit,
-            "fault": self._fault, "restart": ws.restart, "resume": ws.resume,
+            "worker_closed": ws.closed, "worker_boot": ws.boot_named, "worker_tick": ws.tick,
+            "worker_dialed": ws.dialed, "job_done": ws.job_done,
+            "worker_drain": ws.drain_replayed, "submit": self._submit, "fault": self._fault,
+            "restart": ws.restart, "resume": ws.resume,
         }  # fmt: skip
 
     # -- the event loop ----------------------------------------------------------------------------
@@ -122,7 +124,7 @@ class Simulation:
         window_end = start + cfg.fault_window_s
         self._sched_step(Connected(CLIENT_CONN, "client", "sim-client", "sim:client"))
         for worker in self.workers.values():
-            self.at(start + self.rng.uniform(0, 0.5), "worker_connect", (worker.name, 0))
+            self.at(start + self.rng.uniform(0, 0.5), "worker_boot", worker.name)
         remaining = cfg.jobs
         while remaining > 0:
             batch = min(remaining, self.rng.randint(1, 5))
@@ -265,13 +267,9 @@ class Simulation:
                 rng.uniform(timeout * 1.2, timeout * 3)
             w.hung = True
             self.at(self.clock.now + length, "resume", (w.name, w.life))
-        elif kind == "drain" and w.up and not w.hung and not w.draining:
-            w.draining = True
-            self.worker_side.send(w, m.Draining())
-            self.at(self.clock.now + rng.uniform(0, self.config.drain_timeout_s), "drain_end",
-                    (w.name, w.life))
-            self.at(self.clock.now + self.config.drain_timeout_s + rng.uniform(0.5, 4.0),
-                    "restart", w.name)
+        elif kind == "drain" and w.up and w.proto is not None and not w.hung \
+                and not w.draining:
+            self.worker_side.drain(w)  # it exits once drained, and is restarted later
         elif kind == "restart" and not w.up:
             self.worker_side.restart(w.name)
         else:

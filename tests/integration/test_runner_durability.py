@@ -50,7 +50,7 @@ class RequestCore:
         return [Journal(FORGET), Send(event.conn, m.Reply(req_id=req_id, value="done")),
                 Send(event.conn, m.ErrorReply(req_id=req_id + 1, kind="not_found",
                                               message="no job")),
-                Send(WORKER, m.ResultAck(job_id="j1", attempt=1)), Close(3, "bye")]
+                Send(WORKER, m.ResultAck(job_id="j1", attempt=1, epoch=1)), Close(3, "bye")]
 
     def next_deadline(self) -> float | None:
         return None

@@ -87,6 +87,12 @@ FIELD_OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (m.Result, "state"): st.sampled_from(("succeeded", "failed", "cancelled")),
     (m.ErrorReply, "kind"): st.sampled_from(m.ERROR_KINDS),
     (m.AttemptRef, "attempt"): NON_NEGATIVE,
+    (m.Register, "epoch_seen"): NON_NEGATIVE,
+    (m.Kill, "epoch"): NON_NEGATIVE,
+    (m.ResultAck, "epoch"): NON_NEGATIVE,
+    (m.Fenced, "epoch"): NON_NEGATIVE,
+    (m.Fenced, "order_epoch"): NON_NEGATIVE,
+    (m.Redirect, "epoch"): NON_NEGATIVE,
 }
 
 

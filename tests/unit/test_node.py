@@ -14,7 +14,7 @@ from collections import deque
 from typing import Any
 
 from tcpsched.core.election import ElectionTiming, Role
-from tcpsched.core.events import Close, Connected, Journal, Received, Send, Tick
+from tcpsched.core.events import Close, Connected, HigherEpoch, Journal, Received, Send, Tick
 from tcpsched.core.node import (
     EndOfTurn,
     Flushed,
@@ -56,6 +56,8 @@ class FakeScheduler:
         self.epoch = epoch
 
     def step(self, event: Any, now: float, wall: float | None = None) -> list[Any]:
+        if isinstance(event, Received) and event.msg[0] == "behind":
+            return [HigherEpoch(event.msg[1], "a worker has seen a later epoch")]
         if isinstance(event, Received) and event.msg[0] == "put":
             record = {"op": "put", "x": event.msg[1]}
             self.table.apply(record)
@@ -293,3 +295,16 @@ def test_all_crash_and_restart_keeps_acknowledged_records() -> None:
     leader = cluster.leader()
     assert leader
     assert cluster.nodes[leader].scheduler.table.values() == [0, 1, 2, 3]  # type: ignore[union-attr]
+
+
+def test_a_lone_coordinator_behind_its_workers_takes_an_epoch_above_theirs() -> None:
+    """A HigherEpoch from the scheduler (a worker saw a later epoch) deposes the leader; alone,
+    it is elected again at once with an epoch above the one seen, journaled as a promise."""
+    cluster = Cluster([1])
+    cluster.run(0.05)
+    assert cluster.nodes[1].epoch == 1
+    cluster.feed(1, Connected(2, "worker", "w", "addr"))
+    cluster.feed(1, Received(2, ("behind", 7)))
+    cluster.run(0.05)
+    assert cluster.leader() == 1 and cluster.nodes[1].epoch == 8
+    assert cluster.disks[1].promise == (8, 1)

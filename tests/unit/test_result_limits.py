@@ -4,13 +4,13 @@ attempt that does fit."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
-from tcpsched.config import WorkerSettings
 from tcpsched.core import messages as m
 from tcpsched.core.codec import FrameDecoder, UnpackLimits, encode, peer_refusal
 from tcpsched.core.limits import WireLimits
-from tcpsched.worker import RESULT_SENDS_MAX, Worker
+from tcpsched.core.workerproto import RESULT_SENDS_MAX, WorkerConfig, WorkerProtocol
 
 
 def result(value: Any, stdout: str = "") -> m.Result:
@@ -43,15 +43,11 @@ def test_peer_refusal_agrees_with_the_coordinators_decoder() -> None:
     assert "--max-frame" in str(peer_refusal(cases[3], limits))
 
 
-class _NoReaper:
-    def close(self) -> None:
-        pass
-
-
 def test_worker_turns_an_unsendable_result_into_a_failed_attempt() -> None:
     """Over the limits, or lost on RESULT_SENDS_MAX connections: a failed attempt that says
     why and fits; a result within the limits goes unchanged."""
-    worker = Worker(WorkerSettings(name="w"), reaper=_NoReaper())  # type: ignore[arg-type]
+    worker = WorkerProtocol(WorkerConfig(name="w", slots=1, coordinators=("c",)),
+                            random.Random(0), 0.0)
     worker.limits = WireLimits(frame_bytes_max=8192, array_items_max=100, map_items_max=100)
     fine = result([1, 2, 3])
     assert worker._deliverable(fine) is fine

@@ -189,7 +189,7 @@ def test_stale_result_is_acked_and_ignored() -> None:
     # w1 wakes up and reconnects; its old attempt finishes and reports.
     h.connect("w1", running=((job, 1),))
     h.result("w1", job, 1, state="failed", exit_code=3)
-    assert h.sent_to("w1", m.ResultAck)[-1] == m.ResultAck(job_id=job, attempt=1)
+    assert h.sent_to("w1", m.ResultAck)[-1] == m.ResultAck(job_id=job, attempt=1, epoch=1)
     assert h.job(job)["state"] == "running"
     assert h.job(job)["failures"] == 0
     h.result("w2", job, 2)
@@ -249,7 +249,7 @@ def test_heartbeat_with_unwanted_attempt_triggers_kill() -> None:
     job = h.submit()
     h.heartbeat("w1", running=((job, 1), ("0000deadbeef", 4)))
     kills = h.sent_to("w1", m.Kill)
-    assert kills == [m.Kill(job_id="0000deadbeef", attempt=4, reason="stale attempt")]
+    assert kills == [m.Kill(job_id="0000deadbeef", attempt=4, reason="stale attempt", epoch=1)]
 
 
 def test_cancelled_running_job_result_is_ignored() -> None:
