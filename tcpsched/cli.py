@@ -42,6 +42,7 @@ from tcpsched.errors import (
     ConfigError,
     JobNotFound,
     JobTimeout,
+    NotLeaderError,
     RequestError,
     TcpschedError,
     UnavailableError,
@@ -251,8 +252,8 @@ def error_line(exc: BaseException | str) -> str:
 def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, AuthError):
         return EXIT_AUTH
-    if isinstance(exc, UnavailableError):
-        return EXIT_UNAVAILABLE
+    if isinstance(exc, UnavailableError | NotLeaderError):
+        return EXIT_UNAVAILABLE  # 3: no coordinator reachable, or no leader within the timeout
     if isinstance(exc, JobTimeout):
         return EXIT_JOB_FAILED
     if isinstance(exc, ConfigError | JobNotFound | RequestError):

@@ -19,6 +19,7 @@ import os
 import secrets
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ from tcpsched.core.codec import (
     limits_cannot_bind,
 )
 from tcpsched.core.jobs import JobSpec, JobState
+from tcpsched.core.session import ClientSession
 from tcpsched.errors import (
     AuthError,
     JobNotFound,
@@ -54,6 +56,8 @@ SUBMIT_BATCH = 1000
 GATHER_BATCH = 5000
 CONNECT_TIMEOUT_S = 10.0
 RESENDS_MAX = 5  # reconnect-and-resend rounds for one request before giving up
+PROBE_S = 2.0  # silence while a request waits before we ask the coordinator if it lives
+UNRESPONSIVE_S = 4.0  # further silence after which its connection is given up
 
 
 class _ConnectionLost(Exception):
@@ -200,7 +204,8 @@ class Client:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._req_ids = itertools.count(1)
         self._connecting: asyncio.Lock | None = None
-        self._preferred = 0
+        self._probe_from = 0.0
+        self.session = ClientSession(list(self.addresses))
         self.address: str | None = None
         self.welcome: m.Welcome | None = None
 
@@ -228,9 +233,7 @@ class Client:
         deadline = loop.time() + self.connect_timeout_s
         delay = 0.05
         while True:
-            for i in range(len(self.addresses)):
-                index = (self._preferred + i) % len(self.addresses)
-                address = self.addresses[index]
+            for address in self.session.order():
                 remaining = deadline - loop.time()
                 try:
                     conn, welcome = await dial(address, "client", self.name, self.token,
@@ -240,7 +243,11 @@ class Client:
                 except UnavailableError as exc:
                     last_error = str(exc)
                     continue
-                self._preferred = index
+                if not self.session.connected(address, welcome.epoch):
+                    last_error = (f"{address} is behind (epoch {welcome.epoch}, "
+                                  f"{self.session.epoch_seen} seen)")
+                    conn.close("stale coordinator")
+                    continue
                 self._conn, self.welcome, self.address = conn, welcome, address
                 self._reader = asyncio.ensure_future(self._read_loop(conn))
                 return
@@ -249,10 +256,32 @@ class Client:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
         raise UnavailableError(
-            f"no coordinator reachable at {','.join(self.addresses)} ({last_error})"
+            f"no coordinator reachable at {','.join(self.session.addresses)} ({last_error})"
         )
 
+    def _probe(self, conn: Connection) -> None:
+        """While requests wait, check that the coordinator still talks: a leader that hangs
+        (SIGSTOP, a stalled host) keeps its connections open and answers nothing, and a request
+        waiting on it would wait forever. After `PROBE_S` of silence a `leader` request goes
+        out (any message counts as life); after `UNRESPONSIVE_S` more the connection is given
+        up, and every pending request is sent again elsewhere (safe: see `_request`)."""
+        if conn.closed or conn is not self._conn:
+            return
+        loop = asyncio.get_running_loop()
+        silent_s = time.monotonic() - max(conn.last_message_at_s, self._probe_from)
+        if self._pending and silent_s > PROBE_S + UNRESPONSIVE_S:
+            conn.close(f"no answer from {self.address} for {silent_s:.1f}s")
+            return
+        if self._pending and silent_s > PROBE_S:
+            with contextlib.suppress(LocalProtocolError, OSError):
+                conn.send(m.Leader(req_id=next(self._req_ids)))
+        elif not self._pending:
+            self._probe_from = time.monotonic()
+        loop.call_later(PROBE_S / 2, self._probe, conn)
+
     async def _read_loop(self, conn: Connection) -> None:
+        self._probe_from = time.monotonic()
+        asyncio.get_running_loop().call_later(PROBE_S / 2, self._probe, conn)
         try:
             while (msg := await conn.receive()) is not None:
                 future = self._pending.pop(msg.req_id, None)
@@ -286,6 +315,7 @@ class Client:
         loop = asyncio.get_running_loop()
         give_up = None if timeout is None else loop.time() + timeout
         losses = 0
+        leaderless_until: float | None = None
         while True:
             await self.connect()
             conn = self._conn
@@ -306,6 +336,7 @@ class Client:
                     async with asyncio.timeout(max(give_up - loop.time(), 0.0)):
                         reply = await future
             except _ConnectionLost:
+                self.session.lost(self.address)
                 self._conn = None
                 losses += 1
                 if not resend:
@@ -321,9 +352,36 @@ class Client:
             except TimeoutError:
                 self._pending.pop(req_id, None)
                 raise JobTimeout("the coordinator did not answer in time") from None
+            if isinstance(reply, m.ErrorReply) and reply.kind == "not_leader":
+                # A follower: go to the leader it names (or, during an election, try the
+                # others after a short wait) and ask again, until the connect timeout.
+                if leaderless_until is None:
+                    leaderless_until = loop.time() + self.connect_timeout_s
+                wait = self.session.redirected(self.address or "", reply.leader_hint)
+                if loop.time() + wait >= leaderless_until or (
+                        give_up is not None and loop.time() + wait >= give_up):
+                    raise NotLeaderError(
+                        f"no leader within {self.connect_timeout_s:g}s: {reply.message}",
+                        reply.leader_hint) from None
+                await self._drop()
+                if wait:
+                    await asyncio.sleep(wait)
+                continue
             if isinstance(reply, m.ErrorReply):
                 raise _error_from(reply)
+            self.session.answered()
             return reply.value
+
+    async def _drop(self) -> None:
+        """Close the current connection (to a follower) so the next request dials anew."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close("not the leader")
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
 
     # -- jobs -----------------------------------------------------------------------------------
 

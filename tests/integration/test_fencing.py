@@ -29,7 +29,8 @@ def clients() -> Iterator[list[SyncClient]]:
 def test_a_fresh_coordinator_behind_its_workers_epoch_catches_up(
         procs: ProcessGroup, clients: list[SyncClient]) -> None:
     """A coordinator started on a fresh data dir (epoch 1) while its worker remembers epoch 3:
-    the worker's Register says so, the coordinator warns, takes epoch 4, and jobs run."""
+    the worker's Register says so, the coordinator warns, steps down and is elected again
+    at epoch 4 (it is its own majority), and jobs run."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     procs.worker(address, "w1", slots=1)
@@ -49,7 +50,7 @@ def test_a_fresh_coordinator_behind_its_workers_epoch_catches_up(
     job = client.submit_shell("true")
     assert client.wait(job, timeout=WAIT_S)["state"] == "succeeded"
     assert client.leader()["epoch"] == 4
-    log = wait_until(lambda: "taking epoch 4" in (text := fresh.log()) and text, WAIT_S,
-                     what="the coordinator saying it took epoch 4")
+    log = wait_until(lambda: "epoch=4 became leader" in (text := fresh.log()) and text, WAIT_S,
+                     what="the coordinator saying it leads at epoch 4")
     assert "worker w1 has seen epoch 3, above ours 1" in log
     assert "behind its cluster" in log
