@@ -38,8 +38,18 @@ from tcpsched.core.codec import UnpackLimits
 from tcpsched.core.election import ElectionTiming
 from tcpsched.core.events import Closed, Connected, Received, Tick
 from tcpsched.core.limits import WireLimits
-from tcpsched.core.node import Node, NodeConfig, PeerClosed, PeerReceived, Recovered
-from tcpsched.core.peer_messages import PEER_MESSAGES
+from tcpsched.core.node import (
+    Compacted,
+    Node,
+    NodeConfig,
+    PeerClosed,
+    PeerReceived,
+    ReceiveSnapshot,
+    Recovered,
+    SendSnapshot,
+    SnapshotInstalled,
+)
+from tcpsched.core.peer_messages import PEER_MESSAGES, SNAPSHOT_CHUNK_BYTES, InstallSnapshot
 from tcpsched.core.replication import Entry
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig
 from tcpsched.core.state import JobTable
@@ -134,6 +144,10 @@ class Coordinator:
                                rng=random.Random(self.rng.getrandbits(64)))
         self.runner = Runner(self.node, self.journal, self.connections,
                              peer_send=self.peers.send)
+        self.runner.on_snapshot = self._on_snapshot_effect
+        self.journal.on_compacted = lambda seq: loop.call_soon_threadsafe(
+            self.runner.feed, Compacted(seq))
+        self._snapshot_tasks: set[asyncio.Task[None]] = set()
         self.storage_failure: str | None = None
         self.runner.on_journal_failure = self.journal.on_failure = self.storage_failed
         self._next_conn = 1
@@ -151,6 +165,42 @@ class Coordinator:
         self._open: set[_Accepted] = set()  # every connection, in its handshake or not
         self._none_open = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None
+
+    def _on_snapshot_effect(self, effect: SendSnapshot | ReceiveSnapshot) -> None:
+        if isinstance(effect, SendSnapshot):
+            task = asyncio.get_running_loop().create_task(self._send_snapshot(effect.peer))
+            self._snapshot_tasks.add(task)
+            task.add_done_callback(self._snapshot_tasks.discard)
+            return
+        chunk = effect.chunk
+        self.journal.receive_snapshot_chunk(chunk.offset, chunk.data)
+        if chunk.done:
+            table = self.journal.install_snapshot(chunk.snap_seq, chunk.snap_epoch)
+            asyncio.get_running_loop().call_soon(self.runner.feed, SnapshotInstalled(
+                leader=effect.leader, epoch=chunk.epoch, snap_epoch=chunk.snap_epoch,
+                snap_seq=chunk.snap_seq, table=table))
+
+    async def _send_snapshot(self, peer: int) -> None:
+        """Our snapshot file to a follower behind our log window, a chunk at a time, each
+        waiting for the link to drain (a big snapshot must not pile up in memory)."""
+        found = self.journal.snapshot_for_peer()
+        if found is None:
+            log.warning("node=%d peer %d needs a snapshot, but there is none yet",
+                        self.settings.node_id, peer)
+            return
+        seq, epoch, path = found
+        data = await asyncio.to_thread(path.read_bytes)
+        step = SNAPSHOT_CHUNK_BYTES
+        for offset in range(0, max(len(data), 1), step):
+            if not self.node.is_leader:
+                return
+            self.peers.send(peer, InstallSnapshot(
+                src=self.settings.node_id, epoch=self.node.epoch, snap_epoch=epoch,
+                snap_seq=seq, offset=offset, data=data[offset : offset + step],
+                done=offset + step >= len(data)))
+            await self.peers.drain(peer)
+        log.info("node=%d sent peer %d the snapshot at seq=%d (%d bytes)",
+                 self.settings.node_id, peer, seq, len(data))
 
     def _make_scheduler(self, table: JobTable, epoch: int, now: float, wall: float
                         ) -> Scheduler:
@@ -244,6 +294,8 @@ class Coordinator:
             with contextlib.suppress(asyncio.CancelledError):
                 await accepting
             listener.close()
+            for task in list(self._snapshot_tasks):
+                task.cancel()
             await self.peers.close()
             self.runner.flush_now()
             await self._close_all()

@@ -98,6 +98,25 @@ class EndOfTurn:
 
 
 @attrs.frozen
+class Compacted:
+    """A snapshot now covers the entries up to `seq`: the log window may let them go."""
+
+    seq: int
+
+
+@attrs.frozen
+class SnapshotInstalled:
+    """The shell installed the snapshot the leader sent (the answer to ReceiveSnapshot's last
+    chunk): the journal holds nothing but it, and `table` is its table."""
+
+    leader: int
+    epoch: int
+    snap_epoch: int
+    snap_seq: int
+    table: JobTable
+
+
+@attrs.frozen
 class JournalFailed:
     """The local journal failed a write or an fsync: nothing more will be durable here."""
 
@@ -157,7 +176,25 @@ class Reload:
     seq: int
 
 
-NodeEffect = Send | Close | ToPeer | WriteEntries | WritePromise | WriteCommit | Truncate | Reload
+@attrs.frozen
+class SendSnapshot:
+    """Send our latest snapshot file to `peer`, in chunks (it is behind our log window)."""
+
+    peer: int
+
+
+@attrs.frozen
+class ReceiveSnapshot:
+    """Store this chunk of the leader's snapshot; on the last one, install it and feed back
+    `SnapshotInstalled`."""
+
+    leader: int
+    chunk: pm.InstallSnapshot
+
+
+NodeEffect = (Send | Close | ToPeer | WriteEntries | WritePromise | WriteCommit | Truncate
+              | Reload | SendSnapshot | ReceiveSnapshot)
+SNAPSHOT_RESEND_S = 30.0  # a snapshot that brought no acknowledgement by then is sent again
 
 
 class Leading(Protocol):
@@ -186,7 +223,7 @@ class NodeConfig:
     peers: Mapping[int, str]  # id -> client-facing address, for redirects
     timing: ElectionTiming = attrs.field(factory=ElectionTiming)
     beat_s: float = 0.1
-    window_entries_max: int = 100_000
+    window_entries_max: int = 2_000_000  # a safety valve: compaction bounds the window
 
 
 @attrs.frozen
@@ -340,6 +377,11 @@ class Node:
             self._election(self.election.peer_down(event.peer, now), now)
         elif isinstance(event, Connected | Received | Closed):
             self._on_connection(event, now)
+        elif isinstance(event, Compacted):
+            if event.seq <= min(self.applied_seq, self.log.commit_seq):
+                self.log.trim_through(event.seq)
+        elif isinstance(event, SnapshotInstalled):
+            self._on_snapshot_installed(event, now)
         elif isinstance(event, JournalFailed):
             self._on_journal_failed(event.reason)
         elif isinstance(event, Reloaded):
@@ -466,6 +508,8 @@ class Node:
             self._on_append(peer, msg, now)
         elif isinstance(msg, pm.AppendAck):
             self._on_append_ack(peer, msg, now)
+        elif isinstance(msg, pm.InstallSnapshot):
+            self._on_install(peer, msg, now)
         elif isinstance(msg, pm.Fetch):
             self._on_fetch(peer, msg)
         elif isinstance(msg, pm.FetchReply):
@@ -502,6 +546,36 @@ class Node:
                 commit_seq=self.log.commit_seq)))
         else:
             self._ack_owed = (peer, msg.epoch, outcome.matched_seq)
+
+    def _on_install(self, peer: int, msg: pm.InstallSnapshot, now: float) -> None:
+        accepted, outs = self.election.leader_contact(peer, msg.epoch, now)
+        self._election(outs, now)
+        if not accepted:
+            self._effects.append(ToPeer(peer, pm.AppendAck(
+                src=self.node_id, epoch=max(self.epoch, msg.epoch), ok=False, match_seq=0,
+                commit_seq=self.log.commit_seq)))
+            return
+        if msg.snap_seq <= self.log.commit_seq:
+            # We hold all of it already (a resend, or it crossed our own catching up).
+            if msg.done:
+                self._effects.append(ToPeer(peer, pm.AppendAck(
+                    src=self.node_id, epoch=msg.epoch, ok=True,
+                    match_seq=min(self.flushed_seq, self.log.last_seq),
+                    commit_seq=self.log.commit_seq)))
+            return
+        self._effects.append(ReceiveSnapshot(peer, msg))
+
+    def _on_snapshot_installed(self, event: SnapshotInstalled, now: float) -> None:
+        log.info("node=%d epoch=%d installed the snapshot of leader %d at seq=%d",
+                 self.node_id, self.epoch, event.leader, event.snap_seq)
+        self.log.reset((event.snap_epoch, event.snap_seq), event.snap_seq)
+        self.table = event.table
+        self.applied_seq = self.flushed_seq = self._commit_marked = event.snap_seq
+        self._ack_owed = None
+        self._reloading = False
+        self._effects.append(ToPeer(event.leader, pm.AppendAck(
+            src=self.node_id, epoch=event.epoch, ok=True, match_seq=event.snap_seq,
+            commit_seq=event.snap_seq)))
 
     def _on_append_ack(self, peer: int, msg: pm.AppendAck, now: float) -> None:
         if msg.epoch > self.epoch:
@@ -638,3 +712,7 @@ class Node:
             self._last_beat = now
         for peer, append in self.replication.appends(now, heartbeat=heartbeat):
             self._effects.append(ToPeer(peer, append))
+        for peer in self.replication.snapshots_due(now, SNAPSHOT_RESEND_S):
+            log.info("node=%d epoch=%d peer %d is behind our log window: sending a snapshot",
+                     self.node_id, self.epoch, peer)
+            self._effects.append(SendSnapshot(peer))

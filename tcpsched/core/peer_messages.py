@@ -149,4 +149,23 @@ class FetchReply:
     more: bool
 
 
-PEER_MESSAGES: tuple[type, ...] = (*ELECTION_MESSAGES, *REPLICATION_MESSAGES, Fetch, FetchReply)
+SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+
+
+@attrs.frozen
+class InstallSnapshot:
+    """One chunk of the leader's snapshot file, for a follower too far behind for its log
+    window: the snapshot stands at (snap_epoch, snap_seq); `done` marks the last chunk."""
+
+    TYPE: ClassVar[str] = "install_snapshot"
+    src: int = attrs.field(validator=_node_id)
+    epoch: int = attrs.field(validator=_non_negative)
+    snap_epoch: int = attrs.field(validator=_non_negative)
+    snap_seq: int = attrs.field(validator=_non_negative)
+    offset: int = attrs.field(validator=_non_negative)
+    data: bytes
+    done: bool
+
+
+PEER_MESSAGES: tuple[type, ...] = (*ELECTION_MESSAGES, *REPLICATION_MESSAGES, Fetch, FetchReply,
+                                   InstallSnapshot)

@@ -48,7 +48,8 @@ class Log:
     """Position, commit seq and a window of the newest entries (bounded by count and bytes)."""
 
     def __init__(self, base: Position = (0, 0), *, commit_seq: int = 0,
-                 window_entries_max: int = 100_000, window_bytes_max: int = 64 * 1024 * 1024
+                 window_entries_max: int = 2_000_000,
+                 window_bytes_max: int = 512 * 1024 * 1024
                  ) -> None:
         # `base` is the position just before the window's first entry (a snapshot's position,
         # or the last entry dropped from the window); entries are contiguous after it.
@@ -104,6 +105,15 @@ class Log:
             self._bytes -= len(self.entries.pop().data)
         self.base_seq = min(self.base_seq, seq)
 
+    def trim_through(self, seq: int) -> None:
+        """Drop the entries up to `seq` (a snapshot now covers them): a follower that needs
+        them gets that snapshot instead. Compaction bounds the window this way; the count
+        and byte caps are only a safety valve."""
+        while self.entries and self.entries[0].seq <= seq:
+            old = self.entries.popleft()
+            self._bytes -= len(old.data)
+            self.base_epoch, self.base_seq = old.epoch, old.seq
+
     def reset(self, base: Position, commit_seq: int) -> None:
         """Start over from a snapshot at `base`: nothing before it is kept here."""
         self.entries.clear()
@@ -140,6 +150,7 @@ class Progress:
     match: int = 0
     next: int = 1
     needs_snapshot: bool = False
+    snapshot_sent_at: float | None = None  # a snapshot is on its way since then
     last_sent_at: float = -1.0
     sent_commit: int = 0
 
@@ -203,6 +214,7 @@ class LeaderReplication:
                 progress.needs_snapshot = True
                 continue
             progress.needs_snapshot = False
+            progress.snapshot_sent_at = None
             progress.last_sent_at = now
             progress.sent_commit = self.log.commit_seq
             if entries:
@@ -217,8 +229,19 @@ class LeaderReplication:
     def snapshot_installed(self, peer: int, seq: int) -> None:
         progress = self.progress[peer]
         progress.match = max(progress.match, seq)
-        progress.next = seq + 1
+        progress.next = max(progress.next, seq + 1)
         progress.needs_snapshot = False
+        progress.snapshot_sent_at = None
+
+    def snapshots_due(self, now: float, resend_s: float) -> list[int]:
+        """Followers that need a snapshot and have none on its way (or one given up on)."""
+        due = []
+        for peer, progress in self.progress.items():
+            if progress.needs_snapshot and (progress.snapshot_sent_at is None
+                                            or now - progress.snapshot_sent_at > resend_s):
+                progress.snapshot_sent_at = now
+                due.append(peer)
+        return due
 
     def lag(self) -> dict[int, int]:
         return {p: self.log.last_seq - pr.match for p, pr in self.progress.items()}

@@ -76,6 +76,13 @@ class PeerLinks:
                         type(msg).__name__, peer, exc)
             conn.close(f"send failed: {exc}")
 
+    async def drain(self, peer: int) -> None:
+        """Wait until what we sent `peer` has left our buffer (or the link is gone)."""
+        conn = self.links.get(peer)
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(OSError, RemoteProtocolError):
+                await conn.drain()
+
     def statistics(self) -> dict[str, Any]:
         return {"peer_links_up": sum(1 for c in self.links.values() if not c.closed),
                 "peer_messages_sent": self.sent, "peer_messages_dropped": self.dropped}

@@ -32,8 +32,10 @@ from tcpsched.core.node import (
     EndOfTurn,
     Flushed,
     JournalFailed,
+    ReceiveSnapshot,
     Reload,
     Reloaded,
+    SendSnapshot,
     ToPeer,
     Truncate,
     WriteCommit,
@@ -100,6 +102,8 @@ class Runner:
         self.core = core
         self.journal = journal
         self.peer_send = peer_send
+        # Snapshots to or from peers are files and tasks: the entry point carries them out.
+        self.on_snapshot: Callable[[Any], None] | None = None
         self._reloads: list[int] = []
         self.connections = connections
         self.clock = clock
@@ -151,6 +155,9 @@ class Runner:
                 journal.truncate_after(effect.seq)
             elif kind is Reload:
                 self._reloads.append(effect.seq)
+            elif kind is SendSnapshot or kind is ReceiveSnapshot:
+                assert self.on_snapshot is not None
+                self.on_snapshot(effect)
             else:
                 raise TypeError(f"unknown effect {effect!r}")
 
@@ -176,7 +183,6 @@ class Runner:
                 self._dirty = False
                 if node:
                     self._step_now(Flushed(self.journal.seq))  # type: ignore[attr-defined]
-                    self.journal.maybe_compact()  # type: ignore[attr-defined]
         while self._reloads and self.journal_failure is None:
             seq = self._reloads.pop(0)
             table = self.journal.reload(seq)  # type: ignore[attr-defined]
@@ -196,6 +202,10 @@ class Runner:
                     log.info("closing %s: %s", conn.peer, effect.reason)
                     conn.flush()
                     conn.close(effect.reason)
+        if node and self.journal_failure is None:
+            # A node's table may be snapshotted only where it is committed, which a turn
+            # without a write can reach too (a follower's acknowledgement).
+            self.journal.maybe_compact()  # type: ignore[attr-defined]
         if self._dirty or self._held:
             self._schedule_end_of_turn()
         self._rearm()

@@ -64,9 +64,11 @@ from tcpsched.runtime.journal import (
     segment_name,
 )
 from tcpsched.runtime.snapshot import (
+    SNAPSHOT_NAME,
     SNAPSHOT_TMP_NAME,
     CompactionHook,
     compaction_step,
+    read_snapshot,
     write_snapshot,
 )
 
@@ -81,6 +83,7 @@ FSYNC_LOSS = {
     "never": "on a power cut or kernel crash, whatever the kernel had not yet written back "
              "(up to ~30 s on Linux defaults); a killed process loses nothing",
 }  # fmt: skip
+SNAPSHOT_INSTALL_NAME = "snapshot.json.install"  # a leader's snapshot, while it arrives
 COMPACT_BYTES = 64 * 1024 * 1024
 COMPACT_RECORDS = 500_000
 LOCK_NAME = "lock"
@@ -189,6 +192,8 @@ class Storage:
         try:
             with contextlib.suppress(FileNotFoundError):
                 (data_dir / SNAPSHOT_TMP_NAME).unlink()  # an interrupted compaction's leftover
+            with contextlib.suppress(FileNotFoundError):
+                (data_dir / SNAPSHOT_INSTALL_NAME).unlink()  # a snapshot cut off mid-transfer
             recovery = recover(data_dir, repair=repair, group=group)
             storage = cls(data_dir, recovery, config, lock_fd=lock_fd, call_later=call_later,
                           hook=hook)
@@ -294,6 +299,68 @@ class Storage:
         self.seq = seq
         self.epoch = epoch
         log.warning("journal cut after seq=%d (a stale tail the leader's log contradicts)", seq)
+
+    # -- snapshots from and for peers ---------------------------------------------------------
+
+    def snapshot_for_peer(self) -> tuple[int, int, Path] | None:
+        """(seq, epoch, path) of the snapshot a follower behind our log window is sent."""
+        path = self.data_dir / SNAPSHOT_NAME
+        if self.snapshot_seq == 0 or not path.exists():
+            return None
+        return self.snapshot_seq, self.snapshot_epoch, path
+
+    def receive_snapshot_chunk(self, offset: int, data: bytes) -> None:
+        """Write one chunk of a leader's snapshot beside ours (installed by the last one)."""
+        path = self.data_dir / SNAPSHOT_INSTALL_NAME
+        try:
+            with open(path, "r+b" if offset else "wb") as f:
+                f.seek(offset)
+                f.write(data)
+        except OSError as exc:
+            remove_quietly(path)
+            self._fail(f"cannot store the leader's snapshot in {path}: {describe_os_error(exc)}")
+
+    def install_snapshot(self, snap_seq: int, snap_epoch: int) -> Any:
+        """Make the received snapshot ours: checked, fsynced, renamed over `snapshot.json`;
+        every journal segment goes and a new one starts after it, with our promise. Returns
+        its table. A crash in between leaves either the old state or the new snapshot with
+        no segment older than it, both of which recovery reads."""
+        path = self.data_dir / SNAPSHOT_INSTALL_NAME
+        self.wait_compaction()  # ours must not replace it, or delete segments, meanwhile
+        seq, table, size = read_snapshot(path)
+        if seq != snap_seq:
+            remove_quietly(path)
+            raise JournalError(f"the leader's snapshot stands at seq={seq}, not {snap_seq}")
+        self._write_buffer()
+        try:
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(path, self.data_dir / SNAPSHOT_NAME)
+            fsync_dir(self.data_dir)
+            old = [p for _, p in list_segments(self.data_dir)]
+            new_path = self.data_dir / segment_name(snap_seq + 1)
+            if new_path in old:
+                old.remove(new_path)
+                new_path.unlink()
+            self._start_segment(new_path)
+            for segment in old:
+                segment.unlink()
+            fsync_dir(self.data_dir)
+        except OSError as exc:
+            self._fail(f"cannot install the leader's snapshot: {describe_os_error(exc)}")
+        self.seq = snap_seq
+        self.epoch = self.snapshot_epoch = snap_epoch
+        self.snapshot_seq = snap_seq
+        self.snapshot_bytes = size
+        self.segment_bytes = self.segment_records = 0
+        self.commit_seq = snap_seq
+        self.table = table
+        self.write_promise(*self.promise)
+        self.write_commit(snap_seq)
+        self.flush()
+        log.info("installed the leader's snapshot at seq=%d (%d jobs, %d bytes)", snap_seq,
+                 len(table), size)
+        return table
 
     def reload(self, upto: int) -> Any:
         """The table rebuilt from disk with entries up to `upto` applied (a deposed leader's
@@ -514,6 +581,8 @@ class Storage:
         self.snapshot_bytes = size
         self.compactions += 1
         self._compaction_error = None
+        if self.on_compacted is not None:
+            self.on_compacted(seq)
         log.info("compacted: snapshot at seq=%d jobs=%d bytes=%d in %.2fs; %d old segment(s) "
                  "deleted", seq, len(image.jobs), size, time.perf_counter() - started, len(old))
 

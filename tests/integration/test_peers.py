@@ -10,6 +10,8 @@ so how often each ran is read from disk, not from what the coordinators say.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -169,3 +171,36 @@ def test_all_coordinators_killed_during_submits_keep_every_acknowledged_job(
         procs.peer(i, members, TIMING, name=f"c{i}-restarted")
     wait_leader(addresses, 3)
     check_effects(addresses, acknowledged, effects)
+
+
+def test_a_follower_behind_the_leaders_window_gets_its_snapshot(procs: ProcessGroup,
+                                                                tmp_path: Path) -> None:
+    """A follower down while the others compact has nothing to catch up from but the leader's
+    snapshot: it is sent, installed, and the follower ends up with every job."""
+    group, addresses = start_group(procs, ["--compact-records", "30"])
+    wait_leader(addresses, 3)
+    members = {i: a for i, (_, a) in group.items()}
+    assert procs.stop(group[1][0]) == 0
+    with SyncClient(addresses) as client:
+        ids = client.map("operator:pos", range(200), batch_size=5)
+    # Restart the leader too, so its log window holds only what followed its last snapshot.
+    assert procs.stop(group[3][0]) == 0
+    procs.peer(3, members, TIMING, name="c3-restarted")
+    wait_leader(addresses, 3)
+    with SyncClient(addresses) as client:
+        ids += client.map("operator:pos", range(10), batch_size=5)
+    follower, _ = procs.peer(1, members, TIMING, name="c1-restarted")
+    wait_until(lambda: "installed the snapshot of leader 3" in follower.log(), WAIT_S,
+               what="the follower to install the leader's snapshot")
+    with SyncClient(addresses) as client:
+        total = len(client.list(limit=1000))
+        # Once the follower acknowledges entries past the snapshot, it is caught up.
+        wait_until(lambda: client.submit_call("operator:pos", 1), WAIT_S, what="a submit")
+    assert total == len(ids)
+    for proc in list(procs.procs):
+        procs.stop(proc)
+    check = subprocess.run([sys.executable, "-m", "tcpsched.coordinator", "--check",
+                            "--data-dir", str(procs.workdir / "c1")],
+                           capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+    assert f"jobs: {len(ids) + 1} " in check.stdout, check.stdout
