@@ -690,9 +690,17 @@ class Node:
                 self._reloading = True
                 self._effects.append(Reload(seq))
                 return
-            record = self.decode_line(entry.data)
-            if record.get("op") != "epoch":
-                self.table.apply(record)
+            try:
+                record = self.decode_line(entry.data)
+                if record.get("op") != "epoch":
+                    self.table.apply(record)
+            except (ValueError, KeyError, TypeError) as exc:
+                # A committed entry that cannot be applied: this node's table stops there
+                # (it serves nothing stale: only a leader serves), loudly.
+                log.critical("node=%d cannot apply committed entry %d: %s; the table stays at "
+                             "seq=%d", self.node_id, entry.seq, exc, self.applied_seq)
+                self._reloading = True
+                return
             self.applied_seq = entry.seq
 
     # -- time -----------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from typing import Any
 import attrs
 
 from tcpsched.core.jobs import JobState
+from tcpsched.core.record_types import EPOCH_MAX, typed_record
 from tcpsched.core.records import decode_record, encode_record
 from tcpsched.core.state import JobTable
 from tcpsched.errors import JournalError
@@ -76,7 +77,7 @@ def encode_commit(seq: int) -> bytes:
     return b'{%b,"crc":%d}\n' % (body, zlib.crc32(body))
 
 
-class _BadLine(Exception):
+class _BadLine(ValueError):
     """One journal line cannot be trusted; the message says why."""
 
 
@@ -109,7 +110,7 @@ def _local_line(line: bytes) -> LocalLine | None:
     except ValueError:
         raise _BadLine("not a journal line") from None
     values = list(fields.values())
-    if not all(type(v) is int and 0 <= v < 2**63 for v in values):
+    if not all(type(v) is int and 0 <= v <= EPOCH_MAX for v in values):
         raise _BadLine("a promise or commit mark must hold non-negative integers")
     if "promise" in fields:
         if set(fields) != {"promise", "leader"}:
@@ -147,7 +148,7 @@ def _line_payload(line: bytes, expected_seq: int) -> tuple[bytes, int]:
     return payload, epoch
 
 
-def _parse_payload(payload: bytes) -> dict[str, Any]:
+def _parse_payload(payload: bytes, epoch: int, seq: int) -> dict[str, Any]:
     try:
         text = payload.decode()
         try:
@@ -163,15 +164,18 @@ def _parse_payload(payload: bytes) -> dict[str, Any]:
     if type(record) is not dict or "op" not in record:
         raise _BadLine("record is not a map with an op")
     try:
-        return decode_record(record)
+        record = decode_record(record)
+        # Checked as a wire message is: a CRC-valid line can still hold nonsense.
+        typed_record(record, epoch, seq)
     except (ValueError, TypeError, KeyError) as exc:
         raise _BadLine(f"bad record ({exc})") from None
+    return record
 
 
 def decode_line(line: bytes, expected_seq: int) -> dict[str, Any]:
     """The record of one journal line (without its newline), checked; `_BadLine` otherwise."""
-    payload, _epoch = _line_payload(line, expected_seq)
-    return _parse_payload(payload)
+    payload, epoch = _line_payload(line, expected_seq)
+    return _parse_payload(payload, epoch, expected_seq)
 
 
 def line_epoch(line: bytes) -> int:
@@ -188,8 +192,9 @@ def decode_entry(line: bytes) -> dict[str, Any]:
     """The record of one replicated entry line (with or without its newline)."""
     line = line.rstrip(b"\n")
     head = line[7 : line.find(b",", 7)]
-    payload, _epoch = _line_payload(line, int(head) if head.isdigit() else -1)
-    return _parse_payload(payload)
+    seq = int(head) if head.isdigit() else -1
+    payload, epoch = _line_payload(line, seq)
+    return _parse_payload(payload, epoch, seq)
 
 
 def list_segments(data_dir: Path) -> list[tuple[int, Path]]:
@@ -298,7 +303,7 @@ def scan_segment(data: bytes, first: int, expected: int,
                 skipped += 1
             else:
                 payload, epoch = _line_payload(line, seq)
-                record = _parse_payload(payload)
+                record = _parse_payload(payload, epoch, seq)
                 if apply is not None:
                     try:
                         apply(record)
