@@ -49,7 +49,8 @@ from tcpsched.errors import (
 )
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_AUTH = 0, 1, 2, 3, 4
-COMMANDS = ("submit", "status", "wait", "list", "cancel", "workers", "stats", "leader")
+COMMANDS = ("submit", "status", "wait", "list", "cancel", "workers", "coordinators", "stats",
+            "leader")
 STATES = tuple(s.value for s in JobState)
 
 
@@ -150,6 +151,7 @@ def add_command_parsers(parser: UsageParser) -> None:
     sub.add_parser("workers", help="registered workers")
     sub.add_parser("stats", help="cluster figures")
     sub.add_parser("leader", help="which coordinator leads")
+    sub.add_parser("coordinators", help="every coordinator: role, epoch, log position, lag")
 
 
 def build_parser(prog: str = "python -m tcpsched") -> UsageParser:
@@ -229,6 +231,9 @@ async def execute(client: Client, args: Any, style: formatting.Styler | None = N
     if command == "stats":
         stats = await client.stats()
         return CommandResult(EXIT_OK, stats, formatting.stats_text(stats))
+    if command == "coordinators":
+        rows = await client.coordinators()
+        return CommandResult(EXIT_OK, rows, formatting.coordinators_table(rows, style))
     if command == "leader":
         leader = await client.leader()
         shown = " ".join(formatting.text(_field(leader, k)) for k in ("id", "address"))

@@ -523,6 +523,11 @@ class Client:
     async def leader(self) -> dict[str, Any]:
         return await self._request(lambda r: m.Leader(req_id=r))
 
+    async def coordinators(self) -> list[dict[str, Any]]:
+        """Every configured coordinator (role, epoch, last and commit seq, lag, reachable) as
+        the coordinator we reach sees them; the leader knows its followers' progress."""
+        return await self._request(lambda r: m.Coordinators(req_id=r))
+
 
 def _wait_request(req_id: int, job_ids: tuple[str, ...], timeout: float | None) -> m.Wait:
     return m.Wait(req_id=req_id, job_ids=job_ids, timeout=timeout)
@@ -614,6 +619,9 @@ class SyncClient:
 
     def leader(self) -> dict[str, Any]:
         return self._run(self._client.leader())
+
+    def coordinators(self) -> list[dict[str, Any]]:
+        return self._run(self._client.coordinators())
 
 
 __all__ = ["AuthError", "Client", "SyncClient"]

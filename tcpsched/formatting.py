@@ -204,6 +204,26 @@ def workers_table(workers: Any, style: Styler = _plain) -> str:
                  states, style, state_column=1)
 
 
+def coordinators_table(rows_in: Any, style: Styler = _plain) -> str:
+    """`coordinators`: one row per configured coordinator, as the one asked sees them."""
+    rows_in = _dicts(rows_in)
+    if not rows_in:
+        return "(no coordinators)"
+    rows = []
+    roles = []
+    for c in rows_in:
+        role = text(c.get("role"))
+        roles.append(role)
+        reachable = c.get("reachable")
+        rows.append([
+            text(c.get("id")), text(c.get("address")), role, text(c.get("epoch")),
+            text(c.get("last_seq")), text(c.get("commit_seq")), text(c.get("lag")),
+            "yes" if reachable is True else ("no" if reachable is False else "-"),
+        ])
+    return table(("ID", "ADDRESS", "ROLE", "EPOCH", "LAST SEQ", "COMMIT SEQ", "LAG", "REACHABLE"),
+                 rows, roles, style, state_column=2)
+
+
 def record_text(r: Any, style: Styler = _plain) -> str:
     if not isinstance(r, dict):
         return text(r)

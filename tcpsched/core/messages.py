@@ -161,6 +161,15 @@ class Leader:
 
 
 @attrs.frozen
+class Coordinators:
+    """Every configured coordinator as the one asked sees it; any coordinator answers (no
+    redirect), so an operator can look at a group that has no leader."""
+
+    TYPE: ClassVar[str] = "coordinators"
+    req_id: int
+
+
+@attrs.frozen
 class Reply:
     TYPE: ClassVar[str] = "reply"
     req_id: int
@@ -345,21 +354,23 @@ class Redirect:
 
 Message = (
     Hello | Challenge | Auth | Welcome | Refused
-    | Submit | Status | Wait | ListJobs | Cancel | Workers | Stats | Leader | Reply | ErrorReply
+    | Submit | Status | Wait | ListJobs | Cancel | Workers | Stats | Leader | Coordinators
+    | Reply | ErrorReply
     | Register | Registered | Heartbeat | Assign | Kill | Result | ResultAck | HandBack | Draining
     | Fenced | Redirect
 )
 
 ALL_MESSAGES: tuple[type, ...] = (
     Hello, Challenge, Auth, Welcome, Refused,
-    Submit, Status, Wait, ListJobs, Cancel, Workers, Stats, Leader, Reply, ErrorReply,
+    Submit, Status, Wait, ListJobs, Cancel, Workers, Stats, Leader, Coordinators, Reply,
+    ErrorReply,
     Register, Registered, Heartbeat, Assign, Kill, Result, ResultAck, HandBack, Draining,
     Fenced, Redirect,
 )  # fmt: skip
 
 HANDSHAKE_TYPES: frozenset[type] = frozenset({Hello, Challenge, Auth, Welcome, Refused})
 CLIENT_REQUESTS: frozenset[type] = frozenset(
-    {Submit, Status, Wait, ListJobs, Cancel, Workers, Stats, Leader}
+    {Submit, Status, Wait, ListJobs, Cancel, Workers, Stats, Leader, Coordinators}
 )
 WORKER_TO_COORDINATOR: frozenset[type] = frozenset(
     {Register, Heartbeat, Result, HandBack, Draining, Fenced}

@@ -354,7 +354,8 @@ class Node:
             match = progress[node_id].match if node_id in progress else None
             rows.append({"id": node_id, "address": self.config.peers[node_id], "role": role,
                          "epoch": self.epoch if role != "unknown" else None,
-                         "last_seq": match, "commit_seq": None,
+                         "last_seq": match,
+                         "commit_seq": None if match is None else min(match, self.log.commit_seq),
                          "lag": lag.get(node_id), "reachable": reachable})
         return rows
 
@@ -397,6 +398,13 @@ class Node:
     # -- connections of clients and workers -----------------------------------------------------
 
     def _on_connection(self, event: Connected | Received | Closed, now: float) -> None:
+        if (isinstance(event, Received) and isinstance(event.msg, m.Coordinators)
+                and (self.scheduler is not None or not self.election.leader_hint())):
+            # The leader knows every follower's progress, so it answers; without a leader
+            # anyone does, so a group that cannot elect can still be looked at.
+            self._effects.append(Send(event.conn, m.Reply(req_id=event.msg.req_id,
+                                                          value=self.coordinators(now))))
+            return
         if isinstance(event, Connected):
             self._conn_roles[event.conn] = event
         elif isinstance(event, Closed):

@@ -9,6 +9,7 @@ so how often each ran is read from disk, not from what the coordinators say.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -204,3 +205,31 @@ def test_a_follower_behind_the_leaders_window_gets_its_snapshot(procs: ProcessGr
                            capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stderr
     assert f"jobs: {len(ids) + 1} " in check.stdout, check.stdout
+
+
+def test_coordinators_command_shows_the_group(procs: ProcessGroup) -> None:
+    """`coordinators` (CLI, --json) lists every member with its role, epoch, log position,
+    lag and reachability; the leader sees its followers caught up."""
+    _, addresses = start_group(procs)
+    wait_leader(addresses, 3)
+    with SyncClient(addresses) as client:
+        client.map("operator:pos", range(20), batch_size=5)
+
+    def caught_up() -> list | None:  # type: ignore[type-arg]
+        result = subprocess.run(
+            [sys.executable, "-m", "tcpsched", "--coordinators", addresses, "--json",
+             "coordinators"], capture_output=True, text=True, check=False, env=procs.env)
+        assert result.returncode == 0, result.stderr
+        rows = json.loads(result.stdout)
+        return rows if all(r["lag"] == 0 for r in rows) else None
+
+    rows = wait_until(caught_up, WAIT_S, what="followers caught up")
+    assert [r["id"] for r in rows] == [1, 2, 3]
+    assert [r["role"] for r in rows] == ["follower", "follower", "leader"]
+    assert all(r["reachable"] for r in rows)
+    assert len({r["epoch"] for r in rows}) == 1
+    table = subprocess.run([sys.executable, "-m", "tcpsched", "--coordinators", addresses,
+                            "coordinators"], capture_output=True, text=True, check=True,
+                           env=procs.env).stdout
+    assert table.splitlines()[0].split()[:3] == ["ID", "ADDRESS", "ROLE"]
+    assert "leader" in table
