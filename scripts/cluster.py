@@ -200,13 +200,10 @@ def start(args: argparse.Namespace) -> int:
 def wait_ready(run_dir: Path, manifest: dict[str, Any], names: list[str], timeout: float,
                token_file: str | None) -> dict[str, Any]:
     """Until a leader answers and every worker is registered and alive; or ClusterError.
-
-    Workers are looked for on every coordinator: until coordinators form a group, each runs
-    alone and a worker registers with the first one it reaches."""
+    (The client follows the leader, and workers register with the leader only.)"""
     deadline = time.monotonic() + timeout
     token = read_token(token_file)
     cluster = SyncClient(manifest["coordinators"], token, connect_timeout=1.0)
-    each = [SyncClient(a, token, connect_timeout=1.0) for a in manifest["coordinators"]]
     waiting_for = "a leader"
     try:
         while time.monotonic() < deadline:
@@ -218,15 +215,14 @@ def wait_ready(run_dir: Path, manifest: dict[str, Any], names: list[str], timeou
             try:
                 leader = cluster.leader()
                 waiting_for = f"workers {', '.join(names)} to register"
-                alive = {w["name"] for c in each for w in c.workers() if w["state"] == "alive"}
+                alive = {w["name"] for w in cluster.workers() if w["state"] == "alive"}
                 if set(names) <= alive:
                     return leader
             except TcpschedError:
                 pass
             time.sleep(0.1)
     finally:
-        for client in (cluster, *each):
-            client.close()
+        cluster.close()
     raise ClusterError(f"timed out after {timeout:g}s waiting for {waiting_for}; logs are "
                        f"in {run_dir / 'logs'}")
 

@@ -1,11 +1,13 @@
 """`make demo`: a local cluster put through its paces in under a minute.
 
-Starts a coordinator and three workers on free ports in a directory of its own (so it never
-clashes with `make cluster`), queues a mixed load (shell commands and Python callables, two
-priorities, a flaky job that succeeds on a retry and a doomed one that runs out of retries),
-kills a worker with kill -9 while it runs jobs and shows the coordinator handing them to the
-others, starts a replacement, restarts the coordinator from its journal (only where the
-coordinator keeps one), draws a progress bar, and ends with a summary. Every process it starts
+Starts three peer coordinators (they elect a leader) and three workers on free ports in a
+directory of its own (so it never clashes with `make cluster`), queues a mixed load (shell
+commands and Python callables, two priorities, a flaky job that succeeds on a retry and a
+doomed one that runs out of retries), kills a worker with kill -9 while it runs jobs and shows
+the leader handing them to the others, starts a replacement, kills the leader with kill -9 and
+shows the next one taking over with every job (the workers keep running theirs), restarts the
+old leader, which catches up and takes over again, draws a progress bar, and ends with a
+summary. Every process it starts
 is its child and is stopped on the way out, also on Ctrl-C or SIGTERM; the exit code is 0 only
 if every job ended as expected.
 
@@ -43,7 +45,7 @@ from tcpsched.testing.processes import (  # noqa: E402
 
 SLOTS = 3
 COORDINATOR_FLAGS = ["--heartbeat-interval", "0.3", "--heartbeat-timeout", "1.5",
-                     "--retry-base", "0.3", "--retry-cap", "2"]
+                     "--retry-base", "0.3", "--retry-cap", "2", "--hold-down", "2"]
 TERMINAL = ("succeeded", "failed", "cancelled")
 BAR_WIDTH = 30
 
@@ -98,47 +100,50 @@ class Demo:
         self.rng = random.Random(seed)
         self.group = ProcessGroup(workdir)
         self.screen = Screen()
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.coordinator: Proc | None = None
+        self.members = {i: f"127.0.0.1:{free_port()}" for i in (1, 2, 3)}
+        self.address = ",".join(self.members.values())
+        self.coordinators: dict[int, Proc] = {}
         self.workers: dict[str, Proc] = {}
         self.client: SyncClient | None = None
         self.ids: list[str] = []
         self.flaky = self.doomed = ""
         self.killed_worker: str | None = None
+        self.killed_leader = 0
         self.restarted_after_s: float | None = None
+        self.failover_s: float | None = None
+        self.leaders: list[tuple[int, int]] = []  # (id, epoch), as they came
         self.cause = ""  # the last fault, which the next reassignments are owed to
         self.reassigned_by_cause: collections.Counter[str] = collections.Counter()
 
     # -- cluster --------------------------------------------------------------------------------
 
-    def start_coordinator(self, name: str = "c1") -> None:
-        self.coordinator, _ = self.group.coordinator(self.port, extra=COORDINATOR_FLAGS,
-                                                     name=name)
+    def start_coordinator(self, node_id: int, name: str | None = None) -> None:
+        self.coordinators[node_id], _ = self.group.peer(node_id, self.members,
+                                                        extra=COORDINATOR_FLAGS, name=name)
 
     def start_worker(self, name: str) -> None:
         self.workers[name] = self.group.worker(self.address, name, slots=SLOTS)
 
-    def keeps_a_journal(self) -> bool:
-        """Whether the coordinator recovers its jobs after a restart: it logs that it keeps
-        state 'in memory only' for as long as it does not."""
-        assert self.coordinator is not None
-        return "memory only" not in self.coordinator.log()
-
     def start(self) -> None:
         section("1. a local cluster")
-        self.start_coordinator()
+        for node_id in self.members:
+            self.start_coordinator(node_id)
         for i in (1, 2, 3):
             self.start_worker(f"w{i}")
         self.client = SyncClient(self.address, connect_timeout=20.0)
-        wait_until(self.client.leader, 30.0, what=f"coordinator at {self.address}")
+        # The highest id leads once it is up and caught up (a lower one may lead meanwhile).
+        top = max(self.members)
+        wait_until(lambda: self.client is not None and self.client.leader()["id"] == top, 30.0,
+                   what=f"c{top} to lead among {self.address}")
         wait_for_workers(self.client, list(self.workers), 30.0)
         leader = self.client.leader()
-        print(f"  coordinator c{leader['id']} leads at {self.address} (epoch {leader['epoch']});"
-              f" workers {', '.join(self.workers)} with {SLOTS} slots each")
+        self.leaders.append((leader["id"], leader["epoch"]))
+        print(f"  coordinators c1, c2, c3 at {self.address}: c{leader['id']} leads "
+              f"(the highest id, epoch {leader['epoch']}); workers {', '.join(self.workers)} "
+              f"with {SLOTS} slots each")
         print(f"  data and logs in {self.workdir}")
-        if self.keeps_a_journal():
-            print("  the coordinator journals every change: it will be killed and restarted")
+        print("  every change is journaled and on a majority before it is acknowledged: the "
+              "leader will be killed")
 
     # -- load -----------------------------------------------------------------------------------
 
@@ -181,10 +186,6 @@ class Demo:
         assert self.client is not None
         section("3. running, with faults")
         total = len(self.ids)
-        durable = self.keeps_a_journal()
-        if not durable:
-            self.screen.event("note: this coordinator keeps its jobs in memory only, so the "
-                              "coordinator restart is skipped (it needs the journal)")
         started = time.monotonic()
         deadline = started + (90 if self.quick else 150)
         seen_reassigned = 0
@@ -222,8 +223,11 @@ class Demo:
                 self.start_worker("w4")
                 self.screen.event("started w4 to replace it")
             # One fault at a time, so that each recovery shows on its own.
-            if durable and replaced and self.restarted_after_s is None and done >= total * 0.5:
-                self.restart_coordinator()
+            if replaced and self.failover_s is None and done >= total * 0.4:
+                self.kill_leader()
+            elif self.failover_s is not None and self.restarted_after_s is None \
+                    and done >= total * 0.6:
+                self.restart_old_leader()
             time.sleep(0.2)
         self.screen.end_bar()
         return time.monotonic() - started
@@ -240,24 +244,51 @@ class Demo:
         self.screen.event(f"✗ kill -9 {busiest['name']} (pid {proc.pid}) while it runs "
                           f"{busiest['running']} job(s)")
 
-    def restart_coordinator(self) -> None:
-        assert self.client is not None and self.coordinator is not None
+    def kill_leader(self) -> None:
+        assert self.client is not None
         before = self.client.stats()
-        self.coordinator.signal(signal.SIGKILL)
-        self.coordinator.wait(10.0)
-        self.screen.event(f"✗ kill -9 the coordinator (pid {self.coordinator.pid}) with "
+        leader = self.client.leader()
+        proc = self.coordinators[leader["id"]]
+        proc.signal(signal.SIGKILL)
+        proc.wait(10.0)
+        self.killed_leader = leader["id"]
+        self.screen.event(f"✗ kill -9 the leader c{leader['id']} (pid {proc.pid}) with "
                           f"{before['pending']} pending and {before['running']} running")
         down = time.monotonic()
-        self.cause = "running during the coordinator restart"
-        self.start_coordinator("c1-restarted")
-        after = wait_until(self.client.stats, 30.0, what="the restarted coordinator")
-        self.restarted_after_s = time.monotonic() - down
-        known = sum(int(after[s]) for s in ("pending", "running", *TERMINAL))
+        self.cause = "running during the failover"
+
+        def next_leader() -> dict[str, Any] | None:
+            now = self.client.leader() if self.client is not None else None
+            return now if now is not None and now["id"] != leader["id"] else None
+
+        after = wait_until(next_leader, 30.0, what="a new leader")
+        self.failover_s = time.monotonic() - down
+        self.leaders.append((after["id"], after["epoch"]))
+        stats = self.client.stats()
+        known = sum(int(stats[s]) for s in ("pending", "running", *TERMINAL))
         if known < len(self.ids):
-            raise DemoFailed(f"the restarted coordinator knows {known} of {len(self.ids)} jobs")
-        self.screen.event(f"↺ coordinator back from its journal after "
-                          f"{self.restarted_after_s:.1f}s, knowing {known} job(s); the workers "
-                          "reconnect by themselves")
+            raise DemoFailed(f"the new leader knows {known} of {len(self.ids)} jobs")
+        self.screen.event(f"★ c{after['id']} leads after {self.failover_s:.1f}s (epoch "
+                          f"{after['epoch']}), knowing all {known} job(s); running jobs stay "
+                          "on their workers, which follow the new leader by themselves")
+
+    def restart_old_leader(self) -> None:
+        assert self.client is not None
+        old = self.killed_leader
+        down = time.monotonic()
+        self.start_coordinator(old, name=f"c{old}-restarted")
+        self.screen.event(f"↺ c{old} restarted: it follows and catches up first, then takes "
+                          "over (the highest id leads) after its hold-down")
+
+        def leads_again() -> dict[str, Any] | None:
+            now = self.client.leader() if self.client is not None else None
+            return now if now is not None and now["id"] == old else None
+
+        after = wait_until(leads_again, 30.0, what=f"c{old} to lead again")
+        self.restarted_after_s = time.monotonic() - down
+        self.leaders.append((after["id"], after["epoch"]))
+        self.screen.event(f"★ c{old} leads again after {self.restarted_after_s:.1f}s (epoch "
+                          f"{after['epoch']}), nothing lost")
 
     # -- the end --------------------------------------------------------------------------------
 
@@ -285,8 +316,12 @@ class Demo:
         print("  queue wait   " + ", ".join(
             f"priority {p}: {statistics.fmean(v):.2f}s" for p, v in sorted(waits.items(),
                                                                            reverse=True)))
+        if self.failover_s is not None:
+            print(f"  failover     a new leader {self.failover_s:.1f}s after the kill -9; "
+                  "leaders " + " -> ".join(f"c{i} (epoch {e})" for i, e in self.leaders))
         if self.restarted_after_s is not None:
-            print(f"  coordinator  restarted from its journal in {self.restarted_after_s:.1f}s")
+            print(f"  rejoin       the old leader led again {self.restarted_after_s:.1f}s after "
+                  "its restart (caught up, then its hold-down)")
         flaky = next(r for r in records if r["id"] == self.flaky)
         doomed = next(r for r in records if r["id"] == self.doomed)
         print(f"  flaky job    {flaky['state']} after {flaky['attempts']} attempts")

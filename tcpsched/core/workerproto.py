@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+REDIRECT_HOPS_FREE = 3  # redirects followed at once before they back off like failures
+
 __all__ = [
     "EXIT_AUTH", "EXIT_NAME_IN_USE", "CloseSession", "Dial", "DialFailed", "DrainRequested",
     "Exit", "JobFinished", "KillJob", "Received", "Send", "SessionClosed", "SessionStarted",
@@ -229,6 +231,7 @@ class WorkerProtocol:
         self._dial_at: float | None = now  # dial at once
         self._is_dialing = False
         self._backoff_s = config.reconnect_base_s
+        self._hops = 0  # sessions left since we last registered
         self._dial_failures = 0
         self._register_by: float | None = None
         self._beat_at: float | None = None
@@ -403,12 +406,16 @@ class WorkerProtocol:
         self._register_by = None
         self._beat_at = None
 
-    def _leave(self, reason: str, address: str, *, failed: bool = True) -> None:
+    def _leave(self, reason: str, address: str, *, failed: bool = True,
+               at_once: bool = False) -> None:
         """Close the session ourselves and dial `address` next."""
         log.info("worker=%s leaves %s: %s", self.config.name, self.address, reason)
         self._effects.append(CloseSession(reason))
         self._end_session()
+        self._hops += 1
         self._schedule_dial(address, self._now, failed=failed)
+        if at_once:
+            self._dial_at = self._now
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -458,6 +465,7 @@ class WorkerProtocol:
         self.is_registered = True
         self._register_by = None
         self._dial_failures = 0
+        self._hops = 0
         self._backoff_s = self.config.reconnect_base_s
         self.heartbeat_interval_s = max(msg.heartbeat_interval, HEARTBEAT_INTERVAL_MIN_S)
         self.limits = msg.limits
@@ -489,7 +497,10 @@ class WorkerProtocol:
             return
         log.info("worker=%s: %s redirects to the leader at %s (epoch %d)", self.config.name,
                  self.address, hint, msg.epoch)
-        self._leave(f"redirected to {hint}", hint)
+        # A fresh hint is followed at once (a failover must not cost a backoff); a run of
+        # redirects without registering backs off like failures (coordinators that disagree).
+        self._leave(f"redirected to {hint}", hint, failed=self._hops > REDIRECT_HOPS_FREE,
+                    at_once=self._hops <= REDIRECT_HOPS_FREE)
 
     def _on_refused(self, msg: m.Refused) -> None:
         if msg.code == "name":
