@@ -71,7 +71,9 @@ class Worker:
         self.settings = settings
         self.executor = Executor(settings.slots, settings.output_bytes_max, settings.kill_grace_s,
                                  reaper if reaper is not None else Reaper(),
-                                 subreaper=subreaper)
+                                 subreaper=subreaper, isolation=settings.isolation,
+                                 memory_mib=settings.memory_mib, workdir=settings.workdir)
+        self.executor.on_held_change = self._send_heartbeat
         self.running: dict[str, _Attempt] = {}
         self.outbox: dict[tuple[str, int], m.Result] = {}
         self._sends: dict[tuple[str, int], int] = {}  # connections each result went out on
@@ -247,8 +249,15 @@ class Worker:
 
     async def _heartbeats(self, conn: Connection) -> None:
         while not conn.closed:
-            conn.send(m.Heartbeat(running=self._running_refs()))
+            self._send_heartbeat()
             await asyncio.sleep(self.heartbeat_interval_s)
+
+    def _send_heartbeat(self) -> None:
+        """Also sent at once when the slots held by stopped thread calls change, so the
+        coordinator counts them before it sees the result that ends their attempt."""
+        if self.conn is not None:
+            self.conn.send(m.Heartbeat(running=self._running_refs(),
+                                       held=self.executor.held_slots))
 
     def _observe_epoch(self, epoch: int) -> bool:
         if epoch < self.epoch_seen:
@@ -292,7 +301,7 @@ class Worker:
                 return  # a duplicate of what we run already
             current.handed_back = True  # superseded: its result would be stale anyway
             current.kill.pull("superseded by a newer attempt")
-        if self.draining or len(self.running) >= self.settings.slots:
+        if self.draining or len(self.running) + self.executor.held_slots >= self.settings.slots:
             if self.conn is not None:
                 self.conn.send(m.HandBack(job_id=msg.job_id, attempt=msg.attempt,
                                           reason="draining" if self.draining else "no free slot"))
@@ -310,12 +319,14 @@ class Worker:
             now = time.time()
             outcome = Outcome("failed", error=refusal, started_at=now, finished_at=now)
         elif msg.kind == "shell":
-            outcome = await self.executor.run_shell(msg.command or "", msg.timeout, attempt.kill)
+            outcome = await self.executor.run_shell(msg.command or "", msg.timeout, attempt.kill,
+                                                    env=msg.env, cwd=msg.cwd)
         else:
             function = msg.function or ""
             outcome = await self.executor.run_call(
                 function, msg.args, msg.kwargs, msg.timeout, attempt.kill,
-                defined_in=call_grant(function, self.capabilities.allow_call) or None)
+                defined_in=call_grant(function, self.capabilities.allow_call) or None,
+                env=msg.env, cwd=msg.cwd)
         if self.running.get(attempt.job_id) is attempt:
             del self.running[attempt.job_id]
         if not self.running:

@@ -47,9 +47,10 @@ class WorkerEntry:
     dead_at: float | None = None
     incarnation: str = ""  # the worker process's random id (see messages.Register)
     capabilities: Capabilities = attrs.field(factory=Capabilities)
+    held: int = 0  # slots its last heartbeat said stopped work still holds (messages.Heartbeat)
 
     def free_slots(self) -> int:
-        return self.slots - len(self.running)
+        return self.slots - len(self.running) - self.held
 
 
 def is_current(job: JobRecord | None, attempt: int, worker: str) -> bool:
@@ -98,7 +99,8 @@ def worker_rows(workers: dict[str, WorkerEntry], detector: FailureDetector,
             "name": entry.name,
             "address": entry.address,
             "slots": entry.slots,
-            "running": len(entry.running),
+            "running": len(entry.running) + entry.held,
+            "held": entry.held,
             "tags": list(entry.tags),
             "state": worker_state(entry, detector),
             "last_heartbeat": _wall(detector.last_heartbeat(name) or entry.dead_at,
