@@ -112,10 +112,14 @@ def resolve_callable(function: str, defined_in: str | None = None) -> Any:
 
 
 class _CaptureStream(io.TextIOBase):
-    """sys.stdout or sys.stderr for the length of one call: text into a capped buffer."""
+    """sys.stdout or sys.stderr for the length of one call: text into a capped buffer (a new
+    one per call, set by `capture`)."""
 
-    def __init__(self, buffer: CappedBuffer) -> None:
+    def __init__(self) -> None:
         super().__init__()
+        self._buffer = CappedBuffer(0)
+
+    def capture(self, buffer: CappedBuffer) -> None:
         self._buffer = buffer
 
     def writable(self) -> bool:
@@ -132,7 +136,11 @@ class _NoSuchCwd(Exception):
 
 @contextlib.contextmanager
 def _job_environment(cwd: str | None, env: dict[str, str]) -> Any:
-    """The job's cwd and variables for the call; the child's own ones back after it."""
+    """The job's cwd and variables for the call; the child's own ones back after it. A job
+    with neither (the common case) costs no system call."""
+    if cwd is None and not env:
+        yield
+        return
     home = os.getcwd()
     if cwd is not None:
         try:
@@ -149,7 +157,8 @@ def _job_environment(cwd: str | None, env: dict[str, str]) -> Any:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        os.chdir(home)
+        if cwd is not None:
+            os.chdir(home)
 
 
 class _Child:
@@ -158,6 +167,9 @@ class _Child:
         self.value_bytes_max = value_bytes_max
         self.memory_mib = memory_mib
         self._loop: Any = None  # this child's asyncio loop, made for the first coroutine
+        self._stdout, self._stderr = _CaptureStream(), _CaptureStream()
+        self._handler = logging.StreamHandler(self._stderr)  # the root logger's, during a call
+        self._handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
 
     def _await(self, awaitable: Any) -> Any:
         import asyncio
@@ -185,19 +197,19 @@ class _Child:
     def run(self, request: dict[str, Any]) -> dict[str, Any]:
         """One job: the reply map. `fatal` in it means this child must not serve another."""
         out, err = CappedBuffer(self.output_bytes_max), CappedBuffer(self.output_bytes_max)
+        self._stdout.capture(out)
+        self._stderr.capture(err)
         reply: dict[str, Any] = {"ok": False}
         stdout, stderr = sys.stdout, sys.stderr
-        handler = logging.StreamHandler(_CaptureStream(err))
-        handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
         root = logging.getLogger()
         try:
             with _job_environment(request.get("cwd"), request.get("env") or {}):
-                sys.stdout, sys.stderr = _CaptureStream(out), _CaptureStream(err)
-                root.addHandler(handler)
+                sys.stdout, sys.stderr = self._stdout, self._stderr
+                root.addHandler(self._handler)
                 try:
                     value = self._call(request)
                 finally:
-                    root.removeHandler(handler)
+                    root.removeHandler(self._handler)
                     sys.stdout, sys.stderr = stdout, stderr
             reply.update(self._packed(value))
         except (_NoSuchCwd, ImportError) as exc:

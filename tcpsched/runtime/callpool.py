@@ -24,6 +24,7 @@ kills it if the worker is killed before it could.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -33,6 +34,7 @@ import socket
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -64,17 +66,86 @@ class _BadReply(Exception):
     """A child sent something that is not a reply: it is replaced, and its job fails."""
 
 
+class _ChildProtocol(asyncio.Protocol):
+    """The worker's end of one child's socket: frames in, each one message, kept in order
+    until `next_message` takes it. Callbacks, not a reading task per job: a no-op call costs
+    one write and one read wake-up."""
+
+    def __init__(self, reply_bytes_max: int) -> None:
+        self.reply_bytes_max = reply_bytes_max
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._messages: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        size = callchild.HEADER.size
+        while len(buffer) >= size and not self.closed:
+            (length,) = callchild.HEADER.unpack_from(buffer)
+            if not 1 <= length <= self.reply_bytes_max:
+                self._deliver(_BadReply(f"a reply of {length} bytes"))
+                return
+            if len(buffer) < size + length:
+                break
+            body = bytes(buffer[size:size + length])
+            del buffer[:size + length]
+            try:
+                message = msgpack.unpackb(body, raw=False, strict_map_key=True)
+            except Exception as exc:  # msgpack raises many types for bad input
+                message = _BadReply(f"bad msgpack: {type(exc).__name__}")
+            if not isinstance(message, dict | _BadReply):
+                message = _BadReply(f"a {type(message).__name__}, not a map")
+            self._deliver(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deliver(None)
+
+    def _deliver(self, message: Any) -> None:
+        if isinstance(message, _BadReply) or message is None:
+            self.closed = True  # nothing after end of file or a bad frame is read
+        self._messages.append(message)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next_message(self) -> dict[str, Any] | None:
+        """The next frame's map; None at end of file; _BadReply for a bad frame."""
+        while not self._messages:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        message = self._messages[0] if self.closed and len(self._messages) == 1 \
+            else self._messages.popleft()
+        if isinstance(message, _BadReply):
+            raise message
+        return message
+
+
 @attrs.define(eq=False)
 class _Child:
     proc: asyncio.subprocess.Process
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    protocol: _ChildProtocol
     mark: str
     jobs: int = 0
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def send(self, request: dict[str, Any]) -> None:
+        if self.protocol.transport is not None and not self.protocol.closed:
+            self.protocol.transport.write(_frame(request))
+
+    def close(self) -> None:
+        if self.protocol.transport is not None:
+            self.protocol.transport.close()
 
 
 def _frame(value: Any) -> bytes:
@@ -148,16 +219,18 @@ class CallPool:
         self.started += 1
         if self._reaper is not None:
             self._reaper.track(proc.pid, mark)
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.open_connection(sock=ours)
+            _, protocol = await loop.create_connection(
+                lambda: _ChildProtocol(self._reply_bytes_max), sock=ours)
         except BaseException:
             _killpg(proc.pid, signal.SIGKILL)
             ours.close()
             raise
-        child = _Child(proc, reader, writer, mark)
+        child = _Child(proc, protocol, mark)
         try:
             async with asyncio.timeout(CHILD_START_S):
-                hello = await self._read(child)
+                hello = await protocol.next_message()
         except (TimeoutError, _BadReply):
             hello = None
         except BaseException:  # cancelled while it starts: it is nobody's, so it goes
@@ -210,7 +283,7 @@ class CallPool:
             _killpg(child.pid, signal.SIGKILL)
             code = await wait_exit(child.proc, CHILD_EXIT_S)
         _killpg(child.pid, signal.SIGKILL)  # what its calls left in its group
-        child.writer.close()
+        child.close()
         if self._reaper is not None:
             self._reaper.untrack(child.pid)
         if self._on_retired is not None:
@@ -227,7 +300,7 @@ class CallPool:
     def _kill_now(self, child: _Child) -> None:
         """SIGKILL, without waiting: the loop collects its exit status."""
         _killpg(child.pid, signal.SIGKILL)
-        child.writer.close()
+        child.close()
         if self._reaper is not None:
             self._reaper.untrack(child.pid)
 
@@ -243,24 +316,6 @@ class CallPool:
 
     # -- one call -------------------------------------------------------------------------------
 
-    async def _read(self, child: _Child) -> dict[str, Any] | None:
-        """One frame from the child, or None at end of file (it died)."""
-        try:
-            header = await child.reader.readexactly(callchild.HEADER.size)
-            (length,) = callchild.HEADER.unpack(header)
-            if not 1 <= length <= self._reply_bytes_max:
-                raise _BadReply(f"a reply of {length} bytes")
-            body = await child.reader.readexactly(length)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        try:
-            reply = msgpack.unpackb(body, raw=False, strict_map_key=True)
-        except Exception as exc:  # msgpack raises many types for bad input
-            raise _BadReply(f"bad msgpack: {type(exc).__name__}") from None
-        if not isinstance(reply, dict):
-            raise _BadReply(f"a {type(reply).__name__}, not a map")
-        return reply
-
     async def run(self, request: dict[str, Any], timeout: float | None,
                   kill: KillSwitch) -> Outcome:
         """Run one call: `request` has `function`, `args`, `kwargs`, `defined_in`, `cwd`,
@@ -274,18 +329,30 @@ class CallPool:
         self._busy.add(child)
         child.jobs += 1
         settled = False
+        loop = asyncio.get_running_loop()
+        stop: asyncio.Future[str] = loop.create_future()
+
+        def pull(reason: str) -> None:
+            if not stop.done():
+                stop.set_result(reason)
+
+        kill.listeners.append(pull)
+        timer = None if timeout is None else loop.call_later(
+            timeout, pull, f"timed out after {timeout:g}s")
+        if kill.event.is_set():
+            pull(kill.reason)
         try:
-            child.writer.write(_frame(request))
-            reading = asyncio.ensure_future(self._read(child))
-            killer = asyncio.ensure_future(kill.event.wait())
+            child.send(request)
+            reading = asyncio.ensure_future(child.protocol.next_message())
             try:
-                done, _ = await asyncio.wait({reading, killer}, timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((reading, stop), return_when=asyncio.FIRST_COMPLETED)
             finally:
-                killer.cancel()
-            if reading not in done:
+                kill.listeners.remove(pull)
+                if timer is not None:
+                    timer.cancel()
+            if not reading.done():
                 reading.cancel()
-                reason = kill.reason if killer in done else f"timed out after {timeout:g}s"
+                reason = stop.result()
                 log.info("call %s: %s; ending its process pid=%d", request["function"],
                          reason, child.pid)
                 await self._retire(child, signal.SIGTERM)

@@ -7,6 +7,7 @@ the same result to the worker.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -30,11 +31,15 @@ class KillSwitch:
 
     event: asyncio.Event = attrs.field(factory=asyncio.Event)
     reason: str = ""
+    # Called with the reason when it is pulled: lets a waiter stop without a task of its own.
+    listeners: list[Callable[[str], object]] = attrs.field(factory=list)
 
     def pull(self, reason: str) -> None:
         if not self.event.is_set():
             self.reason = reason
             self.event.set()
+            for listener in list(self.listeners):
+                listener(reason)
 
 
 def stopped(reason: str, started_at: float, finished_at: float, **fields: Any) -> Outcome:
