@@ -167,6 +167,9 @@ class _Child:
         self.value_bytes_max = value_bytes_max
         self.memory_mib = memory_mib
         self._loop: Any = None  # this child's asyncio loop, made for the first coroutine
+        # Modules are imported once per child, so what a name resolves to is kept too (the
+        # walk and the --allow-call check cost more than a no-op call itself).
+        self._resolved: dict[tuple[str, str | None], Any] = {}
         self._stdout, self._stderr = _CaptureStream(), _CaptureStream()
         self._handler = logging.StreamHandler(self._stderr)  # the root logger's, during a call
         self._handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
@@ -188,7 +191,10 @@ class _Child:
                 loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
 
     def _call(self, request: dict[str, Any]) -> Any:
-        fn = resolve_callable(request["function"], request.get("defined_in"))
+        name = (request["function"], request.get("defined_in"))
+        fn = self._resolved.get(name)
+        if fn is None:
+            fn = self._resolved[name] = resolve_callable(*name)
         value = fn(*request.get("args", ()), **request.get("kwargs", {}))
         if inspect.isawaitable(value):
             value = self._await(value)
