@@ -50,20 +50,29 @@ def test_a_call_spinning_past_its_timeout_is_killed_and_its_process_replaced(
 
 
 def test_cpu_bound_calls_on_two_slots_use_both_cores(procs: ProcessGroup) -> None:
-    """Two CPU-bound calls at once take clearly less than the two one after the other."""
+    """Two CPU-bound calls at once take clearly less than the two one after the other.
+
+    The two cores are shared with whatever else runs, so a round where something else took
+    a core is tried again (up to three rounds); threads sharing one GIL would never pass."""
     client, _ = start(procs, slots=2)
-    rounds = 3_000_000
+    rounds = 8_000_000
+    ratios = []
     with client as c:
         c.gather([c.submit_call(f"{TASKS}:burn", 10) for _ in range(2)], timeout=WAIT_S)
-        serial = 0.0
-        for _ in range(2):
-            r = c.wait(c.submit_call(f"{TASKS}:burn", rounds), timeout=WAIT_S)
-            serial += r["finished_at"] - r["started_at"]
-        both = c.gather([c.submit_call(f"{TASKS}:burn", rounds) for _ in range(2)],
-                        timeout=WAIT_S)
-    assert {r["state"] for r in both} == {"succeeded"}
-    parallel = max(r["finished_at"] for r in both) - min(r["started_at"] for r in both)
-    assert parallel < 0.8 * serial, (parallel, serial)
+        for _ in range(3):
+            serial = 0.0
+            for _ in range(2):
+                r = c.wait(c.submit_call(f"{TASKS}:burn", rounds), timeout=WAIT_S)
+                serial += r["finished_at"] - r["started_at"]
+            both = c.gather([c.submit_call(f"{TASKS}:burn", rounds) for _ in range(2)],
+                            timeout=WAIT_S)
+            assert {r["state"] for r in both} == {"succeeded"}
+            parallel = (max(r["finished_at"] for r in both)
+                        - min(r["started_at"] for r in both))
+            ratios.append(parallel / serial)
+            if ratios[-1] < 0.8:
+                break
+    assert min(ratios) < 0.8, ratios
 
 
 def test_a_call_over_the_memory_limit_fails_only_its_job(procs: ProcessGroup) -> None:
