@@ -399,7 +399,8 @@ class CallPool:
         if not isinstance(stdout, str) or not isinstance(stderr, str):
             return Outcome("failed", error="the call's process sent a malformed reply",
                            started_at=started, finished_at=finished)
-        output = dict(stdout=stdout, stderr=stderr, started_at=started, finished_at=finished)
+        output: dict[str, Any] = dict(stdout=stdout, stderr=stderr, started_at=started,
+                                      finished_at=finished)
         if not reply.get("ok"):
             return Outcome("failed", error=str(reply.get("error") or "the call failed"),
                            **output)
