@@ -10,8 +10,13 @@ Benchmarks (one function each, listed in `BENCHMARKS`; add a section by adding a
               and the submit-only rate (how fast the coordinator takes jobs in).
   latency     one job at a time, submit -> result: p50, p99 (and mean, max) in milliseconds.
 
+Each benchmark runs once per worker `--isolation` asked for (both by default, each on a
+cluster of its own, sections named `throughput.process`, `throughput.thread`, ...); with both,
+`isolation.process_vs_thread` is process mode's end-to-end throughput over thread mode's.
+
     python scripts/bench.py [--jobs 20000] [--latency-samples 500] [--workers 2] [--slots 4]
-                            [--fsync always|batch|never] [--token] [--only NAME]... [--json]
+                            [--fsync always|batch|never] [--token] [--only NAME]...
+                            [--isolation process|thread]... [--json]
 
 `--token` runs the cluster with a shared token (random, in the temporary directory), so every
 connection authenticates and, without TLS, every coalesced write carries a MAC: the cost of
@@ -62,6 +67,7 @@ class BenchConfig:
     policy: str = "round-robin"
     fsync: str | None = None  # None: the coordinator's default
     token: bool = False  # a shared token: authenticated handshakes and MAC'd frames
+    isolation: str = "process"  # the workers' --isolation
 
 
 Benchmark = Callable[[Client, BenchConfig], Awaitable[list[Figure]]]
@@ -134,7 +140,7 @@ BENCHMARKS: dict[str, Benchmark] = {
 def start_cluster(group: ProcessGroup, config: BenchConfig, token: bytes | None) -> str:
     """One coordinator (state in memory) and `config.workers` workers; returns its address."""
     extra = ["--policy", config.policy, "--log-level", "warning"]
-    worker_extra = ["--log-level", "warning"]
+    worker_extra = ["--log-level", "warning", "--isolation", config.isolation]
     if config.fsync is not None:
         extra += ["--fsync", config.fsync]
     if token is not None:
@@ -165,6 +171,8 @@ def format_value(figure: Figure) -> str:
         return f"{int(figure.value)}"
     if figure.unit == "jobs/s":
         return f"{figure.value:,.0f}"
+    if figure.unit == "ratio":
+        return f"{figure.value:.3f}"
     return f"{figure.value:.2f}"
 
 
@@ -203,6 +211,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="run the cluster with a shared token (authenticated, MAC'd frames)")
     p.add_argument("--only", action="append", choices=sorted(BENCHMARKS), default=None,
                    help="run only this benchmark (repeatable)")
+    p.add_argument("--isolation", action="append", choices=("process", "thread"), default=None,
+                   help="the workers' --isolation (repeatable; default: both, one after the "
+                   "other)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     args = p.parse_args(argv)
     if args.jobs < 1 or args.latency_samples < 1 or args.workers < 1 or args.slots < 1:
@@ -214,13 +225,8 @@ def _raise_interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    config = BenchConfig(jobs=args.jobs, latency_samples=args.latency_samples,
-                         workers=args.workers, slots=args.slots, policy=args.policy,
-                         fsync=args.fsync, token=args.token)
-    names = args.only or list(BENCHMARKS)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # so the finally below stops the cluster
+def run_cluster(config: BenchConfig, names: Sequence[str]) -> list[Figure]:
+    """Start a cluster for `config`, run the benchmarks `names` on it, stop it."""
     import uvloop
 
     with tempfile.TemporaryDirectory(prefix="tcpsched-bench-") as tmp:
@@ -230,18 +236,46 @@ def main(argv: Sequence[str] | None = None) -> int:
             address = start_cluster(group, config, token)
             _log(f"cluster: 1 coordinator at {address} (fsync {config.fsync or 'default'}, "
                  f"token {'on' if token else 'off'}), {config.workers} workers x "
-                 f"{config.slots} slots")
+                 f"{config.slots} slots, isolation {config.isolation}")
             figures = uvloop.run(run_benchmarks(address, config, names, token))
-        except KeyboardInterrupt:
-            _log("interrupted: stopping the cluster")
-            return 130
         except Exception:
             _log(group.logs())
             raise
         finally:
             group.stop_all()
+    return [attrs.evolve(f, section=f"{f.section}.{config.isolation}") for f in figures]
+
+
+def isolation_ratio(figures: Sequence[Figure]) -> list[Figure]:
+    """Process mode's end-to-end throughput over thread mode's, when both ran."""
+    rates = {f.section: f.value for f in figures if f.name == "end_to_end"}
+    process, thread = rates.get("throughput.process"), rates.get("throughput.thread")
+    if process is None or thread is None:
+        return []
+    return [Figure("isolation", "process_vs_thread", process / thread, "ratio")]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = args.only or list(BENCHMARKS)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # so the finally below stops the cluster
+    figures: list[Figure] = []
+    configs = []
+    for isolation in args.isolation or ["process", "thread"]:
+        config = BenchConfig(jobs=args.jobs, latency_samples=args.latency_samples,
+                             workers=args.workers, slots=args.slots, policy=args.policy,
+                             fsync=args.fsync, token=args.token, isolation=isolation)
+        configs.append(config)
+        try:
+            figures.extend(run_cluster(config, names))
+        except KeyboardInterrupt:
+            _log("interrupted: stopping the cluster")
+            return 130
+    figures.extend(isolation_ratio(figures))
     if args.json:
-        print(json.dumps(document(figures, config), indent=2))
+        doc = document(figures, configs[0])
+        doc["config"]["isolation"] = [c.isolation for c in configs]
+        print(json.dumps(doc, indent=2))
     else:
         print(table(figures))
     return 0

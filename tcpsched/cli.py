@@ -126,6 +126,10 @@ def add_command_parsers(parser: UsageParser) -> None:
                    help=f"run no sooner than S seconds from now, 0 to {SECONDS_MAX} (365 days)")
     p.add_argument("--id", dest="key", default=None, metavar="KEY",
                    help="idempotency key: the same key twice makes one job")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for the job, over the worker's (repeatable)")
+    p.add_argument("--cwd", default=None, metavar="DIR",
+                   help="directory the job runs in, on the worker (the worker's --workdir)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--shell", metavar="CMD", help="a shell command")
     what.add_argument("--call", nargs="+", metavar=("MODULE:FUNCTION", "ARG"),
@@ -167,9 +171,20 @@ def build_parser(prog: str = "python -m tcpsched") -> UsageParser:
     return parser
 
 
+def parse_env(entries: list[str]) -> dict[str, str]:
+    """`--env NAME=VALUE` flags as a map (a later NAME wins); the JobSpec checks the names."""
+    env: dict[str, str] = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"submit: --env {entry!r} must look like NAME=VALUE")
+        env[name] = value
+    return env
+
+
 def spec_from_args(args: Any) -> JobSpec:
     options = dict(priority=args.priority, retries=args.retries, timeout=args.timeout,
-                   delay=args.delay, key=args.key)
+                   delay=args.delay, key=args.key, env=parse_env(args.env), cwd=args.cwd)
     try:
         if args.shell is not None:
             if args.kwargs is not None:

@@ -434,26 +434,35 @@ class Client:
 
     async def submit_shell(self, command: str, *, priority: int = 0, retries: int = 0,
                            timeout: float | None = None, delay: float = 0.0,
-                           key: str | None = None) -> str:
+                           key: str | None = None, env: dict[str, str] | None = None,
+                           cwd: str | None = None) -> str:
+        """Queue a shell command; `env` is laid over the worker's environment, `cwd` is
+        where it runs (default: the worker's --workdir)."""
         return await self.submit(_spec("shell", command=command, priority=priority,
-                                       retries=retries, timeout=timeout, delay=delay, key=key))
+                                       retries=retries, timeout=timeout, delay=delay, key=key,
+                                       env=dict(env or {}), cwd=cwd))
 
     async def submit_call(self, function: str, *args: Any, priority: int = 0, retries: int = 0,
                           timeout: float | None = None, delay: float = 0.0,
-                          key: str | None = None, **kwargs: Any) -> str:
-        """Queue `function(*args, **kwargs)`; priority, retries, timeout, delay and key are
-        the job's options (a function taking arguments of those names needs `submit`)."""
+                          key: str | None = None, env: dict[str, str] | None = None,
+                          cwd: str | None = None, **kwargs: Any) -> str:
+        """Queue `function(*args, **kwargs)`; priority, retries, timeout, delay, key, env and
+        cwd are the job's options (a function taking arguments of those names needs
+        `submit`)."""
         return await self.submit(_spec("call", function=function, args=args, kwargs=kwargs,
                                        priority=priority, retries=retries, timeout=timeout,
-                                       delay=delay, key=key))
+                                       delay=delay, key=key, env=dict(env or {}), cwd=cwd))
 
     async def map(self, function: str, items: Iterable[Any], *, priority: int = 0,
                   retries: int = 0, timeout: float | None = None,
+                  env: dict[str, str] | None = None, cwd: str | None = None,
                   batch_size: int = SUBMIT_BATCH) -> list[str]:
         """One job per item: a tuple item is the argument list, anything else one argument."""
+        shared_env = dict(env or {})
         specs = (
             _spec("call", function=function, args=item if isinstance(item, tuple) else (item,),
-                  priority=priority, retries=retries, timeout=timeout, key=new_key())
+                  priority=priority, retries=retries, timeout=timeout, key=new_key(),
+                  env=shared_env, cwd=cwd)
             for item in items
         )
         return await self.submit_many(specs, batch_size)
@@ -523,7 +532,7 @@ class Client:
     async def leader(self) -> dict[str, Any]:
         return await self._request(lambda r: m.Leader(req_id=r))
 
-    async def coordinators(self) -> list[dict[str, Any]]:
+    async def coordinators(self) -> builtins.list[dict[str, Any]]:
         """Every configured coordinator (role, epoch, last and commit seq, lag, reachable) as
         the coordinator we reach sees them; the leader knows its followers' progress."""
         return await self._request(lambda r: m.Coordinators(req_id=r))
@@ -620,7 +629,7 @@ class SyncClient:
     def leader(self) -> dict[str, Any]:
         return self._run(self._client.leader())
 
-    def coordinators(self) -> list[dict[str, Any]]:
+    def coordinators(self) -> builtins.list[dict[str, Any]]:
         return self._run(self._client.coordinators())
 
 

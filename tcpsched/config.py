@@ -32,6 +32,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_COORDINATORS = "TCPSCHED_COORDINATORS"
 ENV_TOKEN = "TCPSCHED_TOKEN"
 ENV_TOKEN_FILE = "TCPSCHED_TOKEN_FILE"
+ISOLATIONS = ("process", "thread")  # runtime/executor.py: how a worker runs Python callables
+MEMORY_MIB_MIN = 64  # below this an interpreter with msgpack loaded cannot even start a call
 
 
 class UsageParser(argparse.ArgumentParser):
@@ -376,6 +378,9 @@ class WorkerSettings:
     reconnect_cap_s: float = 1.0  # well under the heartbeat timeout: a restarted coordinator
     # gives running jobs that long to come back with their worker before requeueing them
     tls: TlsSettings = TlsSettings()
+    isolation: str = "process"  # how Python callables run: "process" or "thread"
+    memory_mib: int | None = None  # per call process; None: no limit
+    workdir: str | None = None  # where jobs run unless they give a cwd; None: our own cwd
 
 
 def worker_parser() -> UsageParser:
@@ -394,13 +399,43 @@ def worker_parser() -> UsageParser:
                    "exactly that one (NAME may be dotted). Default: every callable")
     p.add_argument("--kill-grace", type=_positive_float, default=2.0, metavar="S",
                    help="seconds between SIGTERM and SIGKILL on timeout or cancel")
+    p.add_argument("--isolation", choices=ISOLATIONS, default="process",
+                   help="how Python callables run: process (a pool of child processes, one "
+                   "per slot, reused across jobs; a timeout or cancel kills the call) or "
+                   "thread (inside the worker; a timed-out call keeps its slot until it "
+                   "returns) (process)")
+    p.add_argument("--max-memory", type=_memory_mib, default=None, metavar="MiB",
+                   help="address-space limit of each call process in MiB (at least "
+                   f"{MEMORY_MIB_MIN}); a call past it fails and its process is replaced; "
+                   "process isolation only (no limit)")
+    p.add_argument("--workdir", default=None, metavar="DIR",
+                   help="directory jobs run in unless they give --cwd; callables are imported "
+                   "from it and PYTHONPATH; must exist (the worker's own directory)")
     add_tls_flags(p)
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return p
 
 
+def _memory_mib(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB") from None
+    if value < MEMORY_MIB_MIN:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} MiB is too little: a Python process needs at least {MEMORY_MIB_MIN}")
+    return value
+
+
 def worker_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
     args = worker_parser().parse_args(argv)
+    if args.max_memory is not None and args.isolation != "process":
+        raise ConfigError("--max-memory limits call processes: it needs --isolation process")
+    workdir = None
+    if args.workdir is not None:
+        workdir = os.path.abspath(args.workdir)
+        if not os.path.isdir(workdir):
+            raise ConfigError(f"--workdir {args.workdir}: no such directory")
     import socket
 
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
@@ -420,4 +455,5 @@ def worker_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
         tags=tags, token=read_token(args.token_file), drain_timeout_s=args.drain_timeout,
         allow_shell=not args.no_shell, allow_call=allow_call,
         log_level=args.log_level, kill_grace_s=args.kill_grace, tls=tls_from_args(args),
+        isolation=args.isolation, memory_mib=args.max_memory, workdir=workdir,
     )  # fmt: skip

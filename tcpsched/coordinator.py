@@ -103,6 +103,7 @@ class Coordinator:
         # collections meanwhile would walk them all again and again for nothing. Then the
         # recovered jobs, which live long, are kept out of every future full collection.
         self.rng = random.Random(seed)
+        self._loop = loop
         self.extra_stats: dict[str, Any] = {}  # figures the shell adds (journal, connections)
         peers = dict(settings.peers)
         gc.disable()
@@ -145,8 +146,7 @@ class Coordinator:
         self.runner = Runner(self.node, self.journal, self.connections,
                              peer_send=self.peers.send)
         self.runner.on_snapshot = self._on_snapshot_effect
-        self.journal.on_compacted = lambda seq: loop.call_soon_threadsafe(
-            self.runner.feed, Compacted(seq))
+        self.journal.on_compacted = self._compacted_in_thread
         self._snapshot_tasks: set[asyncio.Task[None]] = set()
         self.storage_failure: str | None = None
         self.runner.on_journal_failure = self.journal.on_failure = self.storage_failed
@@ -165,6 +165,10 @@ class Coordinator:
         self._open: set[_Accepted] = set()  # every connection, in its handshake or not
         self._none_open = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None
+
+    def _compacted_in_thread(self, seq: int) -> None:
+        """Called by the compaction thread: the node hears of it on the loop."""
+        self._loop.call_soon_threadsafe(self.runner.feed, Compacted(seq))
 
     def _on_snapshot_effect(self, effect: SendSnapshot | ReceiveSnapshot) -> None:
         if isinstance(effect, SendSnapshot):

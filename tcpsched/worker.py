@@ -59,7 +59,12 @@ class Worker:
         self.settings = settings
         self.executor = Executor(settings.slots, settings.output_bytes_max, settings.kill_grace_s,
                                  reaper if reaper is not None else Reaper(),
-                                 subreaper=subreaper)
+                                 subreaper=subreaper, isolation=settings.isolation,
+                                 memory_mib=settings.memory_mib, workdir=settings.workdir)
+        # Thread calls that outlived their timeout still hold their slots: the core counts
+        # them, and tells the coordinator at once.
+        self.executor.on_held_change = lambda: self.feed(
+            wp.SlotsHeld(self.executor.held_slots))
         self.incarnation = secrets.token_hex(8)
         self.proto = wp.WorkerProtocol(protocol_config(settings, self.incarnation),
                                        rng or random.Random(), time.monotonic())
@@ -186,13 +191,15 @@ class Worker:
     async def _run_job(self, msg: m.Assign, kill: KillSwitch) -> None:
         try:
             if msg.kind == "shell":
-                outcome = await self.executor.run_shell(msg.command or "", msg.timeout, kill)
+                outcome = await self.executor.run_shell(msg.command or "", msg.timeout, kill,
+                                                        env=msg.env, cwd=msg.cwd)
             else:
                 function = msg.function or ""
                 allow_call = self.proto.config.capabilities.allow_call
                 outcome = await self.executor.run_call(
                     function, msg.args, msg.kwargs, msg.timeout, kill,
-                    defined_in=call_grant(function, allow_call) or None)
+                    defined_in=call_grant(function, allow_call) or None,
+                    env=msg.env, cwd=msg.cwd)
         finally:
             self._kills.pop((msg.job_id, msg.attempt), None)
         self.feed(wp.JobFinished(m.Result(

@@ -25,6 +25,12 @@ SECONDS_MAX = 365 * 86400  # the longest timeout or delay: a year
 TIMEOUT_S_MIN = 0.001  # what the CLI accepts; a spec takes any positive timeout
 
 _FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_VARS_MAX = 256  # variables one job may set
+ENV_NAME_CHARS_MAX = 256
+ENV_VALUE_CHARS_MAX = 32 * 1024
+ENV_CHARS_MAX = 256 * 1024  # all names and values of one job together
+CWD_CHARS_MAX = 4096  # PATH_MAX on Linux
 
 
 class JobState(enum.StrEnum):
@@ -129,6 +135,37 @@ def _check_spec(spec: JobSpec) -> None:
     for tag in spec.tags:
         if not tag or len(tag) > 64:
             raise ValueError("tags must have 1 to 64 characters")
+    check_env(spec.env)
+    check_cwd(spec.cwd)
+
+
+def check_cwd(cwd: str | None) -> None:
+    if cwd is not None and (not isinstance(cwd, str) or not 0 < len(cwd) <= CWD_CHARS_MAX
+                            or "\0" in cwd):
+        raise ValueError(f"cwd must be a path of 1 to {CWD_CHARS_MAX} characters, without NUL")
+
+
+def check_env(env: dict[str, str]) -> None:
+    """Names a shell can use (`NAME=value`), string values, bounded: what execve can pass."""
+    if not isinstance(env, dict):
+        raise ValueError("env must be a map of names to strings")
+    if len(env) > ENV_VARS_MAX:
+        raise ValueError(f"env may set at most {ENV_VARS_MAX} variables, not {len(env)}")
+    total = 0
+    for name, value in env.items():
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name) \
+                or len(name) > ENV_NAME_CHARS_MAX:
+            raise ValueError(f"env name {name!r:.80} must be letters, digits and _, not "
+                             f"starting with a digit, at most {ENV_NAME_CHARS_MAX} characters")
+        if not isinstance(value, str):
+            raise ValueError(f"env {name}: the value must be a string, not "
+                             f"{type(value).__name__}")
+        if len(value) > ENV_VALUE_CHARS_MAX or "\0" in value:
+            raise ValueError(f"env {name}: the value must have at most {ENV_VALUE_CHARS_MAX} "
+                             "characters, without NUL")
+        total += len(name) + len(value)
+    if total > ENV_CHARS_MAX:
+        raise ValueError(f"env holds {total} characters in all, over {ENV_CHARS_MAX}")
 
 
 @attrs.frozen
@@ -147,6 +184,8 @@ class JobSpec:
     tags: tuple[str, ...] = ()
     key: str | None = None
     after: tuple[str, ...] = ()
+    env: dict[str, str] = attrs.field(factory=dict)  # laid over the worker's environment
+    cwd: str | None = None  # None: the worker's --workdir (or its own directory)
 
     def __attrs_post_init__(self) -> None:
         _check_spec(self)
@@ -214,6 +253,8 @@ class JobRecord:
             timeout=spec.timeout,
             tags=list(spec.tags),
             after=list(spec.after),
+            env=dict(spec.env),
+            cwd=spec.cwd,
             worker=self.worker,
             submitted_at=self.submitted_at,
             started_at=self.started_at,

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import attrs
 
 from tcpsched.core.capabilities import ALLOW_CALL_ENTRIES_MAX, parse_allow_call
-from tcpsched.core.jobs import JobSpec, finite_time
+from tcpsched.core.jobs import JobSpec, check_cwd, check_env, finite_time
 from tcpsched.core.limits import ARRAY_ITEMS_MAX, FRAME_BYTES_MAX, MAP_ITEMS_MAX, WireLimits
 
 PROTOCOL_VERSION = 2  # 2: frames after a token handshake are sealed (core/channel.py)
@@ -252,8 +252,12 @@ class Registered:
 
 @attrs.frozen
 class Heartbeat:
+    """`held`: slots taken by attempts that ended but whose work still runs (a timed-out
+    call on a thread-isolated worker); the leader counts them as busy."""
+
     TYPE: ClassVar[str] = "heartbeat"
     running: tuple[AttemptRef, ...] = ()
+    held: int = attrs.field(default=0, validator=_non_negative)
 
 
 @attrs.frozen
@@ -268,6 +272,9 @@ class Assign:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     timeout: float | None
+    # Checked as a JobSpec checks them: a worker hands them to execve and chdir as they are.
+    env: dict[str, str] = attrs.field(factory=dict, validator=lambda _i, _a, v: check_env(v))
+    cwd: str | None = attrs.field(default=None, validator=lambda _i, _a, v: check_cwd(v))
 
 
 @attrs.frozen

@@ -203,15 +203,6 @@ class Leading(Protocol):
     table: JobTable
 
     def step(self, event: Any, now: float, wall: float | None = None) -> list[Any]: ...
-    def snapshot_point(self) -> tuple[int, int] | None:
-        """(seq, epoch) the table stands at, if a snapshot may stand there: only while the
-        table holds nothing that is not committed."""
-        seq = self.applied_seq
-        if self._reloading or seq > self.log.commit_seq:
-            return None
-        epoch = self.log.epoch_at(seq)
-        return None if epoch is None else (seq, epoch)
-
     def next_deadline(self) -> float | None: ...
     def statistics(self) -> dict[str, Any]: ...
 
@@ -600,7 +591,7 @@ class Node:
         """A candidate pulls what it lacks before it announces itself."""
         prev_epoch = self.log.epoch_at(msg.after_seq)
         entries = self.log.entries_after(msg.after_seq) if prev_epoch is not None else None
-        if entries is None:
+        if entries is None or prev_epoch is None:
             self._effects.append(ToPeer(peer, pm.FetchReply(
                 src=self.node_id, ok=False, prev_epoch=0, prev_seq=msg.after_seq, entries=(),
                 epochs=(), more=False)))

@@ -37,8 +37,10 @@ _DICT_TAG = "$d"
 
 _SPEC_FIELDS = tuple(f.name for f in attrs.fields(JobSpec))
 _RECORD_FIELDS = tuple(f.name for f in attrs.fields(JobRecord) if f.name not in ("spec", "state"))
-_SPEC_DEFAULTS = {f.name: f.default for f in attrs.fields(JobSpec) if f.name != "kwargs"}
+_SPEC_DEFAULTS = {f.name: f.default for f in attrs.fields(JobSpec)
+                  if f.name not in ("kwargs", "env")}
 _SPEC_DEFAULTS["kwargs"] = {}
+_SPEC_DEFAULTS["env"] = {}
 # The defaults as a JSON round trip shows them (tuples come back as lists).
 _SPEC_DEFAULTS_JSON = {
     name: list(value) if type(value) is tuple else value for name, value in _SPEC_DEFAULTS.items()
@@ -240,6 +242,7 @@ _new = object.__new__
 # Shared by every rebuilt job without keyword arguments: nothing ever writes to a spec's
 # kwargs (a JobSpec is a value), and at a million queued jobs one empty map each is 64 MB.
 _NO_KWARGS: dict[str, Any] = {}
+_NO_ENV: dict[str, str] = {}  # the same, for a spec's env
 
 
 def _slot_setter(cls: type, name: str) -> Any:
@@ -260,6 +263,8 @@ _spec_delay = _slot_setter(JobSpec, "delay")
 _spec_tags = _slot_setter(JobSpec, "tags")
 _spec_key = _slot_setter(JobSpec, "key")
 _spec_after = _slot_setter(JobSpec, "after")
+_spec_env = _slot_setter(JobSpec, "env")
+_spec_cwd = _slot_setter(JobSpec, "cwd")
 _job_id = _slot_setter(JobRecord, "id")
 _job_seq = _slot_setter(JobRecord, "seq")
 _job_spec = _slot_setter(JobRecord, "spec")
@@ -371,6 +376,8 @@ def _build_job(job_id: str, seq: int, state: str, submitted_at: float, kind: str
         _spec_tags(spec, ())
         _spec_after(spec, ())
         _spec_kwargs(spec, _NO_KWARGS)
+        _spec_env(spec, _NO_ENV)
+        _spec_cwd(spec, None)
         _job_attempts(job, 0)
         _job_worker(job, None)
         _job_started_at(job, None)
@@ -391,6 +398,8 @@ def _build_job(job_id: str, seq: int, state: str, submitted_at: float, kind: str
         _spec_tags(spec, tuple(get("tags", ())))
         _spec_after(spec, tuple(get("after", ())))
         _spec_kwargs(spec, decode(get("kwargs", {})))
+        _spec_env(spec, get("env") or _NO_ENV)  # strings only: stored as they are
+        _spec_cwd(spec, get("cwd"))
         _job_attempts(job, get("attempts", 0))
         _job_worker(job, get("worker"))
         _job_started_at(job, get("started_at"))
@@ -424,7 +433,7 @@ def _build_job(job_id: str, seq: int, state: str, submitted_at: float, kind: str
 # What `_build_job` sets on a job without a trailing map, for `jobs_from_rows`.
 _PLAIN_SPEC_DEFAULTS: tuple[tuple[Any, Any], ...] = (
     (_spec_retries, 0), (_spec_timeout, None), (_spec_delay, 0.0), (_spec_tags, ()),
-    (_spec_after, ()), (_spec_kwargs, _NO_KWARGS),
+    (_spec_after, ()), (_spec_kwargs, _NO_KWARGS), (_spec_env, _NO_ENV), (_spec_cwd, None),
 )
 _PLAIN_JOB_DEFAULTS: tuple[tuple[Any, Any], ...] = (
     (_job_attempts, 0), (_job_worker, None), (_job_started_at, None), (_job_finished_at, None),
@@ -437,7 +446,7 @@ _consume: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend
 # `job_from_row` and `jobs_from_rows` name every field by hand; a field added to jobs.py must
 # be added there too.
 assert _SPEC_FIELDS == ("kind", "command", "function", "args", "kwargs", "priority", "retries",
-                        "timeout", "delay", "tags", "key", "after"), _SPEC_FIELDS
+                        "timeout", "delay", "tags", "key", "after", "env", "cwd"), _SPEC_FIELDS
 assert _RECORD_FIELDS == ("id", "seq", "attempts", "worker", "submitted_at", "started_at",
                           "finished_at", "exit_code", "result", "stdout", "stderr", "error",
                           "not_before", "lost_workers", "failures"), _RECORD_FIELDS

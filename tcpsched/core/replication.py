@@ -210,7 +210,7 @@ class LeaderReplication:
             prev = progress.next - 1
             prev_epoch = self.log.epoch_at(prev)
             entries = self.log.entries_after(prev) if prev_epoch is not None else None
-            if entries is None:
+            if entries is None or prev_epoch is None:
                 progress.needs_snapshot = True
                 continue
             progress.needs_snapshot = False

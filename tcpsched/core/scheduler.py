@@ -552,6 +552,6 @@ class Scheduler(WorkerSide):
         self._send(entry.conn, m.Assign(
             job_id=job_id, attempt=attempt, epoch=self.config.epoch, kind=spec.kind,
             command=spec.command, function=spec.function, args=spec.args, kwargs=spec.kwargs,
-            timeout=spec.timeout,
+            timeout=spec.timeout, env=spec.env, cwd=spec.cwd,
         ))  # fmt: skip
 

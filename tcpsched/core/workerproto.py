@@ -136,7 +136,16 @@ class DrainRequested:
     """SIGTERM or SIGINT: take no new jobs, finish or hand back the running ones, exit 0."""
 
 
-Event = SessionStarted | DialFailed | Received | SessionClosed | JobFinished | DrainRequested | Tick
+@attrs.frozen
+class SlotsHeld:
+    """Thread calls stopped by a timeout or a kill still run (a thread cannot be killed): they
+    hold `held` slots until they return, so no new job may take those (`--isolation thread`)."""
+
+    held: int
+
+
+Event = (SessionStarted | DialFailed | Received | SessionClosed | JobFinished | DrainRequested
+         | SlotsHeld | Tick)
 
 # -- effects --------------------------------------------------------------------------------------
 
@@ -232,6 +241,7 @@ class WorkerProtocol:
         self._is_dialing = False
         self._backoff_s = config.reconnect_base_s
         self._hops = 0  # sessions left since we last registered
+        self.held = 0  # slots held by stopped thread calls (SlotsHeld)
         self._dial_failures = 0
         self._register_by: float | None = None
         self._beat_at: float | None = None
@@ -266,6 +276,13 @@ class WorkerProtocol:
             self._on_dial_failed(event, now)
         elif isinstance(event, DrainRequested):
             self._on_drain_requested(now)
+        elif isinstance(event, SlotsHeld):
+            if event.held != self.held:
+                self.held = event.held
+                # At once: the coordinator must count them before the result that ends
+                # their attempt frees the slot in its books.
+                if self.is_registered:
+                    self._send(m.Heartbeat(running=self.running_refs(), held=self.held))
         elif not isinstance(event, Tick):
             raise TypeError(f"unknown event {event!r}")
         self._advance(now)
@@ -334,7 +351,7 @@ class WorkerProtocol:
                 self._leave(f"no answer to register within {self.config.register_timeout_s:g}s",
                             self._next_in_list())
         elif self._beat_at is not None and now >= self._beat_at:
-            self._send(m.Heartbeat(running=self.running_refs()))
+            self._send(m.Heartbeat(running=self.running_refs(), held=self.held))
             self._beat_at = now + self.heartbeat_interval_s
 
     def _send(self, msg: Any) -> None:
@@ -478,7 +495,7 @@ class WorkerProtocol:
             self._sends[key] = 1 if fresh is not result else sends + 1
             self._send(fresh)
             self._results_sent += 1
-        self._send(m.Heartbeat(running=self.running_refs()))
+        self._send(m.Heartbeat(running=self.running_refs(), held=self.held))
         self._beat_at = now + self.heartbeat_interval_s
         log.info("worker=%s registered with %s epoch=%d slots=%d running=%d resent=%d",
                  self.config.name, self.address, msg.epoch, self.config.slots,
@@ -538,7 +555,7 @@ class WorkerProtocol:
                 finished_at=self._wall,
             ))  # fmt: skip
             return
-        if self.draining or len(self.running) >= self.config.slots:
+        if self.draining or len(self.running) + self.held >= self.config.slots:
             self._hand_back(msg.job_id, msg.attempt,
                             "draining" if self.draining else "no free slot")
             return

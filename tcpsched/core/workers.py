@@ -51,9 +51,10 @@ class WorkerEntry:
     # (absent: reported at registration), and how many heartbeats in a row have left it out.
     assigned_at: dict[str, float] = attrs.field(factory=dict)
     unreported: dict[str, int] = attrs.field(factory=dict)
+    held: int = 0  # slots its last heartbeat said stopped work still holds (messages.Heartbeat)
 
     def free_slots(self) -> int:
-        return self.slots - len(self.running)
+        return self.slots - len(self.running) - self.held
 
 
 def is_current(job: JobRecord | None, attempt: int, worker: str) -> bool:
@@ -102,7 +103,8 @@ def worker_rows(workers: dict[str, WorkerEntry], detector: FailureDetector,
             "name": entry.name,
             "address": entry.address,
             "slots": entry.slots,
-            "running": len(entry.running),
+            "running": len(entry.running) + entry.held,
+            "held": entry.held,
             "tags": list(entry.tags),
             "state": worker_state(entry, detector),
             "last_heartbeat": _wall(detector.last_heartbeat(name) or entry.dead_at,

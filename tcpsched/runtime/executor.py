@@ -8,10 +8,17 @@ itself exits, whatever it left behind in its group is killed too. A process that
 (`setsid cmd &`) is found by the mark in its environment and killed as well, with everything
 below it (see runtime/reaper.py for how, and for the one case it cannot find).
 
-A callable is `module:function`. A coroutine function is awaited on the loop; a plain one runs
-in a thread, so a busy job never delays heartbeats or other jobs. A thread cannot be killed: on
-timeout or cancel the attempt ends at once and the thread is abandoned (logged); its return
-value is dropped.
+A job runs in its `cwd` (else the worker's `--workdir`, else the worker's own directory) with
+its `env` laid over the worker's environment.
+
+A callable is `module:function`. With `isolation="process"` (the default) it runs in the pool
+of child processes (runtime/callpool.py): a timeout or cancel ends the child, and CPU-bound
+calls use every core. With `isolation="thread"` a coroutine function is awaited on the loop
+and a plain one runs in a thread, so a busy job never delays heartbeats or other jobs; a thread
+cannot be killed, so on timeout or cancel the attempt ends at once but its slot stays held
+(`held_slots`, reported in heartbeats) until the thread really returns, and its return value
+is dropped. Threads share the worker's directory and environment, so a call job with its own
+`cwd` or `env` needs process isolation.
 """
 
 from __future__ import annotations
@@ -19,26 +26,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib
 import inspect
 import logging
 import os
 import queue
 import secrets
 import signal
+import sys
 import threading
 import time
 import traceback
-import types
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-
+from tcpsched.config import ISOLATIONS
 from tcpsched.core.codec import encode_value
 from tcpsched.errors import LocalProtocolError
 from tcpsched.runtime import reaper as reaping
+from tcpsched.runtime.callchild import CappedBuffer, resolve_callable
+from tcpsched.runtime.callpool import CallPool
+from tcpsched.runtime.outcome import KillSwitch, Outcome, stopped
 from tcpsched.runtime.reaper import Reaper
+
+__all__ = ["ISOLATIONS", "Executor", "JobThreads", "KillSwitch", "Outcome", "resolve_callable"]
 
 log = logging.getLogger(__name__)
 
@@ -46,55 +56,7 @@ READ_CHUNK_BYTES = 64 * 1024
 PIPE_SETTLE_S = 1.0  # after the shell exits, how long stragglers may hold its pipes
 
 
-@attrs.frozen
-class Outcome:
-    state: str  # "succeeded", "failed" or "cancelled"
-    exit_code: int | None = None
-    result: Any = None
-    stdout: str = ""
-    stderr: str = ""
-    error: str | None = None
-    started_at: float = 0.0
-    finished_at: float = 0.0
-
-
-@attrs.define
-class KillSwitch:
-    """Set by the worker to stop a running attempt; `reason` ends up in the record."""
-
-    event: asyncio.Event = attrs.field(factory=asyncio.Event)
-    reason: str = ""
-
-    def pull(self, reason: str) -> None:
-        if not self.event.is_set():
-            self.reason = reason
-            self.event.set()
-
-
-class _CappedBuffer:
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.parts: list[bytes] = []
-        self.kept = 0
-        self.total = 0
-
-    def add(self, data: bytes) -> None:
-        self.total += len(data)
-        room = self.cap - self.kept
-        if room > 0:
-            piece = data[:room]
-            self.parts.append(piece)
-            self.kept += len(piece)
-
-    def text(self) -> str:
-        out = b"".join(self.parts).decode("utf-8", errors="replace")
-        if self.total > self.kept:
-            out += (f"\n[tcpsched: output truncated: kept the first {self.kept} of "
-                    f"{self.total} bytes (cap {self.cap})]")
-        return out
-
-
-async def _pump(stream: asyncio.StreamReader | None, buffer: _CappedBuffer) -> None:
+async def _pump(stream: asyncio.StreamReader | None, buffer: CappedBuffer) -> None:
     if stream is None:
         return
     while data := await stream.read(READ_CHUNK_BYTES):
@@ -160,6 +122,12 @@ def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
         future.set_exception(value)
 
 
+def _cwd_problem(cwd: str | None) -> str | None:
+    if cwd is None or os.path.isdir(cwd):
+        return None
+    return f"cwd {cwd} does not exist on this worker (or is not a directory)"
+
+
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -167,32 +135,73 @@ def _killpg(pgid: int, sig: int) -> None:
 
 class Executor:
     def __init__(self, slots: int, output_bytes_max: int, kill_grace_s: float,
-                 reaper: Reaper | None = None, *, subreaper: bool = False) -> None:
+                 reaper: Reaper | None = None, *, subreaper: bool = False,
+                 isolation: str = "process", memory_mib: int | None = None,
+                 workdir: str | None = None) -> None:
         """`subreaper`: this process is a child subreaper (`reaper.become_subreaper`), so a
         job's escaped processes become our children: only our descendants need searching, and
-        the re-parented ones that end must be reaped here. Otherwise all of /proc is searched."""
+        the re-parented ones that end must be reaped here. Otherwise all of /proc is searched.
+
+        `isolation` is "process" or "thread" (see the module docstring); `memory_mib` limits
+        each call process; `workdir` is where jobs run unless they name a cwd. Thread calls
+        run inside this process, so in thread mode the process itself moves to `workdir`."""
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {ISOLATIONS}, not {isolation!r}")
         self.output_bytes_max = output_bytes_max
         self.kill_grace_s = kill_grace_s
+        self.isolation = isolation
+        self.workdir = None if workdir is None else os.path.abspath(workdir)
         self._threads = JobThreads()
         self._reaper = reaper
         self._subreaper = subreaper
         self._shells: set[int] = set()  # our job shells not yet waited for: never reaped here
         self._spawning = 0  # shells being started, whose pids are not known yet
+        self._held = 0  # thread mode: slots held by timed-out calls whose thread still runs
+        self.on_held_change: Callable[[], None] | None = None  # the worker tells the leader
+        self._pool: CallPool | None = None
+        if isolation == "process":
+            self._pool = CallPool(slots, output_bytes_max=output_bytes_max,
+                                  kill_grace_s=kill_grace_s, memory_mib=memory_mib,
+                                  workdir=self.workdir, reaper=reaper,
+                                  on_retired=self._kill_escaped)
+        elif self.workdir is not None:
+            os.chdir(self.workdir)
+            sys.path.insert(0, self.workdir)  # as a call process has it: see callchild.py
+
+    @property
+    def held_slots(self) -> int:
+        """Slots a finished attempt still holds: a timed-out thread call that has not
+        returned (thread mode only). They count as busy, so slots are never oversubscribed."""
+        return self._held
+
+    @property
+    def pool(self) -> CallPool | None:
+        return self._pool
 
     def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
         self._threads.shutdown()
         if self._reaper is not None:
             self._reaper.close()
 
-    async def run_shell(self, command: str, timeout: float | None, kill: KillSwitch) -> Outcome:
+    def _job_cwd(self, cwd: str | None) -> str | None:
+        return cwd if cwd is not None else self.workdir
+
+    async def run_shell(self, command: str, timeout: float | None, kill: KillSwitch, *,
+                        env: dict[str, str] | None = None, cwd: str | None = None) -> Outcome:
         started = time.time()
+        where = self._job_cwd(cwd)
+        problem = _cwd_problem(where)
+        if problem is not None:
+            return Outcome("failed", error=problem, started_at=started, finished_at=time.time())
         mark = secrets.token_hex(8)
         self._spawning += 1
         try:
             proc = await asyncio.create_subprocess_shell(
                 command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True,
-                env={**os.environ, reaping.MARK_ENV: mark},
+                stderr=asyncio.subprocess.PIPE, start_new_session=True, cwd=where,
+                env={**os.environ, **(env or {}), reaping.MARK_ENV: mark},
             )  # fmt: skip
         except OSError as exc:
             return Outcome("failed", error=f"cannot start shell: {exc}", started_at=started,
@@ -212,11 +221,18 @@ class Executor:
             if self._reaper is not None:
                 self._reaper.untrack(pgid)
 
-    def _kill_escaped(self, mark: str) -> None:
-        """Kill what the job left outside its process group (found by its mark)."""
+    def _not_ours(self) -> set[int]:
+        """Children whose exit status someone is waiting for: never reaped as orphans."""
         skip = set(self._shells)
         if self._reaper is not None:
             skip.add(self._reaper.pid)
+        if self._pool is not None:
+            skip |= self._pool.pids()
+        return skip
+
+    def _kill_escaped(self, mark: str) -> None:
+        """Kill what the job left outside its process group (found by its mark)."""
+        skip = self._not_ours()
         try:
             candidates = (reaping.descendants(os.getpid(), skip) if self._subreaper
                           else reaping.all_pids())
@@ -232,17 +248,14 @@ class Executor:
             log.debug("cannot look for escaped job processes: %s", exc)
 
     def _reap_orphans(self) -> None:
-        if self._spawning:
+        if self._spawning or (self._pool is not None and self._pool.spawning):
             return  # a shell whose pid we do not know yet may have ended: not ours to reap
-        skip = set(self._shells)
-        if self._reaper is not None:
-            skip.add(self._reaper.pid)
         with contextlib.suppress(OSError):
-            reaping.reap_zombie_children(skip)
+            reaping.reap_zombie_children(self._not_ours())
 
     async def _supervise(self, proc: asyncio.subprocess.Process, pgid: int,
                          timeout: float | None, kill: KillSwitch, started: float) -> Outcome:
-        out, err = _CappedBuffer(self.output_bytes_max), _CappedBuffer(self.output_bytes_max)
+        out, err = CappedBuffer(self.output_bytes_max), CappedBuffer(self.output_bytes_max)
         pumps = [asyncio.ensure_future(_pump(proc.stdout, out)),
                  asyncio.ensure_future(_pump(proc.stderr, err))]
         waiter = asyncio.ensure_future(proc.wait())
@@ -293,15 +306,33 @@ class Executor:
         kill: KillSwitch,
         *,
         defined_in: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
     ) -> Outcome:
         """Run `function`; with `defined_in` (a worker's `--allow-call MODULE` entry that
         allows it), only a top-level callable defined in that module or below it is run."""
+        if self._pool is not None:
+            request = {"function": function, "args": list(args), "kwargs": kwargs,
+                       "defined_in": defined_in, "cwd": cwd, "env": env or {}}
+            return await self._pool.run(request, timeout, kill)
+        return await self._run_in_thread(function, args, kwargs, timeout, kill,
+                                         defined_in=defined_in, env=env, cwd=cwd)
+
+    async def _run_in_thread(self, function: str, args: tuple[Any, ...],
+                             kwargs: dict[str, Any], timeout: float | None, kill: KillSwitch,
+                             *, defined_in: str | None, env: dict[str, str] | None,
+                             cwd: str | None) -> Outcome:
         started = time.time()
+        if env or cwd is not None:
+            return Outcome("failed", error="a call job with its own cwd or env needs a worker "
+                           "with --isolation process: threads share the worker's directory and "
+                           "environment", started_at=started, finished_at=time.time())
         try:
             fn = resolve_callable(function, defined_in)
         except ImportError as exc:
             return Outcome("failed", error=str(exc), started_at=started, finished_at=time.time())
-        if inspect.iscoroutinefunction(fn):
+        is_coroutine = inspect.iscoroutinefunction(fn)
+        if is_coroutine:
             work: asyncio.Future[Any] = asyncio.ensure_future(fn(*args, **kwargs))
         else:
             work = self._threads.submit(functools.partial(fn, *args, **kwargs))
@@ -313,12 +344,13 @@ class Executor:
             killer.cancel()
         if work not in done:
             reason = kill.reason if killer in done else f"timed out after {timeout:g}s"
-            work.cancel()
-            if not inspect.iscoroutinefunction(fn):
-                log.warning("%s: %s; its thread cannot be killed and is abandoned",
-                            function, reason)
-            state = "cancelled" if reason == "cancelled" else "failed"
-            return Outcome(state, error=reason, started_at=started, finished_at=time.time())
+            if is_coroutine:
+                work.cancel()
+            else:
+                log.warning("%s: %s; its thread cannot be killed: its slot stays taken until "
+                            "it returns", function, reason)
+            self._hold(work, function)
+            return stopped(reason, started, time.time())
         finished = time.time()
         raised = work.exception()
         if raised is not None:
@@ -334,40 +366,20 @@ class Executor:
                            finished_at=finished)
         return Outcome("succeeded", result=value, started_at=started, finished_at=finished)
 
+    def _hold(self, work: asyncio.Future[Any], function: str) -> None:
+        """Keep the slot of a stopped call taken until its work has really ended."""
+        if work.done():
+            return
+        self._held += 1
+        if self.on_held_change is not None:
+            self.on_held_change()
 
-def resolve_callable(function: str, defined_in: str | None = None) -> Any:
-    """`pkg.module:attr.path` to the object, or ImportError with a one-line reason.
+        def release(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled():
+                done.exception()  # retrieved: its outcome was reported already
+            self._held -= 1
+            log.info("%s: the stopped call has returned; its slot is free", function)
+            if self.on_held_change is not None:
+                self.on_held_change()
 
-    With `defined_in` the walk may not leave that module: one name after the colon, neither
-    private nor a module, and an object whose `__module__` is `defined_in` or below it. So a
-    name the allowed module merely imported (`os`, or `system` from os) is refused.
-    """
-    module_name, _, attr_path = function.partition(":")
-    if defined_in is not None and ("." in attr_path or attr_path.startswith("_")):
-        raise ImportError(f"{function} is not allowed: --allow-call {defined_in} allows only "
-                          f"a top-level public name of the module ({module_name}:NAME)")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # any error importing user code is that job's failure
-        raise ImportError(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from None
-    if defined_in is not None:
-        if not hasattr(obj, attr_path):
-            raise ImportError(f"{module_name} has no attribute {attr_path!r}")
-        obj = getattr(obj, attr_path)
-        if not callable(obj):
-            raise ImportError(f"{function} is not callable")
-        home = getattr(obj, "__module__", None)
-        if isinstance(obj, types.ModuleType) or not isinstance(home, str) or not (
-                home == defined_in or home.startswith(defined_in + ".")):
-            where = f"defined in {home}" if isinstance(home, str) else "not defined there"
-            raise ImportError(f"{function} is not allowed: it is {where}, and --allow-call "
-                              f"{defined_in} allows only callables defined in {defined_in}")
-        return obj
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ImportError(f"{module_name} has no attribute {attr_path!r}") from None
-    if not callable(obj):
-        raise ImportError(f"{function} is not callable")
-    return obj
+        work.add_done_callback(release)

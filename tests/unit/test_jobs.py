@@ -25,7 +25,7 @@ from tcpsched.core.jobs import (
 PUBLIC_FIELDS = {
     "id", "state", "kind", "args", "priority", "retries", "attempts", "timeout", "tags",
     "after", "worker", "submitted_at", "started_at", "finished_at", "exit_code", "result",
-    "stdout", "stderr", "error",
+    "stdout", "stderr", "error", "env", "cwd",
 }  # fmt: skip
 
 
@@ -64,6 +64,17 @@ def test_valid_shell_and_call_specs() -> None:
         (dict(kind="shell", command="x", key="k" * (JOB_ID_BYTES_MAX + 1)), "idempotency key"),
         (dict(kind="shell", command="x", tags=("",)), "tags"),
         (dict(kind="shell", command="x", tags=("t" * 65,)), "tags"),
+        (dict(kind="shell", command="x", env={"1A": "x"}), "env name"),
+        (dict(kind="shell", command="x", env={"A-B": "x"}), "env name"),
+        (dict(kind="shell", command="x", env={"A": 1}), "must be a string"),
+        (dict(kind="shell", command="x", env={"A": "a\0b"}), "without NUL"),
+        (dict(kind="shell", command="x", env={f"V{i}": "" for i in range(257)}), "at most 256"),
+        (dict(kind="shell", command="x", env={"A": "v" * 40_000}), "at most"),
+        (dict(kind="shell", command="x", env={f"V{i}": "v" * 30_000 for i in range(10)}),
+         "in all"),
+        (dict(kind="shell", command="x", cwd=""), "cwd"),
+        (dict(kind="shell", command="x", cwd="a\0"), "cwd"),
+        (dict(kind="call", function="m:f", cwd="/" * 5000), "cwd"),
     ],
 )
 def test_invalid_specs_are_refused_with_a_reason(fields: dict[str, Any], reason: str) -> None:
@@ -125,3 +136,18 @@ def test_public_record_has_the_contract_fields() -> None:
     assert PUBLIC_FIELDS | {"function"} <= set(out)
     assert out["function"] == "m:f" and out["args"] == [1, [2]] and "command" not in out
     assert "key" not in out
+
+
+def test_env_and_cwd_survive_journal_maps_and_snapshot_rows() -> None:
+    """A job's env and cwd round-trip through both stored forms; a job without them stays a
+    plain nine-field snapshot row (the fast restart path)."""
+    from tcpsched.core.records import job_from_dict, job_from_row, job_to_dict, job_to_row
+
+    spec = JobSpec(kind="shell", command="make", env={"CI": "1", "EMPTY": ""}, cwd="/srv/app")
+    job = JobRecord(id="j1", seq=1, spec=spec)
+    assert job_from_row(job_to_row(job)) == job
+    assert job_from_dict(job_to_dict(job)) == job
+    plain = JobRecord(id="j2", seq=2, spec=JobSpec(kind="shell", command="make"))
+    assert len(job_to_row(plain)) == 9
+    assert job_from_row(job_to_row(plain)) == plain
+    assert job_to_dict(plain).keys() == {"id", "seq", "state", "kind", "command"}

@@ -45,6 +45,9 @@ FUNCTIONS = st.builds(lambda mod, fn: f"{mod}:{fn}", _IDENT, _IDENT)
 COMMANDS = st.text(min_size=1, max_size=60).filter(lambda s: s.strip() != "")
 TAGS = st.lists(st.text(min_size=1, max_size=64), max_size=3).map(tuple)
 SECONDS = st.floats(min_value=0.001, max_value=365 * 86400)
+ENVS = st.dictionaries(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True),
+                       st.text(max_size=20).filter(lambda v: "\0" not in v), max_size=3)
+CWDS = st.none() | st.text(min_size=1, max_size=40).filter(lambda v: "\0" not in v)
 
 
 @st.composite
@@ -58,6 +61,8 @@ def job_specs(draw: st.DrawFn) -> JobSpec:
         tags=draw(TAGS),
         key=draw(st.none() | st.text(min_size=1, max_size=128)),
         after=draw(st.lists(TEXT, max_size=3).map(tuple)),
+        env=draw(ENVS),
+        cwd=draw(CWDS),
     )
     if draw(st.booleans()):
         return JobSpec(kind="shell", command=draw(COMMANDS), **common)
@@ -93,6 +98,9 @@ FIELD_OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (m.Fenced, "epoch"): NON_NEGATIVE,
     (m.Fenced, "order_epoch"): NON_NEGATIVE,
     (m.Redirect, "epoch"): NON_NEGATIVE,
+    (m.Heartbeat, "held"): NON_NEGATIVE,
+    (m.Assign, "env"): ENVS,
+    (m.Assign, "cwd"): CWDS,
 }
 
 
