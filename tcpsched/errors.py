@@ -57,5 +57,9 @@ class RequestError(TcpschedError):
     """The coordinator refused a request as invalid (bad arguments, not a protocol fault)."""
 
 
+class KeyConflict(RequestError):
+    """An idempotency key already names a job submitted with a different spec."""
+
+
 class JobTimeout(TcpschedError, TimeoutError):
     """A wait ran out of time before every job reached a terminal state."""

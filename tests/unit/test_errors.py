@@ -143,7 +143,8 @@ def test_an_ambiguous_prefix_says_so_and_lists_candidates() -> None:
     table = _table("abcd00000001", "abcd00000002", "ffff00000000")
     message = not_found_message(table, "abcd")
     assert "ambiguous" in message and "abcd00000001, abcd00000002" in message
-    assert not_found_message(table, "0123") == "no job '0123'"
+    assert not_found_message(table, "0123") == (
+        "no job '0123' (no job has that id, key or id prefix)")
     assert "at least 4 characters" in not_found_message(table, "ab")
     many = _table(*(f"abcd{i:08x}" for i in range(50)))
     assert "more than 5 jobs" in not_found_message(many, "abcd")
