@@ -510,6 +510,8 @@ class Client:
         value = state.value if isinstance(state, JobState) else state
         reply = await self._request(lambda r: m.ListJobs(req_id=r, state=value, limit=limit,
                                                          after=after, page=True))
+        if not isinstance(reply, dict):  # a coordinator that predates pages: one listing
+            return list(reply) if isinstance(reply, list) else [], None
         following = reply.get("next")
         return list(reply.get("jobs") or []), following if isinstance(following, str) else None
 

@@ -460,8 +460,13 @@ async def dial(
         conn_error = f"TLS handshake with {address} failed: {describe(exc)}"
         if ssl_context is not None and "CERTIFICATE" in str(exc).upper():
             raise AuthError(conn_error) from None
+        if await _speaks_plain(host, port, timeout_s):
+            raise AuthError(_PLAIN_LISTENER.format(address=address)) from None
         raise UnavailableError(conn_error) from None
     except (OSError, TimeoutError) as exc:
+        if (ssl_context is not None and isinstance(exc, ConnectionResetError)
+                and await _speaks_plain(host, port, timeout_s)):
+            raise AuthError(_PLAIN_LISTENER.format(address=address)) from None
         hint = ""
         if ssl_context is not None and isinstance(exc, ConnectionResetError):
             # A coordinator short of handshake slots closes its oldest pending connections,
@@ -486,6 +491,11 @@ async def dial(
                             "if it asks for a client certificate)") from None
         if ssl_context is not None and isinstance(exc, ssl.SSLError):
             raise AuthError(f"TLS with {address} failed: {describe(exc)}") from None
+        if conn.bytes_in == 0 and isinstance(exc, RemoteProtocolError):
+            refused = await _refusal(address, host, port, ssl_context=ssl_context,
+                                     is_tls=conn.is_tls, timeout_s=timeout_s)
+            if refused is not None:
+                raise AuthError(refused) from None
         hint = ""
         if conn.bytes_in == 0 and isinstance(exc, RemoteProtocolError):
             # A TLS listener drops a plain dialer, and a mutual-TLS one a dialer without a
@@ -502,6 +512,66 @@ async def dial(
         conn.seal(machine.keys.dialer_to_listener, machine.keys.listener_to_dialer)
     conn.widen(allowed, frame_bytes_max, limits)
     return conn, machine.welcome
+
+
+_PLAIN_LISTENER = ("{address} serves plain TCP, not TLS: it refused our TLS handshake (drop "
+                   "--tls-cert/--tls-key/--tls-ca, or start the coordinator with --tls-cert)")
+
+
+async def _refusal(address: str, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
+                   is_tls: bool, timeout_s: float) -> str | None:
+    """What a listener that closed the connection before answering our Hello refused, when
+    it can be told: a TLS listener drops a plain dialer, and a mutual-TLS one a certificate
+    it does not accept (TLS 1.3 ends the client's handshake before the server has checked
+    the client's certificate, and asyncio's server closes without an alert). None: it did
+    not refuse anything we know of (busy, or going away)."""
+    if ssl_context is None:
+        if await _speaks_tls(host, port, timeout_s):
+            return (f"{address} requires TLS and refused our plain connection: give "
+                    "--tls-ca (and --tls-cert/--tls-key if it asks for a client certificate)")
+        return None
+    if not is_tls:
+        return None
+    cert = getattr(ssl_context, "tcpsched_cert", None)
+    if cert is None:
+        return (f"{address} refused a TLS connection without a client certificate: give "
+                "--tls-cert and --tls-key, signed by the CA the coordinator trusts")
+    return (f"{address} refused our client certificate {cert}: it is not signed by the CA "
+            "the coordinator trusts (--tls-ca there), or it is self-signed or expired")
+
+
+async def _speaks_tls(host: str, port: int, timeout_s: float) -> bool:
+    """Whether the listener answers a TLS ClientHello with a TLS handshake record."""
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE  # only asking whether it speaks TLS; nothing is sent
+    try:
+        async with asyncio.timeout(min(timeout_s, 2.0)):
+            _reader, writer = await asyncio.open_connection(host, port, ssl=probe)
+    except ssl.SSLError as exc:
+        # It answered in TLS and then objected (e.g. to a missing certificate), unless what
+        # came back was not TLS at all.
+        return exc.reason != "WRONG_VERSION_NUMBER"
+    except (OSError, TimeoutError):
+        return False
+    writer.transport.abort()
+    return True
+
+
+async def _speaks_plain(host: str, port: int, timeout_s: float) -> bool:
+    """Whether the listener answers a plain Hello with a frame (not a TLS record)."""
+    machine = auth.DialerHandshake(None, "client", "probe", secrets.token_bytes(m.NONCE_BYTES))
+    try:
+        async with asyncio.timeout(min(timeout_s, 2.0)):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(encode(machine.hello()))
+                first = await reader.read(2)
+            finally:
+                writer.transport.abort()
+    except (OSError, TimeoutError):
+        return False
+    return bool(first) and first not in (b"\x15\x03", b"\x16\x03")
 
 
 def describe(exc: BaseException) -> str:
