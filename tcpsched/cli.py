@@ -62,7 +62,7 @@ from tcpsched.output import (
 )
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_AUTH = 0, 1, 2, 3, 4
-EXIT_WAIT_TIMEOUT, EXIT_OVERLOAD = 5, 6
+EXIT_WAIT_TIMEOUT = 5
 COMMANDS = ("submit", "status", "wait", "logs", "list", "cancel", "workers", "stats", "leader",
             "completion")
 STATES = tuple(s.value for s in JobState)
@@ -77,7 +77,6 @@ EXIT_CODES_HELP = f"""exit codes:
   {EXIT_UNAVAILABLE}    no coordinator reachable, or no leader within --connect-timeout
   {EXIT_AUTH}    authentication refused (token, TLS certificate, TLS/plain mismatch)
   {EXIT_WAIT_TIMEOUT}    wait --timeout ran out with jobs not yet finished
-  {EXIT_OVERLOAD}    refused for overload (queue full): retry later
   {EXIT_OUTPUT_ERROR}   the output could not be written (disk full, I/O error)
   {EXIT_BROKEN_PIPE}  the reader closed the pipe before all output was written (| head)
 
