@@ -145,7 +145,8 @@ def _seconds(*, above: float | None = None, minimum: float | None = None) -> Any
     return _number(float, minimum=minimum, maximum=SECONDS_MAX, unit=" seconds", above=above)
 
 
-def _global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+def _global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
+                    after_command: bool) -> None:
     """The options every command takes. After the command their default is SUPPRESS, so a
     command's parser sets only what was given there and keeps what came before it."""
 
