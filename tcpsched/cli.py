@@ -114,7 +114,8 @@ def _number(kind: type, minimum: float | None = None, maximum: float | None = No
     "invalid float value", which hides what would have been accepted."""
     parts = []
     if above is not None:
-        parts.append(f"more than {_bound(above)}{unit}")
+        parts.append(f"more than {_bound(above)}{unit}"
+                     + (f" (at least {_bound(minimum)})" if minimum is not None else ""))
     elif minimum is not None:
         parts.append(f"at least {_bound(minimum)}{unit}")
     if maximum is not None:
@@ -143,6 +144,11 @@ def _number(kind: type, minimum: float | None = None, maximum: float | None = No
 def _seconds(*, above: float | None = None, minimum: float | None = None) -> Any:
     """A duration flag in seconds, at most a year (what a job spec accepts)."""
     return _number(float, minimum=minimum, maximum=SECONDS_MAX, unit=" seconds", above=above)
+
+
+def _timeout() -> Any:
+    """submit --timeout: more than 0, and no shorter than a process can be killed in."""
+    return _number(float, minimum=TIMEOUT_S_MIN, maximum=SECONDS_MAX, unit=" seconds", above=0)
 
 
 def _global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
@@ -190,7 +196,7 @@ def add_command_parsers(parser: UsageParser, *, cli: bool = False) -> Any:
                    "(default: 0)")
     p.add_argument("--retries", type=_number(int, 0, RETRIES_MAX), default=0, metavar="R",
                    help=f"attempts after a failure, 0 to {RETRIES_MAX} (default: 0)")
-    p.add_argument("--timeout", type=_seconds(above=0), default=None, metavar="S",
+    p.add_argument("--timeout", type=_timeout(), default=None, metavar="S",
                    help=f"kill the job after S seconds, more than 0 (at least "
                    f"{TIMEOUT_S_MIN:g}) and at most {SECONDS_MAX} (a year) (default: none)")
     p.add_argument("--delay", type=_seconds(minimum=0), default=0.0, metavar="S",

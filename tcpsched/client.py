@@ -40,6 +40,7 @@ from tcpsched.errors import (
     JobNotFound,
     JobTimeout,
     KeyConflict,
+    LikelyRefused,
     LocalProtocolError,
     NotLeaderError,
     RemoteProtocolError,
@@ -259,6 +260,7 @@ class Client:
 
     async def _connect_locked(self) -> None:
         last_error = "no address to try"
+        refused: str | None = None  # what every recent failure says was refused, if anything
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.connect_timeout_s
         delay = 0.05
@@ -274,6 +276,7 @@ class Client:
                                                ssl_context=self.ssl_context)
                 except UnavailableError as exc:
                     last_error = str(exc)
+                    refused = str(exc) if isinstance(exc, LikelyRefused) else None
                     continue
                 self._preferred = index
                 self._conn, self.welcome, self.address = conn, welcome, address
@@ -287,6 +290,8 @@ class Client:
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+        if refused is not None:  # refused every time until the deadline: not a busy listener
+            raise AuthError(refused)
         raise UnavailableError(
             f"no coordinator reachable at {','.join(self.addresses)} ({last_error})"
         )

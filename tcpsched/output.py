@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import select
 import sys
@@ -56,7 +57,13 @@ def write_all(text: str, stream: TextIO | None = None) -> None:
         fd = stream.fileno()
     except BrokenPipeError:
         raise ReaderGone() from None
-    except (OSError, ValueError) as exc:  # ValueError: closed or without a descriptor
+    except io.UnsupportedOperation:
+        # A stream in memory (a test's capture, an embedding application): no descriptor,
+        # and no partial writes either.
+        stream.write(text)
+        stream.flush()
+        return
+    except (OSError, ValueError) as exc:  # ValueError: closed
         raise OutputError(f"cannot write the output: {exc}") from None
     view = memoryview(_encode(text, stream))
     while view:

@@ -49,7 +49,13 @@ from tcpsched.core.codec import (
     UnpackLimits,
     encode,
 )
-from tcpsched.errors import AuthError, ProtocolError, RemoteProtocolError, UnavailableError
+from tcpsched.errors import (
+    AuthError,
+    LikelyRefused,
+    ProtocolError,
+    RemoteProtocolError,
+    UnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -492,10 +498,13 @@ async def dial(
         if ssl_context is not None and isinstance(exc, ssl.SSLError):
             raise AuthError(f"TLS with {address} failed: {describe(exc)}") from None
         if conn.bytes_in == 0 and isinstance(exc, RemoteProtocolError):
-            refused = await _refusal(address, host, port, ssl_context=ssl_context,
-                                     is_tls=conn.is_tls, timeout_s=timeout_s)
-            if refused is not None:
-                raise AuthError(refused) from None
+            if ssl_context is None:
+                if await _speaks_tls(host, port, timeout_s):
+                    raise AuthError(f"{address} requires TLS and refused our plain connection: "
+                                    "give --tls-ca (and --tls-cert/--tls-key if it asks for a "
+                                    "client certificate)") from None
+            elif conn.is_tls:
+                raise LikelyRefused(_certificate_refusal(address, ssl_context)) from None
         hint = ""
         if conn.bytes_in == 0 and isinstance(exc, RemoteProtocolError):
             # A TLS listener drops a plain dialer, and a mutual-TLS one a dialer without a
@@ -518,20 +527,11 @@ _PLAIN_LISTENER = ("{address} serves plain TCP, not TLS: it refused our TLS hand
                    "--tls-cert/--tls-key/--tls-ca, or start the coordinator with --tls-cert)")
 
 
-async def _refusal(address: str, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
-                   is_tls: bool, timeout_s: float) -> str | None:
-    """What a listener that closed the connection before answering our Hello refused, when
-    it can be told: a TLS listener drops a plain dialer, and a mutual-TLS one a certificate
-    it does not accept (TLS 1.3 ends the client's handshake before the server has checked
-    the client's certificate, and asyncio's server closes without an alert). None: it did
-    not refuse anything we know of (busy, or going away)."""
-    if ssl_context is None:
-        if await _speaks_tls(host, port, timeout_s):
-            return (f"{address} requires TLS and refused our plain connection: give "
-                    "--tls-ca (and --tls-cert/--tls-key if it asks for a client certificate)")
-        return None
-    if not is_tls:
-        return None
+def _certificate_refusal(address: str, ssl_context: ssl.SSLContext) -> str:
+    """What a TLS listener that closed the connection right after the handshake, before
+    answering our Hello, most likely refused: TLS 1.3 ends the client's side of the handshake
+    before the server has checked the client's certificate, and asyncio's server then closes
+    without an alert. A listener shedding load looks the same, so this is `LikelyRefused`."""
     cert = getattr(ssl_context, "tcpsched_cert", None)
     if cert is None:
         return (f"{address} refused a TLS connection without a client certificate: give "

@@ -30,16 +30,22 @@ from tcpsched.errors import ConfigError, RemoteProtocolError, RequestError
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["wait", "abcd", "--timeout", "nan"], "'nan' is not a finite number; it must be at "
-                                               "least 0 and at most 31536000"),
+        (["wait", "abcd", "--timeout", "nan"], "--timeout must be at least 0 seconds and at "
+                                               "most 31536000 seconds, not 'nan'"),
         (["wait", "abcd", "--timeout", "inf"], "at most 31536000"),
-        (["submit", "--delay", "1e12", "--shell", "true"], "'1e12' must be at least 0 and at "
-                                                           "most 31536000"),
-        (["submit", "--delay", "-1", "--shell", "true"], "'-1' must be at least 0 and"),
-        (["submit", "--timeout", "1e-9", "--shell", "true"], "'1e-9' must be at least 0.001 "
-                                                             "and at most 31536000"),
+        (["submit", "--delay", "1e12", "--shell", "true"], "--delay must be at least 0 seconds "
+                                                           "and at most 31536000 seconds, not "
+                                                           "'1e12'"),
+        (["submit", "--delay", "-1", "--shell", "true"], "must be at least 0 seconds and"),
+        (["submit", "--timeout", "0", "--shell", "true"], "--timeout must be more than 0 "
+                                                          "seconds (at least 0.001)"),
+        (["submit", "--timeout", "1e-9", "--shell", "true"], "(at least 0.001) and at most "
+                                                             "31536000 seconds, not '1e-9'"),
         (["submit", "--priority", "99999999", "--shell", "true"], "at most 1000000"),
-        (["submit", "--retries", "x", "--shell", "true"], "'x' is not an integer"),
+        (["submit", "--retries", "x", "--shell", "true"], "not 'x', which is not an integer"),
+        (["submit", "--retries", "-1", "--shell", "true"], "--retries must be at least 0 and "
+                                                           "at most 1000, not '-1'"),
+        (["list", "--limit", "0"], "--limit must be at least 1"),
     ],
 )
 def test_out_of_range_numbers_name_the_real_bounds(argv: list[str], says: str,
