@@ -11,7 +11,15 @@ POLICY ?= round-robin
 PORT   ?= 7001
 PYTEST_ARGS ?=
 
-.PHONY: install test demo cluster stop status console bench chaos lint clean
+.PHONY: install test demo cluster restart stop status console bench chaos lint clean
+
+# `make restart w2` (or `make restart NAME=w2`): the word after restart is the member's name.
+ifeq (restart,$(firstword $(MAKECMDGOALS)))
+  NAME ?= $(word 2,$(MAKECMDGOALS))
+  ifneq ($(NAME),)
+    $(eval $(NAME):;@:)
+  endif
+endif
 
 install: $(STAMP)
 
@@ -35,6 +43,10 @@ demo: $(STAMP)
 
 cluster: $(STAMP)
 	$(PY) scripts/cluster.py start --dir $(RUN) --coordinators $(COORDINATORS) --workers $(WORKERS) --slots $(SLOTS) --policy $(POLICY) --port $(PORT)
+
+restart: $(STAMP)
+	@test -n "$(NAME)" || { echo "usage: make restart NAME (a member: c1, w2, ...)" >&2; exit 2; }
+	$(PY) scripts/cluster.py restart $(NAME) --dir $(RUN)
 
 stop: $(STAMP)
 	$(PY) scripts/cluster.py stop --dir $(RUN)

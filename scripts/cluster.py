@@ -3,13 +3,22 @@
     scripts/cluster.py start --dir run [--coordinators 1] [--workers 3] [--slots 4]
                              [--policy round-robin] [--port 7001]
     scripts/cluster.py status --dir run [--json]
+    scripts/cluster.py restart NAME --dir run [--grace 15]
     scripts/cluster.py stop --dir run [--grace 15]
     scripts/cluster.py addresses --dir run [--port 7001] [--coordinators 1]
 
 `start` launches coordinators on PORT, PORT+1, ... and workers, each detached in its own
 session (they outlive this script), with data in DIR/cN, logs in DIR/logs and one pid file per
-process in DIR/pids; DIR/cluster.json records the exact command line of each. It returns once a
+process in DIR/pids; DIR/cluster.json records the exact command line of each. It starts only
+the members that are not running (a member that crashed is started again, with the command
+line it had, and tracked again by `stop`) and leaves running ones alone. It returns once a
 coordinator answers as leader and every worker has registered, and prints how to connect.
+`restart NAME` stops one member (as `stop` does) and starts it again.
+
+A port is free when a server could listen on it: the check binds with the same address reuse
+as the coordinators (`socket.create_server`), so sockets left in TIME_WAIT by a member killed
+with -9 do not make a restart wait a minute. Output into a pipe that closes (`| head`) ends
+the script quietly; the cluster it started keeps running.
 
 `stop` signals exactly the processes of those pid files, and only after checking that the pid
 still runs the command line we started (a pid is reused once its process is gone): SIGTERM to
@@ -39,6 +48,7 @@ from tcpsched.client import SyncClient  # noqa: E402
 from tcpsched.config import read_token  # noqa: E402
 from tcpsched.core.dispatch import POLICIES  # noqa: E402
 from tcpsched.errors import TcpschedError  # noqa: E402
+from tcpsched.output import silence_stdout  # noqa: E402
 
 MANIFEST = "cluster.json"
 HOST = "127.0.0.1"
@@ -108,8 +118,9 @@ def spawn(run_dir: Path, manifest: dict[str, Any], name: str, *, role: str, argv
                                  stderr=subprocess.STDOUT, cwd=run_dir, env=env,
                                  start_new_session=True, close_fds=True)
     pid_path(run_dir, name).write_text(f"{popen.pid}\n")
-    manifest["procs"].append({"name": name, "role": role, "argv": argv, "address": address,
-                              "log": str(log_path)})
+    entry = {"name": name, "role": role, "argv": argv, "address": address,
+             "log": str(log_path)}
+    manifest["procs"] = [*(p for p in manifest["procs"] if p["name"] != name), entry]
     write_manifest(run_dir, manifest)
     popen.returncode = 0  # we never wait for it: keep Popen.__del__ from warning
 
@@ -122,58 +133,99 @@ def coordinator_addresses(port: int, count: int) -> list[str]:
 
 
 def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
+    """Whether a coordinator could listen on `port` now: bound exactly as it binds
+    (`socket.create_server`, which sets SO_REUSEADDR), so TIME_WAIT does not count as busy."""
+    try:
+        socket.create_server((HOST, port)).close()
+    except OSError:
+        return False
     return True
 
 
-def start(args: argparse.Namespace) -> int:
-    run_dir = Path(args.dir).resolve()
-    manifest = read_manifest(run_dir)
-    if manifest is not None:
-        alive = [p for p in owned(run_dir, manifest) if p["alive"]]
-        if alive:
-            raise ClusterError(f"a cluster is already running from {args.dir}/ "
-                               f"({len(alive)} process(es)); `make stop` first")
-        clean(run_dir, manifest)
-    addresses = coordinator_addresses(args.port, args.coordinators)
-    busy = [a for a in addresses if not port_is_free(int(a.rsplit(":", 1)[1]))]
-    if busy:
-        raise ClusterError(f"port(s) already in use: {', '.join(busy)}; choose others with "
-                           f"PORT=... (make cluster PORT={args.port + 100})")
-    for sub in ("logs", "pids"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    if args.token_file:
-        read_token(args.token_file)  # fail now, with one line, rather than in every process
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    env.pop("TCPSCHED_COORDINATORS", None)
+def member_argvs(args: argparse.Namespace, run_dir: Path, addresses: list[str]
+                 ) -> list[dict[str, Any]]:
+    """Every member the settings ask for: name, role, command line and address."""
     token = ["--token-file", str(Path(args.token_file).resolve())] if args.token_file else []
-    manifest = {"coordinators": addresses, "started_at": time.time(), "procs": [],
-                "settings": {"workers": args.workers, "slots": args.slots,
-                             "policy": args.policy}}
-    write_manifest(run_dir, manifest)
     python = sys.executable
+    members = []
     for i, address in enumerate(addresses, start=1):
         peers = [f"--peer={j}@{a}" for j, a in enumerate(addresses, start=1) if j != i]
         argv = [python, "-m", "tcpsched.coordinator", "--id", str(i), "--listen", address,
                 "--data-dir", str(run_dir / f"c{i}"), "--policy", args.policy,
                 "--log-level", args.log_level, *peers, *token]
-        spawn(run_dir, manifest, f"c{i}", role="coordinator", argv=argv, env=env, address=address)
-    names = [f"w{i}" for i in range(1, args.workers + 1)]
-    for name in names:
+        members.append({"name": f"c{i}", "role": "coordinator", "argv": argv,
+                        "address": address})
+    for i in range(1, args.workers + 1):
         argv = [python, "-m", "tcpsched.worker", "--coordinators", ",".join(addresses),
-                "--name", name, "--slots", str(args.slots), "--drain-timeout",
+                "--name", f"w{i}", "--slots", str(args.slots), "--drain-timeout",
                 str(args.drain_timeout), "--log-level", args.log_level, *token]
-        spawn(run_dir, manifest, name, role="worker", argv=argv, env=env)
+        members.append({"name": f"w{i}", "role": "worker", "argv": argv, "address": None})
+    return members
+
+
+def child_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env.pop("TCPSCHED_COORDINATORS", None)
+    return env
+
+
+def start_missing(run_dir: Path, manifest: dict[str, Any], members: list[dict[str, Any]]
+                  ) -> list[str]:
+    """Start every member of `members` that is not running (checking coordinator ports
+    first); returns the names started."""
+    running = {p["name"] for p in owned(run_dir, manifest) if p["alive"]}
+    missing = [p for p in members if p["name"] not in running]
+    busy = [p["address"] for p in missing
+            if p["address"] and not port_is_free(int(p["address"].rsplit(":", 1)[1]))]
+    if busy:
+        port = int(members[0]["address"].rsplit(":", 1)[1])
+        raise ClusterError(f"port(s) already in use: {', '.join(busy)}; choose others with "
+                           f"PORT=... (make cluster PORT={port + 100})")
+    env = child_env()
+    for p in missing:
+        pid_path(run_dir, p["name"]).unlink(missing_ok=True)
+        spawn(run_dir, manifest, p["name"], role=p["role"], argv=p["argv"], env=env,
+              address=p["address"])
+    return [p["name"] for p in missing]
+
+
+def start(args: argparse.Namespace) -> int:
+    run_dir = Path(args.dir).resolve()
+    addresses = coordinator_addresses(args.port, args.coordinators)
+    members = member_argvs(args, run_dir, addresses)
+    for sub in ("logs", "pids"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    if args.token_file:
+        read_token(args.token_file)  # fail now, with one line, rather than in every process
+    manifest = read_manifest(run_dir)
+    if manifest is not None and manifest.get("coordinators") != addresses:
+        if any(p["alive"] for p in owned(run_dir, manifest)):
+            raise ClusterError(f"a cluster with other coordinators "
+                               f"({','.join(manifest.get('coordinators', []))}) runs from "
+                               f"{args.dir}/; `make stop` first")
+        clean(run_dir, manifest)
+        manifest = None
+    if manifest is None:
+        manifest = {"coordinators": addresses, "started_at": time.time(), "procs": [],
+                    "settings": {"workers": args.workers, "slots": args.slots,
+                                 "policy": args.policy}}
+        write_manifest(run_dir, manifest)
+    # Members running from another invocation keep their command lines; the rest are
+    # started with what these settings say.
+    started = start_missing(run_dir, manifest, members)
+    names = [p["name"] for p in members if p["role"] == "worker"]
     try:
         leader = wait_ready(run_dir, manifest, names, args.timeout, args.token_file)
     except BaseException:  # not ready, or Ctrl-C: leave nothing half-started behind
-        stop_processes(run_dir, manifest, grace=3.0, quiet=True)
+        stop_processes(run_dir, manifest, grace=3.0, quiet=True,
+                       only=set(started) if len(started) < len(members) else None)
         raise
+    if started and len(started) < len(members):
+        print(f"started {', '.join(started)}; the other members were already running")
+    elif not started:
+        print("every member was already running; nothing started")
+    python = sys.executable
     py = shown(python)
     joined = ",".join(addresses)
     print(f"cluster up: {len(addresses)} coordinator(s), {len(names)} worker(s) with "
@@ -254,9 +306,30 @@ def stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def stop_processes(run_dir: Path, manifest: dict[str, Any], grace: float,
-                   quiet: bool = False) -> None:
-    procs = owned(run_dir, manifest)
+def restart(args: argparse.Namespace) -> int:
+    """Stop one member (if it runs) and start it again with the same command line."""
+    run_dir = Path(args.dir).resolve()
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        raise ClusterError(f"no cluster was started from {args.dir}/; `make cluster` first")
+    member = next((p for p in manifest.get("procs", []) if p["name"] == args.name), None)
+    if member is None:
+        names = ", ".join(p["name"] for p in manifest.get("procs", []))
+        raise ClusterError(f"no member {args.name!r} in {args.dir}/ (members: {names})")
+    stop_processes(run_dir, manifest, args.grace, only={args.name}, keep_manifest=True)
+    start_missing(run_dir, manifest, [member])
+    workers = [p["name"] for p in manifest["procs"] if p["role"] == "worker"]
+    leader = wait_ready(run_dir, manifest, workers, args.timeout, args.token_file)
+    print(f"{args.name} restarted; leader c{leader['id']} at {leader['address']}")
+    return 0
+
+
+def stop_processes(run_dir: Path, manifest: dict[str, Any], grace: float, *,
+                   quiet: bool = False, only: set[str] | None = None,
+                   keep_manifest: bool = False) -> None:
+    """Stop the manifest's processes (or `only` those named): SIGTERM, SIGKILL after the
+    grace; the pid files go, and the manifest too unless members are left or it is kept."""
+    procs = [p for p in owned(run_dir, manifest) if only is None or p["name"] in only]
     # Workers first: they drain and hand their results to a coordinator that is still up.
     for role in ("worker", "coordinator"):
         group = [p for p in procs if p["role"] == role and p["alive"]]
@@ -279,7 +352,11 @@ def stop_processes(run_dir: Path, manifest: dict[str, Any], grace: float,
             how = ("killed after the grace" if p.get("killed") else "stopped") if p["alive"] \
                 else "was not running"
             print(f"{p['name']:<4} pid {p['pid']:<8} {how}")
-    clean(run_dir, manifest)
+    if only is None and not keep_manifest:
+        clean(run_dir, manifest)
+        return
+    for p in procs:
+        pid_path(run_dir, p["name"]).unlink(missing_ok=True)
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -365,6 +442,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="give up if the cluster is not ready after S seconds (30)")
     s.add_argument("--token-file", default=None, metavar="F")
+    r = sub.add_parser("restart", help="stop one member and start it again")
+    r.add_argument("name", metavar="NAME", help="the member: c1, c2, ..., w1, w2, ...")
+    r.add_argument("--grace", type=float, default=15.0, metavar="S",
+                   help="seconds between SIGTERM and SIGKILL (15)")
+    r.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="give up if the cluster is not ready after S seconds (30)")
+    r.add_argument("--token-file", default=None, metavar="F")
     t = sub.add_parser("stop", help="stop the processes started from --dir")
     t.add_argument("--grace", type=float, default=15.0, metavar="S",
                    help="seconds between SIGTERM and SIGKILL (15)")
@@ -374,7 +458,7 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("addresses", help="the coordinator addresses, comma-separated")
     a.add_argument("--port", type=int, default=7001)
     a.add_argument("--coordinators", type=int, default=1)
-    for each in (s, t, u, a):
+    for each in (s, r, t, u, a):
         each.add_argument("--dir", default="run", help="where data, logs and pid files go (run)")
     return p
 
@@ -385,8 +469,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: need at least 1 coordinator and 1 slot per worker", file=sys.stderr)
         return 2
     try:
-        return {"start": start, "stop": stop, "status": status,
+        return {"start": start, "restart": restart, "stop": stop, "status": status,
                 "addresses": addresses}[args.action](args)
+    except BrokenPipeError:
+        # `make cluster | head`: the reader has seen enough; what was started keeps running.
+        silence_stdout()
+        return 0
     except (ClusterError, TcpschedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -2,8 +2,12 @@
 
 `build_parser()` is the grammar of every command; `execute(client, args)` runs one parsed
 command against a connected client and returns what to print and the exit code, so the console
-runs exactly the same code. Exit codes: 0 ok, 1 a job failed or was cancelled (`wait`), 2 usage
-error (bad flags, unknown job), 3 no coordinator reachable, 4 authentication refused.
+runs exactly the same code. The global options (`--coordinators`, `--json`, `--token-file`,
+`--connect-timeout`, the TLS flags) are accepted before or after the command: each command's
+parser carries them too, with defaults that leave what was given before the command alone.
+
+Output is written by `output.write_all`, never by `print`: see that module for why a plain
+print lost everything past the first pipe buffer with a slow reader.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -21,11 +24,13 @@ import attrs
 from tcpsched import formatting
 from tcpsched.client import Client
 from tcpsched.config import (
+    HelpFormatter,
     UsageParser,
     add_tls_flags,
     parse_coordinators,
     read_token,
     tls_from_args,
+    version_text,
 )
 from tcpsched.core.jobs import (
     PRIORITY_MAX,
@@ -47,11 +52,37 @@ from tcpsched.errors import (
     TcpschedError,
     UnavailableError,
 )
+from tcpsched.output import (
+    EXIT_BROKEN_PIPE,
+    EXIT_OUTPUT_ERROR,
+    OutputError,
+    ReaderGone,
+    silence_stdout,
+    write_all,
+    write_error,
+)
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_AUTH = 0, 1, 2, 3, 4
-COMMANDS = ("submit", "status", "wait", "list", "cancel", "workers", "coordinators", "stats",
-            "leader")
+EXIT_WAIT_TIMEOUT = 5
+COMMANDS = ("submit", "status", "wait", "logs", "list", "cancel", "workers", "coordinators",
+            "stats", "leader", "completion")
 STATES = tuple(s.value for s in JobState)
+SHELLS = ("bash", "zsh", "fish")
+LIST_PAGE_JOBS = 1000  # jobs asked for per round trip when a listing spans several pages
+LIST_LIMIT_MAX = 1_000_000
+
+EXIT_CODES_HELP = f"""exit codes:
+  {EXIT_OK}    ok
+  {EXIT_JOB_FAILED}    a job failed or was cancelled (wait, logs)
+  {EXIT_USAGE}    usage error: bad flag, unknown job, idempotency key reused for another job
+  {EXIT_UNAVAILABLE}    no coordinator reachable, or no leader within --connect-timeout
+  {EXIT_AUTH}    authentication refused (token, TLS certificate, TLS/plain mismatch)
+  {EXIT_WAIT_TIMEOUT}    wait --timeout ran out with jobs not yet finished
+  {EXIT_OUTPUT_ERROR}   the output could not be written (disk full, I/O error)
+  {EXIT_BROKEN_PIPE}  the reader closed the pipe before all output was written (| head)
+
+environment: TCPSCHED_COORDINATORS, TCPSCHED_TOKEN, TCPSCHED_TOKEN_FILE stand in for
+--coordinators and --token-file when those are not given."""
 
 
 @attrs.frozen
@@ -60,6 +91,7 @@ class CommandResult:
     value: Any  # what --json prints
     text: str  # what a person reads
     error: str | None = None  # one line for stderr
+    stderr_text: str = ""  # `logs`: the job's stderr, written to ours as it is
 
 
 def parse_arg(text: str) -> Any:
@@ -75,99 +107,176 @@ def _bound(value: float) -> str:
 
 
 def _number(kind: type, minimum: float | None = None, maximum: float | None = None,
-            unit: str = "") -> Any:
+            unit: str = "", above: float | None = None) -> Any:
     """An argparse type for a finite number within bounds; the message names the bounds.
 
-    The errors are `ArgumentTypeError`s: argparse shows their text, whereas for a ValueError
-    it shows only "invalid float value", which hides what would have been accepted."""
-    low = "" if minimum is None else _bound(minimum)
-    high = "" if maximum is None else _bound(maximum) + unit
-    if minimum is not None and maximum is not None:
-        bounds = f"must be at least {low} and at most {high}"
+    `above` is an exclusive lower bound ("must be more than 0 seconds"). The errors are
+    `ArgumentTypeError`s: argparse shows their text, whereas for a ValueError it shows only
+    "invalid float value", which hides what would have been accepted."""
+    parts = []
+    if above is not None:
+        parts.append(f"more than {_bound(above)}{unit}"
+                     + (f" (at least {_bound(minimum)})" if minimum is not None else ""))
     elif minimum is not None:
-        bounds = f"must be at least {low}"
-    else:
-        bounds = f"must be at most {high}"
+        parts.append(f"at least {_bound(minimum)}{unit}")
+    if maximum is not None:
+        parts.append(f"at most {_bound(maximum)}{unit}")
+    bounds = "must be " + " and ".join(parts)
 
     def convert(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+                f"{bounds}, not {text!r}, which is not "
+                f"{'an integer' if kind is int else 'a number'}") from None
         if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; it {bounds}")
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"{text!r} {bounds}")
+            raise argparse.ArgumentTypeError(f"{bounds}, not {text!r}")
+        if ((above is not None and not value > above)
+                or (minimum is not None and value < minimum)
+                or (maximum is not None and value > maximum)):
+            raise argparse.ArgumentTypeError(f"{bounds}, not {text!r}")
         return value
 
     convert.__name__ = kind.__name__
     return convert
 
 
-def _seconds(minimum: float) -> Any:
-    """A duration flag: at least `minimum`, at most a year (what a job spec accepts)."""
-    return _number(float, minimum, SECONDS_MAX, unit=" seconds (365 days)")
+def _seconds(*, above: float | None = None, minimum: float | None = None) -> Any:
+    """A duration flag in seconds, at most a year (what a job spec accepts)."""
+    return _number(float, minimum=minimum, maximum=SECONDS_MAX, unit=" seconds", above=above)
 
 
-def add_command_parsers(parser: UsageParser) -> None:
+def _timeout() -> Any:
+    """submit --timeout: more than 0, and no shorter than a process can be killed in."""
+    return _number(float, minimum=TIMEOUT_S_MIN, maximum=SECONDS_MAX, unit=" seconds", above=0)
+
+
+def _global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
+                    after_command: bool) -> None:
+    """The options every command takes. After the command their default is SUPPRESS, so a
+    command's parser sets only what was given there and keeps what came before it."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if after_command else value
+
+    parser.add_argument("--coordinators", default=default(None), metavar="HOST:PORT,...",
+                        help="coordinator addresses, comma-separated (default: "
+                        "$TCPSCHED_COORDINATORS, else 127.0.0.1:7001)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print one JSON document instead of text (default: text)")
+    parser.add_argument("--token-file", default=default(None), metavar="FILE",
+                        help="file holding the cluster's shared token (default: "
+                        "$TCPSCHED_TOKEN, else $TCPSCHED_TOKEN_FILE, else no token)")
+    parser.add_argument("--connect-timeout", type=_number(float, above=0, maximum=SECONDS_MAX,
+                                                          unit=" seconds"),
+                        default=default(5.0), metavar="S",
+                        help="give up finding a coordinator or leader after S seconds "
+                        "(default: 5)")
+    add_tls_flags(parser, default=default(None))
+
+
+def add_command_parsers(parser: UsageParser, *, cli: bool = False) -> Any:
+    """The commands shared with the console. With `cli`, also the global options after each
+    command and the commands only the one-shot CLI has (`logs`, `completion`)."""
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=UsageParser)
     sub.required = True
 
-    p = sub.add_parser("submit", help="queue a job", description="Queue a job.")
+    def command(name: str, summary: str, description: str | None = None) -> UsageParser:
+        p: UsageParser = sub.add_parser(
+            name, help=summary, description=description or summary[0].upper() + summary[1:]
+            + ".", formatter_class=HelpFormatter, epilog=EXIT_CODES_HELP if cli else None)
+        if cli:
+            _global_options(p.add_argument_group("global options (also before the "
+                                                 "command)"), after_command=True)
+        return p
+
+    p = command("submit", "queue a job", "Queue a job; prints its id.")
     p.add_argument("--priority", type=_number(int, PRIORITY_MIN, PRIORITY_MAX), default=0,
-                   help=f"higher runs first, {PRIORITY_MIN} to {PRIORITY_MAX} (0)")
-    p.add_argument("--retries", type=_number(int, 0, RETRIES_MAX), default=0,
-                   help=f"retries after failure, 0 to {RETRIES_MAX} (0)")
-    p.add_argument("--timeout", type=_seconds(TIMEOUT_S_MIN), default=None,
-                   metavar="S", help=f"kill the job after S seconds, {TIMEOUT_S_MIN:g} to "
-                   f"{SECONDS_MAX} (365 days)")
-    p.add_argument("--delay", type=_seconds(0), default=0.0, metavar="S",
-                   help=f"run no sooner than S seconds from now, 0 to {SECONDS_MAX} (365 days)")
+                   metavar="P", help=f"higher runs first, {PRIORITY_MIN} to {PRIORITY_MAX} "
+                   "(default: 0)")
+    p.add_argument("--retries", type=_number(int, 0, RETRIES_MAX), default=0, metavar="R",
+                   help=f"attempts after a failure, 0 to {RETRIES_MAX} (default: 0)")
+    p.add_argument("--timeout", type=_timeout(), default=None, metavar="S",
+                   help=f"kill the job after S seconds, more than 0 (at least "
+                   f"{TIMEOUT_S_MIN:g}) and at most {SECONDS_MAX} (a year) (default: none)")
+    p.add_argument("--delay", type=_seconds(minimum=0), default=0.0, metavar="S",
+                   help=f"run no sooner than S seconds from now, 0 to {SECONDS_MAX} "
+                   "(default: 0)")
     p.add_argument("--id", dest="key", default=None, metavar="KEY",
-                   help="idempotency key: the same key twice makes one job")
+                   help="idempotency key: the same key and spec twice make one job, the same "
+                   "key with another spec is refused (exit 2); status, wait and cancel "
+                   "accept the key in place of the id (default: a random key)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="an environment variable for the job, over the worker's (repeatable)")
+                   help="an environment variable for the job, over the worker's (repeatable; "
+                   "default: none)")
     p.add_argument("--cwd", default=None, metavar="DIR",
-                   help="directory the job runs in, on the worker (the worker's --workdir)")
+                   help="directory the job runs in, on the worker (default: the worker's "
+                   "--workdir)")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--shell", metavar="CMD", help="a shell command")
+    what.add_argument("--shell", metavar="CMD", help="a shell command, run by /bin/sh")
     what.add_argument("--call", nargs="+", metavar=("MODULE:FUNCTION", "ARG"),
-                      help="a Python callable and its arguments (JSON where they parse)")
+                      help="a Python callable and its positional arguments, each parsed as "
+                      "JSON where it parses and taken as a string otherwise")
     p.add_argument("--kwargs", default=None, metavar="JSON",
-                   help="keyword arguments for --call, a JSON object")
+                   help="keyword arguments for --call, a JSON object (default: none)")
 
-    p = sub.add_parser("status", help="one job's record")
-    p.add_argument("job", metavar="JOB")
+    p = command("status", "one job's record",
+                "One job's record, by id, idempotency key or id prefix (at least 4 "
+                "characters).")
+    p.add_argument("job", metavar="JOB", help="job id, idempotency key or id prefix")
 
-    p = sub.add_parser("wait", help="block until jobs are finished; exit 0 if all succeeded")
-    p.add_argument("jobs", nargs="+", metavar="JOB")
-    p.add_argument("--timeout", type=_seconds(0), default=None, metavar="S",
-                   help=f"stop waiting after S seconds, 0 to {SECONDS_MAX}")
+    p = command("wait", "block until jobs are finished; exit 0 if all succeeded",
+                "Block until every job is finished; prints their records. Exit 0 if all "
+                f"succeeded, {EXIT_JOB_FAILED} if one failed or was cancelled, "
+                f"{EXIT_WAIT_TIMEOUT} if --timeout ran out first.")
+    p.add_argument("jobs", nargs="+", metavar="JOB", help="job ids, keys or id prefixes")
+    p.add_argument("--timeout", type=_seconds(minimum=0), default=None, metavar="S",
+                   help=f"stop waiting after S seconds, 0 (look once) to {SECONDS_MAX}; "
+                   f"unfinished jobs then exit {EXIT_WAIT_TIMEOUT} (default: wait forever)")
 
-    p = sub.add_parser("list", help="jobs, newest first")
-    p.add_argument("--state", choices=STATES, default=None)
-    p.add_argument("--limit", type=_number(int, 0), default=50, metavar="N")
+    p = command("list", "jobs, newest first",
+                "Jobs, newest first, fetched a page at a time. When more jobs match than "
+                "--limit, a note on stderr gives the --page cursor that continues the "
+                "listing (--json output stays one array of records).")
+    p.add_argument("--state", choices=STATES, default=None,
+                   help="only jobs in this state (default: every state)")
+    p.add_argument("--limit", type=_number(int, 1, LIST_LIMIT_MAX), default=50, metavar="N",
+                   help=f"show at most N jobs, 1 to {LIST_LIMIT_MAX} (default: 50)")
+    p.add_argument("--page", default=None, metavar="CURSOR",
+                   help="continue after this job id, as the note of a previous listing says "
+                   "(default: from the newest job)")
 
-    p = sub.add_parser("cancel", help="cancel a pending job, or kill a running one")
-    p.add_argument("job", metavar="JOB")
+    p = command("cancel", "cancel a pending job, or kill a running one")
+    p.add_argument("job", metavar="JOB", help="job id, idempotency key or id prefix")
 
-    sub.add_parser("workers", help="registered workers")
-    sub.add_parser("stats", help="cluster figures")
-    sub.add_parser("leader", help="which coordinator leads")
-    sub.add_parser("coordinators", help="every coordinator: role, epoch, log position, lag")
+    command("workers", "registered workers")
+    command("stats", "cluster figures")
+    command("leader", "which coordinator leads")
+    command("coordinators", "every coordinator: role, epoch, log position, lag, reachability")
+    if cli:
+        p = command("logs", "a job's stdout and stderr",
+                    f"A job's stdout (to stdout) and stderr (to stderr), whole. Exit "
+                    f"{EXIT_JOB_FAILED} if the job failed or was cancelled.")
+        p.add_argument("job", metavar="JOB", help="job id, idempotency key or id prefix")
+        p.add_argument("--follow", action="store_true",
+                       help="wait until the job is finished first (default: what it has now)")
+        p = command("completion", "a shell completion script",
+                    "Print a completion script for SHELL, generated from this parser. "
+                    "bash: `source <(python -m tcpsched completion bash)`; zsh: write it to "
+                    "a file named _tcpsched on $fpath; fish: write it to "
+                    "~/.config/fish/completions/tcpsched.fish.")
+        p.add_argument("shell", choices=SHELLS, metavar="SHELL", help="bash, zsh or fish")
+    return sub
 
 
 def build_parser(prog: str = "python -m tcpsched") -> UsageParser:
-    parser = UsageParser(prog=prog, description="Drive a tcpsched cluster.")
-    parser.add_argument("--coordinators", default=None, metavar="HOST:PORT,...",
-                        help="coordinator addresses (TCPSCHED_COORDINATORS, 127.0.0.1:7001)")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument("--token-file", default=None, metavar="F")
-    parser.add_argument("--connect-timeout", type=_number(float, 0.1, SECONDS_MAX), default=5.0,
-                        metavar="S", help="give up finding a coordinator after S seconds (5)")
-    add_tls_flags(parser)
-    add_command_parsers(parser)
+    parser = UsageParser(prog=prog, description="Drive a tcpsched cluster.",
+                         formatter_class=HelpFormatter, epilog=EXIT_CODES_HELP)
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the version and exit")
+    _global_options(parser, after_command=False)
+    add_command_parsers(parser, cli=True)
     return parser
 
 
@@ -217,22 +326,11 @@ async def execute(client: Client, args: Any, style: formatting.Styler | None = N
         record = await client.status(args.job)
         return CommandResult(EXIT_OK, record, formatting.record_text(record, style))
     if command == "wait":
-        records = await client.wait_records(args.jobs, args.timeout)
-        states = [_field(r, "state") for r in records]
-        unfinished = [s for s in states if s in ("pending", "running")]
-        ok = all(s == "succeeded" for s in states)
-        error = None
-        if unfinished:
-            error = (f"timed out after {args.timeout:g}s: {len(unfinished)} of {len(records)} "
-                     "job(s) not finished")
-        elif not ok:
-            bad = [s for s in states if s != "succeeded"]
-            error = f"{len(bad)} of {len(records)} job(s) did not succeed"
-        return CommandResult(EXIT_OK if ok else EXIT_JOB_FAILED, records,
-                             formatting.jobs_table(records, style), error)
+        return await _wait(client, args, style)
     if command == "list":
-        records = await client.list(args.state, args.limit)
-        return CommandResult(EXIT_OK, records, formatting.jobs_table(records, style))
+        return await _list(client, args, style)
+    if command == "logs":
+        return await _logs(client, args)
     if command == "cancel":
         record = await client.cancel(args.job)
         error = None
@@ -257,6 +355,70 @@ async def execute(client: Client, args: Any, style: formatting.Styler | None = N
     raise ConfigError(f"unknown command {command!r}")
 
 
+async def _wait(client: Client, args: Any, style: formatting.Styler) -> CommandResult:
+    records = await client.wait_records(args.jobs, args.timeout)
+    states = [_field(r, "state") for r in records]
+    unfinished = [s for s in states if s in ("pending", "running")]
+    bad = [s for s in states if s != "succeeded" and s not in unfinished]
+    table = formatting.jobs_table(records, style)
+    if unfinished:
+        error = (f"timed out after {args.timeout:g} seconds: {len(unfinished)} of "
+                 f"{len(records)} job(s) not finished")
+        if bad:
+            error += f", {len(bad)} did not succeed"
+        return CommandResult(EXIT_WAIT_TIMEOUT, records, table, error)
+    if bad:
+        return CommandResult(EXIT_JOB_FAILED, records, table,
+                             f"{len(bad)} of {len(records)} job(s) did not succeed")
+    return CommandResult(EXIT_OK, records, table)
+
+
+async def _list(client: Client, args: Any, style: formatting.Styler) -> CommandResult:
+    """Pages of at most LIST_PAGE_JOBS until --limit jobs are shown or none are left; the
+    cursor of what is left goes into a note (stderr), so `--json` stays an array."""
+    records: list[dict[str, Any]] = []
+    cursor = args.page
+    while len(records) < args.limit:
+        page, cursor = await client.list_page(args.state, min(LIST_PAGE_JOBS,
+                                                              args.limit - len(records)),
+                                              cursor)
+        records.extend(page)
+        if cursor is None or not page:
+            cursor = None
+            break
+    note = None
+    if cursor is not None:
+        note = (f"showing the newest {len(records)} matching jobs; more may follow: "
+                f"list --page {cursor}" + (f" --state {args.state}" if args.state else ""))
+    return CommandResult(EXIT_OK, records, formatting.jobs_table(records, style), note)
+
+
+async def _logs(client: Client, args: Any) -> CommandResult:
+    record = (await client.wait_records([args.job]))[0] if args.follow \
+        else await client.status(args.job)
+    stdout, stderr = (_field(record, k) or "" for k in ("stdout", "stderr"))
+    state = _field(record, "state")
+    value = {"stdout": stdout, "stderr": stderr, "state": state}
+    failed = state in ("failed", "cancelled")
+    error = f"job {formatting.text(_field(record, 'id'))} {state}" if failed else None
+    # Exactly the job's output (to a terminal with its control characters escaped, see
+    # `_render`), stdout to ours and stderr to ours.
+    return CommandResult(EXIT_JOB_FAILED if failed else EXIT_OK, value, _output_text(stdout),
+                         error, _output_text(stderr))
+
+
+def _output_text(body: Any) -> str:
+    return body if isinstance(body, str) else formatting.text(body)
+
+
+def completion_script(shell: str, prog: str = "tcpsched") -> str:
+    """A completion script for `shell`, generated by shtab from the CLI's own parser, so it
+    knows every command, flag and choice there is."""
+    import shtab
+
+    return shtab.complete(build_parser(prog=prog), shell=shell)
+
+
 def _field(value: Any, name: str) -> Any:
     """`value[name]` of a reply that should be a map, or None: a reply is what a peer sent."""
     return value.get(name) if isinstance(value, dict) else None
@@ -275,7 +437,7 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, UnavailableError | NotLeaderError):
         return EXIT_UNAVAILABLE  # 3: no coordinator reachable, or no leader within the timeout
     if isinstance(exc, JobTimeout):
-        return EXIT_JOB_FAILED
+        return EXIT_WAIT_TIMEOUT
     if isinstance(exc, ConfigError | JobNotFound | RequestError):
         return EXIT_USAGE
     return EXIT_USAGE
@@ -290,25 +452,56 @@ async def _run(args: Any) -> CommandResult:
         await client.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        import uvloop
+def _render(args: Any, result: CommandResult) -> tuple[str, str]:
+    """What goes to stdout, and (for `logs`) the job's stderr for ours. A job's output bound
+    for a terminal has its control characters escaped, as everywhere (core/printable.py);
+    into a pipe or a file it goes exactly as the job wrote it."""
+    if args.json:
+        return formatting.json_document(result.value) + "\n", ""
+    if args.command == "logs":
+        out, err = result.text, result.stderr_text
+        if sys.stdout.isatty():
+            out = escape_controls(out, keep_newlines=True)
+        if sys.stderr.isatty():
+            err = escape_controls(err, keep_newlines=True)
+        return out, err
+    return result.text + "\n", ""
 
-        result = uvloop.run(_run(args))
-    except TcpschedError as exc:
-        print(f"error: {error_line(exc)}", file=sys.stderr)
-        return exit_code_for(exc)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI: parse, run, write the output whole; every failure one line and an exit code."""
     try:
-        print(formatting.json_document(result.value) if args.json else result.text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # `... | head` closed the pipe: that is the reader's choice, not an error of ours.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        try:
+            args = build_parser().parse_args(argv)
+            if args.command == "completion":
+                result = CommandResult(EXIT_OK, None, completion_script(args.shell))
+            else:
+                import uvloop
+
+                result = uvloop.run(_run(args))
+        except TcpschedError as exc:
+            write_error(f"error: {error_line(exc)}")
+            return exit_code_for(exc)
+        except KeyboardInterrupt:
+            write_error("error: interrupted")
+            return 130
+        if args.command == "completion":
+            write_all(result.text)
+        else:
+            out, err = _render(args, result)
+            write_all(out)
+            if err:
+                write_all(err, sys.stderr)
+    except ReaderGone:
+        # `... | head` closed the pipe: the reader chose to stop; say nothing, but do not
+        # claim success either (the output did not all arrive).
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except OutputError as exc:
+        silence_stdout()
+        write_error(f"error: {error_line(exc)}")
+        return EXIT_OUTPUT_ERROR
     if result.error:
         line = error_line(result.error)
-        print(f"error: {line}" if result.exit_code else f"note: {line}", file=sys.stderr)
+        write_error(f"error: {line}" if result.exit_code else f"note: {line}")
     return result.exit_code

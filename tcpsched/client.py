@@ -14,6 +14,7 @@ import asyncio
 import builtins
 import contextlib
 import functools
+import inspect
 import itertools
 import os
 import secrets
@@ -41,6 +42,8 @@ from tcpsched.errors import (
     AuthError,
     JobNotFound,
     JobTimeout,
+    KeyConflict,
+    LikelyRefused,
     LocalProtocolError,
     NotLeaderError,
     RemoteProtocolError,
@@ -164,6 +167,40 @@ def _spec_problem(spec: JobSpec, limits: UnpackLimits, values_bytes: int | None)
     return None
 
 
+def function_name(function: str | Callable[..., Any]) -> str:
+    """What a call job names: "module:qualname" given as is, or made from a function object.
+
+    The worker imports the module and looks the name up, so only a function it can find that
+    way will do: not a lambda, not a function defined inside another (`<locals>`), and not one
+    of `__main__`, which is the submitting script, not a module the worker can import."""
+    if isinstance(function, str):
+        return function
+    module = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", None)
+    if not callable(function) or not isinstance(qualname, str):
+        raise RequestError(f"a call job needs a function or a 'module:function' string, not "
+                           f"{type(function).__name__}")
+    if not isinstance(module, str):
+        # A builtin method of a C type (e.g. math.sqrt is fine, but a bound method of an
+        # instance has no module the worker could import the instance from).
+        raise RequestError(f"cannot tell which module {qualname} comes from: give "
+                           "'module:function'")
+    if "<lambda>" in qualname:
+        raise RequestError("a lambda cannot run on a worker (it has no importable name): "
+                           "define a function at the top level of a module")
+    if "<locals>" in qualname:
+        raise RequestError(f"{qualname} is defined inside another function, so a worker cannot "
+                           "import it: define it at the top level of a module")
+    if inspect.ismethod(function) and not isinstance(function.__self__, type):
+        raise RequestError(f"{qualname} is bound to an object, which a worker cannot import: "
+                           "submit a module-level function (or a classmethod)")
+    if module == "__main__":
+        raise RequestError(f"{qualname} is defined in the script being run (__main__), which "
+                           "a worker cannot import: move it into a module on the worker's "
+                           "PYTHONPATH and import it from there")
+    return f"{module}:{qualname}"
+
+
 def _spec(kind: str, **fields: Any) -> JobSpec:
     try:
         return JobSpec(kind=kind, **fields)
@@ -229,6 +266,7 @@ class Client:
 
     async def _connect_locked(self) -> None:
         last_error = "no address to try"
+        refused: str | None = None  # what every recent failure says was refused, if anything
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.connect_timeout_s
         delay = 0.05
@@ -242,6 +280,7 @@ class Client:
                                                ssl_context=self.ssl_context)
                 except UnavailableError as exc:
                     last_error = str(exc)
+                    refused = str(exc) if isinstance(exc, LikelyRefused) else None
                     continue
                 if not self.session.connected(address, welcome.epoch):
                     last_error = (f"{address} is behind (epoch {welcome.epoch}, "
@@ -249,12 +288,18 @@ class Client:
                     conn.close("stale coordinator")
                     continue
                 self._conn, self.welcome, self.address = conn, welcome, address
+                # The reader of a connection that closed under us may still be pending: end
+                # it, or it is garbage collected pending ("Task was destroyed but it is
+                # pending!") when the loop closes.
+                await self._stop_reader()
                 self._reader = asyncio.ensure_future(self._read_loop(conn))
                 return
             if loop.time() + delay >= deadline:
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+        if refused is not None:  # refused every time until the deadline: not a busy listener
+            raise AuthError(refused)
         raise UnavailableError(
             f"no coordinator reachable at {','.join(self.session.addresses)} ({last_error})"
         )
@@ -301,11 +346,15 @@ class Client:
         if conn is not None:
             conn.close("client closed")
             await conn.wait_closed()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
+        await self._stop_reader()
+
+    async def _stop_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            # asyncio.wait, not `await reader`: the reader's CancelledError is its own, and a
+            # cancellation of the caller must still propagate.
+            await asyncio.wait({reader})
 
     async def _request(self, build: Callable[[int], Any], timeout: float | None = None,
                        resend: bool = True) -> Any:
@@ -442,25 +491,29 @@ class Client:
                                        retries=retries, timeout=timeout, delay=delay, key=key,
                                        env=dict(env or {}), cwd=cwd))
 
-    async def submit_call(self, function: str, *args: Any, priority: int = 0, retries: int = 0,
+    async def submit_call(self, function: str | Callable[..., Any], *args: Any,
+                          priority: int = 0, retries: int = 0,
                           timeout: float | None = None, delay: float = 0.0,
                           key: str | None = None, env: dict[str, str] | None = None,
                           cwd: str | None = None, **kwargs: Any) -> str:
         """Queue `function(*args, **kwargs)`; priority, retries, timeout, delay, key, env and
         cwd are the job's options (a function taking arguments of those names needs
-        `submit`)."""
-        return await self.submit(_spec("call", function=function, args=args, kwargs=kwargs,
-                                       priority=priority, retries=retries, timeout=timeout,
-                                       delay=delay, key=key, env=dict(env or {}), cwd=cwd))
+        `submit`). `function` is "module:function" or a function object (`function_name`)."""
+        return await self.submit(_spec("call", function=function_name(function), args=args,
+                                       kwargs=kwargs, priority=priority, retries=retries,
+                                       timeout=timeout, delay=delay, key=key,
+                                       env=dict(env or {}), cwd=cwd))
 
-    async def map(self, function: str, items: Iterable[Any], *, priority: int = 0,
-                  retries: int = 0, timeout: float | None = None,
+    async def map(self, function: str | Callable[..., Any], items: Iterable[Any], *,
+                  priority: int = 0, retries: int = 0, timeout: float | None = None,
                   env: dict[str, str] | None = None, cwd: str | None = None,
                   batch_size: int = SUBMIT_BATCH) -> list[str]:
-        """One job per item: a tuple item is the argument list, anything else one argument."""
+        """One job per item: a tuple item is the argument list, anything else one argument.
+        `function` is "module:function" or a function object (`function_name`)."""
+        name = function_name(function)
         shared_env = dict(env or {})
         specs = (
-            _spec("call", function=function, args=item if isinstance(item, tuple) else (item,),
+            _spec("call", function=name, args=item if isinstance(item, tuple) else (item,),
                   priority=priority, retries=retries, timeout=timeout, key=new_key(),
                   env=shared_env, cwd=cwd)
             for item in items
@@ -522,6 +575,19 @@ class Client:
         value = state.value if isinstance(state, JobState) else state
         return await self._request(lambda r: m.ListJobs(req_id=r, state=value, limit=limit))
 
+    async def list_page(self, state: str | JobState | None = None, limit: int = 100,
+                        after: str | None = None
+                        ) -> tuple[builtins.list[dict[str, Any]], str | None]:
+        """One page of the listing, newest first, continuing after the job `after`: the
+        records and the cursor of the next page (None once no job is left to look at)."""
+        value = state.value if isinstance(state, JobState) else state
+        reply = await self._request(lambda r: m.ListJobs(req_id=r, state=value, limit=limit,
+                                                         after=after, page=True))
+        if not isinstance(reply, dict):  # a coordinator that predates pages: one listing
+            return list(reply) if isinstance(reply, list) else [], None
+        following = reply.get("next")
+        return list(reply.get("jobs") or []), following if isinstance(following, str) else None
+
     # builtins.list: in this class body, `list` names the method above.
     async def workers(self) -> builtins.list[dict[str, Any]]:
         return await self._request(lambda r: m.Workers(req_id=r))
@@ -555,6 +621,8 @@ def _error_from(reply: m.ErrorReply) -> Exception:
         return UnavailableError(reply.message)
     if reply.kind == "timeout":
         return JobTimeout(reply.message)
+    if reply.kind == "conflict":
+        return KeyConflict(reply.message)
     return RequestError(reply.message)
 
 
@@ -593,10 +661,11 @@ class SyncClient:
     def submit_shell(self, command: str, **options: Any) -> str:
         return self._run(self._client.submit_shell(command, **options))
 
-    def submit_call(self, function: str, *args: Any, **kwargs: Any) -> str:
+    def submit_call(self, function: str | Callable[..., Any], *args: Any, **kwargs: Any) -> str:
         return self._run(self._client.submit_call(function, *args, **kwargs))
 
-    def map(self, function: str, items: Iterable[Any], **options: Any) -> list[str]:
+    def map(self, function: str | Callable[..., Any], items: Iterable[Any], **options: Any
+            ) -> list[str]:
         return self._run(self._client.map(function, items, **options))
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
@@ -619,6 +688,11 @@ class SyncClient:
     def list(self, state: str | JobState | None = None, limit: int = 100
              ) -> list[dict[str, Any]]:
         return self._run(self._client.list(state, limit))
+
+    def list_page(self, state: str | JobState | None = None, limit: int = 100,
+                  after: str | None = None
+                  ) -> tuple[builtins.list[dict[str, Any]], str | None]:
+        return self._run(self._client.list_page(state, limit, after))
 
     def workers(self) -> builtins.list[dict[str, Any]]:
         return self._run(self._client.workers())

@@ -12,6 +12,7 @@ import argparse
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,6 +24,7 @@ from tcpsched.core.dispatch import POLICIES
 from tcpsched.core.limits import ARRAY_ITEMS_MAX, FRAME_BYTES_MAX, MAP_ITEMS_MAX
 from tcpsched.core.printable import worker_problem
 from tcpsched.errors import ConfigError
+from tcpsched.output import write_all
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7001
@@ -37,15 +39,163 @@ MEMORY_MIB_MIN = 64  # below this an interpreter with msgpack loaded cannot even
 
 
 class UsageParser(argparse.ArgumentParser):
-    """argparse that raises ConfigError (one line) instead of printing usage and exiting."""
+    """argparse that raises ConfigError (one line) instead of printing usage and exiting, and
+    writes help and --version whole even to a slow or closed pipe (`tcpsched.output`)."""
 
     def error(self, message: str) -> NoReturn:
+        # "argument --timeout: must be ..." reads better as "--timeout must be ...".
+        message = re.sub(r"^argument (--[\w-]+): (must )", r"\1 \2", message)
         raise ConfigError(f"{self.prog}: {message}")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         if status:
             raise ConfigError(message or f"{self.prog}: error")
         raise SystemExit(status)
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        from tcpsched.output import EXIT_BROKEN_PIPE, OutputError, ReaderGone, silence_stdout
+
+        if not message:
+            return
+        try:
+            write_all(message, file if file is not None else sys.stderr)
+        except ReaderGone:
+            silence_stdout()
+            raise SystemExit(EXIT_BROKEN_PIPE) from None
+        except OutputError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout (the exit codes) and ends every flag's help with its default,
+    unless the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, [], argparse.SUPPRESS)
+                or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def version_text() -> str:
+    """`--version`: the installed distribution's version, else the package's."""
+    from importlib import metadata
+
+    try:
+        return f"tcpsched {metadata.version('tcpsched')}"
+    except metadata.PackageNotFoundError:
+        from tcpsched import __version__
+
+        return f"tcpsched {__version__}"
+
+
+SETTINGS_EPILOG = f"""settings come from, strongest first: flags; the --config file (TOML:
+every flag is a key, without its dashes, '-' or '_' alike, e.g. heartbeat_interval = 0.5;
+repeatable flags take a list); ${ENV_COORDINATORS}, ${ENV_TOKEN}, ${ENV_TOKEN_FILE}; the
+defaults shown above. Exit codes: 0 ok, 2 usage or configuration error, 4 authentication refused."""
+
+
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="FILE.toml",
+                        help="read settings from a TOML file; flags override it "
+                        "(default: none)")
+
+
+def _config_action(parser: argparse.ArgumentParser, key: str) -> argparse.Action | None:
+    """The flag a config-file key names: `heartbeat_interval` or `heartbeat-interval`."""
+    wanted = "--" + key.replace("_", "-")
+    for action in parser._actions:
+        if wanted in action.option_strings and action.help is not argparse.SUPPRESS \
+                and wanted not in ("--help", "--config", "--version"):
+            return action
+    return None
+
+
+def _config_value(action: argparse.Action, key: str, value: Any, where: str) -> Any:
+    """A config-file value as the flag's parsed value; ConfigError naming the key if its type
+    or range is wrong (the same checks as the flag's)."""
+    flag = action.option_strings[0]
+    if action.nargs == 0:  # store_true
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false (like {flag}), not "
+                              f"{type(value).__name__} {value!r}")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        items = value if isinstance(value, list) else [value]
+        return [_config_scalar(action, key, item, where) for item in items]
+    if isinstance(value, list) and action.metavar and "," in str(action.metavar):
+        if not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{where}: {key} must be a list of strings")
+        value = ",".join(value)
+    return _config_scalar(action, key, value, where)
+
+
+def _config_scalar(action: argparse.Action, key: str, value: Any, where: str) -> Any:
+    converter = action.type
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(f"{where}: {key} must be "
+                          f"{'a number' if converter is not None else 'a string'}, not "
+                          f"{type(value).__name__} {value!r}")
+    if converter is None and not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string, not {type(value).__name__} "
+                          f"{value!r}")
+    text = str(value)
+    try:
+        parsed = converter(text) if callable(converter) else text
+    except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {key}: {exc}") from None
+    if action.choices is not None and parsed not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise ConfigError(f"{where}: {key} must be one of {choices}, not {value!r}")
+    return parsed
+
+
+def read_config_file(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    """The settings of a TOML file as {dest: parsed value}, checked like the flags.
+
+    Unknown keys are an error naming the key: a misspelt setting silently ignored would run a
+    cluster with a default nobody chose."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        action = _config_action(parser, key)
+        if action is None:
+            raise ConfigError(f"{path}: unknown key {key!r} (keys are the flags of {parser.prog} "
+                              "without their dashes, see --help)")
+        if isinstance(value, dict):
+            raise ConfigError(f"{path}: {key} must be a value, not a table")
+        values[action.dest] = _config_value(action, key, value, path)
+    return values
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None
+                      ) -> argparse.Namespace:
+    """Parse `argv`, with a `--config` file's settings as the defaults, so that flags override
+    the file and the file overrides the built-in defaults (and the environment, which is read
+    only for settings still unset: see parse_coordinators and read_token)."""
+    args = parser.parse_args(argv)
+    if args.config is None:
+        return args
+    values = read_config_file(parser, args.config)
+    appended = {action.dest for action in parser._actions
+                if isinstance(action, argparse._AppendAction)}
+    # A repeatable flag given on the command line replaces the file's list, not extends it.
+    parser.set_defaults(**{k: v for k, v in values.items() if k not in appended})
+    args = parser.parse_args(argv)
+    for dest in appended & values.keys():
+        if not getattr(args, dest):
+            setattr(args, dest, values[dest])
+    return args
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
@@ -180,12 +330,16 @@ class TlsSettings:
         return self.cert is not None and self.ca is not None
 
 
-def add_tls_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tls-cert", default=None, metavar="PEM",
-                        help="this process's TLS certificate (may hold the key too)")
-    parser.add_argument("--tls-key", default=None, metavar="PEM", help="its private key")
-    parser.add_argument("--tls-ca", default=None, metavar="PEM",
-                        help="CA that signs the cluster's certificates (mutual TLS)")
+def add_tls_flags(parser: argparse.ArgumentParser | Any, default: Any = None) -> None:
+    """The TLS flags; `default` is argparse.SUPPRESS where they repeat after a command."""
+    parser.add_argument("--tls-cert", default=default, metavar="PEM",
+                        help="this process's TLS certificate, PEM (may hold the key too) "
+                        "(default: no TLS)")
+    parser.add_argument("--tls-key", default=default, metavar="PEM",
+                        help="its private key, PEM (default: in --tls-cert)")
+    parser.add_argument("--tls-ca", default=default, metavar="PEM",
+                        help="CA that signs the cluster's certificates, PEM; on a listener it "
+                        "makes TLS mutual (default: the system's CAs)")
 
 
 def tls_from_args(args: Any) -> TlsSettings:
@@ -247,57 +401,75 @@ class CoordinatorSettings:
 
 def coordinator_parser() -> UsageParser:
     p = UsageParser(prog="python -m tcpsched.coordinator",
-                    description="Run a tcpsched coordinator.")
-    p.add_argument("--id", type=_positive_int, default=1, help="this coordinator's id (1)")
-    p.add_argument("--listen", default=f"{DEFAULT_HOST}:{DEFAULT_PORT}", metavar="HOST:PORT")
+                    description="Run a tcpsched coordinator.", formatter_class=HelpFormatter,
+                    epilog=SETTINGS_EPILOG)
+    add_config_flag(p)
+    p.add_argument("--id", type=_positive_int, default=1, help="this coordinator's id")
+    p.add_argument("--listen", default=f"{DEFAULT_HOST}:{DEFAULT_PORT}", metavar="HOST:PORT",
+                   help="address to serve workers, clients and peers on (a non-loopback "
+                   "address needs a token)")
     p.add_argument("--peer", action="append", default=[], metavar="ID@HOST:PORT",
                    help="another coordinator of the group (repeatable; every member lists "
-                   "all the others)")
+                   "all the others; default: none, a cluster of one)")
     p.add_argument("--election-timeout", type=_positive_float, default=1.0, metavar="S",
                    help="a follower that hears no leader for S seconds starts an election; a "
-                   "leader that hears no majority that long steps down (1.0)")
+                   "leader that hears no majority that long steps down")
     p.add_argument("--hold-down", type=_non_negative_float, default=3.0, metavar="S",
                    help="a coordinator with a higher id than the leader takes over only "
-                   "after following it, caught up, for S seconds (3.0)")
+                   "after following it, caught up, for S seconds")
     p.add_argument("--peer-heartbeat", type=_positive_float, default=0.1, metavar="S",
-                   help="how often the leader beats to its followers (0.1)")
-    p.add_argument("--data-dir", default=None, help="journal directory (./tcpsched-data/cID)")
-    p.add_argument("--policy", choices=POLICIES, default="round-robin")
-    p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always")
-    p.add_argument("--heartbeat-interval", type=_positive_float, default=0.5, metavar="S")
-    p.add_argument("--heartbeat-timeout", type=_positive_float, default=2.0, metavar="S")
-    p.add_argument("--token-file", default=None, metavar="F")
-    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+                   help="seconds between the leader's beats to its followers")
+    p.add_argument("--data-dir", default=None,
+                   help="journal and snapshot directory (default: ./tcpsched-data/cID)")
+    p.add_argument("--policy", choices=POLICIES, default="round-robin",
+                   help="how the leader picks a worker for a job")
+    p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always",
+                   help="when the journal is synced to disk: before every acknowledgement, "
+                   "in batches, or never")
+    p.add_argument("--heartbeat-interval", type=_positive_float, default=0.5, metavar="S",
+                   help="seconds between a worker's heartbeats (told to workers when they "
+                   "register)")
+    p.add_argument("--heartbeat-timeout", type=_positive_float, default=2.0, metavar="S",
+                   help="seconds of silence after which a worker is dead and its jobs run "
+                   "elsewhere, more than --heartbeat-interval")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="file holding the cluster's shared token (default: $TCPSCHED_TOKEN, "
+                   "else $TCPSCHED_TOKEN_FILE, else no token: loopback only)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log verbosity")
     p.add_argument("--keep-finished", type=_positive_int, default=100_000, metavar="N",
                    help="finished jobs kept in memory and snapshots")
     p.add_argument("--keep-finished-for", type=_positive_float, default=None, metavar="S",
-                   help="forget finished jobs older than S seconds")
+                   help="forget finished jobs older than S seconds (default: no age limit)")
     p.add_argument("--keep-output", type=_positive_int, default=256 * 1024 * 1024,
-                   metavar="BYTES", help="stdout + stderr kept by finished jobs in all; the "
-                   "oldest finished jobs are forgotten past it (256 MiB)")
+                   metavar="BYTES", help="bytes of stdout + stderr kept by finished jobs in "
+                   "all; the oldest finished jobs are forgotten past it")
     p.add_argument("--poison-workers", type=_positive_int, default=3, metavar="N",
-                   help="fail a job after it lost N workers (3)")
-    p.add_argument("--retry-base", type=_positive_float, default=1.0, metavar="S")
-    p.add_argument("--retry-cap", type=_positive_float, default=60.0, metavar="S")
-    p.add_argument("--max-frame", type=_positive_int, default=FRAME_BYTES_MAX, metavar="BYTES")
+                   help="fail a job after it lost N workers")
+    p.add_argument("--retry-base", type=_positive_float, default=1.0, metavar="S",
+                   help="seconds before the first retry of a failed job (doubled per retry, "
+                   "with jitter)")
+    p.add_argument("--retry-cap", type=_positive_float, default=60.0, metavar="S",
+                   help="longest wait in seconds between retries")
+    p.add_argument("--max-frame", type=_positive_int, default=FRAME_BYTES_MAX, metavar="BYTES",
+                   help="largest frame accepted, in bytes")
     p.add_argument("--max-array-items", type=_positive_int, default=ARRAY_ITEMS_MAX, metavar="N",
                    help="longest msgpack array accepted from an authenticated peer")
     p.add_argument("--max-map-items", type=_positive_int, default=MAP_ITEMS_MAX, metavar="N",
                    help="largest msgpack map accepted from an authenticated peer")
     p.add_argument("--handshake-timeout", type=_positive_float, default=5.0, metavar="S",
-                   help="close a connection that has not authenticated after S seconds (5)")
+                   help="close a connection that has not authenticated after S seconds")
     p.add_argument("--max-unauthenticated", type=_positive_int, default=64, metavar="N",
                    help="connections in their handshake (TLS included) at once; past it, the "
-                   "oldest is closed to admit a new one (64)")
+                   "oldest is closed to admit a new one")
     p.add_argument("--max-unauthenticated-per-source", type=_positive_int, default=32,
                    metavar="N", help="of those, from one source address; past it, that "
-                   "address's oldest is closed (32)")
+                   "address's oldest is closed")
     p.add_argument("--idle-timeout", type=_non_negative_float, default=60.0, metavar="S",
                    help="close a worker silent for S seconds, a client with no request "
                    "in flight and no message for S seconds, or a peer that reads none of "
-                   "our output for S seconds; 0: only the last, after 30 s (60)")
+                   "our output for S seconds; 0: only the last, after 30 seconds")
     p.add_argument("--max-output-buffer", type=_positive_int, default=64 * 1024 * 1024,
-                   metavar="BYTES", help="disconnect a peer that leaves more unread (64 MiB)")
+                   metavar="BYTES", help="disconnect a peer that leaves more bytes unread")
     add_tls_flags(p)
     p.add_argument("--check", action="store_true",
                    help="verify --data-dir offline, print what it holds, exit 0 if sound")
@@ -305,9 +477,9 @@ def coordinator_parser() -> UsageParser:
                    help="start even if the journal is corrupt before its last line, keeping "
                    "the records before the bad one (the rest is moved aside)")
     p.add_argument("--compact-bytes", type=_positive_int, default=64 * 1024 * 1024,
-                   metavar="BYTES", help="compact once the journal segment passes this (64 MiB)")
+                   metavar="BYTES", help="compact once the journal segment passes this size")
     p.add_argument("--compact-records", type=_positive_int, default=500_000, metavar="N",
-                   help="compact once the journal segment holds N records (500000)")
+                   help="compact once the journal segment holds N records")
     p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -325,7 +497,7 @@ def parse_peer(text: str) -> tuple[int, str]:
 
 
 def coordinator_settings(argv: Sequence[str] | None = None) -> tuple[CoordinatorSettings, Any]:
-    args = coordinator_parser().parse_args(argv)
+    args = parse_with_config(coordinator_parser(), argv)
     host, port = parse_address(args.listen)
     peers = tuple(parse_peer(p) for p in args.peer)
     ids = [node_id for node_id, _ in peers]
@@ -384,19 +556,30 @@ class WorkerSettings:
 
 
 def worker_parser() -> UsageParser:
-    p = UsageParser(prog="python -m tcpsched.worker", description="Run a tcpsched worker.")
-    p.add_argument("--coordinators", default=None, metavar="HOST:PORT,...")
-    p.add_argument("--name", default=None, help="worker name (hostname-pid)")
-    p.add_argument("--slots", type=_positive_int, default=4, help="jobs run at once (4)")
-    p.add_argument("--tags", default="", metavar="a,b")
-    p.add_argument("--token-file", default=None, metavar="F")
-    p.add_argument("--drain-timeout", type=_positive_float, default=30.0, metavar="S")
-    p.add_argument("--no-shell", action="store_true", help="refuse shell jobs")
+    p = UsageParser(prog="python -m tcpsched.worker", description="Run a tcpsched worker.",
+                    formatter_class=HelpFormatter, epilog=SETTINGS_EPILOG)
+    add_config_flag(p)
+    p.add_argument("--coordinators", default=None, metavar="HOST:PORT,...",
+                   help="coordinator addresses, comma-separated (default: "
+                   "$TCPSCHED_COORDINATORS, else 127.0.0.1:7001)")
+    p.add_argument("--name", default=None, help="worker name (default: HOSTNAME-PID)")
+    p.add_argument("--slots", type=_positive_int, default=4, metavar="N",
+                   help="jobs run at once")
+    p.add_argument("--tags", default="", metavar="a,b",
+                   help="comma-separated tags jobs may ask for (default: none)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="file holding the cluster's shared token (default: $TCPSCHED_TOKEN, "
+                   "else $TCPSCHED_TOKEN_FILE, else no token)")
+    p.add_argument("--drain-timeout", type=_positive_float, default=30.0, metavar="S",
+                   help="on SIGTERM, seconds running jobs get to finish before they are "
+                   "handed back")
+    p.add_argument("--no-shell", action="store_true",
+                   help="refuse shell jobs (default: run them)")
     p.add_argument("--allow-call", action="append", default=[], metavar="ENTRY",
                    help="allow only these callables (repeatable): MODULE (or MODULE:) allows "
                    "MODULE[.SUB]:NAME for a top-level NAME defined in that module, not "
                    "starting with _, with no dotted path after the colon; MODULE:NAME allows "
-                   "exactly that one (NAME may be dotted). Default: every callable")
+                   "exactly that one (NAME may be dotted) (default: every callable)")
     p.add_argument("--kill-grace", type=_positive_float, default=2.0, metavar="S",
                    help="seconds between SIGTERM and SIGKILL on timeout or cancel")
     p.add_argument("--isolation", choices=ISOLATIONS, default="process",
@@ -412,7 +595,7 @@ def worker_parser() -> UsageParser:
                    help="directory jobs run in unless they give --cwd; callables are imported "
                    "from it and PYTHONPATH; must exist (the worker's own directory)")
     add_tls_flags(p)
-    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log verbosity")
     return p
 
 
@@ -428,7 +611,7 @@ def _memory_mib(text: str) -> int:
 
 
 def worker_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
-    args = worker_parser().parse_args(argv)
+    args = parse_with_config(worker_parser(), argv)
     if args.max_memory is not None and args.isolation != "process":
         raise ConfigError("--max-memory limits call processes: it needs --isolation process")
     workdir = None

@@ -36,7 +36,8 @@ from prompt_toolkit.history import FileHistory, History
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.keys import Keys
-from prompt_toolkit.layout import FormattedTextControl, Layout, Window
+from prompt_toolkit.layout import FormattedTextControl, HSplit, Layout, Window
+from prompt_toolkit.layout.dimension import D
 from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import patch_stdout
 
@@ -337,8 +338,13 @@ class Console:
     # -- watch ----------------------------------------------------------------------------------
 
     async def watch(self, target: str, line: str = "watch") -> None:
-        """Redraw a view every second until a key is pressed."""
+        """Redraw a view every second until a key is pressed.
+
+        The view fits the terminal: a fixed header line, and below it a window of the
+        remaining rows that never wraps and scrolls inside (arrows, PgUp/PgDn, Home/End), so
+        a view taller than the terminal does not push its header off the screen."""
         view = ["loading…"]
+        offset = [0]  # the first body line shown
 
         async def render() -> str:
             if target == "workers":
@@ -362,20 +368,58 @@ class Console:
         view[0] = await render()
         bindings = KeyBindings()
 
+        def body_rows() -> int:
+            return max(self._rows() - 1, 1)
+
+        def scroll(delta: int | None) -> None:
+            lines = view[0].count("\n") + 1
+            top = max(lines - body_rows(), 0)
+            offset[0] = top if delta is None else min(max(offset[0] + delta, 0), top)
+
+        for keys, step in (("up", -1), ("down", 1), ("pageup", None), ("pagedown", None),
+                           ("home", 0), ("end", None)):
+            def _scroll(event: Any, keys: str = keys, step: int | None = step) -> None:
+                if keys == "pageup":
+                    scroll(-body_rows())
+                elif keys == "pagedown":
+                    scroll(body_rows())
+                elif keys == "home":
+                    offset[0] = 0
+                else:
+                    scroll(step)
+                event.app.invalidate()
+
+            bindings.add(keys)(_scroll)
+
         @bindings.add(Keys.Any)
         @bindings.add("c-c")
         @bindings.add("c-d")
         def _stop(event: Any) -> None:
             event.app.exit()
 
-        def text() -> ANSI:
+        def header() -> ANSI:
             stamp = time.strftime("%H:%M:%S")
-            head = f"\x1b[1mwatching {target}\x1b[0m — {stamp} — press any key to stop\n"
-            return ANSI(head + screen_safe(truncate(view[0], max(self._rows() - 2, 5))))
+            lines = view[0].count("\n") + 1
+            where = ""
+            if lines > body_rows():
+                last = min(offset[0] + body_rows(), lines)
+                where = f" — lines {offset[0] + 1}-{last} of {lines}, ↑↓ PgUp PgDn scroll"
+            return ANSI(f"\x1b[1mwatching {target}\x1b[0m — {stamp}{where} — any other key "
+                        "stops")
+
+        def body() -> ANSI:
+            scroll(0)  # keep the offset within the view, which may have shrunk
+            lines = view[0].split("\n")
+            return ANSI(screen_safe("\n".join(lines[offset[0]:offset[0] + body_rows()])))
 
         app: Application[None] = Application(
-            layout=Layout(Window(FormattedTextControl(text))), key_bindings=bindings,
-            full_screen=False, input=self.session.input, output=self.session.output,
+            layout=Layout(HSplit([
+                Window(FormattedTextControl(header), height=1, wrap_lines=False),
+                Window(FormattedTextControl(body), height=lambda: D(max=body_rows()),
+                       wrap_lines=False),
+            ])),
+            key_bindings=bindings, full_screen=False, input=self.session.input,
+            output=self.session.output,
         )  # fmt: skip
 
         async def refresh() -> None:

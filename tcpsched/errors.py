@@ -53,8 +53,19 @@ class UnavailableError(TcpschedError):
     """No coordinator could be reached, or none leads, within the time allowed."""
 
 
+class LikelyRefused(UnavailableError):
+    """A listener closed the connection the way it does when it refuses us (a TLS client
+    certificate it does not accept), which a busy listener shedding connections also looks
+    like. Retried as unavailable; if it lasts until the connect timeout, it is reported as
+    the AuthError its message describes."""
+
+
 class RequestError(TcpschedError):
     """The coordinator refused a request as invalid (bad arguments, not a protocol fault)."""
+
+
+class KeyConflict(RequestError):
+    """An idempotency key already names a job submitted with a different spec."""
 
 
 class JobTimeout(TcpschedError, TimeoutError):

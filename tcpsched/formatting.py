@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from wcwidth import wcswidth, wcwidth
+
 from tcpsched.core.printable import escape_controls
 
 Styler = Callable[[str, str], str]  # (text, state) -> text
@@ -90,10 +92,34 @@ def _finite(value: Any) -> float | None:
     return None
 
 
+def display_width(text: str) -> int:
+    """Columns `text` takes in a terminal: CJK and most emoji take two, combining marks none.
+    (Control characters are escaped before anything is measured; one that is not counts 1.)"""
+    width = wcswidth(text)
+    if width >= 0:
+        return width
+    return sum(max(wcwidth(char), 1) for char in text)
+
+
+def pad(text: str, width: int) -> str:
+    """`text` padded with spaces to `width` columns (ljust counts characters, not columns)."""
+    return text + " " * max(width - display_width(text), 0)
+
+
 def short(value: Any, width: int) -> str:
+    """At most `width` columns of `value` on one line, cut with "…"."""
     shown = value if isinstance(value, str) else _json_text(value)
     shown = escape_controls(shown.replace("\n", "⏎"))
-    return shown if len(shown) <= width else shown[: width - 1] + "…"
+    if display_width(shown) <= width:
+        return shown
+    out, used = [], 0
+    for char in shown:
+        char_width = max(wcwidth(char), 0)
+        if used + char_width > width - 1:
+            break
+        out.append(char)
+        used += char_width
+    return "".join(out) + "…"
 
 
 def age(seconds: Any, now: float | None = None) -> str:
@@ -145,15 +171,16 @@ def outcome(record: dict[str, Any]) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], states: Sequence[str] = (),
           style: Styler = _plain, state_column: int = -1) -> str:
-    widths = [len(h) for h in headers]
+    """Aligned columns, measured in terminal columns (a CJK character or an emoji takes two)."""
+    widths = [display_width(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+            widths[i] = max(widths[i], display_width(cell))
+    lines = ["  ".join(pad(h, w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for n, row in enumerate(rows):
         cells = []
         for i, (cell, w) in enumerate(zip(row, widths, strict=True)):
-            padded = cell.ljust(w)
+            padded = pad(cell, w)
             if i == state_column and n < len(states):
                 padded = style(padded, states[n])
             cells.append(padded)
@@ -250,7 +277,9 @@ def record_text(r: Any, style: Styler = _plain) -> str:
             body = _json_text(body)
         if body:
             if len(body) > OUTPUT_CHARS_SHOWN:
-                body = body[:OUTPUT_CHARS_SHOWN] + f"\n… ({len(body)} chars)"
+                body = (body[:OUTPUT_CHARS_SHOWN] + f"\n… (first {OUTPUT_CHARS_SHOWN} of "
+                        f"{len(body)} characters; `logs {text(r.get('id'))}` or `--json` "
+                        "shows the whole output)")
             lines.append(f"{stream}:")
             lines.extend("  " + escape_controls(line, keep_newlines=True)
                          for line in body.rstrip("\n").split("\n"))

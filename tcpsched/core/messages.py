@@ -133,6 +133,10 @@ class ListJobs:
     req_id: int
     state: str | None = None
     limit: int = attrs.field(default=100, validator=_non_negative)
+    # A page: the listing continues after the job `after` (newest first), and the reply is
+    # {"jobs": [...], "next": id or None} so the client knows whether more follow.
+    after: str | None = None
+    page: bool = False
 
 
 @attrs.frozen
@@ -187,7 +191,8 @@ class ErrorReply:
     leader_hint: str | None = None
 
 
-ERROR_KINDS = ("not_found", "bad_request", "not_leader", "unavailable", "timeout")
+# conflict: an idempotency key already names a job with another spec.
+ERROR_KINDS = ("not_found", "bad_request", "not_leader", "unavailable", "timeout", "conflict")
 
 # -- workers -------------------------------------------------------------------------------------
 

@@ -1,12 +1,16 @@
 """Read-only answers from the job table: finding jobs by reference, and multi-record replies.
 
-Theory of operation: clients name a job by its id or by an unambiguous prefix of at least
-`JOB_ID_PREFIX_MIN` characters (`resolve`). Replies that carry many records (`list`, `wait`)
-share `REPLY_OUTPUT_CHARS` for their jobs' stdout and stderr: each record gets an equal share
-(`output_budget`), never below `OUTPUT_CHARS_PER_RECORD_MIN`, so a reply about many chatty jobs
-stays far below the frame limit; a listing trims results by the same share (`wait` keeps
-them whole: a client gathers results, and asks for fewer jobs at a time when a reply is too
-big). Prefixes are looked up in the table's index, never by scanning it.
+Theory of operation: clients name a job by its id, by the idempotency key it was submitted
+with, or by an unambiguous id prefix of at least `JOB_ID_PREFIX_MIN` characters (`resolve`,
+in that order: an exact name beats a prefix). A listing is paged by a cursor: the id of the
+last job of the page before (`list_records(after=...)`).
+
+Replies that carry many records (`list`, `wait`) share `REPLY_OUTPUT_CHARS` for their jobs'
+stdout and stderr: each record gets an equal share (`output_budget`), never below
+`OUTPUT_CHARS_PER_RECORD_MIN`, so a reply about many chatty jobs stays far below the frame
+limit; a listing trims results by the same share (`wait` keeps them whole: a client gathers
+results, and asks for fewer jobs at a time when a reply is too big).
+Prefixes are looked up in the table's index, never by scanning it.
 
 Replies about many jobs are built a bounded amount at a time: the builders here are
 generators that yield after every `WORK_PER_TURN` units of work (a record is
@@ -45,10 +49,16 @@ def output_budget(records: int) -> int:
 
 
 def resolve(table: JobTable, ref: str) -> JobRecord | None:
-    """A job by id, or by an unambiguous id prefix of at least 4 characters."""
+    """A job by id, by idempotency key, or by an unambiguous id prefix of at least 4
+    characters."""
     job = table.get(ref)
-    if job is not None or len(ref) < JOB_ID_PREFIX_MIN:
+    if job is not None:
         return job
+    by_key = table.keys.get(ref)
+    if by_key is not None:
+        return table.get(by_key)
+    if len(ref) < JOB_ID_PREFIX_MIN:
+        return None
     found = table.ids_with_prefix(ref)
     return table.jobs[found[0]] if len(found) == 1 else None
 
@@ -73,10 +83,11 @@ def not_found_message(table: JobTable, ref: str) -> str:
     """Why `ref` names no job, for the client: an ambiguous prefix lists a few of the jobs
     it matches (from the table's prefix index: a miss never scans the table)."""
     if len(ref) < JOB_ID_PREFIX_MIN:
-        return f"no job {ref!r} (an id prefix needs at least {JOB_ID_PREFIX_MIN} characters)"
+        return (f"no job {ref!r}: no job has that id or key, and it is too short to be an id "
+                f"prefix (a prefix needs at least {JOB_ID_PREFIX_MIN} characters)")
     matches = table.ids_with_prefix(ref)[: AMBIGUOUS_SHOWN + 1]
     if len(matches) < 2:
-        return f"no job {ref!r}"
+        return f"no job {ref!r} (no job has that id, key or id prefix)"
     shown = ", ".join(sorted(matches[:AMBIGUOUS_SHOWN]))
     if len(matches) > AMBIGUOUS_SHOWN:
         return (f"job prefix {ref!r} is ambiguous: it matches more than {AMBIGUOUS_SHOWN} jobs, "
@@ -93,21 +104,40 @@ def unknown_state(state: str | None) -> str | None:
     return f"unknown state {state!r}; choose one of {states}"
 
 
-def list_records(table: JobTable, state: str | None, limit: int) -> Build:
-    """Build: up to `limit` jobs, newest first, only those in `state` unless it is None."""
+def cursor_problem(table: JobTable, after: str | None) -> str | None:
+    """Why `after` cannot continue a listing, or None (None starts from the newest job)."""
+    if after is None or after in table.jobs:
+        return None
+    return (f"page cursor {after!r} names no job (finished jobs are forgotten after a "
+            "while): list again from the newest")
+
+
+def list_records(table: JobTable, state: str | None, limit: int, after: str | None = None
+                 ) -> Build:
+    """Build: up to `limit` jobs, newest first, only those in `state` unless it is None,
+    starting after the job `after` (which must exist: `cursor_problem`). Returns the records
+    and whether jobs are left unlooked at (so another page may follow)."""
     out: list[dict[str, Any]] = []
     if limit <= 0:
-        return out
+        return out, False
     take = _Taker(out, state, limit, output_budget(limit), table.result_chars)
     live = table.newest_first()
+    if after is not None:
+        # A dict cannot be entered in the middle: skip to the cursor a bounded step at a time.
+        live = iter(list(live))
+        for seen, job in enumerate(live, 1):
+            if job.id == after:
+                break
+            if seen % WORK_PER_TURN == 0:
+                yield
     if take.some(live):
-        return out
+        return out, take.full
     # The jobs still to look at, as they are now, before another step can change the table.
     rest = iter(list(live))
     while True:
         yield
         if take.some(rest):
-            return out
+            return out, take.full
 
 
 class _Taker:
@@ -117,6 +147,7 @@ class _Taker:
                  sizes: dict[str, int]) -> None:
         self.out, self.state, self.limit = out, state, limit
         self.budget, self.sizes = budget, sizes
+        self.full = False  # the listing filled up (jobs may be left to look at)
 
     def some(self, jobs: Iterator[JobRecord]) -> bool:
         """Take from `jobs` until the listing is full or `jobs` ends (True), or until this
@@ -129,6 +160,7 @@ class _Taker:
             if state is None or job.state.value == state:
                 out.append(job.to_public(budget, budget, sizes.get(job.id, 0)))
                 if len(out) >= limit:
+                    self.full = True
                     return True
                 work += RECORD_WORK
             if work >= WORK_PER_TURN:

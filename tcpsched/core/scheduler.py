@@ -49,6 +49,7 @@ from tcpsched.core.queries import (
     OUTPUT_CHARS_PER_RECORD_MIN,
     REPLY_OUTPUT_CHARS,
     Build,
+    cursor_problem,
     list_records,
     not_found_message,
     output_budget,
@@ -355,8 +356,32 @@ class Scheduler(WorkerSide):
                 return
         self.backlog.run_or_queue(conn, self._submit_work(conn, msg), finish_on_close=True)
 
+    def key_conflict(self, jobs: tuple[JobSpec, ...]) -> str | None:
+        """Why a batch reuses an idempotency key for another job, or None. The same key with
+        the same spec is a resend (one job); with another spec it is a mistake to refuse, not
+        to answer with a job the caller did not describe."""
+        seen: dict[str, JobSpec] = {}
+        for spec in jobs:
+            if spec.key is None:
+                continue
+            existing_id = self.table.keys.get(spec.key)
+            existing = (self.table.jobs[existing_id].spec if existing_id is not None
+                        else seen.get(spec.key))
+            if existing is not None and existing != spec:
+                owner = f"job {existing_id}" if existing_id is not None else "another job of " \
+                    "this batch"
+                return (f"idempotency key {spec.key!r} is already used by {owner} with a "
+                        "different spec; use another key, or the same spec to get that job")
+            seen[spec.key] = spec
+        return None
+
     def _submit_work(self, conn: int, msg: m.Submit) -> Build:
-        """Record a batch `SUBMITS_PER_TURN` jobs a turn; acknowledge it once all are."""
+        """Record a batch `SUBMITS_PER_TURN` jobs a turn; acknowledge it once all are. A key
+        conflict refuses the whole batch before any of it is recorded."""
+        conflict = self.key_conflict(msg.jobs)
+        if conflict is not None:
+            self._error(conn, msg.req_id, "conflict", conflict)
+            return
         ids = []
         for i, spec in enumerate(msg.jobs, 1):
             ids.append(self.submit(spec, self._now))
@@ -428,12 +453,20 @@ class Scheduler(WorkerSide):
         if problem is not None:
             self._error(conn, msg.req_id, "bad_request", problem)
             return
+        problem = cursor_problem(self.table, msg.after)
+        if problem is not None:
+            self._error(conn, msg.req_id, "bad_request", problem)
+            return
         self.backlog.run_or_queue(conn, self._list_work(conn, msg))
 
     def _list_work(self, conn: int, msg: m.ListJobs) -> Build:
         limit = min(msg.limit, self.config.list_limit_max)
-        records = yield from list_records(self.table, msg.state, limit)
-        self._reply(conn, msg.req_id, records)
+        records, full = yield from list_records(self.table, msg.state, limit, msg.after)
+        if not msg.page:
+            self._reply(conn, msg.req_id, records)
+            return
+        following = records[-1]["id"] if full and records else None
+        self._reply(conn, msg.req_id, {"jobs": records, "next": following})
 
     def _on_cancel(self, conn: int, msg: m.Cancel, now: float) -> None:
         job = self.resolve(msg.job_id)

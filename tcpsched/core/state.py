@@ -185,7 +185,10 @@ class JobTable:
         elif op == "finish":
             job = self._job(record)
             new = attrs.evolve(
-                job, state=JobState(record["state"]), finished_at=record["at"],
+                # The worker's own clock, like started_at: TOOK must not count the time the
+                # result waited for a coordinator (`at` is when the leader recorded it).
+                job, state=JobState(record["state"]),
+                finished_at=record.get("finished_at", record["at"]),
                 exit_code=record.get("exit_code"), result=record.get("result"),
                 stdout=record.get("stdout", ""), stderr=record.get("stderr", ""),
                 error=record.get("error"),

@@ -45,6 +45,9 @@ class WorkerEntry:
     running: dict[str, int] = attrs.field(factory=dict)
     draining: bool = False
     dead_at: float | None = None
+    # The last heartbeat heard before it was declared dead: the detector forgets a dead
+    # worker, and its row must keep showing when it was last heard of, not when it was judged.
+    last_heartbeat_at: float | None = None
     incarnation: str = ""  # the worker process's random id (see messages.Register)
     capabilities: Capabilities = attrs.field(factory=Capabilities)
     # For reconciling heartbeats (workerside): when each attempt in `running` was assigned
@@ -107,8 +110,9 @@ def worker_rows(workers: dict[str, WorkerEntry], detector: FailureDetector,
             "held": entry.held,
             "tags": list(entry.tags),
             "state": worker_state(entry, detector),
-            "last_heartbeat": _wall(detector.last_heartbeat(name) or entry.dead_at,
-                                    wall_offset_s),
+            "last_heartbeat": _wall(
+                detector.last_heartbeat(name) or entry.last_heartbeat_at or entry.dead_at,
+                wall_offset_s),
             "allow_shell": entry.capabilities.allow_shell,
             "allow_call": list(entry.capabilities.allow_call),
         }

@@ -262,6 +262,7 @@ class WorkerSide:
         if msg.state == "succeeded":
             self._record({"op": "finish", "id": job.id, "attempt": msg.attempt,
                           "state": "succeeded", "at": self._wall, "started_at": msg.started_at,
+                          "finished_at": msg.finished_at,
                           "result": msg.result, **outcome})
             return
         failures = job.failures + 1
@@ -276,6 +277,7 @@ class WorkerSide:
         else:
             self._record({"op": "finish", "id": job.id, "attempt": msg.attempt,
                           "state": "failed", "at": self._wall, "started_at": msg.started_at,
+                          "finished_at": msg.finished_at,
                           "result": msg.result, **outcome})
 
     def _on_hand_back(self, entry: WorkerEntry, msg: m.HandBack, now: float) -> None:
@@ -306,6 +308,8 @@ class WorkerSide:
             self.workers_lost += 1
             log.warning("worker=%s dead: no heartbeat for %.1fs; %d job(s) to reassign",
                         entry.name, self.config.heartbeat_timeout_s, len(entry.running))
+        entry.last_heartbeat_at = (self.detector.last_heartbeat(entry.name)
+                                   or entry.last_heartbeat_at)
         self.detector.forget(entry.name)
         entry.dead_at = now
         running, entry.running = entry.running, {}

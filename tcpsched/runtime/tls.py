@@ -74,6 +74,8 @@ def client_context(tls: TlsSettings) -> ssl.SSLContext | None:
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if tls.cert is not None:
         _load_chain(ctx, tls)
+    # What `dial` names when the listener refuses the certificate (a context cannot say).
+    ctx.tcpsched_cert = tls.cert  # type: ignore[attr-defined]
     return ctx
 
 

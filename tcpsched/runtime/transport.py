@@ -49,7 +49,13 @@ from tcpsched.core.codec import (
     UnpackLimits,
     encode,
 )
-from tcpsched.errors import AuthError, ProtocolError, RemoteProtocolError, UnavailableError
+from tcpsched.errors import (
+    AuthError,
+    LikelyRefused,
+    ProtocolError,
+    RemoteProtocolError,
+    UnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -460,8 +466,13 @@ async def dial(
         conn_error = f"TLS handshake with {address} failed: {describe(exc)}"
         if ssl_context is not None and "CERTIFICATE" in str(exc).upper():
             raise AuthError(conn_error) from None
+        if await _speaks_plain(host, port, timeout_s):
+            raise AuthError(_PLAIN_LISTENER.format(address=address)) from None
         raise UnavailableError(conn_error) from None
     except (OSError, TimeoutError) as exc:
+        if (ssl_context is not None and isinstance(exc, ConnectionResetError)
+                and await _speaks_plain(host, port, timeout_s)):
+            raise AuthError(_PLAIN_LISTENER.format(address=address)) from None
         hint = ""
         if ssl_context is not None and isinstance(exc, ConnectionResetError):
             # A coordinator short of handshake slots closes its oldest pending connections,
@@ -486,6 +497,14 @@ async def dial(
                             "if it asks for a client certificate)") from None
         if ssl_context is not None and isinstance(exc, ssl.SSLError):
             raise AuthError(f"TLS with {address} failed: {describe(exc)}") from None
+        if conn.bytes_in == 0 and isinstance(exc, RemoteProtocolError):
+            if ssl_context is None:
+                if await _speaks_tls(host, port, timeout_s):
+                    raise AuthError(f"{address} requires TLS and refused our plain connection: "
+                                    "give --tls-ca (and --tls-cert/--tls-key if it asks for a "
+                                    "client certificate)") from None
+            elif conn.is_tls:
+                raise LikelyRefused(_certificate_refusal(address, ssl_context)) from None
         hint = ""
         if conn.bytes_in == 0 and isinstance(exc, RemoteProtocolError):
             # A TLS listener drops a plain dialer, and a mutual-TLS one a dialer without a
@@ -502,6 +521,57 @@ async def dial(
         conn.seal(machine.keys.dialer_to_listener, machine.keys.listener_to_dialer)
     conn.widen(allowed, frame_bytes_max, limits)
     return conn, machine.welcome
+
+
+_PLAIN_LISTENER = ("{address} serves plain TCP, not TLS: it refused our TLS handshake (drop "
+                   "--tls-cert/--tls-key/--tls-ca, or start the coordinator with --tls-cert)")
+
+
+def _certificate_refusal(address: str, ssl_context: ssl.SSLContext) -> str:
+    """What a TLS listener that closed the connection right after the handshake, before
+    answering our Hello, most likely refused: TLS 1.3 ends the client's side of the handshake
+    before the server has checked the client's certificate, and asyncio's server then closes
+    without an alert. A listener shedding load looks the same, so this is `LikelyRefused`."""
+    cert = getattr(ssl_context, "tcpsched_cert", None)
+    if cert is None:
+        return (f"{address} refused a TLS connection without a client certificate: give "
+                "--tls-cert and --tls-key, signed by the CA the coordinator trusts")
+    return (f"{address} refused our client certificate {cert}: it is not signed by the CA "
+            "the coordinator trusts (--tls-ca there), or it is self-signed or expired")
+
+
+async def _speaks_tls(host: str, port: int, timeout_s: float) -> bool:
+    """Whether the listener answers a TLS ClientHello with a TLS handshake record."""
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE  # only asking whether it speaks TLS; nothing is sent
+    try:
+        async with asyncio.timeout(min(timeout_s, 2.0)):
+            _reader, writer = await asyncio.open_connection(host, port, ssl=probe)
+    except ssl.SSLError as exc:
+        # It answered in TLS and then objected (e.g. to a missing certificate), unless what
+        # came back was not TLS at all.
+        return exc.reason != "WRONG_VERSION_NUMBER"
+    except (OSError, TimeoutError):
+        return False
+    writer.transport.abort()
+    return True
+
+
+async def _speaks_plain(host: str, port: int, timeout_s: float) -> bool:
+    """Whether the listener answers a plain Hello with a frame (not a TLS record)."""
+    machine = auth.DialerHandshake(None, "client", "probe", secrets.token_bytes(m.NONCE_BYTES))
+    try:
+        async with asyncio.timeout(min(timeout_s, 2.0)):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(encode(machine.hello()))
+                first = await reader.read(2)
+            finally:
+                writer.transport.abort()
+    except (OSError, TimeoutError):
+        return False
+    return bool(first) and first not in (b"\x15\x03", b"\x16\x03")
 
 
 def describe(exc: BaseException) -> str:

@@ -216,11 +216,13 @@ def test_wait_on_a_failed_job_exits_1(cli: Cli) -> None:
     assert "1 of 2" in done.stderr
 
 
-def test_wait_that_times_out_exits_1(cli: Cli) -> None:
-    """wait --timeout on a job still pending exits 1 with a timeout line."""
+def test_wait_that_times_out_exits_5(cli: Cli) -> None:
+    """wait --timeout on a job still pending exits 5 (not 1, a failed job) with a timeout
+    line, and still prints the records it has."""
     job_id = cli.json("submit", "--delay", "300", "--shell", "true")["id"]
     done = cli.run("wait", job_id, "--timeout", "0.2")
-    assert_one_line_error(done, 1)
+    assert_one_line_error(done, 5)
+    assert job_id in done.stdout
     assert "timed out" in done.stderr
     assert cli.run("cancel", job_id).returncode == 0
 

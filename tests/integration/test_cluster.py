@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -81,9 +82,11 @@ def test_start_status_stop_touch_exactly_their_processes(run_dir: Path, tmp_path
         assert set(pids) == {"c1", "w1", "w2"}
         assert all(is_running(pid) for pid in pids.values())
 
-        again = script("cluster.py", "start", "--dir", str(run_dir), "--port", str(port),
+        again = script("cluster.py", "start", "--dir", str(run_dir), "--workers", "2",
+                       "--slots", "2", "--port", str(port), "--policy", "random",
                        cwd=tmp_path)
-        assert again.returncode == 1 and "already running" in again.stderr
+        assert again.returncode == 0 and "already running" in again.stdout, again.stderr
+        assert {p.stem: int(p.read_text()) for p in (run_dir / "pids").glob("*.pid")} == pids
 
         status = script("cluster.py", "status", "--dir", str(run_dir), "--json", cwd=tmp_path)
         assert status.returncode == 0, status.stdout + status.stderr
@@ -105,6 +108,46 @@ def test_start_status_stop_touch_exactly_their_processes(run_dir: Path, tmp_path
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_start_after_kill_9_restarts_just_that_member(run_dir: Path, tmp_path: Path) -> None:
+    """After kill -9 of the coordinator, start starts only it again, at once on the same port
+    (its TIME_WAIT sockets do not count as busy), leaves the workers alone, and stop tracks
+    the new process; restart NAME replaces one member; output into a closed pipe is quiet."""
+    port = free_port()
+    common = ("--dir", str(run_dir), "--workers", "2", "--slots", "1", "--port", str(port))
+    started = script("cluster.py", "start", *common, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    pids = {p.stem: int(p.read_text()) for p in (run_dir / "pids").glob("*.pid")}
+    pidfd = os.pidfd_open(pids["c1"])
+    try:
+        os.kill(pids["c1"], signal.SIGKILL)
+        # Not our child, so not ours to wait for: its pidfd turns readable once it has ended.
+        assert select.select([pidfd], [], [], TIMEOUT_S)[0]
+    finally:
+        os.close(pidfd)
+    again = script("cluster.py", "start", *common, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "started c1;" in again.stdout
+    now = {p.stem: int(p.read_text()) for p in (run_dir / "pids").glob("*.pid")}
+    assert now["w1"] == pids["w1"] and now["w2"] == pids["w2"]
+    assert now["c1"] != pids["c1"] and is_running(now["c1"])
+
+    restarted = script("cluster.py", "restart", "w2", "--dir", str(run_dir), "--grace", "5",
+                       cwd=tmp_path)
+    assert restarted.returncode == 0, restarted.stderr
+    w2 = int((run_dir / "pids" / "w2.pid").read_text())
+    assert w2 != now["w2"] and is_running(w2) and not is_running(now["w2"])
+
+    # `make cluster | head -1`: a reader that leaves early gets no traceback.
+    piped = subprocess.run(f"{sys.executable} {ROOT / 'scripts' / 'cluster.py'} start "
+                           f"{' '.join(common)} | head -c 1", shell=True, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
+
+    stopped = script("cluster.py", "stop", "--dir", str(run_dir), "--grace", "5", cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not any(is_running(pid) for pid in (now["c1"], now["w1"], w2))
 
 
 def test_stop_leaves_a_reused_pid_alone(run_dir: Path, tmp_path: Path) -> None:

@@ -191,6 +191,11 @@ def make_certificates(directory: Path) -> dict[str, Path]:
     run("req", *curve, "-keyout", "rogue.key", "-out", "rogue.csr", "-subj", "/CN=rogue")
     run("x509", "-req", "-in", "rogue.csr", "-CA", "rogue-ca.pem", "-CAkey", "rogue-ca.key",
         "-CAcreateserial", "-out", "rogue.pem", "-days", "2")
+    # A self-signed client certificate, and one from the right CA that has expired.
+    run("req", "-x509", *curve, "-keyout", "self.key", "-out", "self.pem", "-days", "2",
+        "-subj", "/CN=self")
+    run("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "expired.pem", "-days", "-1", "-extfile", "san.ext")
     return {p.stem if p.suffix == ".pem" else p.name: p for p in directory.iterdir()}
 
 
@@ -219,19 +224,38 @@ def test_tls_cluster_works_and_plain_or_uncertified_dialers_are_refused(
         assert json.loads(waited.stdout)[0]["stdout"] == "over tls\n"
 
         plain = cli(address, "submit", "--shell", "echo plain")
-        assert plain.returncode != 0 and "requires TLS" in one_error_line(plain)
+        assert plain.returncode == 4 and "requires TLS" in one_error_line(plain)
         no_cert = cli(address, "--tls-ca", str(c["ca"]), "submit", "--shell", "echo no-cert")
-        assert no_cert.returncode != 0
-        assert "certificate" in one_error_line(no_cert)
-        rogue = cli(address, "--tls-cert", str(c["rogue"]), "--tls-key",
-                    str(certs_dir / "rogue.key"), "--tls-ca", str(c["ca"]), "submit",
-                    "--shell", "echo rogue")
-        assert rogue.returncode != 0
-        one_error_line(rogue)
+        assert no_cert.returncode == 4
+        assert "without a client certificate" in one_error_line(no_cert)
+        # Refused certificates: another CA's, a self-signed one, an expired one. Each is
+        # exit 4 naming the certificate, not "no coordinator reachable".
+        for name, key in (("rogue", "rogue.key"), ("self", "self.key"),
+                          ("expired", "client.key")):
+            refused = cli(address, "--tls-cert", str(c[name]), "--tls-key",
+                          str(certs_dir / key), "--tls-ca", str(c["ca"]), "submit",
+                          "--shell", f"echo {name}")
+            assert refused.returncode == 4, (name, refused.stderr)
+            assert f"refused our client certificate {c[name]}" in one_error_line(refused)
         untrusted = cli(address, "--tls-ca", str(c["rogue-ca"]), "stats")  # wrong server CA
         assert untrusted.returncode == 4 and "certificate" in one_error_line(untrusted)
         assert client.stats()["submitted"] == 1  # only the job submitted over mutual TLS
     assert "tls=mutual" in coordinator.log()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_dialer_to_a_plain_coordinator_exits_4_saying_so(procs: ProcessGroup,
+                                                              tmp_path: Path) -> None:
+    """A TLS client of a coordinator without TLS is told the coordinator serves plain TCP
+    (exit 4), not that none is reachable."""
+    certs_dir = tmp_path / "certs"
+    certs_dir.mkdir()
+    c = make_certificates(certs_dir)
+    _coordinator, address = procs.coordinator()
+    done = cli(address, "--tls-cert", str(c["client"]), "--tls-key",
+               str(certs_dir / "client.key"), "--tls-ca", str(c["ca"]), "stats")
+    assert done.returncode == 4, done.stderr
+    assert "serves plain TCP, not TLS" in one_error_line(done)
 
 
 # -- idle connections -------------------------------------------------------------------------

@@ -197,3 +197,20 @@ def test_good_worker_names_and_tags_pass() -> None:
     assert worker_problem("build-host.example-1234", ("gpu", "ssd")) is None
     assert worker_problem("wörker_1@rack:3", ()) is None
     assert worker_problem("w1", ("gpu\x1b",)) is not None
+
+
+def test_table_columns_align_by_display_width() -> None:
+    """CJK characters and emoji take two terminal columns: the next column still starts at
+    the same column on every row, and a cut cell fits its width."""
+    rows = [["日本語", "a"], ["ab", "b"], ["😀😀", "c"], ["plain text", "d"]]
+    lines = formatting.table(("NAME", "X"), rows).splitlines()
+    starts = {formatting.display_width(line[:-1]) for line in lines[1:]}
+    assert len(starts) == 1
+    assert formatting.display_width(formatting.short("日本語日本語日本語", 7)) <= 7
+
+
+def test_status_says_how_to_see_cut_output() -> None:
+    """A record whose output is cut names `logs JOB` and --json as the way to the rest."""
+    text = formatting.record_text({"id": "abcd12345678", "state": "succeeded", "kind": "shell",
+                                   "command": "yes", "stdout": "y\n" * 5000})
+    assert "`logs abcd12345678` or `--json` shows the whole output" in text

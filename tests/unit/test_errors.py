@@ -30,16 +30,22 @@ from tcpsched.errors import ConfigError, RemoteProtocolError, RequestError
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["wait", "abcd", "--timeout", "nan"], "'nan' is not a finite number; it must be at "
-                                               "least 0 and at most 31536000"),
+        (["wait", "abcd", "--timeout", "nan"], "--timeout must be at least 0 seconds and at "
+                                               "most 31536000 seconds, not 'nan'"),
         (["wait", "abcd", "--timeout", "inf"], "at most 31536000"),
-        (["submit", "--delay", "1e12", "--shell", "true"], "'1e12' must be at least 0 and at "
-                                                           "most 31536000"),
-        (["submit", "--delay", "-1", "--shell", "true"], "'-1' must be at least 0 and"),
-        (["submit", "--timeout", "1e-9", "--shell", "true"], "'1e-9' must be at least 0.001 "
-                                                             "and at most 31536000"),
+        (["submit", "--delay", "1e12", "--shell", "true"], "--delay must be at least 0 seconds "
+                                                           "and at most 31536000 seconds, not "
+                                                           "'1e12'"),
+        (["submit", "--delay", "-1", "--shell", "true"], "must be at least 0 seconds and"),
+        (["submit", "--timeout", "0", "--shell", "true"], "--timeout must be more than 0 "
+                                                          "seconds (at least 0.001)"),
+        (["submit", "--timeout", "1e-9", "--shell", "true"], "(at least 0.001) and at most "
+                                                             "31536000 seconds, not '1e-9'"),
         (["submit", "--priority", "99999999", "--shell", "true"], "at most 1000000"),
-        (["submit", "--retries", "x", "--shell", "true"], "'x' is not an integer"),
+        (["submit", "--retries", "x", "--shell", "true"], "not 'x', which is not an integer"),
+        (["submit", "--retries", "-1", "--shell", "true"], "--retries must be at least 0 and "
+                                                           "at most 1000, not '-1'"),
+        (["list", "--limit", "0"], "--limit must be at least 1"),
     ],
 )
 def test_out_of_range_numbers_name_the_real_bounds(argv: list[str], says: str,
@@ -143,7 +149,8 @@ def test_an_ambiguous_prefix_says_so_and_lists_candidates() -> None:
     table = _table("abcd00000001", "abcd00000002", "ffff00000000")
     message = not_found_message(table, "abcd")
     assert "ambiguous" in message and "abcd00000001, abcd00000002" in message
-    assert not_found_message(table, "0123") == "no job '0123'"
+    assert not_found_message(table, "0123") == (
+        "no job '0123' (no job has that id, key or id prefix)")
     assert "at least 4 characters" in not_found_message(table, "ab")
     many = _table(*(f"abcd{i:08x}" for i in range(50)))
     assert "more than 5 jobs" in not_found_message(many, "abcd")

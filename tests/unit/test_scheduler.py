@@ -428,3 +428,72 @@ def test_due_delayed_job_without_free_worker_asks_for_no_past_timer() -> None:
     h.advance(2.0)
     deadline = h.sched.next_deadline()
     assert deadline is None or deadline > h.now
+
+
+# -- keys, pages and what the display reads --------------------------------------------------------
+
+
+def _reply(h: Harness, req_id: int) -> Any:
+    (reply,) = [msg for c, msg in h.sent if c == CLIENT and getattr(msg, "req_id", None) == req_id]
+    return reply
+
+
+def test_a_key_reused_for_another_spec_is_refused_and_the_key_names_the_job() -> None:
+    """Same key and spec: the same job; another spec: a conflict error and no new job; the
+    key resolves like an id for status."""
+    h = Harness()
+    first = h.submit("echo a", key="nightly-1")
+    assert h.submit("echo a", key="nightly-1") == first
+    h._req += 1
+    h.step(Received(CLIENT, m.Submit(req_id=h._req, jobs=(
+        JobSpec(kind="shell", command="echo b", key="nightly-1"),))))
+    refused = _reply(h, h._req)
+    assert isinstance(refused, m.ErrorReply) and refused.kind == "conflict"
+    assert len(h.sched.table.jobs) == 1
+    h._req += 1
+    h.step(Received(CLIENT, m.Status(req_id=h._req, job_ids=("nightly-1",))))
+    assert _reply(h, h._req).value[0]["id"] == first
+
+
+def test_list_pages_continue_after_the_cursor() -> None:
+    """A page reply carries the next cursor while the page is full; the next page starts
+    right after it, newest first, and the last page says none follows."""
+    h = Harness()
+    ids = [h.submit(f"echo {i}") for i in range(5)]
+    pages: list[list[str]] = []
+    after = None
+    while True:
+        h._req += 1
+        h.step(Received(CLIENT, m.ListJobs(req_id=h._req, limit=2, after=after, page=True)))
+        value = _reply(h, h._req).value
+        pages.append([r["id"] for r in value["jobs"]])
+        after = value["next"]
+        if after is None:
+            break
+    assert [job for page in pages for job in page] == ids[::-1]
+
+
+def test_a_dead_workers_row_keeps_its_last_heartbeat() -> None:
+    """Declared dead, a worker's last_heartbeat stays when it was last heard, not when it
+    was judged dead."""
+    h = Harness()
+    h.connect("w1")
+    h.advance(1.0, beating=("w1",))
+    beat = h.sched.worker_list()[0]["last_heartbeat"]
+    h.advance(3.0)
+    row = h.sched.worker_list()[0]
+    assert row["state"] == "dead" and row["last_heartbeat"] == beat
+
+
+def test_finished_at_is_the_workers_own_time() -> None:
+    """A result's finish time is the worker's, so a result that reached the coordinator late
+    does not lengthen the job."""
+    h = Harness()
+    h.connect("w1")
+    job_id = h.submit()
+    (assign,) = h.assigns("w1")
+    h.step(Received(h.conns["w1"], m.Result(
+        job_id=job_id, attempt=assign.attempt, state="succeeded", exit_code=0, result=None,
+        stdout="", stderr="", error=None, started_at=500.0, finished_at=506.0)))
+    record = h.sched.table.jobs[job_id]
+    assert (record.started_at, record.finished_at) == (500.0, 506.0)
