@@ -10,7 +10,7 @@ to anyone: `unplaceable_reason` says why, and the scheduler keeps it pending wit
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from tcpsched.core.detector import DEAD
@@ -57,6 +57,59 @@ def unplaceable_reason(workers: Mapping[str, WorkerEntry], detector: FailureDete
             + (f"; and {more} more" if more > 0 else "") + "; it waits for one that can")
 
 
+class FreeWorkers:
+    """The workers that can take a job now, kept in name order as they change.
+
+    The scheduler refreshes a worker whenever something about it changes (a message from it,
+    its connection closing, the detector judging it, a job started on it) and rebuilds the
+    whole set once per heartbeat interval as a safety net, so a dispatch never scans every
+    worker: it picks from this list (binary search for round-robin, one draw for random), and
+    filters by capability only while some free worker is restricted (`--no-shell`,
+    `--allow-call`).
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.entries: dict[str, WorkerEntry] = {}
+        self.restricted = 0  # free workers whose capabilities are restricted
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.entries
+
+    def set(self, name: str, entry: WorkerEntry | None) -> None:
+        """`entry` is free now (None: it is not, or it is gone)."""
+        old = self.entries.get(name)
+        if entry is None:
+            if old is None:
+                return
+            del self.entries[name]
+            del self.names[bisect.bisect_left(self.names, name)]
+            if not old.capabilities.is_unrestricted:
+                self.restricted -= 1
+            return
+        if old is None:
+            bisect.insort(self.names, name)
+        elif not old.capabilities.is_unrestricted:
+            self.restricted -= 1
+        self.entries[name] = entry
+        if not entry.capabilities.is_unrestricted:
+            self.restricted += 1
+
+    def clear(self) -> None:
+        self.names.clear()
+        self.entries.clear()
+        self.restricted = 0
+
+    def capable(self, spec: JobSpec) -> list[str]:
+        """Names (in order) of the free workers that would run a job of this spec."""
+        if not self.restricted:
+            return self.names
+        return capable({name: self.entries[name] for name in self.names}, spec)
+
+
 class RoundRobinPolicy:
     """Each job goes to the next worker after the last one chosen, in name order.
 
@@ -70,7 +123,10 @@ class RoundRobinPolicy:
         self._last: str | None = None
 
     def choose(self, candidates: Sequence[str], load: Mapping[str, float]) -> str:
-        ordered = sorted(candidates)
+        return self.choose_sorted(sorted(candidates), load.__getitem__)
+
+    def choose_sorted(self, ordered: Sequence[str], load: Callable[[str], float]) -> str:
+        """`ordered` is sorted: one binary search, whatever the number of workers."""
         if self._last is None:
             pick = ordered[0]
         else:
@@ -89,7 +145,10 @@ class RandomPolicy:
         self._rng = rng
 
     def choose(self, candidates: Sequence[str], load: Mapping[str, float]) -> str:
-        return self._rng.choice(sorted(candidates))
+        return self.choose_sorted(sorted(candidates), load.__getitem__)
+
+    def choose_sorted(self, ordered: Sequence[str], load: Callable[[str], float]) -> str:
+        return self._rng.choice(ordered)
 
 
 class LeastLoadedPolicy:
@@ -98,7 +157,11 @@ class LeastLoadedPolicy:
     name = "least-loaded"
 
     def choose(self, candidates: Sequence[str], load: Mapping[str, float]) -> str:
-        return min(candidates, key=lambda name: (load[name], name))
+        return self.choose_sorted(sorted(candidates), load.__getitem__)
+
+    def choose_sorted(self, ordered: Sequence[str], load: Callable[[str], float]) -> str:
+        """One pass over the free workers (their loads change with every job)."""
+        return min(ordered, key=lambda name: (load(name), name))
 
 
 Policy = RoundRobinPolicy | RandomPolicy | LeastLoadedPolicy

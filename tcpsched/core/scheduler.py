@@ -39,7 +39,12 @@ import attrs
 from tcpsched.core import messages as m
 from tcpsched.core.backlog import Backlog
 from tcpsched.core.detector import ALIVE, DEAD, SUSPECT, DetectorConfig, FailureDetector
-from tcpsched.core.dispatch import PLACEMENT_SKIPS_MAX, capable, make_policy, unplaceable_reason
+from tcpsched.core.dispatch import (
+    PLACEMENT_SKIPS_MAX,
+    FreeWorkers,
+    make_policy,
+    unplaceable_reason,
+)
 from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Send, Tick
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import JobRecord, JobSpec, JobState
@@ -122,6 +127,9 @@ class Scheduler(WorkerSide):
             DetectorConfig(config.heartbeat_interval_s, config.heartbeat_timeout_s)
         )
         self.workers: dict[str, WorkerEntry] = {}
+        self.free = FreeWorkers()  # who can take a job now (dispatch never scans `workers`)
+        self._touched: set[str] = set()  # workers whose freeness may have changed this step
+        self._resync_at = now
         # Pending jobs no live worker can run, out of the queue until a worker registers:
         # job id -> why (shown as the record's `reason`).
         self.parked: dict[str, str] = {}
@@ -278,6 +286,7 @@ class Scheduler(WorkerSide):
         name = self._conn_worker.pop(conn, None)
         if name is None:
             return
+        self._touched.add(name)
         entry = self.workers.get(name)
         if entry is None or entry.conn != conn:
             return
@@ -297,12 +306,14 @@ class Scheduler(WorkerSide):
         elif role == "worker" and kind in m.WORKER_TO_COORDINATOR:
             if kind is m.Register:
                 self._on_register(conn, msg, now)
+                self._touched.add(msg.name)
                 return
             name = self._conn_worker.get(conn)
             if name is None:
                 self._effects.append(Close(conn, f"{msg.TYPE} before register"))
                 return
             entry = self.workers[name]
+            self._touched.add(name)
             if kind is m.Heartbeat:
                 self._on_heartbeat(entry, msg, now)
             elif kind is m.Result:
@@ -496,6 +507,7 @@ class Scheduler(WorkerSide):
         deadline = self.detector.next_deadline()
         if deadline is not None and now >= deadline:
             for name, state in self.detector.check(now):
+                self._touched.add(name)
                 entry = self.workers[name]
                 if state == DEAD:
                     self._declare_dead(entry, now)
@@ -508,10 +520,8 @@ class Scheduler(WorkerSide):
         table = self.table
         ids = self.retention.due(table.finished_order, now, table.finished_output_chars,
                                  table.output_chars)
-        kept_s = self.config.dead_workers_kept_s
-        for name, entry in list(self.workers.items()):
-            if entry.dead_at is not None and now - entry.dead_at > kept_s and entry.conn is None:
-                del self.workers[name]
+        if now >= self._resync_at:
+            self._resync(now)
         if ids:
             self._record({"op": "forget", "ids": ids})
         # Promote due delayed jobs even when no worker is free: otherwise next_deadline() stays
@@ -519,25 +529,52 @@ class Scheduler(WorkerSide):
         self.queue.promote(now)
         self._dispatch(now)
 
+    def _is_free(self, name: str, entry: WorkerEntry | None) -> bool:
+        return (entry is not None and entry.conn is not None and not entry.draining
+                and entry.free_slots() > 0 and self.detector.state(name) == ALIVE)
+
+    def _refresh(self, name: str) -> None:
+        entry = self.workers.get(name)
+        self.free.set(name, entry if self._is_free(name, entry) else None)
+
+    def _resync(self, now: float) -> None:
+        """Once per heartbeat interval: forget long-dead workers, and rebuild the free set
+        from scratch (whatever a refresh may have missed is right again within a beat)."""
+        self._resync_at = now + self.config.heartbeat_interval_s
+        kept_s = self.config.dead_workers_kept_s
+        for name, entry in list(self.workers.items()):
+            if entry.dead_at is not None and now - entry.dead_at > kept_s and entry.conn is None:
+                del self.workers[name]
+        self.free.clear()
+        for name, entry in self.workers.items():
+            if self._is_free(name, entry):
+                self.free.set(name, entry)
+        self._touched.clear()
+
     def _dispatch(self, now: float) -> None:
+        free = self.free
+        for name in self._touched:
+            self._refresh(name)
+        self._touched.clear()
         queue = self.queue
         if not len(queue):
             return
-        free = {
-            name: entry for name, entry in self.workers.items()
-            if entry.conn is not None and not entry.draining and entry.free_slots() > 0
-            and self.detector.state(name) == ALIVE
-        }  # fmt: skip
         # A job only the busy workers can run waits in its place; the jobs behind it may go
         # to the free workers (at most PLACEMENT_SKIPS_MAX skipped per pass). A job nobody
         # live can run is parked with the reason, until a worker registers.
         skipped: list[JobRecord] = []
-        while free and len(skipped) < PLACEMENT_SKIPS_MAX:
+        entries = free.entries
+
+        def load(name: str) -> float:
+            entry = entries[name]
+            return (len(entry.running) + entry.held) / entry.slots
+
+        while len(free) and len(skipped) < PLACEMENT_SKIPS_MAX:
             job_id = queue.pop(now)
             if job_id is None:
                 break
             job = self.table.jobs[job_id]
-            names = capable(free, job.spec)
+            names = free.capable(job.spec)
             if not names:
                 reason = unplaceable_reason(self.workers, self.detector, job.spec)
                 if reason is None:
@@ -545,12 +582,11 @@ class Scheduler(WorkerSide):
                 else:
                     self._park(job, reason)
                 continue
-            load = {name: len(free[name].running) / free[name].slots for name in names}
-            name = self.policy.choose(names, load)
-            entry = free[name]
+            name = self.policy.choose_sorted(names, load)
+            entry = entries[name]
             self._start(job_id, entry, now)
             if entry.free_slots() <= 0:
-                del free[name]
+                free.set(name, None)
         for job in skipped:
             queue.push(job.id, job.spec.priority, job.seq)
 

@@ -497,3 +497,41 @@ def test_finished_at_is_the_workers_own_time() -> None:
         stdout="", stderr="", error=None, started_at=500.0, finished_at=506.0)))
     record = h.sched.table.jobs[job_id]
     assert (record.started_at, record.finished_at) == (500.0, 506.0)
+
+
+def _brute_free(h: Harness) -> list[str]:
+    sched = h.sched
+    return sorted(name for name, entry in sched.workers.items()
+                  if sched._is_free(name, entry))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["submit", "finish", "close", "beat", "tick",
+                                           "register", "drain"]),
+                          st.integers(0, 4)), max_size=60))
+def test_the_free_worker_set_matches_a_full_scan(ops: list[tuple[str, int]]) -> None:
+    """Dispatch picks from a free-worker set kept as workers change (never a scan of every
+    worker): after every step it holds exactly the workers a full scan would find free."""
+    h = Harness()
+    names = [f"w{i}" for i in range(5)]
+    for name in names[:3]:
+        h.connect(name, slots=2)
+    for op, i in ops:
+        name = names[i]
+        entry = h.sched.workers.get(name)
+        if op == "submit":
+            h.submit()
+        elif op == "finish" and entry is not None and entry.running and name in h.conns:
+            job_id, attempt = next(iter(entry.running.items()))
+            h.result(name, job_id, attempt)
+        elif op == "close" and name in h.conns:
+            h.step(Closed(h.conns.pop(name), "gone"))
+        elif op == "beat" and entry is not None and name in h.conns:
+            h.heartbeat(name)
+        elif op == "register" and name not in h.conns:
+            h.connect(name, slots=1 + i % 2)
+        elif op == "drain" and name in h.conns:
+            h.step(Received(h.conns[name], m.Draining()))
+        else:
+            h.now += 0.3
+            h.step(Tick())
+        assert h.sched.free.names == _brute_free(h), (op, name)
