@@ -67,7 +67,13 @@ def is_ours(pid: int, argv: list[str]) -> bool:
     if Path("/proc/self").exists():
         try:
             raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
+            if not raw:
+                # Empty: a zombie, or a process in the middle of its exec (the new image's
+                # arguments are not set up yet, right after Popen returns). Only the first
+                # has ended.
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                return stat[stat.rindex(")") + 2 :][:1] not in ("Z", "X")
+        except (OSError, ValueError):
             return False
         return raw.rstrip(b"\0").split(b"\0") == [a.encode() for a in argv]
     # No /proc (macOS, BSD): ps prints the arguments joined by spaces.
@@ -238,7 +244,7 @@ def start(args: argparse.Namespace) -> int:
     overrides = "".join(
         f" {name}={value}" for name, value, default in (
             ("RUN", args.dir, "run"), ("PORT", args.port, 7001),
-            ("COORDINATORS", args.coordinators, 1),
+            ("COORDINATORS", args.coordinators, 3),
         ) if str(value) != str(default)
     )  # fmt: skip
     print(f"  make console{overrides}")
@@ -432,7 +438,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scripts/cluster.py", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="action", required=True)
     s = sub.add_parser("start", help="start coordinators and workers in the background")
-    s.add_argument("--coordinators", type=int, default=1, metavar="N")
+    s.add_argument("--coordinators", type=int, default=3, metavar="N")
     s.add_argument("--workers", type=int, default=3, metavar="N")
     s.add_argument("--slots", type=int, default=4, metavar="N")
     s.add_argument("--policy", choices=POLICIES, default="round-robin")
@@ -457,7 +463,7 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--token-file", default=None, metavar="F")
     a = sub.add_parser("addresses", help="the coordinator addresses, comma-separated")
     a.add_argument("--port", type=int, default=7001)
-    a.add_argument("--coordinators", type=int, default=1)
+    a.add_argument("--coordinators", type=int, default=3)
     for each in (s, r, t, u, a):
         each.add_argument("--dir", default="run", help="where data, logs and pid files go (run)")
     return p

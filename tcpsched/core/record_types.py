@@ -152,6 +152,7 @@ class FinishRecord:
     stderr: str = attrs.field(default="", validator=_str)
     error: str | None = attrs.field(default=None, validator=_optional_str)
     started_at: float | None = attrs.field(default=None, validator=_optional_time)
+    finished_at: float | None = attrs.field(default=None, validator=_optional_time)
     lost: bool = attrs.field(default=False, validator=_bool)
     poisoned: bool = attrs.field(default=False, validator=_bool)
 

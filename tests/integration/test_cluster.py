@@ -75,6 +75,7 @@ def test_start_status_stop_touch_exactly_their_processes(run_dir: Path, tmp_path
         port = free_port()
         started = script("cluster.py", "start", "--dir", str(run_dir), "--workers", "2",
                          "--slots", "2", "--port", str(port), "--policy", "random",
+                         "--coordinators", "1",
                          cwd=tmp_path)
         assert started.returncode == 0, started.stderr
         assert f"127.0.0.1:{port}" in started.stdout and "tcpsched.console" in started.stdout
@@ -84,6 +85,7 @@ def test_start_status_stop_touch_exactly_their_processes(run_dir: Path, tmp_path
 
         again = script("cluster.py", "start", "--dir", str(run_dir), "--workers", "2",
                        "--slots", "2", "--port", str(port), "--policy", "random",
+                         "--coordinators", "1",
                        cwd=tmp_path)
         assert again.returncode == 0 and "already running" in again.stdout, again.stderr
         assert {p.stem: int(p.read_text()) for p in (run_dir / "pids").glob("*.pid")} == pids
@@ -95,7 +97,8 @@ def test_start_status_stop_touch_exactly_their_processes(run_dir: Path, tmp_path
         assert all(p["alive"] for p in report["processes"])
         assert sorted(w["name"] for w in report["workers"]) == ["w1", "w2"]
         assert report["stats"]["policy"] == "random"
-        shown = script("cluster.py", "addresses", "--dir", str(run_dir), cwd=tmp_path)
+        shown = script("cluster.py", "addresses", "--dir", str(run_dir), "--coordinators", "1",
+                       cwd=tmp_path)
         assert shown.stdout.strip() == f"127.0.0.1:{port}"
 
         stopped = script("cluster.py", "stop", "--dir", str(run_dir), cwd=tmp_path)
@@ -115,7 +118,8 @@ def test_start_after_kill_9_restarts_just_that_member(run_dir: Path, tmp_path: P
     (its TIME_WAIT sockets do not count as busy), leaves the workers alone, and stop tracks
     the new process; restart NAME replaces one member; output into a closed pipe is quiet."""
     port = free_port()
-    common = ("--dir", str(run_dir), "--workers", "2", "--slots", "1", "--port", str(port))
+    common = ("--dir", str(run_dir), "--workers", "2", "--slots", "1", "--port", str(port),
+              "--coordinators", "1")
     started = script("cluster.py", "start", *common, cwd=tmp_path)
     assert started.returncode == 0, started.stderr
     pids = {p.stem: int(p.read_text()) for p in (run_dir / "pids").glob("*.pid")}

@@ -122,3 +122,37 @@ def test_what_the_scheduler_writes_passes() -> None:
                            "stderr": "", "exit_code": None, "error": None}, 2, 4)
     assert isinstance(finish, FinishRecord)
     assert EPOCH_MAX > 10**15
+
+
+def test_every_record_the_scheduler_writes_is_read_back() -> None:
+    """Whatever the leader journals passes the replay checks (a field added to a record must
+    be added to its typed class too, or restarts would refuse the journal)."""
+    from tcpsched.core import messages as m
+    from tcpsched.core.events import Journal, Received
+    from tests.unit.test_scheduler import Harness
+
+    h = Harness(retry_base_s=0.01, retry_cap_s=0.01)
+    records: list[dict] = []  # type: ignore[type-arg]
+    original = h.sched.step
+
+    def step(event, now, wall=None):  # type: ignore[no-untyped-def]
+        effects = original(event, now, wall)
+        records.extend(e.record for e in effects if isinstance(e, Journal))
+        return effects
+
+    h.sched.step = step  # type: ignore[method-assign]
+    h.connect("w1", slots=3)
+    ok, bad, lost = h.submit(), h.submit("false", retries=1), h.submit()
+    for job_id, state in ((ok, "succeeded"), (bad, "failed")):
+        h.result("w1", job_id, 1, state=state, exit_code=0 if state == "succeeded" else 1)
+    h.advance(0.5, beating=("w1",))
+    h.result("w1", bad, 2, state="failed", exit_code=1)
+    h.step(Received(h.conns["w1"], m.HandBack(job_id=lost, attempt=1, reason="draining")))
+    h.advance(5.0)  # w1 stops beating: dead, its jobs lost
+    cancelled = h.submit()
+    h._req += 1
+    h.step(Received(1000, m.Cancel(req_id=h._req, job_id=cancelled)))
+    ops = {r["op"] for r in records}
+    assert {"submit", "start", "finish", "requeue", "cancel"} <= ops, ops
+    for seq, record in enumerate(records, 1):
+        typed_record(json.loads(json.dumps(record)), 1, seq)
