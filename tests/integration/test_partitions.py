@@ -172,21 +172,27 @@ class Cluster:
     def start(self, workers: Iterable[str] = ("w1", "w2")) -> Agent:
         """Every coordinator and the workers; returns the client agent on h4 once 3 leads and
         the workers are alive."""
-        for node_id in self.addresses:
-            self.coordinator(node_id)
+        # 3 and 1 first, 2 once 3 leads: started together, 2 can win the first epoch, and
+        # these tests are about partitions, not about who wins a race at start-up.
+        self.coordinator(3)
+        self.coordinator(1)
+        client = self.agent(self.client_host, "client-h4")
+        self.wait_leader(client, COORDINATORS, WAIT_S)
+        self.coordinator(2)
+        wait_until(lambda: "became follower of 3" in self.log("c2"), WAIT_S, "2 to follow 3")
         names = list(workers)
         for name in names:
             self.worker(self.client_host, name)
-        client = self.agent(self.client_host, "client-h4")
-        self.wait_leader(client, COORDINATORS, WAIT_S)
+        self.wait_workers(client, names)
+        return client
 
+    def wait_workers(self, client: Agent, names: list[str]) -> None:
         def alive() -> bool:
             answer = client.ask("workers", self.all)
             return answer["ok"] and {w["name"] for w in answer["value"]
                                      if w["state"] == "alive"} >= set(names)
 
         wait_until(alive, WAIT_S, f"workers {names} alive")
-        return client
 
     # -- asking who leads -------------------------------------------------------------------------
 
@@ -221,16 +227,14 @@ class Cluster:
 
     # -- jobs and invariants ----------------------------------------------------------------------
 
-    def command(self, n: int) -> str:
-        return f"echo {n} >> {self.effects}"
-
-    def submit(self, client: Agent, count: int, coordinators: list[str] | None = None
+    def submit(self, client: Agent, count: int, command: str = "echo {n} >> {effects}"
                ) -> dict[str, int]:
-        """Submit `count` effect jobs; every one must be acknowledged. Returns id -> number."""
+        """Submit `count` jobs that append their number to the effects file (`command`, with
+        {n} and {effects} filled in); every one must be acknowledged. Returns id -> number."""
         numbers = list(range(self._jobs, self._jobs + count))
         self._jobs += count
-        answers = client.value("submit_each", coordinators or self.all,
-                               commands=[self.command(n) for n in numbers])
+        answers = client.value("submit_each", self.all, commands=[
+            command.format(n=n, effects=self.effects) for n in numbers])
         failed = [a for a in answers if not a["ok"]]
         assert not failed, f"submits not acknowledged: {failed}"
         return {a["value"]: n for a, n in zip(answers, numbers, strict=True)}
@@ -394,3 +398,34 @@ async def test_a_connection_can_bound_how_long_sent_data_goes_unacknowledged() -
             await other.wait_closed()
         server.close()
         await server.wait_closed()
+
+
+def test_a_worker_cut_off_loses_its_job_and_its_late_result_is_refused(cluster: Cluster) -> None:
+    """A worker cut off from every coordinator: its job is reassigned after the heartbeat
+    timeout and runs elsewhere; healed, the worker's result for the old attempt is refused, and
+    the effects file shows the job ran (at least once)."""
+    client = cluster.start(workers=())
+    lonely = cluster.net.hosts[COORDINATORS + 1]
+    cluster.worker(lonely, "w5", slots=1)
+    cluster.wait_workers(client, ["w5"])
+    (job_id,) = cluster.submit(client, 1, command="sleep 3; echo {n} >> {effects}")
+
+    def running_on_w5() -> bool:
+        record = client.value("status", cluster.all, job_id)
+        return record["state"] == "running" and record["worker"] == "w5"
+
+    wait_until(running_on_w5, WAIT_S, "the job to run on w5")
+    cluster.worker(cluster.client_host, "w1", slots=1)
+    cluster.wait_workers(client, ["w1"])
+    cluster.net.cut(lonely)
+    (record,) = client.value("gather", cluster.all, [job_id], timeout=WAIT_S,
+                             answer_within_s=2 * WAIT_S)
+    assert (record["state"], record["worker"], record["attempts"]) == ("succeeded", "w1", 2)
+
+    cluster.net.heal(lonely)
+    wait_until(lambda: "stale result ignored" in cluster.log("c3"), WAIT_S,
+               "w5's late result to reach the leader and be refused")
+    after = client.value("status", cluster.all, job_id)
+    assert (after["state"], after["worker"], after["attempts"]) == ("succeeded", "w1", 2)
+    runs = cluster.effects.read_text().split()
+    assert 1 <= runs.count("0") <= 2, runs
