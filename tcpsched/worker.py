@@ -35,12 +35,18 @@ from tcpsched.errors import AuthError, ConfigError, RemoteProtocolError, Unavail
 from tcpsched.runtime.executor import Executor, KillSwitch
 from tcpsched.runtime.reaper import Reaper, become_subreaper
 from tcpsched.runtime.tls import client_context
-from tcpsched.runtime.transport import Connection, dial
+from tcpsched.runtime.transport import Connection, dial, limit_unacknowledged
 
 log = logging.getLogger(__name__)
 
 JOB_THREAD_PREFIX = "tcpsched-job"  # thread_name_prefix of the executor's job threads
 SEND_FLUSH_S = 2.0  # at exit, how long the last messages (hand-backs, results) get to leave
+# A session whose beats the coordinator's host has not acknowledged for this long is given up,
+# and the core fails over. A leader cut off by a partition sends no FIN (its "no longer the
+# leader" close never arrives), so without this bound the worker stayed on it for the whole
+# partition while the majority's new leader had no workers. The coordinator's default
+# --heartbeat-timeout: by then the leader has declared us dead anyway, so leaving costs nothing.
+UNACKED_TIMEOUT_S = 2.0
 
 
 def protocol_config(settings: WorkerSettings, incarnation: str) -> wp.WorkerConfig:
@@ -171,20 +177,23 @@ class Worker:
         except UnavailableError as exc:
             self.feed(wp.DialFailed(address, str(exc)))
             return
+        limit_unacknowledged(conn, UNACKED_TIMEOUT_S)
         session = next(self._session_ids)
         self.conn, self._session = conn, session
         reason = "closed by the coordinator"
+        timed_out = False
         try:
             self.feed(wp.SessionStarted(session, address))
             while self._session == session and (msg := await conn.receive()) is not None:
                 self.feed(wp.Received(session, msg))
         except (RemoteProtocolError, OSError) as exc:
             reason = str(exc)
+            timed_out = isinstance(exc, TimeoutError)  # ETIMEDOUT: limit_unacknowledged
         finally:
             conn.close()
             if self._session == session:  # not left by the core (CloseSession)
                 self.conn, self._session = None, None
-                self.feed(wp.SessionClosed(session, reason))
+                self.feed(wp.SessionClosed(session, reason, timed_out=timed_out))
 
     # -- jobs -----------------------------------------------------------------------------------
 

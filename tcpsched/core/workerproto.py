@@ -13,7 +13,8 @@ at the interval the coordinator asked for. A coordinator that does not lead answ
 the core dials the leader it names, or the next coordinator of its list. A failed dial, or a
 session that ends before `Registered`, moves on to the next coordinator with capped
 exponential backoff and full jitter; a registered session that is lost tries the same
-coordinator first (it was the leader, and may just have restarted).
+coordinator first (it was the leader, and may just have restarted), unless it timed out (the
+network stopped acknowledging our beats: a partition), which moves on to the next at once.
 
 Fencing: the core keeps the highest epoch it has seen in any accepted order (`Registered`,
 `Assign`, `Kill`, `ResultAck`) across sessions, and refuses an order from a lower epoch. The
@@ -118,10 +119,13 @@ class Received:
 
 @attrs.frozen
 class SessionClosed:
-    """The session ended from the other side or the network (not by `CloseSession`)."""
+    """The session ended from the other side or the network (not by `CloseSession`);
+    `timed_out`: the network stopped acknowledging what we sent (the path to the coordinator
+    is dead, e.g. a partition), rather than the coordinator closing or resetting it."""
 
     session: int
     reason: str
+    timed_out: bool = False
 
 
 @attrs.frozen
@@ -271,7 +275,7 @@ class WorkerProtocol:
             self._on_session_started(event, now)
         elif isinstance(event, SessionClosed):
             if event.session == self.session:
-                self._on_session_closed(event.reason, now)
+                self._on_session_closed(event.reason, now, timed_out=event.timed_out)
         elif isinstance(event, DialFailed):
             self._on_dial_failed(event, now)
         elif isinstance(event, DrainRequested):
@@ -363,9 +367,15 @@ class WorkerProtocol:
 
     # -- sessions ------------------------------------------------------------------------------
 
-    def _next_in_list(self) -> str:
+    def _next_in_list(self, avoid: str | None = None) -> str:
+        """The next coordinator of the list, but not `avoid` (one that just failed) when there
+        is another: a redirect takes the core off its place in the list, so without this the
+        leader it was sent to, once lost and failed again, could come up as "next" once more
+        and cost a second dial timeout before any other coordinator is tried."""
         coordinators = self.config.coordinators
         self._index = (self._index + 1) % len(coordinators)
+        if coordinators[self._index] == avoid and len(set(coordinators)) > 1:
+            self._index = (self._index + 1) % len(coordinators)
         return coordinators[self._index]
 
     def _schedule_dial(self, address: str, now: float, *, failed: bool) -> None:
@@ -401,13 +411,20 @@ class WorkerProtocol:
         self._dial_failures += 1
         if self._dial_failures == 1 or self._dial_failures % DIAL_FAILURES_LOGGED_EVERY == 0:
             log.warning("worker=%s: %s (retrying)", self.config.name, event.reason)
-        self._schedule_dial(self._next_in_list(), now, failed=True)
+        self._schedule_dial(self._next_in_list(avoid=event.address), now, failed=True)
 
-    def _on_session_closed(self, reason: str, now: float) -> None:
+    def _on_session_closed(self, reason: str, now: float, *, timed_out: bool = False) -> None:
         address = self.address or self._target
         was_registered = self.is_registered
         self._end_session()
-        if was_registered:
+        if was_registered and timed_out:
+            log.warning("worker=%s: connection to %s lost: %s; trying another coordinator",
+                        self.config.name, address, reason)
+            # The network stopped answering (a partition, a pulled cable), not the process: a
+            # dial to it now would most likely hang for its whole timeout. The others may
+            # already have a new leader that needs us.
+            self._schedule_dial(self._next_in_list(avoid=address), now, failed=False)
+        elif was_registered:
             log.warning("worker=%s: connection to %s lost: %s", self.config.name, address,
                         reason)
             # It was the leader; it may just have restarted: try it first.

@@ -574,6 +574,24 @@ async def _speaks_plain(host: str, port: int, timeout_s: float) -> bool:
     return bool(first) and first not in (b"\x15\x03", b"\x16\x03")
 
 
+
+def limit_unacknowledged(conn: Connection, timeout_s: float) -> bool:
+    """Fail the connection (ETIMEDOUT, seen as an OSError by `receive`) once data we sent has
+    gone unacknowledged by the peer's TCP stack for `timeout_s` (Linux's TCP_USER_TIMEOUT).
+
+    Why: a peer behind a pulled cable or a partition sends neither FIN nor RST, so without this
+    a side that only ever writes (a worker beating to its coordinator) keeps the dead connection
+    for the kernel's retransmission limit, about fifteen minutes. Acknowledgements come from the
+    peer's kernel, so a peer that is merely busy or stopped (SIGSTOP) is not cut off. Returns
+    False where the option does not exist (the connection then behaves as before)."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    sock = conn.writer.get_extra_info("socket")
+    if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(timeout_s * 1000)))
+    return True
+
+
 def describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"

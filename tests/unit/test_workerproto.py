@@ -305,3 +305,34 @@ def test_a_newer_attempt_supersedes_the_running_one() -> None:
     assert [e.assign.attempt for e in effects if isinstance(e, wp.StartJob)] == [2]
     assert sent(h.finish("j1", 1, "cancelled"), m.Result) == []
     assert sent(h.finish("j1", 2), m.Result) == [result("j1", 2)]
+
+
+def test_a_session_that_timed_out_moves_on_to_the_next_coordinator() -> None:
+    """"A registered session that is lost tries the same coordinator first, unless it timed
+    out (the network stopped acknowledging our beats: a partition)": a leader behind a cut is
+    not dialled again first, which would cost a whole dial timeout while the majority's new
+    leader has no workers."""
+    h = Harness(coordinators=("c1", "c2", "c3"))
+    session, _ = h.connect()
+    h.receive(session, m.Redirect(leader="c3", epoch=1))
+    assert h.next_dial() == "c3"
+    h.step(wp.SessionStarted(2, "c3"))
+    h.receive(2, m.Registered(heartbeat_interval=0.5, epoch=1))
+    h.step(wp.SessionClosed(2, "[Errno 110] Connection timed out", timed_out=True))
+    assert h.next_dial() == "c2"
+
+
+def test_a_coordinator_that_failed_to_dial_is_not_the_next_one_tried() -> None:
+    """After a redirect took the core off its place in the list, the lost leader failing its
+    dial is followed by another coordinator, not by the same one again."""
+    h = Harness(coordinators=("c1", "c2", "c3"))
+    h.step(wp.DialFailed(h.next_dial(), "connection refused"))  # c1
+    session, _ = h.connect()  # c2
+    h.receive(session, m.Redirect(leader="c3", epoch=1))
+    assert h.next_dial() == "c3"
+    h.step(wp.SessionStarted(2, "c3"))
+    h.receive(2, m.Registered(heartbeat_interval=0.5, epoch=1))
+    h.step(wp.SessionClosed(2, "closed by the coordinator"))
+    assert h.next_dial() == "c3"  # closed, not timed out: it may just have restarted
+    h.step(wp.DialFailed("c3", "timed out"))
+    assert h.next_dial() == "c1"
