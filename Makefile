@@ -51,8 +51,9 @@ bench: $(STAMP)
 	$(PY) scripts/bench_journal.py --seconds 3
 	$(PY) scripts/abuse.py
 
+DURATION ?= 60
 chaos: $(STAMP)
-	$(PY) scripts/chaos.py
+	$(PY) scripts/chaos.py --duration $(DURATION)
 
 clean:
 	-$(PY) scripts/cluster.py stop --dir $(RUN) 2>/dev/null
