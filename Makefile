@@ -46,8 +46,9 @@ console: $(STAMP)
 	$(PY) -m tcpsched.console --coordinators $$($(PY) scripts/cluster.py addresses --dir $(RUN) --port $(PORT) --coordinators $(COORDINATORS))
 
 bench: $(STAMP)
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --coordinators 1,3
 	$(PY) scripts/bench_failover.py
+	$(PY) scripts/bench_failover.py --leader
 	$(PY) scripts/bench_journal.py --seconds 3
 	$(PY) scripts/abuse.py
 
