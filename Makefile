@@ -58,13 +58,15 @@ console: $(STAMP)
 	$(PY) -m tcpsched.console --coordinators $$($(PY) scripts/cluster.py addresses --dir $(RUN) --port $(PORT) --coordinators $(COORDINATORS))
 
 bench: $(STAMP)
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --coordinators 1,3
 	$(PY) scripts/bench_failover.py
+	$(PY) scripts/bench_failover.py --leader
 	$(PY) scripts/bench_journal.py --seconds 3
 	$(PY) scripts/abuse.py
 
+DURATION ?= 60
 chaos: $(STAMP)
-	$(PY) scripts/chaos.py
+	$(PY) scripts/chaos.py --duration $(DURATION)
 
 clean:
 	-$(PY) scripts/cluster.py stop --dir $(RUN) 2>/dev/null

@@ -1,20 +1,25 @@
-"""End-to-end benchmarks of one coordinator and its workers on loopback (`make bench`).
+"""End-to-end benchmarks of a local cluster and its workers on loopback (`make bench`).
 
-Starts a real cluster (1 coordinator, `--workers` workers, in a temporary directory on free
-ports), runs each benchmark against it, and always stops every process it started, also on
-Ctrl-C or SIGTERM. Figures go to stdout as a table, or as one JSON document with `--json`;
-progress goes to stderr.
+Starts a real cluster (1 coordinator, or 3 peer coordinators with `--coordinators 3`, and
+`--workers` workers, in a temporary directory on free ports), runs each benchmark against it,
+and always stops every process it started, also on Ctrl-C or SIGTERM. `--coordinators 1,3`
+runs the benchmarks against each size in turn and adds what the peer group costs (a reply
+waits for its record to be on a majority: one follower round trip more). Figures go to stdout
+as a table, or as one JSON document with `--json`; progress goes to stderr.
 
 Benchmarks (one function each, listed in `BENCHMARKS`; add a section by adding a function):
   throughput  N no-op Python jobs submitted with `Client.map` and gathered: end-to-end jobs/s,
-              and the submit-only rate (how fast the coordinator takes jobs in).
+              and the submit-only rate (how fast the coordinator takes jobs in, acknowledged).
+  submits     one submit at a time, each acknowledged before the next: submits/s and p50 ms.
   latency     one job at a time, submit -> result: p50, p99 (and mean, max) in milliseconds.
 
-Each benchmark runs once per worker `--isolation` asked for (both by default, each on a
-cluster of its own, sections named `throughput.process`, `throughput.thread`, ...); with both,
-`isolation.process_vs_thread` is process mode's end-to-end throughput over thread mode's.
+Each benchmark runs on a lone coordinator and on a peer group of three (`--coordinators`), with
+the workers' `--isolation process` (the default); the lone coordinator is also measured with
+`--isolation thread`, and `isolation.process_vs_thread` is process mode's end-to-end throughput
+over thread mode's (sections of thread runs end in `.thread`).
 
-    python scripts/bench.py [--jobs 20000] [--latency-samples 500] [--workers 2] [--slots 4]
+    python scripts/bench.py [--coordinators 1|3|1,3] [--jobs 20000] [--submits 1000]
+                            [--latency-samples 500] [--workers 2] [--slots 4]
                             [--fsync always|batch|never] [--token] [--only NAME]...
                             [--isolation process|thread]... [--json]
 
@@ -44,7 +49,7 @@ from tcpsched import Client
 from tcpsched.client import SyncClient
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers
 
-NOOP_FUNCTION = "operator:pos"  # returns its argument: the cheapest job that proves it ran
+NOOP_FUNCTION = "builtins:abs"  # abs(i) == i for the items sent: the cheapest proof it ran
 GATHER_TIMEOUT_S = 600.0
 
 
@@ -56,11 +61,13 @@ class Figure:
     name: str
     value: float
     unit: str
+    coordinators: int = 1
 
 
 @attrs.frozen
 class BenchConfig:
     jobs: int = 20_000
+    submits: int = 1_000
     latency_samples: int = 500
     workers: int = 2
     slots: int = 4
@@ -108,6 +115,28 @@ async def bench_throughput(client: Client, config: BenchConfig) -> list[Figure]:
     ]
 
 
+async def bench_submits(client: Client, config: BenchConfig) -> list[Figure]:
+    """Sequential single submits: each is acknowledged (committed) before the next is sent."""
+    n = config.submits
+    _log(f"submits: {n} sequential acknowledged submits ...")
+    for i in range(min(20, n)):  # warm up the connection and the leader's paths
+        await client.submit_call(NOOP_FUNCTION, i)
+    samples_ms = []
+    start = time.perf_counter()
+    for i in range(n):
+        before = time.perf_counter()
+        await client.submit_call(NOOP_FUNCTION, i)
+        samples_ms.append((time.perf_counter() - before) * 1000.0)
+    elapsed = time.perf_counter() - start
+    samples_ms.sort()
+    return [
+        Figure("submits", "rate", n / elapsed, "jobs/s"),
+        Figure("submits", "p50", percentile(samples_ms, 0.50), "ms"),
+        Figure("submits", "p99", percentile(samples_ms, 0.99), "ms"),
+        Figure("submits", "samples", n, "jobs"),
+    ]
+
+
 async def bench_latency(client: Client, config: BenchConfig) -> list[Figure]:
     """Sequential submit -> wait for the record, one job at a time."""
     n = config.latency_samples
@@ -133,12 +162,15 @@ async def bench_latency(client: Client, config: BenchConfig) -> list[Figure]:
 
 BENCHMARKS: dict[str, Benchmark] = {
     "throughput": bench_throughput,
+    "submits": bench_submits,
     "latency": bench_latency,
 }
 
 
-def start_cluster(group: ProcessGroup, config: BenchConfig, token: bytes | None) -> str:
-    """One coordinator (state in memory) and `config.workers` workers; returns its address."""
+def start_cluster(group: ProcessGroup, config: BenchConfig, token: bytes | None,
+                  coordinators: int = 1) -> str:
+    """One coordinator, or a peer group of `coordinators`, and `config.workers` workers given
+    every address; returns the addresses, comma-separated."""
     extra = ["--policy", config.policy, "--log-level", "warning"]
     worker_extra = ["--log-level", "warning", "--isolation", config.isolation]
     if config.fsync is not None:
@@ -148,7 +180,10 @@ def start_cluster(group: ProcessGroup, config: BenchConfig, token: bytes | None)
         token_file.write_bytes(token)
         extra += ["--token-file", str(token_file)]
         worker_extra += ["--token-file", str(token_file)]
-    _, address = group.coordinator(extra=extra)
+    if coordinators == 1:
+        _, address = group.coordinator(extra=extra)
+    else:
+        address = ",".join(a for _, a in group.group(coordinators, extra=extra).values())
     names = [f"w{i + 1}" for i in range(config.workers)]
     for name in names:
         group.worker(address, name, slots=config.slots, extra=worker_extra)
@@ -158,12 +193,23 @@ def start_cluster(group: ProcessGroup, config: BenchConfig, token: bytes | None)
 
 
 async def run_benchmarks(address: str, config: BenchConfig, names: Sequence[str],
-                         token: bytes | None) -> list[Figure]:
+                         token: bytes | None, coordinators: int = 1) -> list[Figure]:
     figures: list[Figure] = []
-    async with Client([address], token=token, connect_timeout=30.0) as client:
+    async with Client(address, token=token, connect_timeout=30.0) as client:
         for name in names:
-            figures.extend(await BENCHMARKS[name](client, config))
+            figures.extend(attrs.evolve(f, coordinators=coordinators)
+                           for f in await BENCHMARKS[name](client, config))
     return figures
+
+
+def group_cost(figures: Sequence[Figure]) -> list[Figure]:
+    """For each rate measured with 1 and with 3 coordinators: how much slower 3 are, in %."""
+    rates = {(f.section, f.name, f.coordinators): f.value for f in figures
+             if f.unit == "jobs/s"}
+    return [Figure(section, f"{name}_cost_3_vs_1", 100.0 * (1.0 - rates[section, name, 3] / one),
+                   "%", 3)
+            for (section, name, count), one in rates.items()
+            if count == 1 and (section, name, 3) in rates]
 
 
 def format_value(figure: Figure) -> str:
@@ -177,20 +223,26 @@ def format_value(figure: Figure) -> str:
 
 
 def table(figures: Sequence[Figure]) -> str:
-    rows = [(f"{f.section}.{f.name}", format_value(f), f.unit) for f in figures]
+    rows = [(str(f.coordinators), f"{f.section}.{f.name}", format_value(f), f.unit)
+            for f in figures]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in
-              enumerate(("benchmark", "value", "unit"))]
-    lines = [f"{'benchmark':<{widths[0]}}  {'value':>{widths[1]}}  unit"]
-    lines += [f"{name:<{widths[0]}}  {value:>{widths[1]}}  {unit}" for name, value, unit in rows]
+              enumerate(("coordinators", "benchmark", "value", "unit"))]
+    lines = [f"{'coordinators':>{widths[0]}}  {'benchmark':<{widths[1]}}  "
+             f"{'value':>{widths[2]}}  unit"]
+    lines += [f"{count:>{widths[0]}}  {name:<{widths[1]}}  {value:>{widths[2]}}  {unit}"
+              for count, name, value, unit in rows]
     return "\n".join(lines)
 
 
-def document(figures: Sequence[Figure], config: BenchConfig) -> dict[str, Any]:
+def document(figures: Sequence[Figure], config: BenchConfig,
+             coordinators: Sequence[int] = (1,)) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     for f in figures:
-        results.setdefault(f.section, {})[f.name] = {"value": f.value, "unit": f.unit}
+        # One coordinator keeps the historical keys; a peer group's sections are "name@3".
+        section = f.section if f.coordinators == 1 else f"{f.section}@{f.coordinators}"
+        results.setdefault(section, {})[f.name] = {"value": f.value, "unit": f.unit}
     return {
-        "config": attrs.asdict(config),
+        "config": {**attrs.asdict(config), "coordinators": list(coordinators)},
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "platform": platform.platform()},
         "results": results,
@@ -199,7 +251,11 @@ def document(figures: Sequence[Figure], config: BenchConfig) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark a local tcpsched cluster.")
+    p.add_argument("--coordinators", default="1", metavar="1|3|1,3",
+                   help="coordinators in the cluster; 1,3 runs both and compares (1)")
     p.add_argument("--jobs", type=int, default=20_000, help="jobs for throughput (20000)")
+    p.add_argument("--submits", type=int, default=1_000, metavar="N",
+                   help="sequential acknowledged submits (1000)")
     p.add_argument("--latency-samples", type=int, default=500, metavar="N",
                    help="sequential round trips for latency (500)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (2)")
@@ -216,8 +272,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "other)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     args = p.parse_args(argv)
-    if args.jobs < 1 or args.latency_samples < 1 or args.workers < 1 or args.slots < 1:
-        p.error("--jobs, --latency-samples, --workers and --slots must be at least 1")
+    if (args.jobs < 1 or args.latency_samples < 1 or args.workers < 1 or args.slots < 1
+            or args.submits < 1):
+        p.error("--jobs, --submits, --latency-samples, --workers and --slots must be at "
+                "least 1")
+    try:
+        args.coordinators = sorted({int(n) for n in args.coordinators.split(",")})
+    except ValueError:
+        p.error("--coordinators takes 1, 3 or 1,3")
+    if not set(args.coordinators) <= {1, 3}:
+        p.error("--coordinators takes 1, 3 or 1,3")
     return args
 
 
@@ -225,56 +289,57 @@ def _raise_interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_cluster(config: BenchConfig, names: Sequence[str]) -> list[Figure]:
-    """Start a cluster for `config`, run the benchmarks `names` on it, stop it."""
-    import uvloop
-
-    with tempfile.TemporaryDirectory(prefix="tcpsched-bench-") as tmp:
-        group = ProcessGroup(Path(tmp))
-        try:
-            token = secrets.token_hex(16).encode() if config.token else None
-            address = start_cluster(group, config, token)
-            _log(f"cluster: 1 coordinator at {address} (fsync {config.fsync or 'default'}, "
-                 f"token {'on' if token else 'off'}), {config.workers} workers x "
-                 f"{config.slots} slots, isolation {config.isolation}")
-            figures = uvloop.run(run_benchmarks(address, config, names, token))
-        except Exception:
-            _log(group.logs())
-            raise
-        finally:
-            group.stop_all()
-    return [attrs.evolve(f, section=f"{f.section}.{config.isolation}") for f in figures]
-
-
 def isolation_ratio(figures: Sequence[Figure]) -> list[Figure]:
-    """Process mode's end-to-end throughput over thread mode's, when both ran."""
-    rates = {f.section: f.value for f in figures if f.name == "end_to_end"}
-    process, thread = rates.get("throughput.process"), rates.get("throughput.thread")
+    """Process mode's end-to-end throughput over thread mode's, on one coordinator."""
+    rates = {f.section: f.value for f in figures if f.name == "end_to_end" and f.coordinators == 1}
+    process, thread = rates.get("throughput"), rates.get("throughput.thread")
     if process is None or thread is None:
         return []
-    return [Figure("isolation", "process_vs_thread", process / thread, "ratio")]
+    return [Figure("isolation", "process_vs_thread", process / thread, "ratio", 1)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    isolations = args.isolation or ["process", "thread"]
     names = args.only or list(BENCHMARKS)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # so the finally below stops the cluster
+    import uvloop
+
     figures: list[Figure] = []
-    configs = []
-    for isolation in args.isolation or ["process", "thread"]:
-        config = BenchConfig(jobs=args.jobs, latency_samples=args.latency_samples,
-                             workers=args.workers, slots=args.slots, policy=args.policy,
-                             fsync=args.fsync, token=args.token, isolation=isolation)
-        configs.append(config)
-        try:
-            figures.extend(run_cluster(config, names))
-        except KeyboardInterrupt:
-            _log("interrupted: stopping the cluster")
-            return 130
-    figures.extend(isolation_ratio(figures))
+    token = secrets.token_hex(16).encode() if args.token else None
+    base = BenchConfig(jobs=args.jobs, submits=args.submits,
+                       latency_samples=args.latency_samples, workers=args.workers,
+                       slots=args.slots, policy=args.policy, fsync=args.fsync, token=args.token,
+                       isolation=isolations[0])
+    runs = [(count, isolations[0]) for count in args.coordinators]
+    if 1 in args.coordinators:
+        runs += [(1, isolation) for isolation in isolations[1:]]
+    for count, isolation in runs:
+        config = attrs.evolve(base, isolation=isolation)
+        with tempfile.TemporaryDirectory(prefix="tcpsched-bench-") as tmp:
+            group = ProcessGroup(Path(tmp))
+            try:
+                address = start_cluster(group, config, token, count)
+                _log(f"cluster: {count} coordinator(s) at {address} (fsync "
+                     f"{config.fsync or 'default'}, token {'on' if token else 'off'}), "
+                     f"{config.workers} workers x {config.slots} slots, isolation {isolation}")
+                measured = uvloop.run(run_benchmarks(address, config, names, token, count))
+            except KeyboardInterrupt:
+                _log("interrupted: stopping the cluster")
+                return 130
+            except Exception:
+                _log(group.logs())
+                raise
+            finally:
+                group.stop_all()
+        if isolation != isolations[0]:
+            measured = [attrs.evolve(f, section=f"{f.section}.{isolation}") for f in measured]
+        figures += measured
+    figures += group_cost(figures)
+    figures += isolation_ratio(figures)
     if args.json:
-        doc = document(figures, configs[0])
-        doc["config"]["isolation"] = [c.isolation for c in configs]
+        doc = document(figures, base, args.coordinators)
+        doc["config"]["isolation"] = isolations
         print(json.dumps(doc, indent=2))
     else:
         print(table(figures))

@@ -61,6 +61,9 @@ if TYPE_CHECKING:
     import random
 
 log = logging.getLogger(__name__)
+# A quorum check runs this long after the moment reach can drop (reach counts a peer heard
+# exactly an election timeout ago), so a check at its deadline can see the drop.
+QUORUM_SLACK_S = 0.001
 
 Position = tuple[int, int]
 """(epoch, seq) of a node's last record; tuples compare epoch first: the up-to-date order."""
@@ -292,6 +295,8 @@ class Election:
                 log.info("node=%d epoch=%d lost its majority; stepping down",
                          self.node_id, self.promised_epoch)
                 self._become_follower(0, now)
+            else:
+                self._deadline = self._majority_lapses_at(now)
         elif self.role is Role.FOLLOWER:
             if self.leader and now - self._leader_heard_at > self.timing.election_timeout_s:
                 log.info("node=%d epoch=%d lost leader %d", self.node_id, self.promised_epoch,
@@ -459,6 +464,17 @@ class Election:
             ), durable=True)
         if self.majority == 1:
             self._become_leader(now)
+
+    def _majority_lapses_at(self, now: float) -> float:
+        """When a leader's reach could next fall below a majority: just after the peer that
+        completes its majority was heard an election timeout ago. The next quorum check is due
+        then, not sooner: a deadline left in the past would have the shell tick the leader on
+        every loop turn (a busy loop that starved its followers and workers of CPU)."""
+        needed = self.majority - 1
+        if needed <= 0:
+            return now + self.timing.election_timeout_s
+        recent = sorted(self._heard.values(), reverse=True)
+        return max(recent[needed - 1] + self.timing.election_timeout_s, now) + QUORUM_SLACK_S
 
     def _become_leader(self, now: float) -> None:
         self.role = Role.LEADER

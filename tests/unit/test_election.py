@@ -367,3 +367,21 @@ def test_at_most_one_leader_per_epoch_under_random_one_way_cuts(
         epochs = [e for e, _ in net.promises[node.node_id]]
         assert epochs == sorted(epochs)
     assert len(net.leaders()) == 1
+
+
+def test_a_leaders_next_deadline_is_its_next_quorum_check() -> None:
+    """Rule: a leader with its majority wakes next when that majority could lapse (the peer
+    completing it heard an election timeout ago), never at a deadline already past."""
+    net = Net([1, 2, 3])
+    net.run(3.0)
+    leader = net.nodes[3]
+    assert leader.is_leader
+    ticks = 0
+    for _ in range(200):  # 2 s of 10 ms steps, with beats every 100 ms
+        net.run(0.01)
+        assert leader.next_deadline() > net.now
+        ticks += leader.next_deadline() <= net.now + 0.01
+    assert leader.is_leader
+    assert ticks < 40, ticks
+    last_heard = max(leader.heard_at().values())
+    assert leader.next_deadline() <= last_heard + TIMING.election_timeout_s + 0.01
