@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CHECK_QUORUM_SLACK_S = 1e-3  # a leader looks at its majority this long after it could drop
+
 Position = tuple[int, int]
 """(epoch, seq) of a node's last record; tuples compare epoch first: the up-to-date order."""
 
@@ -292,6 +294,8 @@ class Election:
                 log.info("node=%d epoch=%d lost its majority; stepping down",
                          self.node_id, self.promised_epoch)
                 self._become_follower(0, now)
+            else:
+                self._arm_check_quorum(now)
         elif self.role is Role.FOLLOWER:
             if self.leader and now - self._leader_heard_at > self.timing.election_timeout_s:
                 log.info("node=%d epoch=%d lost leader %d", self.node_id, self.promised_epoch,
@@ -469,7 +473,7 @@ class Election:
         self._holddown_at = None
         for peer in self._acks:
             self._heard[peer] = now
-        self._deadline = now + self.timing.election_timeout_s
+        self._arm_check_quorum(now)
         log.info("node=%d epoch=%d became leader", self.node_id, self.promised_epoch)
         self._out.append(RoleChanged(Role.LEADER, self.promised_epoch, self.node_id))
 
@@ -489,6 +493,19 @@ class Election:
         else:
             log.info("node=%d epoch=%d became follower", self.node_id, self.promised_epoch)
         self._out.append(RoleChanged(Role.FOLLOWER, self.promised_epoch, leader))
+
+    def _arm_check_quorum(self, now: float) -> None:
+        """A leader's next look at its majority: when the peer that completes it has been
+        silent for the election timeout. Without re-arming, the deadline set when it became
+        leader stays in the past and every timer fires at once, forever (a busy loop)."""
+        timeout = self.timing.election_timeout_s
+        heard = sorted(self._heard.values(), reverse=True)
+        needed = self.majority - 1  # peers besides ourselves
+        if needed <= 0 or len(heard) < needed:
+            self._deadline = now + timeout
+        else:
+            # Just past the instant it drops out of `reach` (which counts t >= now - timeout).
+            self._deadline = max(now, heard[needed - 1] + timeout) + CHECK_QUORUM_SLACK_S
 
     def _arm_follower(self, now: float) -> None:
         self._deadline = now + self.timing.election_timeout_s + self._jitter()

@@ -253,6 +253,20 @@ def test_leader_without_a_majority_steps_down() -> None:
     assert net.nodes[3].role is not Role.LEADER
 
 
+def test_a_leaders_deadline_stays_ahead_of_the_clock() -> None:
+    """Rule: a leader checks its majority on a timer; once checked, the next check is in the
+    future (a deadline left in the past made the runner fire the leader's timer in a busy loop;
+    found by the simulation)."""
+    net = Net([1, 2, 3])
+    net.run(3.0)
+    leader = net.nodes[3]
+    assert leader.is_leader
+    now = net.now
+    leader.on_tick(now, (0, 0), True)
+    assert leader.next_deadline() > now
+    assert leader.next_deadline() <= now + TIMING.election_timeout_s + 0.01
+
+
 def test_follower_elects_after_the_election_timeout() -> None:
     """Rule: a follower that misses the leader's heartbeats for the timeout starts an election."""
     net = Net([1, 2, 3])
