@@ -35,6 +35,7 @@ class SimWorker:
     outbox: dict[tuple[str, int], m.Result] = attrs.field(factory=dict)
     backlog: list[tuple[str, Any]] = attrs.field(factory=list)  # what arrived while hung
     epoch_seen: int = 0
+    target: int = 0  # which coordinator (of the simulation's list) to dial next
 
     def refs(self) -> tuple[m.AttemptRef, ...]:
         return tuple(m.AttemptRef(job_id=j, attempt=a) for j, a in sorted(self.running.items()))
@@ -58,7 +59,8 @@ class WorkerSide:
         if w.hung:
             w.backlog.append(("worker_connect", payload))
             return
-        w.conn = self.sim.net.open(name)
+        addresses = self.sim.coordinator_addresses
+        w.conn = self.sim.net.open(name, addresses[w.target % len(addresses)])
         w.registered = False
         self.sim.log(f"{name} dials conn={w.conn} running={sorted(w.running.items())}")
         # One incarnation per life: a reconnect proves it is the same process, a restart is not.
@@ -163,6 +165,8 @@ class WorkerSide:
             w.backlog.append(("worker_closed", payload))
             return
         self.sim.log(f"{name} sees conn={conn} closed")
+        if not w.registered:
+            w.target += 1  # not the leader, or not up: try the next coordinator
         w.conn = None
         w.registered = False
         self.sim.at(self.sim.clock.now + self.sim.rng.uniform(0.0, 0.1), "worker_connect",
