@@ -10,8 +10,12 @@ every `full_check_every` steps and at the end. The promises, precisely:
 * epochs never decrease: a node's epoch never goes down within a life, its journaled promises
   never go down, and a restart comes back at least at its durable promise;
 * no committed record is ever changed: the first node to count seq s as committed (a leader
-  by majority, a follower told by its leader) fixes s's bytes; every node's log and every entry
-  any node writes must hold the same bytes at s;
+  by majority, a follower told by its leader) fixes s's bytes and the epoch E it was committed
+  in; every node that counts s as committed holds the same bytes (State Machine Safety), every
+  leader elected later holds them (Leader Completeness), a restart applies only entries that
+  match, and no node ever writes other bytes at s in an epoch >= E. (A deposed leader that does
+  not know it yet may still append its own entry at s in an older epoch, as in Raft: that entry
+  is never committed and is cut once it hears the new leader);
 * no acknowledged job is lost: every job a client got an id for is in the table of every leader
   elected afterwards (and, at the end, has finished); a terminal state a client was shown is
   the state of that job on every later leader (nothing shown is taken back);
@@ -60,6 +64,7 @@ class Checker:
         self.promise_of: dict[int, int] = {}  # node -> the last promise it journaled
         self.was_leader: dict[int, bool] = {}
         self.committed: dict[int, bytes] = {}  # seq -> the entry's bytes
+        self.committed_in: dict[int, int] = {}  # seq -> the epoch it was first counted in
         self.commit_checked: dict[int, int] = {}  # node -> commit seq already compared
         self.acked: dict[str, str] = {}  # job id -> idempotency key
         self.shown_terminal: dict[str, str] = {}  # job id -> terminal state a client saw
@@ -80,6 +85,15 @@ class Checker:
         self.was_leader[node_id] = False
         self.commit_checked[node_id] = 0
         self._replays.pop(node_id, None)
+        committed = self.committed
+        upto = min(coord.disk.commit_seq, coord.node.log.commit_seq)
+        for entry in coord.disk.entries:
+            if entry.seq > upto:
+                break
+            known = committed.get(entry.seq)
+            if known is not None and known != entry.data:
+                self.sim.fail(f"node {node_id} restarts applying entry {entry.seq} as "
+                              f"{entry.data[:120]!r}, but {known[:120]!r} was committed")
 
     def after_step(self, coord: SimCoordinator) -> None:
         node = coord.node
@@ -117,6 +131,15 @@ class Checker:
         self.leader_epoch_max = max(self.leader_epoch_max, epoch)
         self.elections_won += 1
         self.sim.log(f"c{node_id} became leader of epoch {epoch}")
+        log = node.log
+        for seq, data in self.committed.items():
+            entry = log.entry(seq)
+            if (entry is not None and entry.data != data) or (
+                    entry is None and seq > log.last_seq):
+                self.sim.fail(f"new leader {node_id} of epoch {epoch} lacks committed entry "
+                              f"{seq}: it holds "
+                              f"{entry.data[:120] if entry else None!r}, {data[:120]!r} was "
+                              "committed")
         jobs = node.table.jobs
         for job_id in self.acked:
             if job_id not in jobs:
@@ -141,6 +164,7 @@ class Checker:
             known = committed.get(seq)
             if known is None:
                 committed[seq] = entry.data
+                self.committed_in[seq] = node.epoch
             elif known != entry.data:
                 self.sim.fail(f"committed entry {seq} changed: node {coord.node_id} counts "
                               f"{entry.data[:120]!r} as committed, but {known[:120]!r} was")
@@ -150,9 +174,11 @@ class Checker:
         committed = self.committed
         for entry in entries:
             known = committed.get(entry.seq)
-            if known is not None and known != entry.data:
-                self.sim.fail(f"node {coord.node_id} writes entry {entry.seq} as "
-                              f"{entry.data[:120]!r} over committed {known[:120]!r}")
+            if (known is not None and known != entry.data
+                    and entry.epoch >= self.committed_in[entry.seq]):
+                self.sim.fail(f"node {coord.node_id} writes entry {entry.seq} of epoch "
+                              f"{entry.epoch} as {entry.data[:120]!r} over {known[:120]!r}, "
+                              f"committed in epoch {self.committed_in[entry.seq]}")
 
     def promise_written(self, coord: SimCoordinator, epoch: int) -> None:
         if epoch < self.promise_of.get(coord.node_id, 0):
@@ -161,12 +187,11 @@ class Checker:
         self.promise_of[coord.node_id] = epoch
 
     def truncated(self, coord: SimCoordinator, seq: int) -> None:
-        """A cut never reaches below what the node itself counts as committed."""
-        node = coord.node
-        assert node is not None
-        if seq < node.log.commit_seq:
+        """A cut never reaches below a commit mark the node journaled."""
+        mark = coord.disk.commit_mark()
+        if seq < mark:
             self.sim.fail(f"node {coord.node_id} cuts its journal after {seq}, below its "
-                          f"commit seq {node.log.commit_seq}")
+                          f"commit mark {mark}")
 
     # -- told by the clients ----------------------------------------------------------------
 

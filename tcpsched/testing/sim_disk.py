@@ -94,6 +94,11 @@ class SimDisk:
                 return w.seq
         return self.entries[-1].seq if self.entries else 0
 
+    def commit_mark(self) -> int:
+        """The highest commit mark written, durable or not."""
+        pending = [w[1] for w in self.pending if not isinstance(w, Entry) and w[0] == "commit"]
+        return max([self.commit_seq, *pending])
+
     def written(self) -> list[Entry]:
         """Every entry written, durable or not (what the journal file holds)."""
         return [*self.entries, *(w for w in self.pending if isinstance(w, Entry))]

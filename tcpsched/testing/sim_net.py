@@ -94,8 +94,8 @@ class SimNetwork:
 
     def to_sched(self, conn: int, msg: Any) -> None:
         """The party sends to its coordinator."""
-        c = self.conns[conn]
-        if c.cut or c.party_closed:
+        c = self.conns.get(conn)
+        if c is None or c.cut or c.party_closed:  # None: long closed, and forgotten
             return
         c.to_node_at = max(c.to_node_at, self.sim.clock.now + self._delay())
         self.sim.schedule(c.to_node_at, self.sim.events.NodeReceive(conn, msg))
@@ -123,8 +123,8 @@ class SimNetwork:
     def node_close(self, conn: int) -> None:
         """The coordinator closes: what it sent still arrives (flush), then the party sees
         EOF; the coordinator's own receive loop ends with `Closed`."""
-        c = self.conns[conn]
-        if c.node_closed:
+        c = self.conns.get(conn)
+        if c is None or c.node_closed:
             return
         c.node_closed = True
         if not c.cut:
@@ -134,8 +134,8 @@ class SimNetwork:
 
     def worker_close(self, conn: int, *, reset: bool) -> None:
         """The party closes (gracefully, or by dying: a reset)."""
-        c = self.conns[conn]
-        if c.party_closed:
+        c = self.conns.get(conn)
+        if c is None or c.party_closed:
             return
         c.party_closed = True
         c.cut = c.cut or reset
@@ -144,8 +144,8 @@ class SimNetwork:
 
     def cut(self, conn: int) -> None:
         """A network fault resets the connection: both sides see it close, in-flight is lost."""
-        c = self.conns[conn]
-        if c.cut:
+        c = self.conns.get(conn)
+        if c is None or c.cut:
             return
         c.cut = True
         now = self.sim.clock.now
