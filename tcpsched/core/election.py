@@ -27,7 +27,9 @@ candidate. A candidate runs rounds:
 Acknowledging. A node acknowledges COORDINATOR(e, c) only if e is above its promise (or equal,
 with the same leader: a resend), c's log position is at least its own, and it does not hear a
 live leader with a higher id than c. It then promises (e, c) durably and follows c. It refuses
-replication from any epoch below its promise (`leader_contact` answers False).
+replication from any epoch below its promise (`leader_contact` answers False). Replication of
+its own epoch from another leader than the one it promised is accepted (and the promise moved
+to it): only the one node a majority acknowledged for e replicates in e.
 
 Why two leaders in one epoch are impossible: a leader of epoch e needs acknowledgements from a
 majority, each node acknowledges at most one leader per epoch, and any two majorities of the same
@@ -244,11 +246,14 @@ class Election:
     def leader_contact(self, leader: int, epoch: int, now: float) -> tuple[bool, list[Output]]:
         """A leader's replication or heartbeat arrived. False: it is fenced (refuse it)."""
         self._out = []
-        if epoch < self.promised_epoch or (
-            epoch == self.promised_epoch and leader != self.promised_leader
-        ):
+        if epoch < self.promised_epoch:
             return False, []
-        if epoch > self.promised_epoch:
+        if epoch > self.promised_epoch or leader != self.promised_leader:
+            # Same epoch, another leader than the one we promised (ourselves, as a fellow
+            # candidate, or a candidate that lost): only a node a majority acknowledged
+            # replicates, and one epoch has one such node, so this is that epoch's leader.
+            # Refusing it would leave us out for good: the leader never moves to a new epoch
+            # on our account, and we would defer to it, unheard, forever.
             self._promise(epoch, leader)
         self.peer_heard(leader, now)
         if self.role is not Role.FOLLOWER or self.leader != leader:
