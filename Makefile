@@ -10,8 +10,9 @@ SLOTS  ?= 4
 POLICY ?= round-robin
 PORT   ?= 7001
 PYTEST_ARGS ?=
+SEEDS  ?= 1000
 
-.PHONY: install test demo cluster stop status console bench chaos lint clean
+.PHONY: install test demo cluster stop status console bench chaos soak lint clean
 
 install: $(STAMP)
 
@@ -53,6 +54,10 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	$(PY) scripts/chaos.py
+
+# The seeded cluster simulation over more seeds than CI runs (tests/sim runs 200).
+soak: $(STAMP)
+	$(PY) -m tcpsched.testing.sim --seeds $(SEEDS)
 
 clean:
 	-$(PY) scripts/cluster.py stop --dir $(RUN) 2>/dev/null

@@ -67,7 +67,7 @@ class SimConfig:
     steps: int = 2000  # events in the fault phase
     settle_s: float = 300.0  # after faults stop, how long every job has to finish
     leader_bound_s: float = 15.0  # after faults stop, how long until a leader is elected
-    faults_per_s: float = 0.5
+    faults_per_s: float = 1.5
     submit_every_s: float = 0.4  # mean time between a client's submits
     net_delay_min_s: float = 0.0005
     net_delay_max_s: float = 0.02

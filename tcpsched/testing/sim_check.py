@@ -86,7 +86,7 @@ class Checker:
         self.commit_checked[node_id] = 0
         self._replays.pop(node_id, None)
         committed = self.committed
-        upto = min(coord.disk.commit_seq, coord.node.log.commit_seq)
+        upto = coord.node.log.commit_seq
         for entry in coord.disk.entries:
             if entry.seq > upto:
                 break

@@ -64,7 +64,7 @@ class SimCoordinator:
         self.node_id = node_id
         self.address = address_of(node_id)
         self.peers = {j: address_of(j) for j in ids if j != node_id}
-        self.disk = SimDisk()
+        self.disk = SimDisk(group=bool(self.peers))
         self.node: Node | None = None
         self.up = False
         self.paused = False

@@ -9,11 +9,13 @@ whatever reached the platter is a prefix of what was written), never anything ou
 seq durably, and journals the promise and a commit mark again, so after it everything is
 durable.
 
-`recovered()` builds the `Recovered` a restarted coordinator gets, exactly as the real group
-recovery does: the table is the replay of the entries up to the last commit mark (bounded by
-the last entry), the window is every entry (no snapshots here: nothing is compacted), the
-promise is the last one journaled. `table_upto(seq)` is what the shell's `reload` returns:
-the replay of every entry written (durable or not: the file holds them) up to `seq`.
+`recovered()` builds the `Recovered` a restarted coordinator gets, exactly as the real
+recovery does: in a group the table is the replay of the entries up to the last commit mark
+(bounded by the last entry); alone, of every entry (alone, all that is journaled is committed:
+no commit marks are written); the window is every entry (no snapshots here: nothing is
+compacted), the promise is the last one journaled. `table_upto(seq)` is what the shell's
+`reload` returns: the replay of every entry written (durable or not: the file holds them) up
+to `seq`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ Write = Entry | tuple[str, int, int]  # an entry, ("promise", epoch, leader), ("
 
 
 class SimDisk:
-    def __init__(self) -> None:
+    def __init__(self, *, group: bool = True) -> None:
+        self.group = group
         self.entries: list[Entry] = []  # durable
         self.promise = (0, 0)
         self.commit_seq = 0
@@ -112,7 +115,7 @@ class SimDisk:
     def recovered(self) -> Recovered:
         assert not self.pending, "recovery reads a disk whose process is gone"
         last = self.entries[-1].seq if self.entries else 0
-        upto = min(self.commit_seq, last)
+        upto = min(self.commit_seq, last) if self.group else last
         return Recovered(table=replay(self.entries, upto), entries=tuple(self.entries),
                          base=(0, 0), commit_seq=self.commit_seq,
                          promised_epoch=self.promise[0], promised_leader=self.promise[1])
