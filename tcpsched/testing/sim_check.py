@@ -272,6 +272,8 @@ class Checker:
                         or job.attempts != attempt:
                     self.sim.fail(f"worker {name} holds {job_id} attempt {attempt}, but the "
                                   f"table has it {job!r}")
+        if node.epoch < self.leader_epoch_max:
+            return  # deposed without knowing it yet: it lacks what its successors acknowledged
         for job_id in self.acked:
             job = table.get(job_id)
             if job is None:
