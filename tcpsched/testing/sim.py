@@ -372,15 +372,36 @@ class Simulation:
         )
 
 
+NAMED_FLAGS = ("steps", "jobs", "coordinators", "workers", "slots_max", "faults_per_s")
+
+
 def _config_flags(config: SimConfig) -> str:
-    """The flags that reproduce `config` where it differs from the defaults."""
+    """The flags that reproduce `config` where it differs from the defaults (`--set` for the
+    settings without a flag of their own), so the replay command is exact."""
     defaults = SimConfig()
     flags = []
-    for name in ("steps", "jobs", "workers", "slots_max", "faults_per_s", "coordinators"):
+    for field in attrs.fields(SimConfig):
+        name = field.name
         value = getattr(config, name)
-        if value != getattr(defaults, name):
+        if name == "scenario" or value == getattr(defaults, name):
+            continue
+        if name in NAMED_FLAGS:
             flags.append(f" --{name.replace('_', '-')} {value}")
+        else:
+            flags.append(f" --set {name}={value}")
     return "".join(flags)
+
+
+def _with_settings(config: SimConfig, settings: list[str]) -> SimConfig:
+    """`config` with `name=value` settings applied (values parsed by the field's type)."""
+    changes: dict[str, Any] = {}
+    defaults = SimConfig()
+    for setting in settings:
+        name, _, text = setting.partition("=")
+        if not hasattr(defaults, name):
+            raise SystemExit(f"--set: no simulation setting {name!r}")
+        changes[name] = type(getattr(defaults, name))(text)
+    return attrs.evolve(config, **changes)
 
 
 def run_seed(seed: int, config: SimConfig | None = None, *, verbose: bool = False
@@ -405,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=defaults.workers)
     p.add_argument("--slots-max", type=int, default=defaults.slots_max)
     p.add_argument("--faults-per-s", type=float, default=defaults.faults_per_s)
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other SimConfig setting (a replay command uses it)")
     p.add_argument("--verbose", action="store_true",
                    help="print the trace and log the cores' decisions")
     args = p.parse_args(argv)
@@ -413,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = SimConfig(steps=args.steps, jobs=args.jobs, workers=args.workers,
                        coordinators=args.coordinators, faults_per_s=args.faults_per_s,
                        slots_max=args.slots_max, scenario=args.scenario)
+    config = _with_settings(config, args.set)
     seeds = [args.seed] if args.seed is not None else list(range(args.first,
                                                                  args.first + args.seeds))
     failures = 0

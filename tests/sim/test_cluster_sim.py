@@ -71,4 +71,16 @@ def test_violation_names_the_replay_command() -> None:
                        job_s_max=50.0)
     with pytest.raises(InvariantViolation) as info:
         run_seed(3, config)
-    assert "python -m tcpsched.testing.sim --seed 3 --jobs 5 --workers 1" in str(info.value)
+    command = ("python -m tcpsched.testing.sim --seed 3 --workers 1 --slots-max 1 --jobs 5 "
+               "--steps 300 --set settle_s=0.001 --set job_s_max=50.0 --verbose")
+    assert command in str(info.value)
+
+
+def test_the_replay_command_replays_the_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    """Running the printed command fails the same way, on the same seed."""
+    from tcpsched.testing.sim import main
+
+    code = main(["--seed", "3", "--steps", "300", "--jobs", "5", "--workers", "1",
+                 "--slots-max", "1", "--set", "settle_s=0.001", "--set", "job_s_max=50.0"])
+    assert code == 1
+    assert "FAIL seed 3: 5 job(s) never reached a terminal state" in capsys.readouterr().out
