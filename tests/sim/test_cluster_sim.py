@@ -84,3 +84,18 @@ def test_the_replay_command_replays_the_failure(capsys: pytest.CaptureFixture[st
                  "--slots-max", "1", "--set", "settle_s=0.001", "--set", "job_s_max=50.0"])
     assert code == 1
     assert "FAIL seed 3: 5 job(s) never reached a terminal state" in capsys.readouterr().out
+
+
+def test_a_seed_replays_exactly_in_another_process() -> None:
+    """The replay command reproduces the run in a new process, whatever its hash seed."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run([sys.executable, "-m", "tcpsched.testing.sim", "--seed", "5"],
+                              env=env, capture_output=True, text=True, timeout=120, check=True)
+        outputs.add(done.stdout.splitlines()[0])
+    assert len(outputs) == 1
