@@ -10,8 +10,9 @@ SLOTS  ?= 4
 POLICY ?= round-robin
 PORT   ?= 7001
 PYTEST_ARGS ?=
+SEEDS  ?= 1000
 
-.PHONY: install test demo cluster restart stop status console bench chaos lint clean
+.PHONY: install test demo cluster restart stop status console bench chaos soak lint clean
 
 # `make restart w2` (or `make restart NAME=w2`): the word after restart is the member's name.
 ifeq (restart,$(firstword $(MAKECMDGOALS)))
@@ -67,6 +68,10 @@ bench: $(STAMP)
 DURATION ?= 60
 chaos: $(STAMP)
 	$(PY) scripts/chaos.py --duration $(DURATION)
+
+# The seeded cluster simulation over more seeds than CI runs (tests/sim runs 200).
+soak: $(STAMP)
+	$(PY) -m tcpsched.testing.sim --seeds $(SEEDS)
 
 clean:
 	-$(PY) scripts/cluster.py stop --dir $(RUN) 2>/dev/null

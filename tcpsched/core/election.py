@@ -27,7 +27,9 @@ candidate. A candidate runs rounds:
 Acknowledging. A node acknowledges COORDINATOR(e, c) only if e is above its promise (or equal,
 with the same leader: a resend), c's log position is at least its own, and it does not hear a
 live leader with a higher id than c. It then promises (e, c) durably and follows c. It refuses
-replication from any epoch below its promise (`leader_contact` answers False).
+replication from any epoch below its promise (`leader_contact` answers False). Replication of
+its own epoch from another leader than the one it promised is accepted (and the promise moved
+to it): only the one node a majority acknowledged for e replicates in e.
 
 Why two leaders in one epoch are impossible: a leader of epoch e needs acknowledgements from a
 majority, each node acknowledges at most one leader per epoch, and any two majorities of the same
@@ -61,9 +63,8 @@ if TYPE_CHECKING:
     import random
 
 log = logging.getLogger(__name__)
-# A quorum check runs this long after the moment reach can drop (reach counts a peer heard
-# exactly an election timeout ago), so a check at its deadline can see the drop.
-QUORUM_SLACK_S = 0.001
+
+CHECK_QUORUM_SLACK_S = 1e-3  # a leader looks at its majority this long after it could drop
 
 Position = tuple[int, int]
 """(epoch, seq) of a node's last record; tuples compare epoch first: the up-to-date order."""
@@ -245,11 +246,14 @@ class Election:
     def leader_contact(self, leader: int, epoch: int, now: float) -> tuple[bool, list[Output]]:
         """A leader's replication or heartbeat arrived. False: it is fenced (refuse it)."""
         self._out = []
-        if epoch < self.promised_epoch or (
-            epoch == self.promised_epoch and leader != self.promised_leader
-        ):
+        if epoch < self.promised_epoch:
             return False, []
-        if epoch > self.promised_epoch:
+        if epoch > self.promised_epoch or leader != self.promised_leader:
+            # Same epoch, another leader than the one we promised (ourselves, as a fellow
+            # candidate, or a candidate that lost): only a node a majority acknowledged
+            # replicates, and one epoch has one such node, so this is that epoch's leader.
+            # Refusing it would leave us out for good: the leader never moves to a new epoch
+            # on our account, and we would defer to it, unheard, forever.
             self._promise(epoch, leader)
         self.peer_heard(leader, now)
         if self.role is not Role.FOLLOWER or self.leader != leader:
@@ -296,7 +300,7 @@ class Election:
                          self.node_id, self.promised_epoch)
                 self._become_follower(0, now)
             else:
-                self._deadline = self._majority_lapses_at(now)
+                self._arm_check_quorum(now)
         elif self.role is Role.FOLLOWER:
             if self.leader and now - self._leader_heard_at > self.timing.election_timeout_s:
                 log.info("node=%d epoch=%d lost leader %d", self.node_id, self.promised_epoch,
@@ -465,17 +469,6 @@ class Election:
         if self.majority == 1:
             self._become_leader(now)
 
-    def _majority_lapses_at(self, now: float) -> float:
-        """When a leader's reach could next fall below a majority: just after the peer that
-        completes its majority was heard an election timeout ago. The next quorum check is due
-        then, not sooner: a deadline left in the past would have the shell tick the leader on
-        every loop turn (a busy loop that starved its followers and workers of CPU)."""
-        needed = self.majority - 1
-        if needed <= 0:
-            return now + self.timing.election_timeout_s
-        recent = sorted(self._heard.values(), reverse=True)
-        return max(recent[needed - 1] + self.timing.election_timeout_s, now) + QUORUM_SLACK_S
-
     def _become_leader(self, now: float) -> None:
         self.role = Role.LEADER
         self.leader = self.node_id
@@ -485,7 +478,7 @@ class Election:
         self._holddown_at = None
         for peer in self._acks:
             self._heard[peer] = now
-        self._deadline = now + self.timing.election_timeout_s
+        self._arm_check_quorum(now)
         log.info("node=%d epoch=%d became leader", self.node_id, self.promised_epoch)
         self._out.append(RoleChanged(Role.LEADER, self.promised_epoch, self.node_id))
 
@@ -507,6 +500,19 @@ class Election:
         else:
             log.info("node=%d epoch=%d became follower", self.node_id, self.promised_epoch)
         self._out.append(RoleChanged(Role.FOLLOWER, self.promised_epoch, leader))
+
+    def _arm_check_quorum(self, now: float) -> None:
+        """A leader's next look at its majority: when the peer that completes it has been
+        silent for the election timeout. Without re-arming, the deadline set when it became
+        leader stays in the past and every timer fires at once, forever (a busy loop)."""
+        timeout = self.timing.election_timeout_s
+        heard = sorted(self._heard.values(), reverse=True)
+        needed = self.majority - 1  # peers besides ourselves
+        if needed <= 0 or len(heard) < needed:
+            self._deadline = now + timeout
+        else:
+            # Just past the instant it drops out of `reach` (which counts t >= now - timeout).
+            self._deadline = max(now, heard[needed - 1] + timeout) + CHECK_QUORUM_SLACK_S
 
     def _arm_follower(self, now: float) -> None:
         self._deadline = now + self.timing.election_timeout_s + self._jitter()

@@ -1,22 +1,24 @@
-"""A seeded simulation of a whole single-coordinator cluster, with faults, checked every step.
+"""A seeded simulation of a whole cluster: N coordinator cores, workers and clients, with faults.
 
-Theory of operation: the real `Scheduler` (the core, unchanged) talks to simulated workers that
-run the real worker core, `core/workerproto.py`, the one `tcpsched/worker.py` wraps (register
-with running and unacknowledged attempts, heartbeats, results kept in an outbox until
-acknowledged, epoch fencing, kill orders, hand back on drain). Everything runs
-on one `SimClock` and one event heap; `SimNetwork` carries each message with a random delay
-while keeping per-connection FIFO order, like TCP, and loses in-flight messages when a
-connection is cut. Faults are drawn from the seed during a fault window: connection cuts, worker
-crashes (kill -9), hangs (SIGSTOP: no heartbeats, nothing processed, then resumed), and drains
-(SIGTERM); crashed or drained workers restart later. After every step the invariants are
-checked; once the window closes every worker comes back, and every acknowledged job must then
-reach a terminal state. One seed is one exact run: a failure names the command that replays it.
+Theory of operation (TigerBeetle's VOPR, etcd's rafttest). Every process runs its real core:
+each coordinator is a `core/node.Node` (election, replication, commit, and the `Scheduler`
+while it leads) in a shell that behaves like the runner (`sim_coordinator`), on a simulated
+disk that loses what was not flushed (`sim_disk`); clients drive the real session core
+(`sim_client`); workers speak the worker protocol (`sim_worker`). Everything happens on one
+clock and one heap of typed events (`sim_events`): message deliveries, timers, the ends of
+loop turns, faults. `sim_net` carries client and worker connections like TCP and peer messages
+harsher than TCP (loss, duplication, reordering, one-way cuts).
 
-This module is the driver (event loop, scheduler and client side, fault injection, invariants,
-CLI); the clock and network are in `sim_net`, the simulated workers in `sim_worker`.
+A run has two phases. The fault phase lasts `steps` events (one step = one event off the heap);
+faults are drawn from the seed (`sim_faults`) while clients submit jobs. Then faults stop:
+everything heals and restarts, and within `leader_bound_s` a leader must be elected and within
+`settle_s` every acknowledged job must finish. After every step the checker (`sim_check`) checks
+the safety invariants incrementally, and every `full_check_every` steps (and at the end) in
+full. One seed is one exact run: a failure names the command that replays it.
 
     python -m tcpsched.testing.sim --seed 17 [--verbose]
     python -m tcpsched.testing.sim --seeds 200           # seeds 0..199
+    python -m tcpsched.testing.sim --scenario asymmetric --seed 3
 """
 
 from __future__ import annotations
@@ -28,16 +30,18 @@ import itertools
 import logging
 import random
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 
-from tcpsched.core import messages as m
-from tcpsched.core.events import Close, Closed, Connected, Journal, Received, Send, Tick
-from tcpsched.core.jobs import JobSpec, JobState
-from tcpsched.core.scheduler import Scheduler, SchedulerConfig
-from tcpsched.testing.sim_net import SimClock, SimConn, SimNetwork
+from tcpsched.testing import sim_events as ev
+from tcpsched.testing.sim_check import Checker
+from tcpsched.testing.sim_client import SimClient
+from tcpsched.testing.sim_coordinator import SimCoordinator, address_of
+from tcpsched.testing.sim_faults import AsymmetricPartition, Faults
+from tcpsched.testing.sim_net import PeerNetwork, SimClock, SimConn, SimNetwork
 from tcpsched.testing.sim_worker import SimWorker, WorkerSide
 
 __all__ = [
@@ -45,9 +49,8 @@ __all__ = [
     "Simulation", "WorkerSide", "main", "run_seed",
 ]
 
-CLIENT_CONN = 0
-TRACE_LINES = 40
-TICKS_AT_ONE_INSTANT_MAX = 1000  # more Ticks than this without time moving is a busy loop
+TRACE_LINES = 60
+SCENARIOS = ("random", "asymmetric")
 
 
 class InvariantViolation(AssertionError):
@@ -56,287 +59,358 @@ class InvariantViolation(AssertionError):
 
 @attrs.frozen
 class SimConfig:
+    coordinators: int = 3
     workers: int = 3
     slots_max: int = 3
-    jobs: int = 40
-    fault_window_s: float = 30.0
-    settle_s: float = 600.0  # after the window, how long every job has to finish
-    faults_per_s: float = 0.4
+    clients: int = 2
+    jobs: int = 60  # submitted in batches during the fault phase, at most this many
+    steps: int = 2000  # events in the fault phase
+    settle_s: float = 300.0  # after faults stop, how long every job has to finish
+    leader_bound_s: float = 15.0  # after faults stop, how long until a leader is elected
+    faults_per_s: float = 1.5
+    submit_every_s: float = 0.4  # mean time between a client's submits
     net_delay_min_s: float = 0.0005
-    net_delay_max_s: float = 0.05
+    net_delay_max_s: float = 0.02
+    peer_loss_p: float = 0.02
+    peer_dup_p: float = 0.02
+    peer_slow_p: float = 0.03
+    peer_slow_s_max: float = 0.3
     job_s_max: float = 3.0
     failure_p: float = 0.2
     retries_max: int = 2
     heartbeat_interval_s: float = 0.5
     heartbeat_timeout_s: float = 2.0
     drain_timeout_s: float = 1.0
+    election_timeout_s: float = 1.0
+    probe_timeout_s: float = 0.15
+    hold_down_s: float = 3.0
+    jitter_s: float = 0.1
+    peer_heartbeat_s: float = 0.1
     policy: str = "round-robin"
+    request_timeout_s: float = 5.0
+    resend_acked_p: float = 0.1
+    status_p: float = 0.3
+    full_check_every: int = 250
+    ticks_at_one_instant_max: int = 1000
+    scenario: str = "random"
 
 
 class Simulation:
     def __init__(self, seed: int, config: SimConfig | None = None) -> None:
         self.seed = seed
-        self.config = config or SimConfig()
+        self.config = cfg = config or SimConfig()
         self.rng = random.Random(seed)
         self.clock = SimClock()
+        self.events = ev
         self.net = SimNetwork(self)
-        cfg = self.config
-        self.scheduler = Scheduler(
-            SchedulerConfig(
-                heartbeat_interval_s=cfg.heartbeat_interval_s,
-                heartbeat_timeout_s=cfg.heartbeat_timeout_s, retry_base_s=0.2, retry_cap_s=5.0,
-                policy=cfg.policy,
-            ),
-            random.Random(self.rng.getrandbits(64)), self.clock.now,
-        )  # fmt: skip
+        self.peer_net = PeerNetwork(self)
+        self.checker = Checker(self)
+        self.faults = Faults(self)
+        self.trace: collections.deque[str] = collections.deque(maxlen=TRACE_LINES)
+        self.verbose = False
+        ids = list(range(1, cfg.coordinators + 1))
+        self.coordinators = {i: SimCoordinator(self, i, ids) for i in ids}
+        self._by_address = {address_of(i): c for i, c in self.coordinators.items()}
+        self.coordinator_addresses = [address_of(i) for i in ids]
         self.workers = {
             f"w{i}": SimWorker(f"w{i}", self.rng.randint(1, cfg.slots_max))
             for i in range(1, cfg.workers + 1)
         }
-        self.acked: set[str] = set()
-        self.successes: collections.Counter[str] = collections.Counter()
-        self.started: dict[str, int] = {}  # job id -> attempt of its latest start record
-        self.trace: collections.deque[str] = collections.deque(maxlen=TRACE_LINES)
-        self.faults: collections.Counter[str] = collections.Counter()
+        self.clients = {f"cl{i}": SimClient(self, f"cl{i}", self.coordinator_addresses)
+                        for i in range(1, cfg.clients + 1)}
         self.steps = 0
-        self._heap: list[tuple[float, int, str, Any]] = []
+        self.in_fault_phase = True
+        self.scenario = AsymmetricPartition(self) if cfg.scenario == "asymmetric" else None
+        self._heap: list[tuple[float, int, Any]] = []
         self._seq = itertools.count()
-        self._req_ids = itertools.count(1)
-        self._ticks_at_instant = 0
         self.worker_side = ws = WorkerSide(self)
-        self._handlers: dict[str, Callable[[Any], None]] = {
-            "sched_connected": self._sched_connected, "sched_receive": self._sched_receive,
-            "sched_closed": self._sched_closed, "worker_receive": ws.receive,
-            "worker_closed": ws.closed, "worker_boot": ws.boot_named, "worker_tick": ws.tick,
-            "worker_dialed": ws.dialed, "job_done": ws.job_done,
-            "worker_drain": ws.drain_replayed, "submit": self._submit, "fault": self._fault,
-            "restart": ws.restart, "resume": ws.resume,
+        self._worker_handlers: dict[str, Callable[[Any], None]] = {
+            "worker_receive": ws.receive, "worker_closed": ws.closed, "worker_tick": ws.tick,
+            "worker_dialed": ws.dialed, "worker_boot": ws.boot_named,
+            "worker_drain": ws.drain_replayed, "job_done": ws.job_done, "restart": ws.restart,
+            "resume": ws.resume,
+        }  # fmt: skip
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            ev.NodeTimer: self._node_timer, ev.NodeEndOfTurn: self._node_end_of_turn,
+            ev.NodeRestart: self._node_restart, ev.NodeResume: self._node_resume,
+            ev.PeerDeliver: self._peer_deliver, ev.PeerDown: self._peer_down,
+            ev.NodeConnected: self._node_conn, ev.NodeReceive: self._node_conn,
+            ev.NodeClosed: self._node_conn, ev.ClientSubmit: self._client_submit,
+            ev.ClientReceive: self._client_event, ev.ClientClosed: self._client_event,
+            ev.ClientTimeout: self._client_event, ev.ClientRetry: self._client_event,
+            ev.Fault: self._fault, ev.Heal: lambda e: self.faults.heal(e.generation),
+            ev.Scripted: lambda e: getattr(self.scenario, e.action)(),
+            ev.WorkerEvent: lambda e: self._worker_handlers[e.kind](e.payload),
         }  # fmt: skip
 
-    # -- the event loop ----------------------------------------------------------------------------
+    # -- the heap -------------------------------------------------------------------------------
+
+    def schedule(self, t: float, event: Any) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), event))
 
     def at(self, t: float, kind: str, payload: Any = None) -> None:
-        heapq.heappush(self._heap, (t, next(self._seq), kind, payload))
+        """Schedule a worker-side event by kind (the interface `sim_worker` uses)."""
+        self.schedule(t, ev.WorkerEvent(kind, payload))
+
+    def handle(self, kind: str, payload: Any) -> None:
+        """Run a worker-side event now (a resumed worker replays what it queued)."""
+        self._worker_handlers[kind](payload)
+
+    def handle_event(self, event: Any) -> None:
+        self._handlers[type(event)](event)
+
+    def node_at(self, address: str) -> SimCoordinator:
+        return self._by_address[address]
+
+    def leader(self) -> SimCoordinator | None:
+        """The leader of the highest epoch among the nodes that believe they lead."""
+        leaders = [c for c in self.coordinators.values()
+                   if c.up and c.node is not None and c.node.is_leader]
+        return max(leaders, key=lambda c: c.node.epoch if c.node else 0, default=None)
+
+    # -- the run ----------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
-        start = self.clock.now
-        window_end = start + cfg.fault_window_s
-        self._sched_step(Connected(CLIENT_CONN, "client", "sim-client", "sim:client"))
-        for worker in self.workers.values():
-            self.at(start + self.rng.uniform(0, 0.5), "worker_boot", worker.name)
-        remaining = cfg.jobs
-        while remaining > 0:
-            batch = min(remaining, self.rng.randint(1, 5))
-            remaining -= batch
-            self.at(start + self.rng.uniform(0, cfg.fault_window_s), "submit", batch)
-        t = start + 1.0
-        while True:
-            t += self.rng.expovariate(cfg.faults_per_s)
-            if t >= window_end:
-                break
-            self.at(t, "fault")
-        self.at(window_end, "restart", None)  # everyone back once faults stop
-        deadline = window_end + cfg.settle_s
-        while self.clock.now < deadline:
-            if self._quiet_and_done(window_end):
-                break
-            if not self._step_once(deadline):
-                break
-        self._check_liveness()
-        stats = self.scheduler.statistics()
-        return {"seed": self.seed, "jobs": len(self.acked), "steps": self.steps,
-                "sim_seconds": round(self.clock.now - start, 3),
-                "succeeded": stats["succeeded"], "failed": stats["failed"],
-                "reassigned": stats["reassigned"], "retried": stats["retried"],
-                "poisoned": stats["poisoned"], "handed_back": stats["handed_back"],
-                "workers_lost": stats["workers_lost"], "faults": dict(sorted(self.faults.items()))}
-
-    def _quiet_and_done(self, window_end: float) -> bool:
-        if self.clock.now < window_end or len(self.acked) < self.config.jobs:
-            return False
-        table = self.scheduler.table
-        return all(table.jobs[j].state.is_terminal for j in self.acked)
-
-    def _step_once(self, until: float) -> bool:
-        next_event = self._heap[0][0] if self._heap else None
-        deadline = self.scheduler.next_deadline()
-        if deadline is not None and (next_event is None or deadline <= next_event):
-            if deadline > until:
-                return False
-            previous = self.clock.now
-            self.clock.advance_to(max(deadline, previous))
-            self._ticks_at_instant = self._ticks_at_instant + 1 if self.clock.now == previous \
-                else 0
-            if self._ticks_at_instant > TICKS_AT_ONE_INSTANT_MAX:
-                self._fail(f"busy loop: the scheduler asks for a timer at {deadline} again and "
-                           f"again at {self.clock.now}")
-            self._sched_step(Tick())
-            return True
-        if next_event is None or next_event > until:
-            return False
-        t, _, kind, payload = heapq.heappop(self._heap)
-        self.clock.advance_to(t)
-        self._ticks_at_instant = 0
-        self.handle(kind, payload)
-        self._check_invariants()
-        return True
-
-    # -- the scheduler side ------------------------------------------------------------------------
-
-    def _sched_step(self, event: Any) -> None:
-        self.steps += 1
-        effects = self.scheduler.step(event, self.clock.now)
-        for effect in effects:
-            if isinstance(effect, Journal):
-                record = effect.record
-                if record["op"] == "start":
-                    self.started[record["id"]] = record["attempt"]
-                elif record["op"] == "finish" and "attempt" in record \
-                        and record["attempt"] != self.started.get(record["id"]):
-                    self._fail(f"job {record['id']} finished by attempt {record['attempt']}, "
-                               f"but its current attempt is {self.started.get(record['id'])}")
-                if record["op"] == "finish" and record["state"] == "succeeded":
-                    self.successes[record["id"]] += 1
-                if record["op"] in ("start", "finish", "requeue"):
-                    self.log(f"journal {record['op']} job={record['id']} "
-                              f"{record.get('worker') or record.get('reason') or ''}")
-            elif isinstance(effect, Send):
-                if effect.conn == CLIENT_CONN:
-                    self._client_reply(effect.msg)
-                else:
-                    self.net.to_worker(effect.conn, effect.msg)
-            elif isinstance(effect, Close):
-                if effect.conn == CLIENT_CONN:
-                    self._fail(f"the scheduler closed the client: {effect.reason}")
-                self.log(f"scheduler closes conn={effect.conn}: {effect.reason}")
-                self.net.sched_close(effect.conn)
-        self._check_invariants()
-
-    def _sched_connected(self, conn: int) -> None:
-        c = self.net.conns[conn]
-        if not c.cut and not c.worker_closed:
-            self._sched_step(Connected(conn, "worker", c.worker, f"sim:{c.worker}"))
-        # else: the dial failed before the handshake finished; the worker sees it closed.
-
-    def _sched_receive(self, payload: tuple[int, Any]) -> None:
-        conn, msg = payload
-        c = self.net.conns[conn]
-        if c.cut or c.sched_closed:
-            return
-        self._sched_step(Received(conn, msg))
-
-    def _sched_closed(self, conn: int) -> None:
-        c = self.net.conns[conn]
-        if c.sched_told:
-            return
-        c.sched_told = True
-        c.sched_closed = True
-        self._sched_step(Closed(conn, "closed"))
-
-    def _submit(self, count: int) -> None:
-        cfg = self.config
-        specs = tuple(
-            JobSpec(kind="shell", command=f"sim job {i}",
-                    retries=self.rng.randint(0, cfg.retries_max),
-                    priority=self.rng.choice((0, 0, 0, 5)))
-            for i in range(count)
-        )  # fmt: skip
-        self._sched_step(Received(CLIENT_CONN, m.Submit(req_id=next(self._req_ids), jobs=specs)))
-
-    def _client_reply(self, msg: Any) -> None:
-        if isinstance(msg, m.Reply) and isinstance(msg.value, list):
-            self.acked.update(str(job_id) for job_id in msg.value)
-        else:
-            self._fail(f"unexpected reply to the client: {msg!r}")
-
-    # -- faults ------------------------------------------------------------------------------------
-
-    def _fault(self, _payload: None) -> None:
         rng = self.rng
-        kind = rng.choice(("cut", "crash", "hang", "hang_long", "drain", "restart"))
-        w = self.workers[rng.choice(sorted(self.workers))]
-        if kind == "cut" and w.up and w.conn is not None and not w.hung:
-            self.net.cut(w.conn)
-        elif kind == "crash" and w.up:
-            self.worker_side.stop(w, reset=True)
-            self.at(self.clock.now + rng.uniform(0.2, 6.0), "restart", w.name)
-        elif kind in ("hang", "hang_long") and w.up and not w.hung:
-            timeout = self.config.heartbeat_timeout_s
-            length = rng.uniform(0.1, timeout * 0.8) if kind == "hang" else \
-                rng.uniform(timeout * 1.2, timeout * 3)
-            w.hung = True
-            self.at(self.clock.now + length, "resume", (w.name, w.life))
-        elif kind == "drain" and w.up and w.proto is not None and not w.hung \
-                and not w.draining:
-            self.worker_side.drain(w)  # it exits once drained, and is restarted later
-        elif kind == "restart" and not w.up:
-            self.worker_side.restart(w.name)
-        else:
+        start = self.clock.now
+        for coord in self.coordinators.values():
+            self.schedule(start + rng.uniform(0.0, 0.3), ev.NodeRestart(coord.node_id))
+        for worker in self.workers.values():
+            self.at(start + rng.uniform(0.2, 1.0), "worker_boot", worker.name)
+        for client in self.clients.values():
+            self.schedule(start + rng.uniform(0.5, 2.0), ev.ClientSubmit(client.name))
+        fault_until = float("inf")
+        if self.scenario is not None:
+            fault_until = self.scenario.schedule(start)
+        elif cfg.faults_per_s > 0:
+            self.schedule(start + 2.0 + rng.expovariate(cfg.faults_per_s), ev.Fault())
+        while self._heap and (self.steps < cfg.steps if self.scenario is None
+                              else self.clock.now < fault_until):
+            self._step()
+        self.in_fault_phase = False
+        faults_end = self.clock.now
+        self.faults.stop()
+        leader_at = None
+        deadline = faults_end + cfg.settle_s
+        while self._heap and self.clock.now < deadline:
+            if leader_at is None and self.leader() is not None:
+                leader_at = self.clock.now
+            if self.steps % 20 == 0 and self._settled():
+                break
+            self._step()
+        self.checker.full_check()
+        self._check_liveness(faults_end, leader_at)
+        return self._summary(start, faults_end, leader_at)
+
+    def _step(self) -> None:
+        t, _, event = heapq.heappop(self._heap)
+        self.clock.advance_to(t)
+        self.steps += 1
+        self.handle_event(event)
+        if self.steps % self.config.full_check_every == 0:
+            self.checker.full_check()
+            self.net.forget_closed()
+
+    def _settled(self) -> bool:
+        leader = self.leader()
+        if leader is None or leader.node is None:
+            return False
+        if any(not c.idle for c in self.clients.values()):
+            return False
+        jobs = leader.node.table.jobs
+        if not all((job := jobs.get(j)) is not None and job.state.is_terminal
+                   for j in self.checker.acked):
+            return False
+        commit = leader.node.log.commit_seq
+        return all(c.node is not None and c.node.applied_seq >= commit
+                   for c in self.coordinators.values())
+
+    def _check_liveness(self, faults_end: float, leader_at: float | None) -> None:
+        cfg = self.config
+        if leader_at is None or leader_at - faults_end > cfg.leader_bound_s:
+            self.fail(f"no leader elected within {cfg.leader_bound_s}s after faults stopped"
+                      + (f" (took {leader_at - faults_end:.2f}s)" if leader_at else ""))
+        leader = self.leader()
+        if leader is None or leader.node is None:
+            self.fail("no leader at the end")
             return
-        self.faults[kind] += 1
-        self.log(f"FAULT {kind} {w.name}")
-
-    # -- invariants --------------------------------------------------------------------------------
-
-    def _check_invariants(self) -> None:
-        sched = self.scheduler
-        table = sched.table
-        for job_id in self.acked:
-            job = table.get(job_id)
-            if job is None:
-                self._fail(f"acknowledged job {job_id} is lost: not in the table")
-            elif job.state is JobState.PENDING and job_id not in sched.queue:
-                self._fail(f"acknowledged job {job_id} is lost: pending but not queued")
-            elif job.state is JobState.RUNNING:
-                entry = sched.workers.get(job.worker or "")
-                if entry is None or entry.running.get(job_id) != job.attempts:
-                    self._fail(f"job {job_id} is running on {job.worker}, which does not "
-                               "hold it: nobody will ever finish it")
-                elif sched.worker_state(job.worker or "") == "dead":
-                    self._fail(f"job {job_id} is running on dead worker {job.worker}")
-        for name, entry in sched.workers.items():
-            if len(entry.running) > entry.slots:
-                self._fail(f"scheduler gave {name} {len(entry.running)} jobs for "
-                           f"{entry.slots} slots")
-        for w in self.workers.values():
-            if len(w.running) > w.slots:
-                self._fail(f"worker {w.name} runs {len(w.running)} jobs on {w.slots} slots")
-        for job_id, count in self.successes.items():
-            if count > 1:
-                self._fail(f"job {job_id} succeeded {count} times in the table")
-
-    def _check_liveness(self) -> None:
-        if len(self.acked) < self.config.jobs:
-            self._fail(f"only {len(self.acked)} of {self.config.jobs} jobs were acknowledged")
-        table = self.scheduler.table
-        stuck = sorted(j for j in self.acked if not table.jobs[j].state.is_terminal)
+        busy = [c.name for c in self.clients.values() if not c.idle]
+        if busy:
+            self.fail(f"client(s) {busy} still wait for an answer {cfg.settle_s}s after "
+                      "faults stopped")
+        if len(self.checker.acked) != self.checker.jobs_submitted:
+            self.fail(f"{self.checker.jobs_submitted} jobs submitted, "
+                      f"{len(self.checker.acked)} acknowledged")
+        jobs = leader.node.table.jobs
+        stuck = sorted(j for j in self.checker.acked
+                       if (job := jobs.get(j)) is None or not job.state.is_terminal)
         if stuck:
-            job = table.jobs[stuck[0]]
-            self._fail(f"{len(stuck)} job(s) never reached a terminal state after faults "
-                       f"stopped, e.g. {job.id} {job.state.value} worker={job.worker} "
-                       f"attempts={job.attempts}")
+            job = jobs.get(stuck[0])
+            self.fail(f"{len(stuck)} job(s) never reached a terminal state within "
+                      f"{cfg.settle_s}s after faults stopped, e.g. {stuck[0]} "
+                      f"{job.state.value if job else 'missing'} "
+                      f"worker={job.worker if job else None}")
+        behind = [c.node_id for c in self.coordinators.values()
+                  if c.node is None or c.node.applied_seq < leader.node.log.commit_seq]
+        if behind:
+            self.fail(f"coordinator(s) {behind} never caught up with leader {leader.node_id}")
 
-    def handle(self, kind: str, payload: Any) -> None:
-        """Run the handler of one event (off the heap, or replayed by a resumed worker)."""
-        self._handlers[kind](payload)
+    def _summary(self, start: float, faults_end: float, leader_at: float | None
+                 ) -> dict[str, Any]:
+        leader = self.leader()
+        assert leader is not None and leader.node is not None
+        t = leader.node.table.statistics()
+        summary: dict[str, Any] = {
+            "seed": self.seed, "jobs": len(self.checker.acked), "steps": self.steps,
+            "sim_seconds": round(self.clock.now - start, 3),
+            "fault_phase_s": round(faults_end - start, 3),
+            "leader_after_s": round((leader_at or faults_end) - faults_end, 3),
+            "leader": leader.node_id, "epoch": leader.node.epoch,
+            "elections": self.checker.elections_won,
+            "commit_seq": leader.node.log.commit_seq,
+            "succeeded": t.succeeded, "failed": t.failed, "cancelled": t.cancelled,
+            "reassigned": t.reassigned, "retried": t.retried,
+            "peer_sent": self.peer_net.sent, "peer_lost": self.peer_net.lost,
+            "faults": dict(sorted(self.faults.counts.items())),
+        }
+        if self.scenario is not None:
+            summary["scenario"] = self.scenario.report
+        return summary
+
+    # -- handlers ---------------------------------------------------------------------------------
+
+    def _node_timer(self, e: ev.NodeTimer) -> None:
+        coord = self.coordinators[e.node]
+        if coord.deliverable(e):
+            coord.timer(e.life, e.deadline)
+
+    def _node_end_of_turn(self, e: ev.NodeEndOfTurn) -> None:
+        coord = self.coordinators[e.node]
+        if coord.deliverable(e):
+            coord.end_of_turn(e.life)
+
+    def _node_restart(self, e: ev.NodeRestart) -> None:
+        coord = self.coordinators[e.node]
+        if not coord.up:
+            self.log(f"c{e.node} starts")
+            coord.start()
+
+    def _node_resume(self, e: ev.NodeResume) -> None:
+        coord = self.coordinators[e.node]
+        if coord.up and coord.life == e.life and coord.paused:
+            self.log(f"c{e.node} resumes with {len(coord.backlog)} queued events")
+            coord.resume()
+
+    def _peer_deliver(self, e: ev.PeerDeliver) -> None:
+        coord = self.coordinators[e.dst]
+        if self.peer_net.can_deliver(e.src, e.dst) and coord.deliverable(e):
+            coord.peer_received(e.src, e.msg)
+
+    def _peer_down(self, e: ev.PeerDown) -> None:
+        coord = self.coordinators[e.dst]
+        if coord.deliverable(e):
+            coord.peer_closed(e.src)
+
+    def _node_conn(self, e: ev.NodeConnected | ev.NodeReceive | ev.NodeClosed) -> None:
+        c = self.net.conns.get(e.conn)
+        if c is None:
+            return
+        coord = self.coordinators[c.node]
+        if not coord.deliverable(e):
+            return
+        if isinstance(e, ev.NodeConnected):
+            coord.connected(e.conn)
+        elif isinstance(e, ev.NodeReceive):
+            coord.received(e.conn, e.msg)
+        else:
+            coord.closed(e.conn)
+
+    def _client_submit(self, e: ev.ClientSubmit) -> None:
+        cfg = self.config
+        left = cfg.jobs - self.checker.jobs_submitted
+        if not self.in_fault_phase or left <= 0:
+            return
+        self.clients[e.client].submit(min(left, self.rng.randint(1, 5)))
+        self.schedule(self.clock.now + self.rng.expovariate(1.0 / cfg.submit_every_s), e)
+
+    def _client_event(self, e: Any) -> None:
+        client = self.clients[e.client]
+        if isinstance(e, ev.ClientReceive):
+            client.received(e.conn, e.msg)
+        elif isinstance(e, ev.ClientClosed):
+            client.closed(e.conn)
+        elif isinstance(e, ev.ClientTimeout):
+            client.timeout(e.req_id)
+        else:
+            client.retry()
+
+    def _fault(self, _e: ev.Fault) -> None:
+        if not self.in_fault_phase:
+            return
+        self.faults.inject()
+        self.schedule(self.clock.now + self.rng.expovariate(self.config.faults_per_s),
+                      ev.Fault())
+
+    # -- reporting --------------------------------------------------------------------------------
 
     def log(self, line: str) -> None:
         """Keep a line for the trace that a failure prints."""
-        self.trace.append(f"t={self.clock.now:.4f} {line}")
+        text = f"t={self.clock.now:.4f} {line}"
+        self.trace.append(text)
+        if self.verbose:
+            print(text)
 
-    def _fail(self, problem: str) -> None:
+    def fail(self, problem: str) -> None:
         trace = "\n  ".join(self.trace)
+        scenario = "" if self.config.scenario == "random" else \
+            f" --scenario {self.config.scenario}"
         raise InvariantViolation(
             f"seed {self.seed}: {problem}\n"
-            f"replay: python -m tcpsched.testing.sim --seed {self.seed} --verbose\n"
+            f"replay: python -m tcpsched.testing.sim --seed {self.seed}{scenario}"
+            f"{_config_flags(self.config)} --verbose\n"
             f"last events:\n  {trace}"
         )
 
 
-def run_seed(seed: int, config: SimConfig | None = None) -> dict[str, Any]:
+NAMED_FLAGS = ("steps", "jobs", "coordinators", "workers", "slots_max", "faults_per_s")
+
+
+def _config_flags(config: SimConfig) -> str:
+    """The flags that reproduce `config` where it differs from the defaults (`--set` for the
+    settings without a flag of their own), so the replay command is exact."""
+    defaults = SimConfig()
+    flags = []
+    for field in attrs.fields(SimConfig):
+        name = field.name
+        value = getattr(config, name)
+        if name == "scenario" or value == getattr(defaults, name):
+            continue
+        if name in NAMED_FLAGS:
+            flags.append(f" --{name.replace('_', '-')} {value}")
+        else:
+            flags.append(f" --set {name}={value}")
+    return "".join(flags)
+
+
+def _with_settings(config: SimConfig, settings: list[str]) -> SimConfig:
+    """`config` with `name=value` settings applied (values parsed by the field's type)."""
+    changes: dict[str, Any] = {}
+    defaults = SimConfig()
+    for setting in settings:
+        name, _, text = setting.partition("=")
+        if not hasattr(defaults, name):
+            raise SystemExit(f"--set: no simulation setting {name!r}")
+        changes[name] = type(getattr(defaults, name))(text)
+    return attrs.evolve(config, **changes)
+
+
+def run_seed(seed: int, config: SimConfig | None = None, *, verbose: bool = False
+             ) -> dict[str, Any]:
     """Run one seeded simulation; raises InvariantViolation on a broken promise."""
-    return Simulation(seed, config).run()
+    sim = Simulation(seed, config)
+    sim.verbose = verbose
+    return sim.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -344,28 +418,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 description="Seeded simulation of a cluster with faults.")
     p.add_argument("--seed", type=int, help="run this one seed")
     p.add_argument("--seeds", type=int, default=50, help="run seeds 0..N-1 (default 50)")
+    p.add_argument("--first", type=int, default=0, help="the first of --seeds (default 0)")
     defaults = SimConfig()
+    p.add_argument("--scenario", choices=SCENARIOS, default=defaults.scenario)
+    p.add_argument("--steps", type=int, default=defaults.steps)
     p.add_argument("--jobs", type=int, default=defaults.jobs)
+    p.add_argument("--coordinators", type=int, default=defaults.coordinators)
     p.add_argument("--workers", type=int, default=defaults.workers)
     p.add_argument("--slots-max", type=int, default=defaults.slots_max)
     p.add_argument("--faults-per-s", type=float, default=defaults.faults_per_s)
-    p.add_argument("--verbose", action="store_true", help="log the scheduler's decisions")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other SimConfig setting (a replay command uses it)")
+    p.add_argument("--verbose", action="store_true",
+                   help="print the trace and log the cores' decisions")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL,
                         format="%(name)s %(message)s")
-    config = SimConfig(jobs=args.jobs, workers=args.workers, faults_per_s=args.faults_per_s,
-                       slots_max=args.slots_max)
-    seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+    config = SimConfig(steps=args.steps, jobs=args.jobs, workers=args.workers,
+                       coordinators=args.coordinators, faults_per_s=args.faults_per_s,
+                       slots_max=args.slots_max, scenario=args.scenario)
+    config = _with_settings(config, args.set)
+    seeds = [args.seed] if args.seed is not None else list(range(args.first,
+                                                                 args.first + args.seeds))
     failures = 0
+    started = time.perf_counter()
     for seed in seeds:
         try:
-            summary = run_seed(seed, config)
+            summary = run_seed(seed, config, verbose=args.verbose)
         except InvariantViolation as exc:
             failures += 1
             print(f"FAIL {exc}")
             continue
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
-    print(f"{len(seeds) - failures}/{len(seeds)} seeds held every invariant")
+    print(f"{len(seeds) - failures}/{len(seeds)} seeds held every invariant "
+          f"({time.perf_counter() - started:.1f}s)")
     return 1 if failures else 0
 
 

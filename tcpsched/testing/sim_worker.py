@@ -24,7 +24,6 @@ from tcpsched.core import workerproto as wp
 if TYPE_CHECKING:
     from tcpsched.testing.sim import Simulation
 
-COORDINATOR_ADDRESS = "sim:coordinator"
 TIMER_LATENESS = 0.3  # a timer fires up to this share of the heartbeat interval late
 
 
@@ -64,7 +63,7 @@ class WorkerSide:
         is the same process, a restart is not)."""
         cfg = self.sim.config
         config = wp.WorkerConfig(
-            name=w.name, slots=w.slots, coordinators=(COORDINATOR_ADDRESS,),
+            name=w.name, slots=w.slots, coordinators=tuple(self.sim.coordinator_addresses),
             incarnation=f"{w.name}#{w.life}", drain_timeout_s=cfg.drain_timeout_s,
             result_flush_s=cfg.drain_timeout_s,
         )  # fmt: skip
@@ -111,9 +110,10 @@ class WorkerSide:
             sim.at(now, "job_done", (w.name, w.life, effect.job_id, effect.attempt,
                                      effect.reason))
         elif isinstance(effect, wp.Dial):
-            conn = sim.net.open(w.name)
-            sim.log(f"{w.name} dials conn={conn} running={sorted(w.running.items())}")
-            sim.at(now, "worker_dialed", (w.name, w.life, conn))
+            conn = sim.net.open(w.name, effect.address)
+            sim.log(f"{w.name} dials {effect.address} conn={conn} "
+                    f"running={sorted(w.running.items())}")
+            sim.at(now, "worker_dialed", (w.name, w.life, conn, effect.address))
         elif isinstance(effect, wp.CloseSession):
             if w.conn is not None:
                 sim.log(f"{w.name} leaves conn={w.conn}: {effect.reason}")
@@ -142,12 +142,12 @@ class WorkerSide:
             w.tick_at = None
             self.feed(w, wp.Tick())
 
-    def dialed(self, payload: tuple[str, int, int]) -> None:
-        name, life, conn = payload
+    def dialed(self, payload: tuple[str, int, int, str]) -> None:
+        name, life, conn, address = payload
         w = self.sim.workers[name]
         if self._live(w, life, "worker_dialed", payload):
             w.conn = conn
-            self.feed(w, wp.SessionStarted(conn, COORDINATOR_ADDRESS))
+            self.feed(w, wp.SessionStarted(conn, address))
 
     def receive(self, payload: tuple[str, int, Any]) -> None:
         name, conn, msg = payload

@@ -235,6 +235,25 @@ def test_replication_from_a_lower_epoch_is_refused() -> None:
     assert ok and Promise(5, 3) in outs and node.leader == 3
 
 
+def test_a_candidate_that_lost_its_epoch_follows_that_epochs_leader() -> None:
+    """Rule: replication of our own epoch from another leader than the one we promised is
+    accepted: only the node a majority acknowledged replicates in an epoch (a candidate that
+    promised itself epoch 3 and lost it to node 2 refused 2 forever; found by the simulation)."""
+    node = Election(3, [1, 2, 3], TIMING, random.Random(1), 0.0, promised_epoch=2,
+                    promised_leader=2)
+    node.on_tick(5.0, (2, 10), caught_up=True)  # leader 2 silent: an election
+    node.on_message(1, pm.Answer(src=1, epoch=2, last_epoch=2, last_seq=10, leader=0, reach=1),
+                    5.01, (2, 10))
+    node.on_message(2, pm.Answer(src=2, epoch=2, last_epoch=2, last_seq=10, leader=0, reach=1),
+                    5.02, (2, 10))
+    assert node.promised_epoch == 3 and node.promised_leader == 3  # it announced itself
+    ok, outs = node.leader_contact(2, 3, 5.1)  # but 1 acknowledged 2 for epoch 3 first
+    assert ok and Promise(3, 2) in outs
+    assert node.role is Role.FOLLOWER and node.leader == 2
+    ok, _ = node.leader_contact(1, 2, 5.2)  # a lower epoch is still refused
+    assert not ok
+
+
 def test_leader_steps_down_on_seeing_a_higher_epoch() -> None:
     """Rule: a deposed leader steps down the moment it sees a higher epoch."""
     net = Net([1, 2, 3])
@@ -251,6 +270,20 @@ def test_leader_without_a_majority_steps_down() -> None:
     net.down = {1, 2}
     net.run(1.5)
     assert net.nodes[3].role is not Role.LEADER
+
+
+def test_a_leaders_deadline_stays_ahead_of_the_clock() -> None:
+    """Rule: a leader checks its majority on a timer; once checked, the next check is in the
+    future (a deadline left in the past made the runner fire the leader's timer in a busy loop;
+    found by the simulation)."""
+    net = Net([1, 2, 3])
+    net.run(3.0)
+    leader = net.nodes[3]
+    assert leader.is_leader
+    now = net.now
+    leader.on_tick(now, (0, 0), True)
+    assert leader.next_deadline() > now
+    assert leader.next_deadline() <= now + TIMING.election_timeout_s + 0.01
 
 
 def test_follower_elects_after_the_election_timeout() -> None:
