@@ -58,6 +58,25 @@ from tcpsched.core.events import (
     Send,
     Tick,
 )
+from tcpsched.core.node_events import (  # noqa: F401 (the shell imports them from here)
+    Compacted,
+    EndOfTurn,
+    Flushed,
+    JournalFailed,
+    NodeEffect,
+    PeerClosed,
+    PeerReceived,
+    ReceiveSnapshot,
+    Reload,
+    Reloaded,
+    SendSnapshot,
+    SnapshotInstalled,
+    ToPeer,
+    Truncate,
+    WriteCommit,
+    WriteEntries,
+    WritePromise,
+)
 from tcpsched.core.replication import Entry, LeaderReplication, Log, follower_append
 
 if TYPE_CHECKING:
@@ -67,133 +86,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# -- events the shell feeds (beside Connected, Received, Closed and Tick) ------------------------
-
-
-@attrs.frozen
-class PeerReceived:
-    """A message from coordinator `peer` (on the connection it dialled to us)."""
-
-    peer: int
-    msg: Any
-
-
-@attrs.frozen
-class PeerClosed:
-    """The connection we hear `peer` on closed."""
-
-    peer: int
-
-
-@attrs.frozen
-class Flushed:
-    """Everything written so far is durable; `seq` is the last entry written."""
-
-    seq: int
-
-
-@attrs.frozen
-class EndOfTurn:
-    """The event loop's turn is over: replicate what it logged, in one Append per follower."""
-
-
-@attrs.frozen
-class Compacted:
-    """A snapshot now covers the entries up to `seq`: the log window may let them go."""
-
-    seq: int
-
-
-@attrs.frozen
-class SnapshotInstalled:
-    """The shell installed the snapshot the leader sent (the answer to ReceiveSnapshot's last
-    chunk): the journal holds nothing but it, and `table` is its table."""
-
-    leader: int
-    epoch: int
-    snap_epoch: int
-    snap_seq: int
-    table: JobTable
-
-
-@attrs.frozen
-class JournalFailed:
-    """The local journal failed a write or an fsync: nothing more will be durable here."""
-
-    reason: str
-
-
-@attrs.frozen
-class Reloaded:
-    """The table rebuilt from disk up to `seq` (the answer to `Reload`)."""
-
-    table: JobTable
-    seq: int
-
-
-# -- effects (beside Send and Close) ------------------------------------------------------------
-
-
-@attrs.frozen
-class ToPeer:
-    peer: int
-    msg: Any
-
-
-@attrs.frozen
-class WriteEntries:
-    """Append these journal lines (already numbered and encoded) to the local journal."""
-
-    entries: tuple[Entry, ...]
-
-
-@attrs.frozen
-class WritePromise:
-    """Journal the election promise (a local line, not a numbered entry)."""
-
-    epoch: int
-    leader: int
-
-
-@attrs.frozen
-class WriteCommit:
-    """Journal a commit mark: recovery applies entries up to it."""
-
-    seq: int
-
-
-@attrs.frozen
-class Truncate:
-    """Cut the local journal after `seq`."""
-
-    seq: int
-
-
-@attrs.frozen
-class Reload:
-    """Rebuild the table from disk, applying entries up to `seq`, and feed back `Reloaded`."""
-
-    seq: int
-
-
-@attrs.frozen
-class SendSnapshot:
-    """Send our latest snapshot file to `peer`, in chunks (it is behind our log window)."""
-
-    peer: int
-
-
-@attrs.frozen
-class ReceiveSnapshot:
-    """Store this chunk of the leader's snapshot; on the last one, install it and feed back
-    `SnapshotInstalled`."""
-
-    leader: int
-    chunk: pm.InstallSnapshot
-
-
-NodeEffect = (Send | Close | ToPeer | WriteEntries | WritePromise | WriteCommit | Truncate
-              | Reload | SendSnapshot | ReceiveSnapshot)
 SNAPSHOT_RESEND_S = 30.0  # a snapshot that brought no acknowledgement by then is sent again
 
 
