@@ -77,7 +77,13 @@ from tcpsched.core.node_events import (  # noqa: F401 (the shell imports them fr
     WriteEntries,
     WritePromise,
 )
-from tcpsched.core.replication import Entry, LeaderReplication, Log, follower_append
+from tcpsched.core.replication import (
+    AppendOutcome,
+    Entry,
+    LeaderReplication,
+    Log,
+    follower_append,
+)
 
 if TYPE_CHECKING:
     import random
@@ -408,13 +414,26 @@ class Node:
         else:
             self._election(self.election.on_message(peer, msg, now, self.log.last), now)
 
-    def _on_append(self, peer: int, msg: pm.Append, now: float) -> None:
-        accepted, outs = self.election.leader_contact(peer, msg.epoch, now)
+    def _accept_leader(self, peer: int, epoch: int, now: float) -> bool:
+        """Whether `peer` leads `epoch` for us; if not (fenced), it hears our higher epoch."""
+        accepted, outs = self.election.leader_contact(peer, epoch, now)
         self._election(outs, now)
         if not accepted:
             self._effects.append(ToPeer(peer, pm.AppendAck(
-                src=self.node_id, epoch=max(self.epoch, msg.epoch), ok=False, match_seq=0,
+                src=self.node_id, epoch=max(self.epoch, epoch), ok=False, match_seq=0,
                 commit_seq=self.log.commit_seq)))
+        return accepted
+
+    def _take(self, outcome: AppendOutcome) -> None:
+        """Journal what an accepted append (or a pull) changed in our log: a cut, new entries."""
+        if outcome.truncate_after is not None:
+            self.flushed_seq = min(self.flushed_seq, outcome.truncate_after)
+            self._effects.append(Truncate(outcome.truncate_after))
+        if outcome.appended:
+            self._effects.append(WriteEntries(outcome.appended))
+
+    def _on_append(self, peer: int, msg: pm.Append, now: float) -> None:
+        if not self._accept_leader(peer, msg.epoch, now):
             return
         before_commit = self.log.commit_seq
         outcome = follower_append(self.log, msg)
@@ -423,11 +442,7 @@ class Node:
                 src=self.node_id, epoch=msg.epoch, ok=False, match_seq=0,
                 commit_seq=self.log.commit_seq)))
             return
-        if outcome.truncate_after is not None:
-            self.flushed_seq = min(self.flushed_seq, outcome.truncate_after)
-            self._effects.append(Truncate(outcome.truncate_after))
-        if outcome.appended:
-            self._effects.append(WriteEntries(outcome.appended))
+        self._take(outcome)
         if self.log.commit_seq > before_commit:
             self._apply_committed()
             self._committed(now)
@@ -439,12 +454,7 @@ class Node:
             self._ack_owed = (peer, msg.epoch, outcome.matched_seq)
 
     def _on_install(self, peer: int, msg: pm.InstallSnapshot, now: float) -> None:
-        accepted, outs = self.election.leader_contact(peer, msg.epoch, now)
-        self._election(outs, now)
-        if not accepted:
-            self._effects.append(ToPeer(peer, pm.AppendAck(
-                src=self.node_id, epoch=max(self.epoch, msg.epoch), ok=False, match_seq=0,
-                commit_seq=self.log.commit_seq)))
+        if not self._accept_leader(peer, msg.epoch, now):
             return
         if msg.snap_seq <= self.log.commit_seq:
             # We hold all of it already (a resend, or it crossed our own catching up).
@@ -502,11 +512,7 @@ class Node:
                 src=peer, epoch=self.epoch, prev_epoch=msg.prev_epoch, prev_seq=msg.prev_seq,
                 entries=msg.entries, epochs=msg.epochs, commit_seq=0))
             if outcome.ok:
-                if outcome.truncate_after is not None:
-                    self.flushed_seq = min(self.flushed_seq, outcome.truncate_after)
-                    self._effects.append(Truncate(outcome.truncate_after))
-                if outcome.appended:
-                    self._effects.append(WriteEntries(outcome.appended))
+                self._take(outcome)
                 if msg.more:
                     self._effects.append(ToPeer(peer, pm.Fetch(src=self.node_id,
                                                                after_seq=self.log.last_seq)))
