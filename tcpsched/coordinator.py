@@ -161,7 +161,6 @@ class Coordinator:
         self._close_log = LogLimiter(log)
         for what in CONNECTION_COUNTERS:
             self.extra_stats.setdefault(what, 0)
-        self._peer_conns: dict[int, int] = {}  # peer id -> the connection we hear it on
         self._open: set[_Accepted] = set()  # every connection, in its handshake or not
         self._none_open = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None

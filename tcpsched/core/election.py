@@ -158,7 +158,6 @@ class Election:
         self.elections = 0
         self._heard: dict[int, float] = {}
         self._leader_heard_at = -1.0
-        self._following_since: float | None = None
         self._holddown_at: float | None = None
         # Start soon: a live leader, if any, is found by the probe and followed. Alone, at once.
         self._deadline = now + rng.uniform(0.0, timing.jitter_s) + timing.probe_timeout_s
@@ -398,7 +397,6 @@ class Election:
         if self.role is not Role.CANDIDATE:
             self.role = Role.CANDIDATE
             self.leader = 0
-            self._following_since = None
             self._holddown_at = None
             log.info("node=%d epoch=%d became candidate", self.node_id, self.promised_epoch)
             self._out.append(RoleChanged(Role.CANDIDATE, self.promised_epoch, 0))
@@ -474,7 +472,6 @@ class Election:
         self.leader = self.node_id
         self._phase = ""
         self._skip.clear()
-        self._following_since = None
         self._holddown_at = None
         for peer in self._acks:
             self._heard[peer] = now
@@ -486,7 +483,6 @@ class Election:
         self.role = Role.FOLLOWER
         self.leader = leader
         self._phase = ""
-        self._following_since = now if leader else None
         # A higher id following a lower one takes over once caught up for the hold-down.
         self._holddown_at = (now + self.timing.hold_down_s
                              if leader and leader < self.node_id else None)
