@@ -119,8 +119,8 @@ def resolve_callable(function: str, defined_in: str | None = None) -> Any:
 
 class _LiveFrames:
     """What a call prints, sent to the worker while it runs (a request with `live`): frames
-    `{"out": stream, "data": bytes}` from a daemon thread, at most every LIVE_FLUSH_S, so a
-    call that prints line by line costs no system call per line. `stop` returns once no frame
+    `{"out": stream, "data": bytes}` from a daemon thread, at most one every LIVE_FLUSH_S, so
+    a call that prints line by line costs no system call per line. `stop` returns once no frame
     is on its way, so every frame of a call precedes its reply."""
 
     def __init__(self, sock: Any) -> None:
@@ -153,11 +153,17 @@ class _LiveFrames:
                 parts.clear()
 
     def _run(self) -> None:
+        last_sent = 0.0
         while True:
             with self._cond:
                 while not any(self._pending.values()):
                     self._cond.wait()
-            time.sleep(LIVE_FLUSH_S)  # what the call prints meanwhile goes in the same frame
+            # Rate-limited, not delayed: a line after a quiet spell goes at once, and what a
+            # busy call prints within the interval goes in one frame.
+            delay = last_sent + LIVE_FLUSH_S - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            last_sent = time.monotonic()
             with self._send_lock:
                 with self._cond:
                     if not self.active:

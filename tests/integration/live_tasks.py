@@ -25,11 +25,3 @@ def speak(tag: str, here: str, there: str, lines: int = 200) -> str:
             logging.getLogger("speak").warning("%s logged %d", tag, i)
         time.sleep(0.001)
     return tag
-
-
-def stamps(count: int, interval: float) -> int:
-    """Print `count` lines, each with the Unix time it was printed at (scripts/bench_logs.py)."""
-    for i in range(count):
-        print(f"{i} {time.time():.6f}", flush=True)
-        time.sleep(interval)
-    return count
