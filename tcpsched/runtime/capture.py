@@ -34,7 +34,9 @@ class JobCapture:
         self._lock = threading.Lock()
 
     def write(self, stream: str, text: str) -> None:
-        data = text.encode("utf-8", errors="replace")
+        self.write_bytes(stream, text.encode("utf-8", errors="replace"))
+
+    def write_bytes(self, stream: str, data: bytes) -> None:
         with self._lock:  # the job's own threads may write at once; keep pieces whole
             kept = self.buffers[stream].add(data)
             if self.live is not None and kept:
@@ -80,6 +82,30 @@ class RoutedStream(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self.fallback, "encoding", None) or "utf-8"
+
+    @property
+    def buffer(self) -> object:
+        """`sys.stdout.buffer`: bytes written inside a call go to its capture too."""
+        capture = CURRENT.get()
+        if capture is None:
+            return self.fallback.buffer
+        return _RoutedBytes(capture, self.name_)
+
+
+class _RoutedBytes(io.RawIOBase):
+    """`sys.stdout.buffer` inside a call: bytes into its capture."""
+
+    def __init__(self, capture: JobCapture, name: str) -> None:
+        super().__init__()
+        self._capture = capture
+        self._name = name
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self._capture.write_bytes(self._name, bytes(data))
+        return len(data)
 
 
 class RoutedHandler(logging.Handler):

@@ -85,3 +85,18 @@ async def test_writes_of_one_loop_turn_go_in_one_output_message() -> None:
     assert msg.stdout == "".join(f"{i}\n" for i in range(100)) and msg.stdout_offset == 0
     assert msg.stderr == "é"
     live.close(output)
+
+
+def test_bytes_written_to_the_buffer_inside_a_call_go_to_its_capture() -> None:
+    """`sys.stdout.buffer.write` inside a call is that call's output, split characters and
+    all; outside, it is the replaced stream's buffer."""
+    fallback = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    stream = RoutedStream("stdout", fallback)
+    capture = JobCapture(1 << 20)
+    token = CURRENT.set(capture)
+    data = "é\n".encode()
+    stream.buffer.write(data[:1])  # type: ignore[attr-defined]
+    stream.buffer.write(data[1:])  # type: ignore[attr-defined]
+    CURRENT.reset(token)
+    assert capture.text("stdout") == "é\n"
+    assert stream.buffer is fallback.buffer
