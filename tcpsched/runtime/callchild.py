@@ -135,9 +135,14 @@ class _LiveFrames:
         with self._cond:
             self.active = True
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="tcpsched-live",
-                                            daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="tcpsched-live", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no room for a thread (--max-memory): the reply has it all
+                with self._cond:
+                    self.active = False
+                return
+            self._thread = thread
 
     def add(self, stream: str, data: bytes) -> None:
         if data:
