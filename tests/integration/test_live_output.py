@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import pytest
 from tcpsched.client import SyncClient
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers
 from tests.conftest import connect
+from tests.integration.test_peers import start_group, wait_leader
 
 WAIT_S = 60.0
 TASKS = "tests.integration.live_tasks"
@@ -139,3 +141,28 @@ def test_print_in_two_concurrent_call_jobs_lands_in_each_jobs_output(
         assert [e for e in errs if " err " in e] == [f"{tag} err {i}" for i in range(0, 200, 50)]
         assert [e for e in errs if "logged" in e] == [
             f"WARNING:speak:{tag} logged {i}" for i in range(0, 200, 50)]
+
+
+def test_logs_follow_goes_on_across_a_leader_failover(procs: ProcessGroup,
+                                                      tmp_path: Path) -> None:
+    """The leader is killed while a followed job runs: the reader finds the new leader, goes
+    on from its offsets, and exits 0 with the job's last line once it has succeeded."""
+    group, addresses = start_group(procs)
+    procs.worker(addresses, "w", slots=1)
+    wait_leader(addresses, 3)
+    gate = tmp_path / "gate"
+    with SyncClient(addresses) as client:
+        wait_for_workers(client, ["w"])
+        job_id = client.submit_shell(
+            f"echo before; while [ ! -f {gate} ]; do sleep 0.05; done; echo after")
+    follow = Follow(addresses, job_id)
+    try:
+        assert follow.next_line() == "before\n"
+        group[3][0].signal(signal.SIGKILL)
+        wait_leader(addresses, 2)
+        gate.touch()
+        code, rest, err = follow.finish()
+    finally:
+        follow.close()
+    assert code == 0, err
+    assert rest.endswith("after\n"), rest
