@@ -52,6 +52,7 @@ from tcpsched.errors import (
     TcpschedError,
     UnavailableError,
 )
+from tcpsched.follow import follow
 from tcpsched.output import (
     EXIT_BROKEN_PIPE,
     EXIT_OUTPUT_ERROR,
@@ -256,11 +257,14 @@ def add_command_parsers(parser: UsageParser, *, cli: bool = False) -> Any:
     command("coordinators", "every coordinator: role, epoch, log position, lag, reachability")
     if cli:
         p = command("logs", "a job's stdout and stderr",
-                    f"A job's stdout (to stdout) and stderr (to stderr), whole. Exit "
-                    f"{EXIT_JOB_FAILED} if the job failed or was cancelled.")
+                    f"A job's stdout (to stdout) and stderr (to stderr), whole; with --follow, "
+                    f"as it comes while the job runs, until it ends. Exit {EXIT_JOB_FAILED} "
+                    "if the job failed or was cancelled.")
         p.add_argument("job", metavar="JOB", help="job id, idempotency key or id prefix")
         p.add_argument("--follow", action="store_true",
-                       help="wait until the job is finished first (default: what it has now)")
+                       help="stream the output while the job runs and exit when it ends "
+                       "(with --json: print the whole output once it ends) (default: what "
+                       "it has now)")
         p = command("completion", "a shell completion script",
                     "Print a completion script for SHELL, generated from this parser. "
                     "bash: `source <(python -m tcpsched completion bash)`; zsh: write it to "
@@ -394,6 +398,8 @@ async def _list(client: Client, args: Any, style: formatting.Styler) -> CommandR
 
 
 async def _logs(client: Client, args: Any) -> CommandResult:
+    if args.follow and not args.json:
+        return await _follow_logs(client, args)
     record = (await client.wait_records([args.job]))[0] if args.follow \
         else await client.status(args.job)
     stdout, stderr = (_field(record, k) or "" for k in ("stdout", "stderr"))
@@ -405,6 +411,23 @@ async def _logs(client: Client, args: Any) -> CommandResult:
     # `_render`), stdout to ours and stderr to ours.
     return CommandResult(EXIT_JOB_FAILED if failed else EXIT_OK, value, _output_text(stdout),
                          error, _output_text(stderr))
+
+
+async def _follow_logs(client: Client, args: Any) -> CommandResult:
+    """`logs --follow`: the output written as it comes, each piece whole (`write_all`, so a
+    slow reader gets every byte), stdout to ours and stderr to ours; then the job's outcome."""
+
+    def write(stream: str, text: str) -> None:
+        target = sys.stdout if stream == "stdout" else sys.stderr
+        if target.isatty():
+            text = escape_controls(text, keep_newlines=True)
+        write_all(text, target)
+
+    view = await follow(client, args.job, write, lambda text: write_error(f"note: {text}"))
+    state = _field(view, "state")
+    failed = state in ("failed", "cancelled")
+    error = f"job {formatting.text(_field(view, 'id'))} {state}" if failed else None
+    return CommandResult(EXIT_JOB_FAILED if failed else EXIT_OK, view, "", error)
 
 
 def _output_text(body: Any) -> str:

@@ -588,6 +588,15 @@ class Client:
         following = reply.get("next")
         return list(reply.get("jobs") or []), following if isinstance(following, str) else None
 
+    async def tail(self, job_id: str, attempt: int | None = None,
+                   offsets: tuple[int, int] = (0, 0), wait: float = 0.0) -> dict[str, Any]:
+        """A job's output past `offsets` (stdout, stderr) of `attempt` (None: the current
+        one), waiting up to `wait` seconds for some: see `messages.Tail` and follow.py."""
+        return await self._request(
+            lambda r: m.Tail(req_id=r, job_id=job_id, attempt=attempt,
+                             stdout_offset=offsets[0], stderr_offset=offsets[1], wait=wait),
+            timeout=wait + self.connect_timeout_s)
+
     # builtins.list: in this class body, `list` names the method above.
     async def workers(self) -> builtins.list[dict[str, Any]]:
         return await self._request(lambda r: m.Workers(req_id=r))

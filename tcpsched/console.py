@@ -56,6 +56,7 @@ from tcpsched.console_text import colour, json_text, one_line, plain, screen_saf
 from tcpsched.console_toolbar import POLL_INTERVAL_S, Poller
 from tcpsched.core.printable import escape_controls
 from tcpsched.errors import ConfigError, TcpschedError
+from tcpsched.follow import follow
 
 PROMPT = "tcpsched> "
 MAX_LINES = 200
@@ -252,9 +253,15 @@ class Console:
             self.report(line, text)
 
     async def _logs(self, line: str, rest: list[str], as_json: bool) -> None:
+        following = "--follow" in rest
+        rest = [word for word in rest if word != "--follow"]
         if len(rest) != 1:
-            raise ConfigError("logs: give one job id (logs JOB)")
-        record = await self.client.status(rest[0])
+            raise ConfigError("logs: give one job id (logs JOB [--follow])")
+        if following and not as_json:
+            await self._follow_logs(line, rest[0])
+            return
+        record = await (self.client.wait(rest[0]) if following
+                        else self.client.status(rest[0]))
         if not isinstance(record, dict):
             record = {"id": record}
         self.catalog.note_job(record)
@@ -270,6 +277,18 @@ class Console:
         state = formatting.text(record.get("state"))
         self.report(line, f"job {formatting.text(record.get('id'))} {colour(state, state)}\n"
                     + "\n".join(parts))
+
+    async def _follow_logs(self, line: str, job: str) -> None:
+        """The job's output as it comes, each piece shown at once, then how it ended."""
+
+        def write(stream: str, text: str) -> None:
+            shown = escape_controls(text.rstrip("\n"), keep_newlines=True)
+            self.emit(shown if stream == "stdout" else colour(shown, "failed"))
+
+        view = await follow(self.client, job, write, lambda text: self.emit(f"note: {text}"))
+        state = formatting.text(view.get("state"))
+        self.report(line, f"job {formatting.text(view.get('id'))} {colour(state, state)}",
+                    is_error=state in ("failed", "cancelled"))
 
     async def _worker(self, line: str, rest: list[str], as_json: bool) -> None:
         if len(rest) != 1:

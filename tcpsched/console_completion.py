@@ -27,7 +27,7 @@ RECENT_JOBS_MAX = 500
 CONSOLE_COMMANDS: dict[str, tuple[str, str]] = {
     "help": ("[COMMAND]", "list the commands, or explain one"),
     "watch": ("[JOB|jobs|workers]", "a live view, refreshed every second, until a key is pressed"),
-    "logs": ("JOB", "a job's stdout and stderr"),
+    "logs": ("JOB [--follow]", "a job's stdout and stderr (--follow: as it comes, until it ends)"),
     "worker": ("NAME", "one worker and the jobs running on it"),
     "use": ("HOST:PORT[,...]", "talk to another cluster"),
     "quit": ("", "leave the console (also exit, Ctrl-D)"),

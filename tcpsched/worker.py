@@ -33,6 +33,7 @@ from tcpsched.core import workerproto as wp
 from tcpsched.core.capabilities import Capabilities, call_grant
 from tcpsched.errors import AuthError, ConfigError, RemoteProtocolError, UnavailableError
 from tcpsched.runtime.executor import Executor, KillSwitch
+from tcpsched.runtime.liveout import LiveOutput
 from tcpsched.runtime.reaper import Reaper, become_subreaper
 from tcpsched.runtime.tls import client_context
 from tcpsched.runtime.transport import Connection, dial, limit_unacknowledged
@@ -85,6 +86,15 @@ class Worker:
         self._timer: asyncio.TimerHandle | None = None
         self._feeding = False
         self.exit_code = 0
+        # Running attempts' output, streamed to the leader as it comes (runtime/liveout.py).
+        self.live = LiveOutput(self._send_live, lambda: self.proto.limits)
+        self._was_registered = False
+
+    def _send_live(self, msg: m.Output) -> bool:
+        if self.conn is None or not self.proto.is_registered:
+            return False
+        self.conn.send(msg)
+        return True
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -122,6 +132,10 @@ class Worker:
                 self._carry_out(effect)
         finally:
             self._feeding = False
+        if self.proto.is_registered != self._was_registered:
+            self._was_registered = self.proto.is_registered
+            if self._was_registered:  # a new leader has no tails: send the spools again
+                self.live.resend()
         self._rearm()
 
     def _carry_out(self, effect: wp.Effect) -> None:
@@ -198,19 +212,21 @@ class Worker:
     # -- jobs -----------------------------------------------------------------------------------
 
     async def _run_job(self, msg: m.Assign, kill: KillSwitch) -> None:
+        live = self.live.open(msg.job_id, msg.attempt)
         try:
             if msg.kind == "shell":
                 outcome = await self.executor.run_shell(msg.command or "", msg.timeout, kill,
-                                                        env=msg.env, cwd=msg.cwd)
+                                                        env=msg.env, cwd=msg.cwd, live=live)
             else:
                 function = msg.function or ""
                 allow_call = self.proto.config.capabilities.allow_call
                 outcome = await self.executor.run_call(
                     function, msg.args, msg.kwargs, msg.timeout, kill,
                     defined_in=call_grant(function, allow_call) or None,
-                    env=msg.env, cwd=msg.cwd)
+                    env=msg.env, cwd=msg.cwd, live=live)
         finally:
             self._kills.pop((msg.job_id, msg.attempt), None)
+            self.live.close(live)
         self.feed(wp.JobFinished(m.Result(
             job_id=msg.job_id, attempt=msg.attempt, state=outcome.state,
             exit_code=outcome.exit_code, result=outcome.result, stdout=outcome.stdout,

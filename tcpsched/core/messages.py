@@ -393,3 +393,49 @@ COORDINATOR_TO_WORKER: frozenset[type] = frozenset(
     {Registered, Refused, Redirect, Assign, Kill, ResultAck}
 )
 COORDINATOR_TO_CLIENT: frozenset[type] = frozenset({Reply, ErrorReply})
+
+# -- live output (issue 13): a running job's output, streamed by its worker, tailed by clients ---
+
+FOLLOW_WAIT_S_MAX = 60.0  # how long one `tail` request may wait for output
+
+
+def _follow_wait(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0.0 <= value <= FOLLOW_WAIT_S_MAX:
+        raise ValueError(f"{attribute.name} must be within [0, {FOLLOW_WAIT_S_MAX:g}] seconds")
+
+
+@attrs.frozen
+class Output:
+    """A worker streams a running attempt's output (core/livelog.py): each stream's text from
+    its offset on (characters since the attempt began; a jump is a gap). Never acknowledged:
+    the final output comes with the `Result`, and a new session sends the spool again."""
+
+    TYPE: ClassVar[str] = "output"
+    job_id: str
+    attempt: int = attrs.field(validator=_non_negative)
+    stdout_offset: int = attrs.field(validator=_non_negative)
+    stdout: str
+    stderr_offset: int = attrs.field(validator=_non_negative)
+    stderr: str
+
+
+@attrs.frozen
+class Tail:
+    """A client follows a job's output: what there is past its offsets for `attempt` (None:
+    the current one), waiting up to `wait` seconds for some if there is none yet. The reply
+    is {"id", "attempt", "state", "stdout_offset", "stdout", "stderr_offset", "stderr",
+    "done", "exit_code", "error"}; `done` once the job is finished (the text is then the
+    final output's rest)."""
+
+    TYPE: ClassVar[str] = "tail"
+    req_id: int
+    job_id: str
+    attempt: int | None = None
+    stdout_offset: int = attrs.field(default=0, validator=_non_negative)
+    stderr_offset: int = attrs.field(default=0, validator=_non_negative)
+    wait: float = attrs.field(default=0.0, validator=_follow_wait)
+
+
+ALL_MESSAGES = (*ALL_MESSAGES, Output, Tail)
+CLIENT_REQUESTS = CLIENT_REQUESTS | {Tail}
+WORKER_TO_COORDINATOR = WORKER_TO_COORDINATOR | {Output}

@@ -49,6 +49,7 @@ from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Rece
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import JobRecord, JobSpec, JobState
 from tcpsched.core.limits import WireLimits
+from tcpsched.core.liveside import LiveSide
 from tcpsched.core.queries import (
     JOB_ID_PREFIX_MIN,
     OUTPUT_CHARS_PER_RECORD_MIN,
@@ -105,7 +106,7 @@ class SchedulerConfig:
     wire_limits: WireLimits = attrs.field(factory=WireLimits)
 
 
-class Scheduler(WorkerSide):
+class Scheduler(WorkerSide, LiveSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -144,6 +145,7 @@ class Scheduler(WorkerSide):
         self.workers_lost = 0
         self.started_at = now
         self.extra_stats: dict[str, Any] = {}  # figures the shell adds (journal, connections)
+        self._init_live()  # tails of running jobs' output and their followers (liveside.py)
         self._recover(now)
 
     # -- recovery -------------------------------------------------------------------------------
@@ -217,6 +219,7 @@ class Scheduler(WorkerSide):
             self.detector.next_deadline(),
             self.queue.next_deadline(),
             self.waits.next_deadline(),
+            self._live_deadline(),
         ]
         if self.table.finished_order and self.config.keep_finished_for_s is not None:
             candidates.append(self.retention.next_check)
@@ -253,6 +256,7 @@ class Scheduler(WorkerSide):
             "jobs_in_memory": len(self.table),
             "loop_stall_max_s": round(detector.stall_max_s, 3),
             "backlog": len(self.backlog),
+            "live_output_chars": self.tails.chars,
             **self.extra_stats,
         }
 
@@ -268,6 +272,8 @@ class Scheduler(WorkerSide):
         if job is not None and job.state.is_terminal:
             for waiter in self.waits.job_finished(job.id):
                 self._answer(waiter)
+        if job is not None:
+            self._live_record(job)
         return job
 
     def _reply(self, conn: int, req_id: int, value: Any) -> None:
@@ -282,6 +288,7 @@ class Scheduler(WorkerSide):
         self._conn_roles.pop(conn, None)
         self._conn_addresses.pop(conn, None)
         self.waits.closed(conn)
+        self._live_closed(conn)
         self.backlog.closed(conn)
         name = self._conn_worker.pop(conn, None)
         if name is None:
@@ -314,7 +321,9 @@ class Scheduler(WorkerSide):
                 return
             entry = self.workers[name]
             self._touched.add(name)
-            if kind is m.Heartbeat:
+            if kind is m.Output:
+                self._on_output(entry, msg)
+            elif kind is m.Heartbeat:
                 self._on_heartbeat(entry, msg, now)
             elif kind is m.Result:
                 self._on_result(entry, msg, now)
@@ -343,6 +352,8 @@ class Scheduler(WorkerSide):
             self._on_list(conn, msg)
         elif isinstance(msg, m.Cancel):
             self._on_cancel(conn, msg, now)
+        elif isinstance(msg, m.Tail):
+            self._on_tail(conn, msg)
         elif isinstance(msg, m.Workers):
             self._reply(conn, msg.req_id, self.worker_list())
         elif isinstance(msg, m.Stats):
@@ -516,6 +527,7 @@ class Scheduler(WorkerSide):
                              self.detector.silence(name, now))
         for waiter in self.waits.expire(now):
             self._answer(waiter)
+        self._live_advance(now)
         # Retention is inline, not a method of its own: this runs on every step.
         table = self.table
         ids = self.retention.due(table.finished_order, now, table.finished_output_chars,

@@ -31,6 +31,8 @@ import os
 import signal
 import struct
 import sys
+import threading
+import time
 import traceback
 import types
 from typing import Any
@@ -40,6 +42,7 @@ import msgpack
 HEADER = struct.Struct(">I")
 EXIT_OUT_OF_MEMORY = 86  # the child ran out of memory where it could not even reply
 PR_SET_PDEATHSIG = 1
+LIVE_FLUSH_S = 0.05  # a call's output goes to the worker at most this often, as it comes
 
 
 # -- shared with the worker (thread mode and shell output) ---------------------------------------
@@ -54,13 +57,16 @@ class CappedBuffer:
         self.kept = 0
         self.total = 0
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes) -> bytes:
+        """Keep what fits; the piece kept (what live output may show of `data`)."""
         self.total += len(data)
         room = self.cap - self.kept
         if room > 0:
             piece = data[:room]
             self.parts.append(piece)
             self.kept += len(piece)
+            return piece
+        return b""
 
     def text(self) -> str:
         out = b"".join(self.parts).decode("utf-8", errors="replace")
@@ -111,13 +117,79 @@ def resolve_callable(function: str, defined_in: str | None = None) -> Any:
 # -- the child ---------------------------------------------------------------------------------
 
 
+class _LiveFrames:
+    """What a call prints, sent to the worker while it runs (a request with `live`): frames
+    `{"out": stream, "data": bytes}` from a daemon thread, at most one every LIVE_FLUSH_S, so
+    a call that prints line by line costs no system call per line. `stop` returns once no frame
+    is on its way, so every frame of a call precedes its reply."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
+        self._pending: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        self.active = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._cond:
+            self.active = True
+        if self._thread is None:
+            thread = threading.Thread(target=self._run, name="tcpsched-live", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no room for a thread (--max-memory): the reply has it all
+                with self._cond:
+                    self.active = False
+                return
+            self._thread = thread
+
+    def add(self, stream: str, data: bytes) -> None:
+        if data:
+            with self._cond:
+                if self.active:
+                    self._pending[stream].append(data)
+                    self._cond.notify()
+
+    def stop(self) -> None:
+        with self._send_lock, self._cond:
+            self.active = False
+            for parts in self._pending.values():
+                parts.clear()
+
+    def _run(self) -> None:
+        last_sent = 0.0
+        while True:
+            with self._cond:
+                while not any(self._pending.values()):
+                    self._cond.wait()
+            # Rate-limited, not delayed: a line after a quiet spell goes at once, and what a
+            # busy call prints within the interval goes in one frame.
+            delay = last_sent + LIVE_FLUSH_S - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            last_sent = time.monotonic()
+            with self._send_lock:
+                with self._cond:
+                    if not self.active:
+                        continue
+                    taken = {k: b"".join(v) for k, v in self._pending.items() if v}
+                    for parts in self._pending.values():
+                        parts.clear()
+                frames = b"".join(_frame({"out": k, "data": v}) for k, v in taken.items())
+                with contextlib.suppress(OSError):
+                    self._sock.sendall(frames)
+
+
 class _CaptureStream(io.TextIOBase):
     """sys.stdout or sys.stderr for the length of one call: text into a capped buffer (a new
-    one per call, set by `capture`)."""
+    one per call, set by `capture`), and what it keeps to the live frames, if any."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "stdout") -> None:
         super().__init__()
         self._buffer = CappedBuffer(0)
+        self._name = name
+        self.live: _LiveFrames | None = None
 
     def capture(self, buffer: CappedBuffer) -> None:
         self._buffer = buffer
@@ -126,7 +198,9 @@ class _CaptureStream(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
-        self._buffer.add(text.encode("utf-8", errors="replace"))
+        kept = self._buffer.add(text.encode("utf-8", errors="replace"))
+        if self.live is not None:
+            self.live.add(self._name, kept)
         return len(text)
 
 
@@ -170,7 +244,8 @@ class _Child:
         # Modules are imported once per child, so what a name resolves to is kept too (the
         # walk and the --allow-call check cost more than a no-op call itself).
         self._resolved: dict[tuple[str, str | None], Any] = {}
-        self._stdout, self._stderr = _CaptureStream(), _CaptureStream()
+        self._stdout, self._stderr = _CaptureStream("stdout"), _CaptureStream("stderr")
+        self.live: _LiveFrames | None = None  # set by main: the worker's socket
         self._handler = logging.StreamHandler(self._stderr)  # the root logger's, during a call
         self._handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
 
@@ -205,6 +280,10 @@ class _Child:
         out, err = CappedBuffer(self.output_bytes_max), CappedBuffer(self.output_bytes_max)
         self._stdout.capture(out)
         self._stderr.capture(err)
+        live = self.live if request.get("live") else None
+        self._stdout.live = self._stderr.live = live
+        if live is not None:
+            live.start()
         reply: dict[str, Any] = {"ok": False}
         stdout, stderr = sys.stdout, sys.stderr
         root = logging.getLogger()
@@ -226,6 +305,9 @@ class _Child:
             reply["fatal"] = True
         except BaseException as exc:  # the job's failure (SystemExit included), never ours
             reply.update(self._failure(exc, err))
+        if live is not None:
+            live.stop()
+            self._stdout.live = self._stderr.live = None
         reply["stdout"] = out.text()
         reply["stderr"] = err.text()
         return reply
@@ -298,6 +380,7 @@ def main(argv: list[str]) -> int:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sock = socket.socket(fileno=fd)
     child = _Child(output_bytes_max, value_bytes_max, memory_mib)
+    child.live = _LiveFrames(sock)
     sock.sendall(_frame({"ready": os.getpid()}))
     while (header := _receive(sock, HEADER.size)) is not None:
         body = _receive(sock, HEADER.unpack(header)[0])

@@ -45,6 +45,7 @@ from tcpsched.core.codec import VALUE_BYTES_MAX, check_value
 from tcpsched.errors import RemoteProtocolError
 from tcpsched.runtime import callchild
 from tcpsched.runtime import reaper as reaping
+from tcpsched.runtime.liveout import JobOutput
 from tcpsched.runtime.outcome import KillSwitch, Outcome, stopped
 from tcpsched.runtime.reaper import Reaper
 
@@ -317,9 +318,10 @@ class CallPool:
     # -- one call -------------------------------------------------------------------------------
 
     async def run(self, request: dict[str, Any], timeout: float | None,
-                  kill: KillSwitch) -> Outcome:
+                  kill: KillSwitch, *, live: JobOutput | None = None) -> Outcome:
         """Run one call: `request` has `function`, `args`, `kwargs`, `defined_in`, `cwd`,
-        `env` (see callchild.py)."""
+        `env` (see callchild.py); with `live` (and `request["live"]`), what the call prints
+        goes there as it comes."""
         try:
             child = await self._take()
         except ChildStartError as exc:
@@ -343,7 +345,7 @@ class CallPool:
             pull(kill.reason)
         try:
             child.send(request)
-            reading = asyncio.ensure_future(child.protocol.next_message())
+            reading = asyncio.ensure_future(_next_reply(child.protocol, live))
             try:
                 await asyncio.wait((reading, stop), return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -413,6 +415,17 @@ class CallPool:
         except Exception as exc:  # a value the wire cannot carry: this job's failure
             return Outcome("failed", error=f"result cannot be sent: {exc}", **output)
         return Outcome("succeeded", result=value, **output)
+
+
+async def _next_reply(protocol: _ChildProtocol, live: JobOutput | None) -> dict[str, Any] | None:
+    """The call's reply; its live output frames before it go to `live` (callchild.py)."""
+    while True:
+        message = await protocol.next_message()
+        if message is None or "out" not in message:
+            return message
+        stream, data = message.get("out"), message.get("data")
+        if live is not None and stream in ("stdout", "stderr") and isinstance(data, bytes):
+            live.feed(stream, data)
 
 
 def _exit_text(code: int | None) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -42,9 +43,11 @@ from typing import Any
 from tcpsched.config import ISOLATIONS
 from tcpsched.core.codec import encode_value
 from tcpsched.errors import LocalProtocolError
+from tcpsched.runtime import capture as capturing
 from tcpsched.runtime import reaper as reaping
 from tcpsched.runtime.callchild import CappedBuffer, resolve_callable
 from tcpsched.runtime.callpool import CallPool
+from tcpsched.runtime.liveout import JobOutput
 from tcpsched.runtime.outcome import KillSwitch, Outcome, stopped
 from tcpsched.runtime.reaper import Reaper
 
@@ -56,11 +59,14 @@ READ_CHUNK_BYTES = 64 * 1024
 PIPE_SETTLE_S = 1.0  # after the shell exits, how long stragglers may hold its pipes
 
 
-async def _pump(stream: asyncio.StreamReader | None, buffer: CappedBuffer) -> None:
+async def _pump(stream: asyncio.StreamReader | None, buffer: CappedBuffer,
+                live: JobOutput | None, name: str) -> None:
     if stream is None:
         return
     while data := await stream.read(READ_CHUNK_BYTES):
-        buffer.add(data)
+        kept = buffer.add(data)
+        if live is not None:
+            live.feed(name, kept)
 
 
 class JobThreads:
@@ -122,6 +128,16 @@ def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
         future.set_exception(value)
 
 
+def _captured(capture: capturing.JobCapture, fn: Callable[..., Any], args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Any:
+    """A thread call with its prints and logs routed to its own job (runtime/capture.py)."""
+    token = capturing.CURRENT.set(capture)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        capturing.CURRENT.reset(token)
+
+
 def _cwd_problem(cwd: str | None) -> str | None:
     if cwd is None or os.path.isdir(cwd):
         return None
@@ -167,6 +183,8 @@ class Executor:
         elif self.workdir is not None:
             os.chdir(self.workdir)
             sys.path.insert(0, self.workdir)  # as a call process has it: see callchild.py
+        if isolation == "thread":
+            capturing.install()  # print() and logging of each call to its own job
 
     @property
     def held_slots(self) -> int:
@@ -189,7 +207,9 @@ class Executor:
         return cwd if cwd is not None else self.workdir
 
     async def run_shell(self, command: str, timeout: float | None, kill: KillSwitch, *,
-                        env: dict[str, str] | None = None, cwd: str | None = None) -> Outcome:
+                        env: dict[str, str] | None = None, cwd: str | None = None,
+                        live: JobOutput | None = None) -> Outcome:
+        """`live` gets the output as it comes (runtime/liveout.py)."""
         started = time.time()
         where = self._job_cwd(cwd)
         problem = _cwd_problem(where)
@@ -213,7 +233,7 @@ class Executor:
         if self._reaper is not None:
             self._reaper.track(pgid, mark)
         try:
-            return await self._supervise(proc, pgid, timeout, kill, started)
+            return await self._supervise(proc, pgid, timeout, kill, started, live=live)
         finally:
             if proc.returncode is not None:
                 self._shells.discard(proc.pid)
@@ -254,10 +274,11 @@ class Executor:
             reaping.reap_zombie_children(self._not_ours())
 
     async def _supervise(self, proc: asyncio.subprocess.Process, pgid: int,
-                         timeout: float | None, kill: KillSwitch, started: float) -> Outcome:
+                         timeout: float | None, kill: KillSwitch, started: float, *,
+                         live: JobOutput | None = None) -> Outcome:
         out, err = CappedBuffer(self.output_bytes_max), CappedBuffer(self.output_bytes_max)
-        pumps = [asyncio.ensure_future(_pump(proc.stdout, out)),
-                 asyncio.ensure_future(_pump(proc.stderr, err))]
+        pumps = [asyncio.ensure_future(_pump(proc.stdout, out, live, "stdout")),
+                 asyncio.ensure_future(_pump(proc.stderr, err, live, "stderr"))]
         waiter = asyncio.ensure_future(proc.wait())
         killer = asyncio.ensure_future(kill.event.wait())
         stop_reason: str | None = None
@@ -308,20 +329,24 @@ class Executor:
         defined_in: str | None = None,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
+        live: JobOutput | None = None,
     ) -> Outcome:
         """Run `function`; with `defined_in` (a worker's `--allow-call MODULE` entry that
-        allows it), only a top-level callable defined in that module or below it is run."""
+        allows it), only a top-level callable defined in that module or below it is run.
+        What it prints or logs is its output, and goes to `live` as it comes."""
         if self._pool is not None:
             request = {"function": function, "args": list(args), "kwargs": kwargs,
                        "defined_in": defined_in, "cwd": cwd, "env": env or {}}
-            return await self._pool.run(request, timeout, kill)
+            if live is not None:
+                request["live"] = True
+            return await self._pool.run(request, timeout, kill, live=live)
         return await self._run_in_thread(function, args, kwargs, timeout, kill,
-                                         defined_in=defined_in, env=env, cwd=cwd)
+                                         defined_in=defined_in, env=env, cwd=cwd, live=live)
 
     async def _run_in_thread(self, function: str, args: tuple[Any, ...],
                              kwargs: dict[str, Any], timeout: float | None, kill: KillSwitch,
                              *, defined_in: str | None, env: dict[str, str] | None,
-                             cwd: str | None) -> Outcome:
+                             cwd: str | None, live: JobOutput | None = None) -> Outcome:
         started = time.time()
         if env or cwd is not None:
             return Outcome("failed", error="a call job with its own cwd or env needs a worker "
@@ -332,10 +357,14 @@ class Executor:
         except ImportError as exc:
             return Outcome("failed", error=str(exc), started_at=started, finished_at=time.time())
         is_coroutine = inspect.iscoroutinefunction(fn)
+        capture = capturing.JobCapture(self.output_bytes_max, live)
         if is_coroutine:
-            work: asyncio.Future[Any] = asyncio.ensure_future(fn(*args, **kwargs))
+            context = contextvars.copy_context()
+            context.run(capturing.CURRENT.set, capture)
+            work: asyncio.Future[Any] = asyncio.get_running_loop().create_task(
+                fn(*args, **kwargs), context=context)
         else:
-            work = self._threads.submit(functools.partial(fn, *args, **kwargs))
+            work = self._threads.submit(functools.partial(_captured, capture, fn, args, kwargs))
         killer = asyncio.ensure_future(kill.event.wait())
         try:
             done, _ = await asyncio.wait({work, killer}, timeout=timeout,
@@ -350,21 +379,24 @@ class Executor:
                 log.warning("%s: %s; its thread cannot be killed: its slot stays taken until "
                             "it returns", function, reason)
             self._hold(work, function)
-            return stopped(reason, started, time.time())
+            return stopped(reason, started, time.time(), stdout=capture.text("stdout"),
+                           stderr=capture.text("stderr"))
         finished = time.time()
         raised = work.exception()
         if raised is not None:
-            tb = "".join(traceback.format_exception(raised))
+            capture.write("stderr", "".join(traceback.format_exception(raised)))
             return Outcome("failed", error=f"{type(raised).__name__}: {raised}",
-                           stderr=tb[-self.output_bytes_max:], started_at=started,
-                           finished_at=finished)
+                           stdout=capture.text("stdout"), stderr=capture.text("stderr"),
+                           started_at=started, finished_at=finished)
+        output = dict(stdout=capture.text("stdout"), stderr=capture.text("stderr"))
         value = work.result()
         try:
             encode_value(value)
         except LocalProtocolError as err:
             return Outcome("failed", error=f"result cannot be sent: {err}", started_at=started,
-                           finished_at=finished)
-        return Outcome("succeeded", result=value, started_at=started, finished_at=finished)
+                           finished_at=finished, **output)
+        return Outcome("succeeded", result=value, started_at=started, finished_at=finished,
+                       **output)
 
     def _hold(self, work: asyncio.Future[Any], function: str) -> None:
         """Keep the slot of a stopped call taken until its work has really ended."""

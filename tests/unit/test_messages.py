@@ -101,6 +101,13 @@ FIELD_OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (m.Heartbeat, "held"): NON_NEGATIVE,
     (m.Assign, "env"): ENVS,
     (m.Assign, "cwd"): CWDS,
+    # live output (issue 13)
+    (m.Output, "attempt"): NON_NEGATIVE,
+    (m.Output, "stdout_offset"): NON_NEGATIVE,
+    (m.Output, "stderr_offset"): NON_NEGATIVE,
+    (m.Tail, "stdout_offset"): NON_NEGATIVE,
+    (m.Tail, "stderr_offset"): NON_NEGATIVE,
+    (m.Tail, "wait"): st.floats(0.0, m.FOLLOW_WAIT_S_MAX),
 }
 
 
