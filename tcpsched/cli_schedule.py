@@ -158,7 +158,8 @@ def _first_next(value: Any) -> str:
 
 def timing_text(value: Any) -> str:
     if _get(value, "every") is not None:
-        return f"every {formatting.text(_get(value, 'every'))}s"
+        every = _get(value, "every")
+        return f"every {every:g}s" if isinstance(every, int | float) else "every ?"
     return f"{formatting.text(_get(value, 'cron'))} ({formatting.text(_get(value, 'tz') or 'UTC')})"
 
 

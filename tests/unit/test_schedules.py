@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -17,6 +18,14 @@ from tcpsched.core.record_types import typed_record
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig
 from tcpsched.core.schedules import Timing, decide, iso, tick_key, timing_problem
 from tcpsched.core.state import JobTable
+from tcpsched.runtime.journal import encode_line, segment_name
+from tcpsched.runtime.snapshot import (
+    SNAPSHOT_NAME,
+    read_snapshot,
+    read_snapshot_log,
+    write_snapshot,
+)
+from tcpsched.runtime.storage import check
 
 PARIS = ZoneInfo("Europe/Paris")
 CLIENT = 1000
@@ -290,3 +299,34 @@ def test_decide_is_pure_on_the_clock_passed_in() -> None:
     assert decide(schedule, 105.0, 0.0, None) is None
     assert decide(schedule, 130.0, 0.0, None).tick == 130.0  # type: ignore[union-attr]
     assert decide(schedule, 130.0, 0.0, None).missed == 2  # type: ignore[union-attr]
+
+
+def test_check_refuses_a_journal_with_a_bad_cron_record(tmp_path: Path) -> None:
+    """coordinator --check names the line and the bad cron expression of a schedule record
+    whose CRC is valid."""
+    good = {"op": "schedule_add", "name": "s", "job": {"kind": "shell", "command": "true"},
+            "at": 1.0, "every": 5.0}
+    bad = {**good, "name": "t", "every": None, "cron": "*/5 * *"}
+    bad.pop("every")
+    after = {"op": "schedule_pause", "name": "s", "at": 2.0}  # a bad LAST line would be torn
+    (tmp_path / segment_name(1)).write_bytes(encode_line(1, good, 1) + encode_line(2, bad, 1)
+                                             + encode_line(3, after, 1))
+    code, lines = check(tmp_path)
+    assert code == 1
+    assert "bad cron expression '*/5 * *'" in lines[-1] and ":2" in lines[-1], lines[-1]
+
+
+def test_schedules_survive_a_snapshot_file(tmp_path: Path) -> None:
+    """The snapshot file keeps the schedules (after the header's log position) and a fire's
+    job with a non-JSON argument."""
+    leader = Leader(now=1_000_000.0)
+    leader.request(lambda r: m.ScheduleAdd(
+        req_id=r, name="s", every=1.0,
+        job=JobSpec(kind="call", function="m:f", args=(b"\x00raw",), kwargs={"log": 1})))
+    leader.run_until(1_000_002.5)
+    table = leader.sched.table
+    write_snapshot(tmp_path, 9, table.image(), epoch=1, promise=(1, 1))
+    _seq, rebuilt, _size = read_snapshot(tmp_path / SNAPSHOT_NAME)
+    assert rebuilt.schedules.to_json() == table.schedules.to_json()
+    assert rebuilt.schedules.schedules["s"].job["args"] == [b"\x00raw"]
+    assert read_snapshot_log(tmp_path / SNAPSHOT_NAME) == (1, (1, 1))
