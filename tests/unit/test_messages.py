@@ -102,6 +102,13 @@ FIELD_OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (m.Assign, "env"): ENVS,
     (m.Assign, "cwd"): CWDS,
 }
+FIELD_OVERRIDES.update({  # schedules (issue 12)
+    (m.ScheduleAdd, "name"): NAMES,
+    (m.ScheduleShow, "name"): NAMES,
+    (m.ScheduleShow, "count"): NON_NEGATIVE,
+    (m.ScheduleChange, "name"): NAMES,
+    (m.ScheduleChange, "action"): st.sampled_from(m.SCHEDULE_ACTIONS),
+})
 
 
 def strategy_for_hint(hint: Any) -> st.SearchStrategy[Any]:
