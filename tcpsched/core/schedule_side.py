@@ -226,6 +226,7 @@ class ScheduleSide:
             "no_overlap": schedule.no_overlap, "catch_up": schedule.catch_up,
             "paused": schedule.paused, "kind": job.get("kind"),
             "command": job.get("command"), "function": job.get("function"),
+            "args": job.get("args", []), "kwargs": job.get("kwargs", {}),
             "created_at": schedule.created_at, "last_tick": schedule.last_tick,
             "last_job": schedule.last_job, "fired": schedule.fired,
             "skipped": schedule.skipped, "missed": schedule.missed,
