@@ -26,9 +26,11 @@ happens twice (fall back) fires once, at its first occurrence. `--every S` ticks
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import zoneinfo
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,24 +97,37 @@ class Timing:
     def _zone(self) -> Any:
         return UTC if self.tz is None else zoneinfo.ZoneInfo(self.tz)
 
+    def ticks_after(self, after: float) -> Iterator[float]:
+        """The ticks strictly after Unix time `after`, in order (an endless iterator)."""
+        if self.every is not None:
+            k = max(math.floor((after - self.anchor) / self.every) + 1, 1)
+            while True:
+                tick = self.anchor + k * self.every
+                k += 1
+                if tick > after:
+                    yield tick
+        assert self.cron is not None
+        zone = self._zone()
+        last = after
+        it = CronSim(self.cron, datetime.fromtimestamp(after, zone))
+        behind = 0
+        while True:
+            tick = next(it).timestamp()
+            if tick > last:
+                behind = 0
+                last = tick
+                yield tick
+                continue
+            behind += 1
+            if behind >= 100:
+                # Iterating an aware time across a repeated hour (fall back) could circle in
+                # it: start again past it.
+                it = CronSim(self.cron, datetime.fromtimestamp(last, zone) + timedelta(hours=2))
+                behind = 0
+
     def next_after(self, after: float) -> float:
         """The first tick strictly after Unix time `after`."""
-        if self.every is not None:
-            k = math.floor((after - self.anchor) / self.every) + 1
-            tick = self.anchor + max(k, 1) * self.every
-            return tick if tick > after else tick + self.every
-        assert self.cron is not None
-        start = datetime.fromtimestamp(after, self._zone())
-        for _ in range(2):
-            it = CronSim(self.cron, start)
-            for _ in range(100):
-                tick = next(it).timestamp()
-                if tick > after:
-                    return tick
-            # Iterating an aware time across a repeated hour (fall back) can loop on it:
-            # start again past it.
-            start = start + timedelta(hours=2)
-        raise ValueError(f"cron {self.cron!r} yields no tick after {after}")
+        return next(self.ticks_after(after))
 
     def due(self, after: float, upto: float) -> tuple[float | None, int]:
         """(newest tick in (after, upto], how many ticks fall there; at most
@@ -125,12 +140,13 @@ class Timing:
                 return None, 0
             count = math.floor((upto - first) / self.every) + 1
             return first + (count - 1) * self.every, min(count, TICKS_COUNTED_MAX)
-        newest, count, tick = None, 0, after
-        while count < TICKS_COUNTED_MAX:
-            tick = self.next_after(tick)
+        newest, count = None, 0
+        for tick in self.ticks_after(after):
             if tick > upto:
                 return newest, count
             newest, count = tick, count + 1
+            if count >= TICKS_COUNTED_MAX:
+                break
         # More ticks than we count: the newest one, found backwards from `upto`.
         back = CronSim(self.cron or "", datetime.fromtimestamp(math.floor(upto) + 1,
                                                                  self._zone()), reverse=True)
@@ -141,12 +157,8 @@ class Timing:
         return newest, count
 
     def upcoming(self, after: float, count: int) -> list[float]:
-        ticks: list[float] = []
-        tick = after
-        for _ in range(min(count, NEXT_SHOWN_MAX)):
-            tick = self.next_after(tick)
-            ticks.append(tick)
-        return ticks
+        """The next `count` ticks after `after` (at most NEXT_SHOWN_MAX)."""
+        return list(itertools.islice(self.ticks_after(after), min(count, NEXT_SHOWN_MAX)))
 
     def describe(self) -> str:
         if self.every is not None:

@@ -3,6 +3,8 @@ the records that carry them (core/schedules.py, core/schedule_side.py)."""
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from datetime import datetime
 from pathlib import Path
@@ -10,13 +12,22 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tcpsched.core import messages as m
 from tcpsched.core.events import Connected, Journal, Received, Send, Tick
 from tcpsched.core.jobs import JobSpec, JobState
 from tcpsched.core.record_types import typed_record
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig
-from tcpsched.core.schedules import Timing, decide, iso, tick_key, timing_problem
+from tcpsched.core.schedules import (
+    TICKS_COUNTED_MAX,
+    Timing,
+    decide,
+    iso,
+    tick_key,
+    timing_problem,
+)
 from tcpsched.core.state import JobTable
 from tcpsched.runtime.journal import encode_line, segment_name
 from tcpsched.runtime.snapshot import (
@@ -330,3 +341,30 @@ def test_schedules_survive_a_snapshot_file(tmp_path: Path) -> None:
     assert rebuilt.schedules.to_json() == table.schedules.to_json()
     assert rebuilt.schedules.schedules["s"].job["args"] == [b"\x00raw"]
     assert read_snapshot_log(tmp_path / SNAPSHOT_NAME) == (1, (1, 1))
+
+
+def test_a_long_gap_of_a_per_second_cron_folds_into_its_newest_tick() -> None:
+    """A day without a leader for a cron firing every second: one fire, for the newest tick,
+    with the missed ticks counted (up to the counting bound)."""
+    timing = Timing(cron="* * * * * *", tz="Europe/Paris")
+    newest, count = timing.due(T0, T0 + 86400.5)
+    assert newest == math.floor(T0 + 86400.5)
+    assert count == TICKS_COUNTED_MAX
+    assert timing.due(T0, T0 + 5.5) == (math.floor(T0) + 5, 5)
+
+
+@given(st.sampled_from(["* * * * *", "*/7 * * * *", "30 2 * * *", "0 * * * *",
+                        "15 1-3 * * SUN", "*/20 * * * * *"]),
+       st.sampled_from([None, "Europe/Paris", "America/New_York", "Australia/Lord_Howe"]),
+       st.floats(1.7e9, 1.9e9), st.floats(0, 5 * 86400))
+@settings(max_examples=150, deadline=None)
+def test_ticks_increase_and_due_agrees_with_upcoming(cron: str, tz: str | None, start: float,
+                                                     span: float) -> None:
+    """Ticks strictly increase (DST included), and due() counts exactly the ticks upcoming()
+    lists in the window."""
+    timing = Timing(cron=cron, tz=tz)
+    ticks = timing.upcoming(start, 50)
+    assert all(a < b for a, b in itertools.pairwise([start, *ticks]))
+    inside = [t for t in ticks if t <= start + span]
+    if len(inside) < len(ticks):  # the window ends before the 50th tick: due() must agree
+        assert timing.due(start, start + span) == (inside[-1] if inside else None, len(inside))
