@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from tcpsched import formatting
+from tcpsched.cli_schedule import add_schedule_parser, execute_schedule, sub_options_for
 from tcpsched.client import Client
 from tcpsched.config import (
     HelpFormatter,
@@ -66,7 +67,7 @@ from tcpsched.output import (
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_AUTH = 0, 1, 2, 3, 4
 EXIT_WAIT_TIMEOUT = 5
 COMMANDS = ("submit", "status", "wait", "logs", "list", "cancel", "workers", "coordinators",
-            "stats", "leader", "completion")
+            "stats", "leader", "completion", "schedule")
 STATES = tuple(s.value for s in JobState)
 SHELLS = ("bash", "zsh", "fish")
 LIST_PAGE_JOBS = 1000  # jobs asked for per round trip when a listing spans several pages
@@ -255,6 +256,7 @@ def add_command_parsers(parser: UsageParser, *, cli: bool = False) -> Any:
     command("stats", "cluster figures")
     command("leader", "which coordinator leads")
     command("coordinators", "every coordinator: role, epoch, log position, lag, reachability")
+    add_schedule_parser(command, sub_options_for(_global_options, cli), _number, _timeout)
     if cli:
         p = command("logs", "a job's stdout and stderr",
                     f"A job's stdout (to stdout) and stderr (to stderr), whole; with --follow, "
@@ -351,6 +353,9 @@ async def execute(client: Client, args: Any, style: formatting.Styler | None = N
     if command == "coordinators":
         rows = await client.coordinators()
         return CommandResult(EXIT_OK, rows, formatting.coordinators_table(rows, style))
+    if command == "schedule":
+        value, shown = await execute_schedule(client, args, spec_from_args)
+        return CommandResult(EXIT_OK, value, shown)
     if command == "leader":
         leader = await client.leader()
         shown = " ".join(formatting.text(_field(leader, k)) for k in ("id", "address"))

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import attrs
 import msgpack
 
+from tcpsched.client_schedules import ScheduleMethods, SyncScheduleMethods
 from tcpsched.config import TlsSettings, parse_address, parse_coordinators, read_token
 from tcpsched.core import messages as m
 from tcpsched.core.codec import (
@@ -208,7 +209,7 @@ def _spec(kind: str, **fields: Any) -> JobSpec:
         raise RequestError(str(exc)) from None
 
 
-class Client:
+class Client(ScheduleMethods):
     def __init__(
         self,
         coordinators: Sequence[str] | str | None = None,
@@ -635,7 +636,7 @@ def _error_from(reply: m.ErrorReply) -> Exception:
     return RequestError(reply.message)
 
 
-class SyncClient:
+class SyncClient(SyncScheduleMethods):
     """The same methods as `Client`, blocking, on a private event loop."""
 
     def __init__(self, coordinators: Sequence[str] | str | None = None,

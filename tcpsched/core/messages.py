@@ -439,3 +439,55 @@ class Tail:
 ALL_MESSAGES = (*ALL_MESSAGES, Output, Tail)
 CLIENT_REQUESTS = CLIENT_REQUESTS | {Tail}
 WORKER_TO_COORDINATOR = WORKER_TO_COORDINATOR | {Output}
+
+# -- schedules (issue 12: cron and interval schedules; core/schedule_side.py) -------------------
+
+SCHEDULE_ACTIONS = ("remove", "pause", "resume")
+
+
+def _action(_inst: object, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in SCHEDULE_ACTIONS:
+        raise ValueError(f"action must be one of {SCHEDULE_ACTIONS}")
+
+
+@attrs.frozen
+class ScheduleAdd:
+    """A schedule: exactly one of `cron` (in time zone `tz`, default UTC) and `every`."""
+
+    TYPE: ClassVar[str] = "schedule_add"
+    req_id: int
+    name: str = attrs.field(validator=_name)
+    job: JobSpec
+    cron: str | None = None
+    tz: str | None = None
+    every: float | None = None
+    no_overlap: bool = False
+    catch_up: str = "once"
+
+
+@attrs.frozen
+class ScheduleList:
+    TYPE: ClassVar[str] = "schedule_list"
+    req_id: int
+
+
+@attrs.frozen
+class ScheduleShow:
+    TYPE: ClassVar[str] = "schedule_show"
+    req_id: int
+    name: str = attrs.field(validator=_name)
+    count: int = attrs.field(default=5, validator=_non_negative)  # next fire times shown
+
+
+@attrs.frozen
+class ScheduleChange:
+    TYPE: ClassVar[str] = "schedule_change"
+    req_id: int
+    name: str = attrs.field(validator=_name)
+    action: str = attrs.field(validator=_action)
+
+
+SCHEDULE_REQUESTS: frozenset[type] = frozenset(
+    {ScheduleAdd, ScheduleList, ScheduleShow, ScheduleChange})
+ALL_MESSAGES = (*ALL_MESSAGES, ScheduleAdd, ScheduleList, ScheduleShow, ScheduleChange)
+CLIENT_REQUESTS = CLIENT_REQUESTS | SCHEDULE_REQUESTS

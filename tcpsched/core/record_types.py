@@ -224,6 +224,10 @@ Record = (SubmitRecord | StartRecord | FinishRecord | RequeueRecord | CancelReco
 RECORD_TYPES: dict[str, type] = {cls.OP: cls for cls in (  # type: ignore[attr-defined]
     SubmitRecord, StartRecord, FinishRecord, RequeueRecord, CancelRecord, ForgetRecord,
     EpochRecord)}
+# Schedules' records (cron and interval schedules, core/schedule_records.py).
+from tcpsched.core.schedule_records import SCHEDULE_RECORD_TYPES  # noqa: E402
+
+RECORD_TYPES.update({cls.OP: cls for cls in SCHEDULE_RECORD_TYPES})  # type: ignore[attr-defined]
 _FIELDS = {op: {f.name for f in attrs.fields(cls)} - {"epoch", "seq"}
            for op, cls in RECORD_TYPES.items()}
 _FIELDS["epoch"] = _FIELDS["epoch"] | {"epoch"}  # the epoch record names the epoch it begins

@@ -128,10 +128,13 @@ def _map_user_values(job: dict[str, Any], convert: Any) -> dict[str, Any]:
     return job if out is None else out
 
 
+_JOB_HOLDERS = frozenset({"submit", "fire", "schedule_add"})  # records with a "job" map
+
+
 def encode_record(record: dict[str, Any]) -> dict[str, Any]:
     """The record with every user value in JSON-ready form (the same object when none needs it)."""
     op = record["op"]
-    if op == "submit":
+    if op in _JOB_HOLDERS and record.get("job") is not None:  # a submit, a fire, a schedule
         job = record["job"]
         encoded = _map_user_values(job, encode_value)
         return record if encoded is job else {**record, "job": encoded}
@@ -145,7 +148,7 @@ def encode_record(record: dict[str, Any]) -> dict[str, Any]:
 def decode_record(record: dict[str, Any]) -> dict[str, Any]:
     """Inverse of `encode_record`, for a record parsed from JSON."""
     op = record.get("op")
-    if op == "submit":
+    if op in _JOB_HOLDERS and type(record.get("job")) is dict:
         job = record["job"]
         decoded = _map_user_values(job, decode_value)
         if decoded is not job:

@@ -65,6 +65,7 @@ from tcpsched.core.queries import (
     wait_records,
 )
 from tcpsched.core.retention import RETENTION_CHECK_PERIOD_S, Retention
+from tcpsched.core.schedule_side import ScheduleSide
 from tcpsched.core.state import JobTable, job_to_dict
 from tcpsched.core.waiters import Waiter, Waits
 from tcpsched.core.workers import DRAINING, WorkerEntry, worker_state
@@ -106,7 +107,7 @@ class SchedulerConfig:
     wire_limits: WireLimits = attrs.field(factory=WireLimits)
 
 
-class Scheduler(WorkerSide, LiveSide):
+class Scheduler(WorkerSide, LiveSide, ScheduleSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -147,6 +148,7 @@ class Scheduler(WorkerSide, LiveSide):
         self.extra_stats: dict[str, Any] = {}  # figures the shell adds (journal, connections)
         self._init_live()  # tails of running jobs' output and their followers (liveside.py)
         self._recover(now)
+        self._init_schedules()
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -220,6 +222,7 @@ class Scheduler(WorkerSide, LiveSide):
             self.queue.next_deadline(),
             self.waits.next_deadline(),
             self._live_deadline(),
+            self.schedules_deadline(),
         ]
         if self.table.finished_order and self.config.keep_finished_for_s is not None:
             candidates.append(self.retention.next_check)
@@ -358,6 +361,8 @@ class Scheduler(WorkerSide, LiveSide):
             self._reply(conn, msg.req_id, self.worker_list())
         elif isinstance(msg, m.Stats):
             self._reply(conn, msg.req_id, self.statistics())
+        elif type(msg) in m.SCHEDULE_REQUESTS:
+            self._on_schedule_request(conn, msg)
         elif isinstance(msg, m.Leader):
             cfg = self.config
             self._reply(
@@ -536,6 +541,7 @@ class Scheduler(WorkerSide, LiveSide):
             self._resync(now)
         if ids:
             self._record({"op": "forget", "ids": ids})
+        self._fire_schedules()
         # Promote due delayed jobs even when no worker is free: otherwise next_deadline() stays
         # in the past and the shell's timer fires again at once, spinning until a slot frees.
         self.queue.promote(now)

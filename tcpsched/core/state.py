@@ -33,6 +33,7 @@ import attrs
 
 from tcpsched.core.jobs import JobRecord, JobState, is_legal, value_chars
 from tcpsched.core.records import job_from_dict, job_to_dict, job_to_row, jobs_from_rows
+from tcpsched.core.schedules import SCHEDULE_OPS, ScheduleTable
 
 # job_to_dict is re-exported: core/scheduler.py imports it from here.
 __all__ = ["SNAPSHOT_FORMAT", "JobTable", "TableImage", "TableStatistics", "job_to_dict"]
@@ -70,6 +71,8 @@ class TableImage:
     finished: list[str]
     next_seq: int
     counters: dict[str, int]
+    # The schedules (core/schedules.py), JSON-ready; written after the header's "log".
+    schedules: list[dict[str, Any]] = attrs.field(factory=list)
 
     def header(self) -> dict[str, Any]:
         return {"format": SNAPSHOT_FORMAT, "next_seq": self.next_seq,
@@ -94,6 +97,7 @@ class JobTable:
         self.finished_output_chars = 0
         self.result_chars: dict[str, int] = {}  # terminal job id -> its result's size, if big
         self._by_prefix: dict[str, list[str]] | None = None  # built on first use
+        self.schedules = ScheduleTable()  # cron and interval schedules (core/schedules.py)
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -163,6 +167,8 @@ class JobTable:
         `now` is the leader's monotonic clock, kept as the finish time retention ages a job
         by; without it (replay) the record's own wall-clock time is kept."""
         op = record["op"]
+        if op in SCHEDULE_OPS:
+            return self._apply_schedule(record, now)
         if op == "submit":
             job = job_from_dict(record["job"])
             if job.id in self.jobs:
@@ -242,6 +248,15 @@ class JobTable:
         self._replace(job, new, now)
         return new
 
+    def _apply_schedule(self, record: dict[str, Any], now: float | None) -> JobRecord | None:
+        """A schedule's record; a fire's job enters the table in the same apply."""
+        self.schedules.check(record)
+        job = None
+        if record["op"] == "fire" and record.get("job") is not None:
+            job = self.apply({"op": "submit", "job": record["job"]}, now)
+        self.schedules.apply(record, None if job is None else job.id)
+        return job
+
     def statistics(self) -> TableStatistics:
         c = self.counts
         return TableStatistics(
@@ -253,12 +268,14 @@ class JobTable:
     def image(self) -> TableImage:
         """An immutable view of the table now (a list copy: milliseconds at a million jobs)."""
         return TableImage(jobs=list(self.jobs.values()), finished=list(self.finished_order),
-                          next_seq=self.next_seq, counters=dict(self.counters))
+                          next_seq=self.next_seq, counters=dict(self.counters),
+                          schedules=self.schedules.to_json())
 
     def snapshot(self) -> dict[str, Any]:
         """The whole table as one JSON-ready value."""
         image = self.image()
-        return {**image.header(), "finished": image.finished, "jobs": list(image.rows())}
+        return {**image.header(), "schedules": image.schedules, "finished": image.finished,
+                "jobs": list(image.rows())}
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> JobTable:
@@ -302,5 +319,6 @@ class JobTable:
         if len(table.finished_order) != terminal:
             raise ValueError("snapshot's finished list does not match its terminal jobs")
         table.next_seq = header["next_seq"]
+        table.schedules = ScheduleTable.from_json(header.get("schedules", []))
         table.counters.update(header["counters"])
         return table

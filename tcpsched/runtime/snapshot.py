@@ -54,7 +54,9 @@ def _snapshot_pieces(seq: int, image: TableImage, log: dict[str, Any]) -> Iterat
     can parse and convert one chunk at a time instead of holding every parsed row at once.
     """
     yield b'{"seq":%d,"table":' % seq
-    head = _dumps({**image.header(), "log": log, "finished": image.finished})
+    # Schedules after "log", which `read_snapshot_log` finds in the first bytes.
+    head = _dumps({**image.header(), "log": log, "schedules": image.schedules,
+                   "finished": image.finished})
     piece = (head[:-1] + ',"jobs":[\n').encode()
     crc = zlib.crc32(piece)
     yield piece

@@ -42,6 +42,7 @@ from tcpsched.testing.sim_client import SimClient
 from tcpsched.testing.sim_coordinator import SimCoordinator, address_of
 from tcpsched.testing.sim_faults import AsymmetricPartition, Faults
 from tcpsched.testing.sim_net import PeerNetwork, SimClock, SimConn, SimNetwork
+from tcpsched.testing.sim_schedules import add_schedules, check_schedules
 from tcpsched.testing.sim_worker import SimWorker, WorkerSide
 
 __all__ = [
@@ -93,6 +94,7 @@ class SimConfig:
     full_check_every: int = 250
     ticks_at_one_instant_max: int = 1000
     scenario: str = "random"
+    schedules: int = 0  # schedules added at the start (sim_schedules.py), firing throughout
 
 
 class Simulation:
@@ -180,6 +182,8 @@ class Simulation:
             self.at(start + rng.uniform(0.2, 1.0), "worker_boot", worker.name)
         for client in self.clients.values():
             self.schedule(start + rng.uniform(0.5, 2.0), ev.ClientSubmit(client.name))
+        if cfg.schedules:
+            add_schedules(self, cfg.schedules)
         fault_until = float("inf")
         if self.scenario is not None:
             fault_until = self.scenario.schedule(start)
@@ -201,6 +205,8 @@ class Simulation:
             self._step()
         self.checker.full_check()
         self._check_liveness(faults_end, leader_at)
+        if cfg.schedules:
+            check_schedules(self)
         return self._summary(start, faults_end, leader_at)
 
     def _step(self) -> None:

@@ -249,6 +249,9 @@ class Checker:
         self._replays[coord.node_id] = cached
         table = node.table
         mine = cached.table
+        if mine.schedules.to_json() != table.schedules.to_json():
+            self.sim.fail(f"replaying node {coord.node_id}'s journal up to {upto} does not give "
+                          "its schedules")
         if mine.jobs != table.jobs or mine.keys != table.keys:
             differ = sorted(j for j in set(mine.jobs) | set(table.jobs)
                             if mine.jobs.get(j) != table.jobs.get(j))

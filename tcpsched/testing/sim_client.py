@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 class Request:
     specs: tuple[JobSpec, ...] = ()  # a submit
     status_ids: tuple[str, ...] = ()  # or a status
+    other: Any = None  # or another request, a message built with req_id=0 (a schedule's)
     req_id: int = 0
     sent_at: float = 0.0
 
@@ -52,6 +53,7 @@ class SimClient:
         self._req_ids = itertools.count(1)
         self._batches = itertools.count(1)
         self._retry_armed = False
+        self.other_replies: list[Any] = []  # the replies to `other` requests, in order
 
     @property
     def idle(self) -> bool:
@@ -73,6 +75,11 @@ class SimClient:
         self.queue.append(Request(specs=specs))
         self.pump()
 
+    def send(self, msg: Any) -> None:
+        """Queue a request that is neither a submit nor a status (built with req_id=0)."""
+        self.queue.append(Request(other=msg))
+        self.pump()
+
     def pump(self) -> None:
         """Send the next request, dialling first if there is no connection."""
         if self.inflight is not None or not self.queue:
@@ -84,6 +91,8 @@ class SimClient:
         request.sent_at = self.sim.clock.now
         assert self.conn is not None
         msg: Any = (m.Submit(req_id=request.req_id, jobs=request.specs) if request.specs
+                    else attrs.evolve(request.other, req_id=request.req_id)
+                    if request.other is not None
                     else m.Status(req_id=request.req_id, job_ids=request.status_ids))
         self.sim.net.to_sched(self.conn, msg)
         self.sim.schedule(self.sim.clock.now + self.sim.config.request_timeout_s,
@@ -143,7 +152,9 @@ class SimClient:
         self.inflight = None
         rng = self.sim.rng
         cfg = self.sim.config
-        if request.specs:
+        if request.other is not None:
+            self.other_replies.append(msg.value)
+        elif request.specs:
             ids = [str(job_id) for job_id in msg.value]
             if len(ids) != len(request.specs):
                 self.sim.fail(f"{self.name}: a submit of {len(request.specs)} jobs was "

@@ -204,3 +204,19 @@ async def test_use_switches_cluster_and_quit_ends(console: Driver, cluster: Clus
     assert console.task is not None
     async with asyncio.timeout(TIMEOUT_S):
         await console.task
+
+
+async def test_schedule_commands(console: Driver) -> None:
+    """The console runs the schedule commands as the CLI does: add, list, show with the next
+    fire times, pause, remove, and a one-line error for an unknown schedule."""
+    added = await console.run("schedule add nightly --cron '0 3 * * *' --tz Europe/Paris "
+                              "--shell true")
+    assert not added.is_error and "nightly added" in added.text
+    listed = await console.run("schedule list")
+    assert "nightly" in listed.text and "0 3 * * * (Europe/Paris)" in listed.text
+    shown = await console.run("schedule show nightly --next 2 --json")
+    assert '"next_at"' in shown.text and '"name": "nightly"' in shown.text
+    assert "paused" in (await console.run("schedule pause nightly")).text
+    assert "removed" in (await console.run("schedule remove nightly")).text
+    missing = await console.run("schedule show nightly")
+    assert missing.is_error and "no schedule named 'nightly'" in missing.text

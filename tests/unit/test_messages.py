@@ -109,6 +109,13 @@ FIELD_OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (m.Tail, "stderr_offset"): NON_NEGATIVE,
     (m.Tail, "wait"): st.floats(0.0, m.FOLLOW_WAIT_S_MAX),
 }
+FIELD_OVERRIDES.update({  # schedules (issue 12)
+    (m.ScheduleAdd, "name"): NAMES,
+    (m.ScheduleShow, "name"): NAMES,
+    (m.ScheduleShow, "count"): NON_NEGATIVE,
+    (m.ScheduleChange, "name"): NAMES,
+    (m.ScheduleChange, "action"): st.sampled_from(m.SCHEDULE_ACTIONS),
+})
 
 
 def strategy_for_hint(hint: Any) -> st.SearchStrategy[Any]:
