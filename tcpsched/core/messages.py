@@ -189,10 +189,13 @@ class ErrorReply:
     kind: str
     message: str
     leader_hint: str | None = None
+    retry_after: float | None = None  # kind "queue_full": seconds the client should wait
 
 
 # conflict: an idempotency key already names a job with another spec.
-ERROR_KINDS = ("not_found", "bad_request", "not_leader", "unavailable", "timeout", "conflict")
+# queue_full: the leader holds --max-pending pending jobs; the batch was refused whole.
+ERROR_KINDS = ("not_found", "bad_request", "not_leader", "unavailable", "timeout", "conflict",
+               "queue_full")
 
 # -- workers -------------------------------------------------------------------------------------
 
@@ -393,3 +396,19 @@ COORDINATOR_TO_WORKER: frozenset[type] = frozenset(
     {Registered, Refused, Redirect, Assign, Kill, ResultAck}
 )
 COORDINATOR_TO_CLIENT: frozenset[type] = frozenset({Reply, ErrorReply})
+
+
+# -- routing and placement (issue 12): `explain JOB` ----------------------------------------------
+
+
+@attrs.frozen
+class Explain:
+    """Why a job went where it went, or why it is still pending (`core/explain.py`)."""
+
+    TYPE: ClassVar[str] = "explain"
+    req_id: int
+    job_id: str
+
+
+ALL_MESSAGES = (*ALL_MESSAGES, Explain)
+CLIENT_REQUESTS = CLIENT_REQUESTS | {Explain}

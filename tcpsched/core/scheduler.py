@@ -32,12 +32,15 @@ the leader's own loop is never counted as a worker's silence (`detector`).
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from tcpsched.core import messages as m
 from tcpsched.core.backlog import Backlog
+from tcpsched.core.backpressure import MAX_PENDING_DEFAULT, Admission
+from tcpsched.core.breaker import BreakerConfig, CircuitBreaker
 from tcpsched.core.detector import ALIVE, DEAD, SUSPECT, DetectorConfig, FailureDetector
 from tcpsched.core.dispatch import (
     PLACEMENT_SKIPS_MAX,
@@ -46,6 +49,7 @@ from tcpsched.core.dispatch import (
     unplaceable_reason,
 )
 from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Send, Tick
+from tcpsched.core.explain import Placement, explain, worker_views
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import JobRecord, JobSpec, JobState
 from tcpsched.core.limits import WireLimits
@@ -73,6 +77,7 @@ if TYPE_CHECKING:
     import random
 
 SUBMITS_PER_TURN = 200  # jobs one step of a submit records (about 10 ms)
+PLACEMENTS_KEPT = 100_000  # recent placements `explain` can tell (about 200 bytes each)
 STALL_LOGGED_S = 0.5  # a stall of the leader's loop this long is logged
 
 log = logging.getLogger(__name__)
@@ -101,6 +106,8 @@ class SchedulerConfig:
     keep_output_chars: int | None = 256 * 1024 * 1024
     dead_workers_kept_s: float = 600.0
     list_limit_max: int = 100_000
+    max_pending: int = MAX_PENDING_DEFAULT  # backpressure: submits past it are refused whole
+    breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
     # What the coordinator accepts from a peer; told to workers so they never send more.
     wire_limits: WireLimits = attrs.field(factory=WireLimits)
 
@@ -144,6 +151,11 @@ class Scheduler(WorkerSide):
         self.workers_lost = 0
         self.started_at = now
         self.extra_stats: dict[str, Any] = {}  # figures the shell adds (journal, connections)
+        self.admission = Admission(config.max_pending)
+        self.breaker = CircuitBreaker(config.breaker)  # leader-local soft state (breaker.py)
+        # What dispatch knew when it placed each recent job, for `explain` (bounded).
+        self.placements: OrderedDict[str, Placement] = OrderedDict()
+        self.started_total = 0
         self._recover(now)
 
     # -- recovery -------------------------------------------------------------------------------
@@ -217,6 +229,7 @@ class Scheduler(WorkerSide):
             self.detector.next_deadline(),
             self.queue.next_deadline(),
             self.waits.next_deadline(),
+            self.breaker.next_deadline(),
         ]
         if self.table.finished_order and self.config.keep_finished_for_s is not None:
             candidates.append(self.retention.next_check)
@@ -237,6 +250,11 @@ class Scheduler(WorkerSide):
             "workers_suspect": states.count(SUSPECT),
             "workers_draining": states.count(DRAINING),
             "workers_dead": states.count(DEAD),
+            "workers_tripped": self.breaker.tripped_count(self._now),
+            "breaker_trips": self.breaker.trips,
+            "max_pending": self.admission.max_pending,
+            "refused_submits": self.admission.refused_batches,
+            "refused_jobs": self.admission.refused_jobs,
             "slots_total": sum(
                 w.slots for w in self.workers.values() if worker_state(w, detector) == ALIVE
             ),
@@ -347,6 +365,8 @@ class Scheduler(WorkerSide):
             self._reply(conn, msg.req_id, self.worker_list())
         elif isinstance(msg, m.Stats):
             self._reply(conn, msg.req_id, self.statistics())
+        elif isinstance(msg, m.Explain):
+            self._on_explain(conn, msg)
         elif isinstance(msg, m.Leader):
             cfg = self.config
             self._reply(
@@ -361,11 +381,21 @@ class Scheduler(WorkerSide):
 
     def _on_submit(self, conn: int, msg: m.Submit, now: float) -> None:
         for spec in msg.jobs:
-            if spec.after or spec.tags:
+            if spec.after:
                 self._error(conn, msg.req_id, "bad_request",
-                            "job dependencies (after) and tag routing are not supported yet")
+                            "job dependencies (after) are not supported yet")
                 return
-        self.backlog.run_or_queue(conn, self._submit_work(conn, msg), finish_on_close=True)
+        keys = self.table.keys
+        new_jobs = sum(1 for spec in msg.jobs if spec.key is None or spec.key not in keys)
+        refusal = self.admission.admit(new_jobs, self.table.counts[JobState.PENDING])
+        if refusal is not None:
+            log.info("submit of %d job(s) refused: %s", len(msg.jobs), refusal.message)
+            self._send(conn, m.ErrorReply(
+                req_id=msg.req_id, kind="bad_request" if refusal.never_fits else "queue_full",
+                message=refusal.message, retry_after=refusal.retry_after_s))
+            return
+        self.backlog.run_or_queue(conn, self._submit_work(conn, msg, new_jobs),
+                                  finish_on_close=True)
 
     def key_conflict(self, jobs: tuple[JobSpec, ...]) -> str | None:
         """Why a batch reuses an idempotency key for another job, or None. The same key with
@@ -386,19 +416,25 @@ class Scheduler(WorkerSide):
             seen[spec.key] = spec
         return None
 
-    def _submit_work(self, conn: int, msg: m.Submit) -> Build:
+    def _submit_work(self, conn: int, msg: m.Submit, reserved: int = 0) -> Build:
         """Record a batch `SUBMITS_PER_TURN` jobs a turn; acknowledge it once all are. A key
-        conflict refuses the whole batch before any of it is recorded."""
-        conflict = self.key_conflict(msg.jobs)
-        if conflict is not None:
-            self._error(conn, msg.req_id, "conflict", conflict)
-            return
-        ids = []
-        for i, spec in enumerate(msg.jobs, 1):
-            ids.append(self.submit(spec, self._now))
-            if i % SUBMITS_PER_TURN == 0 and i < len(msg.jobs):
-                yield
-        self._reply(conn, msg.req_id, ids)
+        conflict refuses the whole batch before any of it is recorded. `reserved` is the room
+        admission kept for it, given back as its jobs enter the table."""
+        try:
+            conflict = self.key_conflict(msg.jobs)
+            if conflict is not None:
+                self._error(conn, msg.req_id, "conflict", conflict)
+                return
+            ids = []
+            for i, spec in enumerate(msg.jobs, 1):
+                ids.append(self.submit(spec, self._now))
+                if i % SUBMITS_PER_TURN == 0 and i < len(msg.jobs):
+                    self.admission.recorded(min(reserved, SUBMITS_PER_TURN))
+                    reserved -= min(reserved, SUBMITS_PER_TURN)
+                    yield
+            self._reply(conn, msg.req_id, ids)
+        finally:
+            self.admission.recorded(reserved)
 
     def submit(self, spec: JobSpec, now: float) -> str:
         """Queue one job (or find the one its idempotency key already made); returns its id.
@@ -522,6 +558,8 @@ class Scheduler(WorkerSide):
                                  table.output_chars)
         if now >= self._resync_at:
             self._resync(now)
+        self.admission.observe(self.started_total, now)
+        self._touched.update(self.breaker.due(now))
         if ids:
             self._record({"op": "forget", "ids": ids})
         # Promote due delayed jobs even when no worker is free: otherwise next_deadline() stays
@@ -531,7 +569,8 @@ class Scheduler(WorkerSide):
 
     def _is_free(self, name: str, entry: WorkerEntry | None) -> bool:
         return (entry is not None and entry.conn is not None and not entry.draining
-                and entry.free_slots() > 0 and self.detector.state(name) == ALIVE)
+                and entry.free_slots() > 0 and self.detector.state(name) == ALIVE
+                and self.breaker.allows(name, self._now))
 
     def _refresh(self, name: str) -> None:
         entry = self.workers.get(name)
@@ -545,6 +584,7 @@ class Scheduler(WorkerSide):
         for name, entry in list(self.workers.items()):
             if entry.dead_at is not None and now - entry.dead_at > kept_s and entry.conn is None:
                 del self.workers[name]
+                self.breaker.forget(name)
         self.free.clear()
         for name, entry in self.workers.items():
             if self._is_free(name, entry):
@@ -584,11 +624,39 @@ class Scheduler(WorkerSide):
                 continue
             name = self.policy.choose_sorted(names, load)
             entry = entries[name]
+            self._place(job_id, entry, len(names))
             self._start(job_id, entry, now)
-            if entry.free_slots() <= 0:
+            if entry.free_slots() <= 0 or not self.breaker.allows(name, now):
                 free.set(name, None)
         for job in skipped:
             queue.push(job.id, job.spec.priority, job.seq)
+
+    def _place(self, job_id: str, entry: WorkerEntry, candidates: int) -> None:
+        """Remember why the job goes to `entry` (for `explain`), and tell the breaker."""
+        placements = self.placements
+        placements.pop(job_id, None)
+        placements[job_id] = Placement(self.policy.name, entry.name,
+                                       len(entry.running) + entry.held, entry.slots,
+                                       candidates, self._wall)
+        if len(placements) > PLACEMENTS_KEPT:
+            placements.popitem(last=False)
+        self.started_total += 1
+        self.breaker.started(entry.name, job_id, self._now)
+
+    def _on_explain(self, conn: int, msg: m.Explain) -> None:
+        job = self.resolve(msg.job_id)
+        if job is None:
+            self._error(conn, msg.req_id, "not_found", not_found_message(self.table, msg.job_id))
+            return
+        get = self.table.jobs.get
+        parents = {pid: (p.state.value if (p := get(pid)) is not None else None)
+                   for pid in job.spec.after}
+        views = worker_views(self.workers, self.detector, self.breaker, job.spec, now=self._now,
+                             wall=self._wall)
+        reasons = explain(job, now=self._wall, placement=self.placements.get(job.id),
+                          parents=parents, parked=self.parked.get(job.id), workers=views)
+        self._reply(conn, msg.req_id, {"id": job.id, "state": job.state.value,
+                                       "reasons": reasons})
 
     def _park(self, job: JobRecord, reason: str) -> None:
         if job.id not in self.parked:
