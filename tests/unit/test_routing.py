@@ -54,9 +54,9 @@ def test_jobs_are_placed_only_on_workers_with_all_their_tags(
         worker_tags[f"w{i}"] = set(tags)
     ids = {h.submit("true", tags=tags): set(tags) for tags in jobs}
     for _round in range(len(jobs) + 1):
-        for name in worker_tags:
+        for name, have in worker_tags.items():
             for assign in h.assigns(name):
-                assert ids[assign.job_id] <= worker_tags[name]
+                assert ids[assign.job_id] <= have
                 if h.sched.table.jobs[assign.job_id].state.value == "running":
                     h.result(name, assign.job_id, assign.attempt)
     for job_id, wanted in ids.items():
