@@ -489,8 +489,10 @@ class Client:
         return await self._send_batch(jobs)
 
     async def _send_batch(self, jobs: tuple[JobSpec, ...]) -> list[str]:
-        """Submit one batch; while the leader's queue is full, back off and send it again
-        (whole: the leader never takes part of a batch), within `queue_full_wait`."""
+        """Submit one batch; while the leader's queue is full, back off and send it again,
+        within `queue_full_wait`. The leader takes a batch whole or not at all, so a refused
+        batch is resent as two halves: each fits into the room as it frees, sooner than the
+        whole would (in order, so the ids keep the order of the jobs)."""
         backoff = Backoff(self.queue_full_wait_s)
         while True:
             try:
@@ -501,6 +503,10 @@ class Client:
                     raise
                 self.queue_full_waits += 1
                 await asyncio.sleep(pause)
+                if len(jobs) > 1:
+                    half = len(jobs) // 2
+                    return [*await self._send_batch(jobs[:half]),
+                            *await self._send_batch(jobs[half:])]
 
     async def submit_shell(self, command: str, *, priority: int = 0, retries: int = 0,
                            timeout: float | None = None, delay: float = 0.0,
