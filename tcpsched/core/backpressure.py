@@ -7,8 +7,10 @@ table's pending count alone would let two such batches in at once). Jobs whose i
 already names a job are resends, not new, and take no room: a client resending after a failover
 gets its ids back even when the queue is full. A refused batch records nothing (never half
 accepted) and is answered `queue_full` with a retry-after hint: the time the cluster needs, at
-the rate it has been starting jobs, to make room for the batch, within
-[RETRY_AFTER_MIN_S, RETRY_AFTER_MAX_S]. The client backs off and resends by itself.
+the rate it has been starting jobs, to make room for the batch (or for a tenth of the queue,
+if less: the client resends a refused batch as halves), within
+[RETRY_AFTER_MIN_S, RETRY_AFTER_MAX_S] (RETRY_AFTER_UNKNOWN_S while no rate is known). The
+client backs off and resends by itself.
 
 Sizing the default: a small pending job (a short shell command with an idempotency key) costs
 the leader about 750 bytes (its record, spec, key and queue entry: tracemalloc over 100,000
@@ -24,7 +26,11 @@ import attrs
 MAX_PENDING_DEFAULT = 1_000_000
 RETRY_AFTER_MIN_S = 0.05
 RETRY_AFTER_MAX_S = 5.0
-RATE_HALF_LIFE_S = 2.0  # how fast the start-rate estimate follows the cluster
+# The hint before any start was seen (a fresh leader, workers not yet registered): short, so
+# the client's own exponential backoff, not a guess of ours, sets the pace.
+RETRY_AFTER_UNKNOWN_S = 0.25
+RATE_HALF_LIFE_S = 2.0
+RETRY_SLICES = 10  # the hint is the time to free a tenth of the queue (or the excess)  # how fast the start-rate estimate follows the cluster
 
 
 @attrs.frozen
@@ -55,7 +61,7 @@ class Admission:
         if elapsed < 0.25:
             return
         rate = (started_total - self._sample_started) / elapsed
-        weight = min(1.0, elapsed / RATE_HALF_LIFE_S)
+        weight = 1.0 if self._rate == 0 else min(1.0, elapsed / RATE_HALF_LIFE_S)
         self._rate += (rate - self._rate) * weight
         self._sample_at, self._sample_started = now, started_total
 
@@ -71,8 +77,11 @@ class Admission:
         held = pending + self.reserved
         if held + new_jobs > self.max_pending:
             self._count(new_jobs)
-            excess = held + new_jobs - self.max_pending
-            wait_s = excess / self._rate if self._rate > 0 else RETRY_AFTER_MAX_S
+            # Come back once a slice of the queue is free, not the whole batch's room: the
+            # client resends a refused batch as halves, which fit sooner.
+            excess = min(held + new_jobs - self.max_pending,
+                         max(1, self.max_pending // RETRY_SLICES))
+            wait_s = excess / self._rate if self._rate > 0 else RETRY_AFTER_UNKNOWN_S
             retry_after = min(RETRY_AFTER_MAX_S, max(RETRY_AFTER_MIN_S, wait_s))
             return Refusal(f"queue full: {held} jobs pending, the limit is "
                            f"{self.max_pending} (--max-pending); {new_jobs} more refused, "

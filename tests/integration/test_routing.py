@@ -71,7 +71,7 @@ def test_max_pending_slows_a_producer_without_losing_or_doubling_jobs(
         procs: ProcessGroup, tmp_path: Path) -> None:
     """With --max-pending 1000, SyncClient.map of 20,000 jobs is refused many times (stats
     count the refusals) yet returns 20,000 ids, and every job runs exactly once."""
-    _, address = procs.coordinator(extra=["--max-pending", "1000"])
+    _, address = procs.coordinator(extra=["--max-pending", "1000", "--fsync", "never"])
     for name in ("w1", "w2"):
         procs.worker(address, name, slots=8, extra=["--isolation", "thread"])
     effects = tmp_path / "effects"
