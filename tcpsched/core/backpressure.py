@@ -29,8 +29,8 @@ RETRY_AFTER_MAX_S = 5.0
 # The hint before any start was seen (a fresh leader, workers not yet registered): short, so
 # the client's own exponential backoff, not a guess of ours, sets the pace.
 RETRY_AFTER_UNKNOWN_S = 0.25
-RATE_HALF_LIFE_S = 2.0
-RETRY_SLICES = 10  # the hint is the time to free a tenth of the queue (or the excess)  # how fast the start-rate estimate follows the cluster
+RATE_HALF_LIFE_S = 2.0  # how fast the start-rate estimate follows the cluster
+RETRY_SLICES = 10  # the hint is the time to free a tenth of the queue (or the excess)
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ Attempts: starting a job increments `attempts`; a worker names the attempt in ev
 reports, and `workerside` ignores what concerns any attempt but the job's current one there.
 
 The parts live in modules of their own: `workerside` (the worker protocol, mixed in here),
+`placement` (what dispatch records for `explain`, and the `explain` request, mixed in too),
 `workers` (worker entries and the rules for reading them), `waiters` (pending `wait` requests),
 `queries` (read-only replies from the table) and `retention` (which finished jobs to forget).
 This module wires them: events in, effects out, submit, cancel, time and dispatch.
@@ -49,10 +50,11 @@ from tcpsched.core.dispatch import (
     unplaceable_reason,
 )
 from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Send, Tick
-from tcpsched.core.explain import Placement, explain, worker_views
+from tcpsched.core.explain import Placement
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import JobRecord, JobSpec, JobState
 from tcpsched.core.limits import WireLimits
+from tcpsched.core.placement import PlacementSide
 from tcpsched.core.queries import (
     JOB_ID_PREFIX_MIN,
     OUTPUT_CHARS_PER_RECORD_MIN,
@@ -77,7 +79,6 @@ if TYPE_CHECKING:
     import random
 
 SUBMITS_PER_TURN = 200  # jobs one step of a submit records (about 10 ms)
-PLACEMENTS_KEPT = 100_000  # recent placements `explain` can tell (about 200 bytes each)
 STALL_LOGGED_S = 0.5  # a stall of the leader's loop this long is logged
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class SchedulerConfig:
     wire_limits: WireLimits = attrs.field(factory=WireLimits)
 
 
-class Scheduler(WorkerSide):
+class Scheduler(WorkerSide, PlacementSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -630,33 +631,6 @@ class Scheduler(WorkerSide):
                 free.set(name, None)
         for job in skipped:
             queue.push(job.id, job.spec.priority, job.seq)
-
-    def _place(self, job_id: str, entry: WorkerEntry, candidates: int) -> None:
-        """Remember why the job goes to `entry` (for `explain`), and tell the breaker."""
-        placements = self.placements
-        placements.pop(job_id, None)
-        placements[job_id] = Placement(self.policy.name, entry.name,
-                                       len(entry.running) + entry.held, entry.slots,
-                                       candidates, self._wall)
-        if len(placements) > PLACEMENTS_KEPT:
-            placements.popitem(last=False)
-        self.started_total += 1
-        self.breaker.started(entry.name, job_id, self._now)
-
-    def _on_explain(self, conn: int, msg: m.Explain) -> None:
-        job = self.resolve(msg.job_id)
-        if job is None:
-            self._error(conn, msg.req_id, "not_found", not_found_message(self.table, msg.job_id))
-            return
-        get = self.table.jobs.get
-        parents = {pid: (p.state.value if (p := get(pid)) is not None else None)
-                   for pid in job.spec.after}
-        views = worker_views(self.workers, self.detector, self.breaker, job.spec, now=self._now,
-                             wall=self._wall)
-        reasons = explain(job, now=self._wall, placement=self.placements.get(job.id),
-                          parents=parents, parked=self.parked.get(job.id), workers=views)
-        self._reply(conn, msg.req_id, {"id": job.id, "state": job.state.value,
-                                       "reasons": reasons})
 
     def _park(self, job: JobRecord, reason: str) -> None:
         if job.id not in self.parked:
