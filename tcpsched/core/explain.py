@@ -98,12 +98,13 @@ def explain(job: JobRecord, *, now: float, placement: Placement | None,
                            + (f": {job.error}" if job.error else ""))
     elif state is JobState.CANCELLED:
         reasons.append("cancelled" + (f": {job.error}" if job.error else ""))
-    if state is not JobState.PENDING or job.attempts:
-        if placement is not None and (state is not JobState.PENDING):
-            reasons.append(placement_reason(placement))
-        elif job.attempts and placement is None:
-            reasons.append("its placement is not recorded (placed by an earlier leader, or "
-                           "recorded too long ago)")
+    if placement is not None:
+        placed = placement_reason(placement)
+        reasons.append(placed if state is not JobState.PENDING else "its last attempt was "
+                       + placed)
+    elif job.attempts:
+        reasons.append("its placement is not recorded (placed by an earlier leader, or "
+                       "recorded too long ago)")
     return reasons
 
 

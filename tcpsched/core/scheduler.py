@@ -605,6 +605,9 @@ class Scheduler(WorkerSide, PlacementSide):
         # live can run is parked with the reason, until a worker registers.
         skipped: list[JobRecord] = []
         entries = free.entries
+        # Jobs of one kind, function and tags are unplaceable for the same reason: look at
+        # every worker once per such shape in a pass, not once per job.
+        reasons: dict[tuple[Any, ...], str | None] = {}
 
         def load(name: str) -> float:
             entry = entries[name]
@@ -617,7 +620,11 @@ class Scheduler(WorkerSide, PlacementSide):
             job = self.table.jobs[job_id]
             names = free.capable(job.spec)
             if not names:
-                reason = unplaceable_reason(self.workers, self.detector, job.spec)
+                spec = job.spec
+                shape = (spec.kind, spec.function, spec.tags)
+                if shape not in reasons:
+                    reasons[shape] = unplaceable_reason(self.workers, self.detector, spec)
+                reason = reasons[shape]
                 if reason is None:
                     skipped.append(job)
                 else:

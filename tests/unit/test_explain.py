@@ -107,3 +107,10 @@ def test_ready_job_says_it_starts_next() -> None:
     """A job nothing holds back says it starts at the next dispatch."""
     out = reasons(job())
     assert out[0].startswith("ready: it starts at the next dispatch")
+
+
+def test_pending_retry_names_where_its_last_attempt_went() -> None:
+    """A job back in the queue after a failed attempt says where that attempt was placed."""
+    placement = Placement("round-robin", "w1", 0, 1, 2, NOW - 1)
+    out = reasons(job(attempts=1, failures=1, not_before=NOW + 1), placement=placement)
+    assert out[-1].startswith("its last attempt was placed on w1 by the round-robin policy")
