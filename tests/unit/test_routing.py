@@ -109,3 +109,17 @@ def test_free_workers_index_by_tag_set_follows_changes() -> None:
     assert set(free.by_tags) == {frozenset({"ssd"}), frozenset()}
     spec = JobSpec(kind="shell", command="x", tags=("ssd",))
     assert free.capable(spec) == ["a"]
+
+
+def test_a_tagged_job_looks_at_tag_sets_not_at_workers() -> None:
+    """With 2,000 untagged free workers and one gpu worker, the index holds two groups and a
+    gpu job's candidates are that one worker (found without visiting the others)."""
+    free = FreeWorkers()
+    for i in range(2000):
+        free.set(f"cpu{i:04d}", WorkerEntry(name=f"cpu{i:04d}", conn=1, slots=1, tags=(),
+                                            address="", registered_at=0))
+    free.set("gpu", WorkerEntry(name="gpu", conn=1, slots=1, tags=("gpu",), address="",
+                                registered_at=0))
+    assert len(free.by_tags) == 2
+    assert free.capable(JobSpec(kind="shell", command="x", tags=("gpu",))) == ["gpu"]
+    assert len(free.capable(JobSpec(kind="shell", command="x"))) == 2001
