@@ -49,6 +49,7 @@ from tcpsched.errors import (
     JobNotFound,
     JobTimeout,
     NotLeaderError,
+    QueueFull,
     RequestError,
     TcpschedError,
     UnavailableError,
@@ -66,6 +67,7 @@ from tcpsched.output import (
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_AUTH = 0, 1, 2, 3, 4
 EXIT_WAIT_TIMEOUT = 5
+EXIT_QUEUE_FULL = 6
 COMMANDS = ("submit", "status", "wait", "logs", "list", "cancel", "workers", "coordinators",
             "stats", "leader", "completion", "schedule")
 STATES = tuple(s.value for s in JobState)
@@ -80,6 +82,7 @@ EXIT_CODES_HELP = f"""exit codes:
   {EXIT_UNAVAILABLE}    no coordinator reachable, or no leader within --connect-timeout
   {EXIT_AUTH}    authentication refused (token, TLS certificate, TLS/plain mismatch)
   {EXIT_WAIT_TIMEOUT}    wait --timeout ran out with jobs not yet finished
+  {EXIT_QUEUE_FULL}    refused for overload: the leader's queue is full (--max-pending); retry later
   {EXIT_OUTPUT_ERROR}   the output could not be written (disk full, I/O error)
   {EXIT_BROKEN_PIPE}  the reader closed the pipe before all output was written (| head)
 
@@ -215,6 +218,13 @@ def add_command_parsers(parser: UsageParser, *, cli: bool = False) -> Any:
     p.add_argument("--cwd", default=None, metavar="DIR",
                    help="directory the job runs in, on the worker (default: the worker's "
                    "--workdir)")
+    p.add_argument("--tags", default="", metavar="a,b",
+                   help="run only on a worker with every one of these tags (its --tags); "
+                   "while no live worker has them the job stays pending and `explain` says "
+                   "why (default: any worker)")
+    p.add_argument("--queue-wait", type=_seconds(minimum=0), default=0.0, metavar="S",
+                   help=f"while the leader's queue is full, back off and resend for up to S "
+                   f"seconds before exiting {EXIT_QUEUE_FULL} (default: 0, exit at once)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--shell", metavar="CMD", help="a shell command, run by /bin/sh")
     what.add_argument("--call", nargs="+", metavar=("MODULE:FUNCTION", "ARG"),
@@ -248,6 +258,12 @@ def add_command_parsers(parser: UsageParser, *, cli: bool = False) -> Any:
     p.add_argument("--page", default=None, metavar="CURSOR",
                    help="continue after this job id, as the note of a previous listing says "
                    "(default: from the newest job)")
+
+    p = command("explain", "why a job went where it went, or why it is still pending",
+                "Why a job went where it went (the policy, the worker, its load then), or "
+                "why it is still pending (parents, delay, retry backoff, tags no live worker "
+                "has, full or tripped workers).")
+    p.add_argument("job", metavar="JOB", help="job id, idempotency key or id prefix")
 
     p = command("cancel", "cancel a pending job, or kill a running one")
     p.add_argument("job", metavar="JOB", help="job id, idempotency key or id prefix")
@@ -299,7 +315,8 @@ def parse_env(entries: list[str]) -> dict[str, str]:
 
 def spec_from_args(args: Any) -> JobSpec:
     options = dict(priority=args.priority, retries=args.retries, timeout=args.timeout,
-                   delay=args.delay, key=args.key, env=parse_env(args.env), cwd=args.cwd)
+                   delay=args.delay, key=args.key, env=parse_env(args.env), cwd=args.cwd,
+                   tags=tuple(t.strip() for t in args.tags.split(",") if t.strip()))
     try:
         if args.shell is not None:
             if args.kwargs is not None:
@@ -326,8 +343,16 @@ async def execute(client: Client, args: Any, style: formatting.Styler | None = N
     style = style or (lambda text, _state: text)
     command = args.command
     if command == "submit":
-        job_id = await client.submit(spec_from_args(args))
+        spec = spec_from_args(args)
+        saved, client.queue_full_wait_s = client.queue_full_wait_s, args.queue_wait
+        try:
+            job_id = await client.submit(spec)
+        finally:
+            client.queue_full_wait_s = saved
         return CommandResult(EXIT_OK, {"id": job_id}, job_id)
+    if command == "explain":
+        explained = await client.explain(args.job)
+        return CommandResult(EXIT_OK, explained, formatting.explain_text(explained))
     if command == "status":
         record = await client.status(args.job)
         return CommandResult(EXIT_OK, record, formatting.record_text(record, style))
@@ -466,6 +491,8 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_UNAVAILABLE  # 3: no coordinator reachable, or no leader within the timeout
     if isinstance(exc, JobTimeout):
         return EXIT_WAIT_TIMEOUT
+    if isinstance(exc, QueueFull):
+        return EXIT_QUEUE_FULL
     if isinstance(exc, ConfigError | JobNotFound | RequestError):
         return EXIT_USAGE
     return EXIT_USAGE

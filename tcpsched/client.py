@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import attrs
 import msgpack
 
+from tcpsched.client_backoff import Backoff
 from tcpsched.client_schedules import ScheduleMethods, SyncScheduleMethods
 from tcpsched.config import TlsSettings, parse_address, parse_coordinators, read_token
 from tcpsched.core import messages as m
@@ -47,6 +48,7 @@ from tcpsched.errors import (
     LikelyRefused,
     LocalProtocolError,
     NotLeaderError,
+    QueueFull,
     RemoteProtocolError,
     RequestError,
     UnavailableError,
@@ -218,9 +220,13 @@ class Client(ScheduleMethods):
         connect_timeout: float = CONNECT_TIMEOUT_S,
         name: str | None = None,
         tls: TlsSettings | ssl.SSLContext | None = None,
+        queue_full_wait: float | None = None,
     ) -> None:
         """`tls`: paths (`TlsSettings(cert=, key=, ca=)`) or a ready `ssl.SSLContext`; the
-        coordinator's certificate is always verified (against `ca`, else the system's CAs)."""
+        coordinator's certificate is always verified (against `ca`, else the system's CAs).
+        `queue_full_wait`: seconds a submit refused because the leader's queue is full keeps
+        backing off and resending (None: as long as it takes; 0: raise QueueFull at once)."""
+        self.queue_full_wait_s = queue_full_wait
         if coordinators is None or isinstance(coordinators, str):
             self.addresses = parse_coordinators(coordinators)
         else:
@@ -246,6 +252,7 @@ class Client(ScheduleMethods):
         self.session = ClientSession(list(self.addresses))
         self.address: str | None = None
         self.welcome: m.Welcome | None = None
+        self.queue_full_waits = 0  # submits resent after a queue_full refusal
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -468,7 +475,7 @@ class Client(ScheduleMethods):
                 raise RequestError(f"cannot send {_which(index, jobs)}: {problem}")
             bound += size
         if bound + 64 <= self.frame_bytes_max:
-            return list(await self._request(lambda r: m.Submit(req_id=r, jobs=jobs)))
+            return await self._send_batch(jobs)
         try:
             size = len(encode(m.Submit(req_id=0, jobs=jobs), frame_bytes_max=2**32 - 1))
         except LocalProtocolError as exc:
@@ -480,43 +487,67 @@ class Client(ScheduleMethods):
             half = len(batch) // 2
             return [*await self._submit_batch(batch[:half]),
                     *await self._submit_batch(batch[half:])]
-        return list(await self._request(lambda r: m.Submit(req_id=r, jobs=jobs)))
+        return await self._send_batch(jobs)
+
+    async def _send_batch(self, jobs: tuple[JobSpec, ...]) -> list[str]:
+        """Submit one batch; while the leader's queue is full, back off and send it again,
+        within `queue_full_wait`. The leader takes a batch whole or not at all, so a refused
+        batch is resent as two halves: each fits into the room as it frees, sooner than the
+        whole would (in order, so the ids keep the order of the jobs)."""
+        backoff = Backoff(self.queue_full_wait_s)
+        while True:
+            try:
+                return list(await self._request(lambda r: m.Submit(req_id=r, jobs=jobs)))
+            except QueueFull as exc:
+                pause = backoff.next_pause(exc.retry_after_s)
+                if pause is None:
+                    raise
+                self.queue_full_waits += 1
+                await asyncio.sleep(pause)
+                if len(jobs) > 1:
+                    half = len(jobs) // 2
+                    return [*await self._send_batch(jobs[:half]),
+                            *await self._send_batch(jobs[half:])]
 
     async def submit_shell(self, command: str, *, priority: int = 0, retries: int = 0,
                            timeout: float | None = None, delay: float = 0.0,
                            key: str | None = None, env: dict[str, str] | None = None,
-                           cwd: str | None = None) -> str:
+                           cwd: str | None = None, tags: Sequence[str] = ()) -> str:
         """Queue a shell command; `env` is laid over the worker's environment, `cwd` is
-        where it runs (default: the worker's --workdir)."""
+        where it runs (default: the worker's --workdir); `tags`: only a worker with every
+        one of them runs it."""
         return await self.submit(_spec("shell", command=command, priority=priority,
                                        retries=retries, timeout=timeout, delay=delay, key=key,
-                                       env=dict(env or {}), cwd=cwd))
+                                       env=dict(env or {}), cwd=cwd, tags=tuple(tags)))
 
     async def submit_call(self, function: str | Callable[..., Any], *args: Any,
                           priority: int = 0, retries: int = 0,
                           timeout: float | None = None, delay: float = 0.0,
                           key: str | None = None, env: dict[str, str] | None = None,
-                          cwd: str | None = None, **kwargs: Any) -> str:
-        """Queue `function(*args, **kwargs)`; priority, retries, timeout, delay, key, env and
-        cwd are the job's options (a function taking arguments of those names needs
+                          cwd: str | None = None, tags: Sequence[str] = (),
+                          **kwargs: Any) -> str:
+        """Queue `function(*args, **kwargs)`; priority, retries, timeout, delay, key, env,
+        cwd and tags are the job's options (a function taking arguments of those names needs
         `submit`). `function` is "module:function" or a function object (`function_name`)."""
         return await self.submit(_spec("call", function=function_name(function), args=args,
                                        kwargs=kwargs, priority=priority, retries=retries,
                                        timeout=timeout, delay=delay, key=key,
-                                       env=dict(env or {}), cwd=cwd))
+                                       env=dict(env or {}), cwd=cwd, tags=tuple(tags)))
 
     async def map(self, function: str | Callable[..., Any], items: Iterable[Any], *,
                   priority: int = 0, retries: int = 0, timeout: float | None = None,
                   env: dict[str, str] | None = None, cwd: str | None = None,
-                  batch_size: int = SUBMIT_BATCH) -> list[str]:
+                  batch_size: int = SUBMIT_BATCH, tags: Sequence[str] = ()) -> list[str]:
         """One job per item: a tuple item is the argument list, anything else one argument.
-        `function` is "module:function" or a function object (`function_name`)."""
+        `function` is "module:function" or a function object (`function_name`). While the
+        leader's queue is full, it backs off and resends (the client's `queue_full_wait`)."""
         name = function_name(function)
         shared_env = dict(env or {})
+        shared_tags = tuple(tags)
         specs = (
             _spec("call", function=name, args=item if isinstance(item, tuple) else (item,),
                   priority=priority, retries=retries, timeout=timeout, key=new_key(),
-                  env=shared_env, cwd=cwd)
+                  env=shared_env, cwd=cwd, tags=shared_tags)
             for item in items
         )
         return await self.submit_many(specs, batch_size)
@@ -599,6 +630,11 @@ class Client(ScheduleMethods):
             timeout=wait + self.connect_timeout_s)
 
     # builtins.list: in this class body, `list` names the method above.
+    async def explain(self, job_id: str) -> dict[str, Any]:
+        """Why the job went where it went, or why it is still pending:
+        `{"id", "state", "reasons": [...]}`."""
+        return await self._request(lambda r: m.Explain(req_id=r, job_id=job_id))
+
     async def workers(self) -> builtins.list[dict[str, Any]]:
         return await self._request(lambda r: m.Workers(req_id=r))
 
@@ -633,6 +669,8 @@ def _error_from(reply: m.ErrorReply) -> Exception:
         return JobTimeout(reply.message)
     if reply.kind == "conflict":
         return KeyConflict(reply.message)
+    if reply.kind == "queue_full":
+        return QueueFull(reply.message, reply.retry_after)
     return RequestError(reply.message)
 
 
@@ -703,6 +741,9 @@ class SyncClient(SyncScheduleMethods):
                   after: str | None = None
                   ) -> tuple[builtins.list[dict[str, Any]], str | None]:
         return self._run(self._client.list_page(state, limit, after))
+
+    def explain(self, job_id: str) -> dict[str, Any]:
+        return self._run(self._client.explain(job_id))
 
     def workers(self) -> builtins.list[dict[str, Any]]:
         return self._run(self._client.workers())

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import attrs
 
+from tcpsched.core.backpressure import MAX_PENDING_DEFAULT
 from tcpsched.core.capabilities import parse_allow_call
 from tcpsched.core.dispatch import POLICIES
 from tcpsched.core.limits import ARRAY_ITEMS_MAX, FRAME_BYTES_MAX, MAP_ITEMS_MAX
@@ -378,6 +379,10 @@ class CoordinatorSettings:
     compact_bytes: int = 64 * 1024 * 1024  # compact once the journal segment passes this...
     compact_records: int = 500_000  # ...or holds this many records
     poison_workers_max: int = 3
+    max_pending: int = MAX_PENDING_DEFAULT
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 30.0
+    breaker_cooldown_max_s: float = 600.0
     retry_base_s: float = 1.0
     retry_cap_s: float = 60.0
     frame_bytes_max: int = FRAME_BYTES_MAX
@@ -445,6 +450,18 @@ def coordinator_parser() -> UsageParser:
                    "all; the oldest finished jobs are forgotten past it")
     p.add_argument("--poison-workers", type=_positive_int, default=3, metavar="N",
                    help="fail a job after it lost N workers")
+    p.add_argument("--max-pending", type=_positive_int, default=MAX_PENDING_DEFAULT,
+                   metavar="N", help="pending jobs the leader holds at most; past it a submit "
+                   "is refused whole with 'queue full' (clients back off and resend; the CLI "
+                   "exits 6) (default: 1000000, about 2 GiB of leader memory)")
+    p.add_argument("--breaker-failures", type=_positive_int, default=3, metavar="N",
+                   help="trip a worker (give it no jobs) after N failed attempts in a row on "
+                   "it while one of those jobs' function or command succeeded elsewhere")
+    p.add_argument("--breaker-cooldown", type=_positive_float, default=30.0, metavar="S",
+                   help="seconds a tripped worker gets no jobs before one probe job tests "
+                   "it (success closes it, failure trips it again for twice as long)")
+    p.add_argument("--breaker-cooldown-max", type=_positive_float, default=600.0, metavar="S",
+                   help="longest cool-down of a worker that keeps failing its probe")
     p.add_argument("--retry-base", type=_positive_float, default=1.0, metavar="S",
                    help="seconds before the first retry of a failed job (doubled per retry, "
                    "with jitter)")
@@ -518,7 +535,9 @@ def coordinator_settings(argv: Sequence[str] | None = None) -> tuple[Coordinator
         heartbeat_timeout_s=args.heartbeat_timeout, token=read_token(args.token_file),
         log_level=args.log_level, keep_finished=args.keep_finished,
         keep_finished_for_s=args.keep_finished_for, keep_output_bytes=args.keep_output,
-        poison_workers_max=args.poison_workers,
+        poison_workers_max=args.poison_workers, max_pending=args.max_pending,
+        breaker_failures=args.breaker_failures, breaker_cooldown_s=args.breaker_cooldown,
+        breaker_cooldown_max_s=max(args.breaker_cooldown_max, args.breaker_cooldown),
         retry_base_s=args.retry_base, retry_cap_s=args.retry_cap,
         frame_bytes_max=args.max_frame, array_items_max=args.max_array_items,
         map_items_max=args.max_map_items, handshake_timeout_s=args.handshake_timeout,

@@ -118,7 +118,7 @@ class ConsoleCompleter(Completer):
         positionals = [w for w in words[1:] if not w.startswith("-")]
         jobs = [(job_id, f"{state} {what}") for job_id, (state, what)
                 in self.catalog.recent_jobs()]
-        if command in ("status", "cancel", "logs"):
+        if command in ("status", "cancel", "logs", "explain"):
             return jobs if not positionals else []
         if command == "wait":
             return [j for j in jobs if j[0] not in positionals]

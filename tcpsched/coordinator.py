@@ -34,6 +34,7 @@ from tcpsched import logsetup
 from tcpsched.config import CoordinatorSettings, coordinator_settings, is_loopback
 from tcpsched.core import messages as m
 from tcpsched.core.admission import HandshakeSlots
+from tcpsched.core.breaker import BreakerConfig
 from tcpsched.core.codec import UnpackLimits
 from tcpsched.core.election import ElectionTiming
 from tcpsched.core.events import Closed, Connected, Received, Tick
@@ -78,7 +79,8 @@ LISTEN_BACKLOG = 1024
 # A 20-byte `list` can ask for a reply of thousands of records; a peer that sends many and
 # reads none must meet the output bound after each reply, not after a whole read's worth.
 # (Writes are not yielded on: their replies are small and they share a journal flush.)
-READ_REQUESTS = frozenset({m.Status, m.Wait, m.ListJobs, m.Workers, m.Stats, m.Leader})
+READ_REQUESTS = frozenset({m.Status, m.Wait, m.ListJobs, m.Workers, m.Stats, m.Leader,
+                           m.Explain})
 
 # Connections refused or closed, by cause; shown by `stats`.
 # refused_busy: closed while still in the handshake to make room for a newer connection.
@@ -232,6 +234,8 @@ class Coordinator:
             retry_base_s=s.retry_base_s, retry_cap_s=s.retry_cap_s,
             keep_finished=s.keep_finished, keep_finished_for_s=s.keep_finished_for_s,
             keep_output_chars=s.keep_output_bytes, wire_limits=self._wire_limits(),
+            max_pending=s.max_pending, breaker=BreakerConfig(
+                s.breaker_failures, s.breaker_cooldown_s, s.breaker_cooldown_max_s),
         )  # fmt: skip
 
     def _wire_limits(self) -> WireLimits:

@@ -70,3 +70,12 @@ class KeyConflict(RequestError):
 
 class JobTimeout(TcpschedError, TimeoutError):
     """A wait ran out of time before every job reached a terminal state."""
+
+
+class QueueFull(TcpschedError):
+    """The leader's pending queue is full (--max-pending): the request was refused whole;
+    `retry_after_s` is how long the coordinator suggests waiting before sending it again."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

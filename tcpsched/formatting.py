@@ -227,8 +227,22 @@ def workers_table(workers: Any, style: Styler = _plain) -> str:
             text(w.get("address") or None), tags_text or "-",
             age(w.get("last_heartbeat"), now) + " ago",
         ])
-    return table(("NAME", "STATE", "BUSY", "ADDRESS", "TAGS", "LAST BEAT"), rows,
-                 states, style, state_column=1)
+    table_text = table(("NAME", "STATE", "BUSY", "ADDRESS", "TAGS", "LAST BEAT"), rows,
+                       states, style, state_column=1)
+    # A tripped worker's reason is a sentence: one line under the table each, not a column.
+    tripped = [f"{text(w.get('name'))} tripped: {text(w.get('reason'))}"
+               for w in rows_in if w.get("reason")]
+    return "\n".join([table_text, *tripped])
+
+
+def explain_text(explained: Any) -> str:
+    """`explain`: the job and its state, then one reason a line."""
+    if not isinstance(explained, dict):
+        return text(explained)
+    reasons = explained.get("reasons")
+    lines = [f"{text(explained.get('id'))} {text(explained.get('state'))}"]
+    lines += [f"  - {text(r)}" for r in (reasons if isinstance(reasons, list) else [reasons])]
+    return "\n".join(lines)
 
 
 def coordinators_table(rows_in: Any, style: Styler = _plain) -> str:

@@ -3,13 +3,20 @@
 A policy sees only candidate names (workers that are alive, not draining, have a free slot and
 can run the job: `capable`) and their load; it never sees the clock, and `RandomPolicy` takes
 its `random.Random` from the caller, so a seeded simulation places jobs the same way every run.
-A job that no live worker can run (every one refuses its kind or its callable) is not handed
-to anyone: `unplaceable_reason` says why, and the scheduler keeps it pending with that reason.
+A job that no live worker can run (every one refuses its kind or its callable, or lacks one
+of its tags) is not handed to anyone: `unplaceable_reason` says why, and the scheduler keeps it
+pending with that reason.
+
+Tags: a job with tags runs only on a worker that has every one of them. `FreeWorkers` keeps the
+free workers grouped by their exact tag set as well as in one sorted list, so finding the
+candidates of a tagged job looks at the distinct tag sets (a handful in any real cluster), not
+at every worker.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -33,8 +40,25 @@ def capable(free: Mapping[str, WorkerEntry], spec: JobSpec) -> list[str]:
     """The names of the workers in `free` that would run a job of this spec."""
     kind, function = spec.kind, spec.function
     return [name for name, entry in free.items()
-            if entry.capabilities.is_unrestricted
-            or entry.capabilities.refusal(kind, function) is None]
+            if (entry.capabilities.is_unrestricted
+                or entry.capabilities.refusal(kind, function) is None)
+            and (not spec.tags or missing_tags(entry, spec) == ())]
+
+
+def missing_tags(entry: WorkerEntry, spec: JobSpec) -> tuple[str, ...]:
+    """The job's tags this worker lacks, in the job's order."""
+    if not spec.tags:
+        return ()
+    have = entry.tags
+    return tuple(tag for tag in spec.tags if tag not in have)
+
+
+def refusal(entry: WorkerEntry, spec: JobSpec) -> str | None:
+    """Why this worker will never run a job of this spec (capabilities or tags), or None."""
+    lacking = missing_tags(entry, spec)
+    if lacking:
+        return "lacks tag(s) " + ",".join(lacking)
+    return entry.capabilities.refusal(spec.kind, spec.function)
 
 
 def unplaceable_reason(workers: Mapping[str, WorkerEntry], detector: FailureDetector,
@@ -42,15 +66,20 @@ def unplaceable_reason(workers: Mapping[str, WorkerEntry], detector: FailureDete
     """Why no live worker (connected, not draining, not dead) can run this job, or None if
     one can, or if none is live at all (then the job simply waits for a worker)."""
     refusals = []
+    tagged = 0
     for name, entry in sorted(workers.items()):
         if entry.conn is None or entry.draining or detector.state(name) == DEAD:
             continue
-        refusal = entry.capabilities.refusal(spec.kind, spec.function)
-        if refusal is None:
+        why = refusal(entry, spec)
+        if why is None:
             return None
-        refusals.append(f"{name} {refusal}")
+        if missing_tags(entry, spec):
+            tagged += 1
+        refusals.append(f"{name} {why}")
     if not refusals:
         return None
+    if tagged == len(refusals):
+        return (f"no live worker has tags {','.join(spec.tags)}; it waits for one that has")
     shown = "; ".join(refusals[:REASON_WORKERS_MAX])
     more = len(refusals) - REASON_WORKERS_MAX
     return ("no live worker can run it: " + shown
@@ -65,13 +94,16 @@ class FreeWorkers:
     whole set once per heartbeat interval as a safety net, so a dispatch never scans every
     worker: it picks from this list (binary search for round-robin, one draw for random), and
     filters by capability only while some free worker is restricted (`--no-shell`,
-    `--allow-call`).
+    `--allow-call`). A tagged job's candidates come from `by_tags` (free workers grouped by
+    their exact tag set, each group sorted): the groups whose set holds every tag of the job,
+    merged in name order when more than one does.
     """
 
     def __init__(self) -> None:
         self.names: list[str] = []
         self.entries: dict[str, WorkerEntry] = {}
         self.restricted = 0  # free workers whose capabilities are restricted
+        self.by_tags: dict[frozenset[str], list[str]] = {}
 
     def __len__(self) -> int:
         return len(self.names)
@@ -87,27 +119,54 @@ class FreeWorkers:
                 return
             del self.entries[name]
             del self.names[bisect.bisect_left(self.names, name)]
+            self._untag(name, old)
             if not old.capabilities.is_unrestricted:
                 self.restricted -= 1
             return
         if old is None:
             bisect.insort(self.names, name)
-        elif not old.capabilities.is_unrestricted:
-            self.restricted -= 1
+        else:
+            self._untag(name, old)
+            if not old.capabilities.is_unrestricted:
+                self.restricted -= 1
         self.entries[name] = entry
+        bisect.insort(self.by_tags.setdefault(frozenset(entry.tags), []), name)
         if not entry.capabilities.is_unrestricted:
             self.restricted += 1
+
+    def _untag(self, name: str, old: WorkerEntry) -> None:
+        key = frozenset(old.tags)
+        group = self.by_tags[key]
+        del group[bisect.bisect_left(group, name)]
+        if not group:
+            del self.by_tags[key]
 
     def clear(self) -> None:
         self.names.clear()
         self.entries.clear()
+        self.by_tags.clear()
         self.restricted = 0
+
+    def tagged(self, tags: tuple[str, ...]) -> list[str]:
+        """Names (in order) of the free workers that have every one of `tags`."""
+        if not tags:
+            return self.names
+        wanted = frozenset(tags)
+        groups = [names for key, names in self.by_tags.items() if wanted <= key]
+        if len(groups) <= 1:
+            return groups[0] if groups else []
+        return list(heapq.merge(*groups))
 
     def capable(self, spec: JobSpec) -> list[str]:
         """Names (in order) of the free workers that would run a job of this spec."""
-        if not self.restricted:
-            return self.names
-        return capable({name: self.entries[name] for name in self.names}, spec)
+        names = self.tagged(spec.tags)
+        if not self.restricted or not names:
+            return names
+        kind, function = spec.kind, spec.function
+        entries = self.entries
+        return [name for name in names
+                if entries[name].capabilities.is_unrestricted
+                or entries[name].capabilities.refusal(kind, function) is None]
 
 
 class RoundRobinPolicy:

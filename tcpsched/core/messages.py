@@ -189,10 +189,13 @@ class ErrorReply:
     kind: str
     message: str
     leader_hint: str | None = None
+    retry_after: float | None = None  # kind "queue_full": seconds the client should wait
 
 
 # conflict: an idempotency key already names a job with another spec.
-ERROR_KINDS = ("not_found", "bad_request", "not_leader", "unavailable", "timeout", "conflict")
+# queue_full: the leader holds --max-pending pending jobs; the batch was refused whole.
+ERROR_KINDS = ("not_found", "bad_request", "not_leader", "unavailable", "timeout", "conflict",
+               "queue_full")
 
 # -- workers -------------------------------------------------------------------------------------
 
@@ -491,3 +494,18 @@ SCHEDULE_REQUESTS: frozenset[type] = frozenset(
     {ScheduleAdd, ScheduleList, ScheduleShow, ScheduleChange})
 ALL_MESSAGES = (*ALL_MESSAGES, ScheduleAdd, ScheduleList, ScheduleShow, ScheduleChange)
 CLIENT_REQUESTS = CLIENT_REQUESTS | SCHEDULE_REQUESTS
+
+# -- routing and placement (issue 12): `explain JOB` ----------------------------------------------
+
+
+@attrs.frozen
+class Explain:
+    """Why a job went where it went, or why it is still pending (`core/explain.py`)."""
+
+    TYPE: ClassVar[str] = "explain"
+    req_id: int
+    job_id: str
+
+
+ALL_MESSAGES = (*ALL_MESSAGES, Explain)
+CLIENT_REQUESTS = CLIENT_REQUESTS | {Explain}

@@ -11,6 +11,7 @@ Attempts: starting a job increments `attempts`; a worker names the attempt in ev
 reports, and `workerside` ignores what concerns any attempt but the job's current one there.
 
 The parts live in modules of their own: `workerside` (the worker protocol, mixed in here),
+`placement` (what dispatch records for `explain`, and the `explain` request, mixed in too),
 `workers` (worker entries and the rules for reading them), `waiters` (pending `wait` requests),
 `queries` (read-only replies from the table) and `retention` (which finished jobs to forget).
 This module wires them: events in, effects out, submit, cancel, time and dispatch.
@@ -32,12 +33,15 @@ the leader's own loop is never counted as a worker's silence (`detector`).
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from tcpsched.core import messages as m
 from tcpsched.core.backlog import Backlog
+from tcpsched.core.backpressure import MAX_PENDING_DEFAULT, Admission
+from tcpsched.core.breaker import BreakerConfig, CircuitBreaker
 from tcpsched.core.detector import ALIVE, DEAD, SUSPECT, DetectorConfig, FailureDetector
 from tcpsched.core.dispatch import (
     PLACEMENT_SKIPS_MAX,
@@ -46,10 +50,12 @@ from tcpsched.core.dispatch import (
     unplaceable_reason,
 )
 from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Send, Tick
+from tcpsched.core.explain import Placement
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import JobRecord, JobSpec, JobState
 from tcpsched.core.limits import WireLimits
 from tcpsched.core.liveside import LiveSide
+from tcpsched.core.placement import PlacementSide
 from tcpsched.core.queries import (
     JOB_ID_PREFIX_MIN,
     OUTPUT_CHARS_PER_RECORD_MIN,
@@ -103,11 +109,13 @@ class SchedulerConfig:
     keep_output_chars: int | None = 256 * 1024 * 1024
     dead_workers_kept_s: float = 600.0
     list_limit_max: int = 100_000
+    max_pending: int = MAX_PENDING_DEFAULT  # backpressure: submits past it are refused whole
+    breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
     # What the coordinator accepts from a peer; told to workers so they never send more.
     wire_limits: WireLimits = attrs.field(factory=WireLimits)
 
 
-class Scheduler(WorkerSide, LiveSide, ScheduleSide):
+class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -147,6 +155,11 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide):
         self.started_at = now
         self.extra_stats: dict[str, Any] = {}  # figures the shell adds (journal, connections)
         self._init_live()  # tails of running jobs' output and their followers (liveside.py)
+        self.admission = Admission(config.max_pending)
+        self.breaker = CircuitBreaker(config.breaker)  # leader-local soft state (breaker.py)
+        # What dispatch knew when it placed each recent job, for `explain` (bounded).
+        self.placements: OrderedDict[str, Placement] = OrderedDict()
+        self.started_total = 0
         self._recover(now)
         self._init_schedules()
 
@@ -223,6 +236,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide):
             self.waits.next_deadline(),
             self._live_deadline(),
             self.schedules_deadline(),
+            self.breaker.next_deadline(),
         ]
         if self.table.finished_order and self.config.keep_finished_for_s is not None:
             candidates.append(self.retention.next_check)
@@ -243,6 +257,11 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide):
             "workers_suspect": states.count(SUSPECT),
             "workers_draining": states.count(DRAINING),
             "workers_dead": states.count(DEAD),
+            "workers_tripped": self.breaker.tripped_count(self._now),
+            "breaker_trips": self.breaker.trips,
+            "max_pending": self.admission.max_pending,
+            "refused_submits": self.admission.refused_batches,
+            "refused_jobs": self.admission.refused_jobs,
             "slots_total": sum(
                 w.slots for w in self.workers.values() if worker_state(w, detector) == ALIVE
             ),
@@ -363,6 +382,8 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide):
             self._reply(conn, msg.req_id, self.statistics())
         elif type(msg) in m.SCHEDULE_REQUESTS:
             self._on_schedule_request(conn, msg)
+        elif isinstance(msg, m.Explain):
+            self._on_explain(conn, msg)
         elif isinstance(msg, m.Leader):
             cfg = self.config
             self._reply(
@@ -377,11 +398,21 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide):
 
     def _on_submit(self, conn: int, msg: m.Submit, now: float) -> None:
         for spec in msg.jobs:
-            if spec.after or spec.tags:
+            if spec.after:
                 self._error(conn, msg.req_id, "bad_request",
-                            "job dependencies (after) and tag routing are not supported yet")
+                            "job dependencies (after) are not supported yet")
                 return
-        self.backlog.run_or_queue(conn, self._submit_work(conn, msg), finish_on_close=True)
+        keys = self.table.keys
+        new_jobs = sum(1 for spec in msg.jobs if spec.key is None or spec.key not in keys)
+        refusal = self.admission.admit(new_jobs, self.table.counts[JobState.PENDING])
+        if refusal is not None:
+            log.info("submit of %d job(s) refused: %s", len(msg.jobs), refusal.message)
+            self._send(conn, m.ErrorReply(
+                req_id=msg.req_id, kind="bad_request" if refusal.never_fits else "queue_full",
+                message=refusal.message, retry_after=refusal.retry_after_s))
+            return
+        self.backlog.run_or_queue(conn, self._submit_work(conn, msg, new_jobs),
+                                  finish_on_close=True)
 
     def key_conflict(self, jobs: tuple[JobSpec, ...]) -> str | None:
         """Why a batch reuses an idempotency key for another job, or None. The same key with
@@ -402,19 +433,25 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide):
             seen[spec.key] = spec
         return None
 
-    def _submit_work(self, conn: int, msg: m.Submit) -> Build:
+    def _submit_work(self, conn: int, msg: m.Submit, reserved: int = 0) -> Build:
         """Record a batch `SUBMITS_PER_TURN` jobs a turn; acknowledge it once all are. A key
-        conflict refuses the whole batch before any of it is recorded."""
-        conflict = self.key_conflict(msg.jobs)
-        if conflict is not None:
-            self._error(conn, msg.req_id, "conflict", conflict)
-            return
-        ids = []
-        for i, spec in enumerate(msg.jobs, 1):
-            ids.append(self.submit(spec, self._now))
-            if i % SUBMITS_PER_TURN == 0 and i < len(msg.jobs):
-                yield
-        self._reply(conn, msg.req_id, ids)
+        conflict refuses the whole batch before any of it is recorded. `reserved` is the room
+        admission kept for it, given back as its jobs enter the table."""
+        try:
+            conflict = self.key_conflict(msg.jobs)
+            if conflict is not None:
+                self._error(conn, msg.req_id, "conflict", conflict)
+                return
+            ids = []
+            for i, spec in enumerate(msg.jobs, 1):
+                ids.append(self.submit(spec, self._now))
+                if i % SUBMITS_PER_TURN == 0 and i < len(msg.jobs):
+                    self.admission.recorded(min(reserved, SUBMITS_PER_TURN))
+                    reserved -= min(reserved, SUBMITS_PER_TURN)
+                    yield
+            self._reply(conn, msg.req_id, ids)
+        finally:
+            self.admission.recorded(reserved)
 
     def submit(self, spec: JobSpec, now: float) -> str:
         """Queue one job (or find the one its idempotency key already made); returns its id.
@@ -539,6 +576,8 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide):
                                  table.output_chars)
         if now >= self._resync_at:
             self._resync(now)
+        self.admission.observe(self.started_total, now)
+        self._touched.update(self.breaker.due(now))
         if ids:
             self._record({"op": "forget", "ids": ids})
         self._fire_schedules()
@@ -549,7 +588,8 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide):
 
     def _is_free(self, name: str, entry: WorkerEntry | None) -> bool:
         return (entry is not None and entry.conn is not None and not entry.draining
-                and entry.free_slots() > 0 and self.detector.state(name) == ALIVE)
+                and entry.free_slots() > 0 and self.detector.state(name) == ALIVE
+                and self.breaker.allows(name, self._now))
 
     def _refresh(self, name: str) -> None:
         entry = self.workers.get(name)
@@ -563,6 +603,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide):
         for name, entry in list(self.workers.items()):
             if entry.dead_at is not None and now - entry.dead_at > kept_s and entry.conn is None:
                 del self.workers[name]
+                self.breaker.forget(name)
         self.free.clear()
         for name, entry in self.workers.items():
             if self._is_free(name, entry):
@@ -582,6 +623,9 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide):
         # live can run is parked with the reason, until a worker registers.
         skipped: list[JobRecord] = []
         entries = free.entries
+        # Jobs of one kind, function and tags are unplaceable for the same reason: look at
+        # every worker once per such shape in a pass, not once per job.
+        reasons: dict[tuple[Any, ...], str | None] = {}
 
         def load(name: str) -> float:
             entry = entries[name]
@@ -594,7 +638,11 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide):
             job = self.table.jobs[job_id]
             names = free.capable(job.spec)
             if not names:
-                reason = unplaceable_reason(self.workers, self.detector, job.spec)
+                spec = job.spec
+                shape = (spec.kind, spec.function, spec.tags)
+                if shape not in reasons:
+                    reasons[shape] = unplaceable_reason(self.workers, self.detector, spec)
+                reason = reasons[shape]
                 if reason is None:
                     skipped.append(job)
                 else:
@@ -602,8 +650,9 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide):
                 continue
             name = self.policy.choose_sorted(names, load)
             entry = entries[name]
+            self._place(job_id, entry, len(names))
             self._start(job_id, entry, now)
-            if entry.free_slots() <= 0:
+            if entry.free_slots() <= 0 or not self.breaker.allows(name, now):
                 free.set(name, None)
         for job in skipped:
             queue.push(job.id, job.spec.priority, job.seq)

@@ -53,6 +53,7 @@ from tcpsched.core.workers import (
 if TYPE_CHECKING:
     import random
 
+    from tcpsched.core.breaker import CircuitBreaker
     from tcpsched.core.detector import FailureDetector
     from tcpsched.core.events import Effect
     from tcpsched.core.jobqueue import JobQueue
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 # The scheduler logs its worker events under its own name, as before the split.
 log = logging.getLogger("tcpsched.core.scheduler")
 
+TRIPPED = "tripped"  # `workers` state of a worker whose circuit breaker is open
 MISSING_GRACE_BEATS = 2  # heartbeat intervals an Assign gets to reach its worker
 MISSING_BEATS_MAX = 2  # heartbeats in a row that leave an attempt out before it is lost: one
 # may have been written before a resumed (SIGSTOPped) worker read the Assign behind it
@@ -92,12 +94,19 @@ class WorkerSide:
     _record: Callable[[dict[str, Any]], JobRecord | None]
     _send: Callable[[int | None, Any], None]
     _unpark: Callable[[float], None]
+    breaker: CircuitBreaker
 
     def worker_state(self, name: str) -> str:
         return worker_state(self.workers[name], self.detector)
 
     def worker_list(self) -> list[dict[str, Any]]:
-        return worker_rows(self.workers, self.detector, self._wall - self._now)
+        rows = worker_rows(self.workers, self.detector, self._wall - self._now)
+        breaker = self.breaker
+        for row in rows:
+            if row["state"] != DEAD and breaker.is_tripped(row["name"], self._now):
+                row["state"] = TRIPPED
+                row["reason"] = breaker.reason(row["name"])
+        return rows
 
     def _on_register(self, conn: int, msg: m.Register, now: float) -> None:
         if conn in self._conn_worker:
@@ -259,6 +268,7 @@ class WorkerSide:
             "exit_code": msg.exit_code, "stdout": msg.stdout, "stderr": msg.stderr,
             "error": msg.error,
         }  # fmt: skip
+        self._judge_worker(entry, job, msg.state == "succeeded", now)
         if msg.state == "succeeded":
             self._record({"op": "finish", "id": job.id, "attempt": msg.attempt,
                           "state": "succeeded", "at": self._wall, "started_at": msg.started_at,
@@ -280,10 +290,23 @@ class WorkerSide:
                           "finished_at": msg.finished_at,
                           "result": msg.result, **outcome})
 
+    def _judge_worker(self, entry: WorkerEntry, job: JobRecord, ok: bool, now: float) -> None:
+        """Tell the circuit breaker how the attempt went on this worker (`core/breaker.py`)."""
+        signature = job.spec.function or job.spec.command or ""
+        if ok:
+            if self.breaker.succeeded(entry.name, job.id, signature):
+                log.info("worker=%s circuit closed: job=%s succeeded on it", entry.name, job.id)
+            return
+        reason = self.breaker.failed(entry.name, job.id, signature, now)
+        if reason is not None:
+            log.warning("worker=%s tripped for %.0fs: %s", entry.name,
+                        (self.breaker.until(entry.name) or now) - now, reason)
+
     def _on_hand_back(self, entry: WorkerEntry, msg: m.HandBack, now: float) -> None:
         if entry.running.get(msg.job_id) != msg.attempt:
             return
         del entry.running[msg.job_id]
+        self.breaker.released(entry.name, msg.job_id)
         self._requeue_handed_back(msg.job_id, msg.attempt,
                               f"handed back by {entry.name}: {msg.reason}")
 
@@ -314,6 +337,7 @@ class WorkerSide:
         entry.dead_at = now
         running, entry.running = entry.running, {}
         for job_id, attempt in running.items():
+            self.breaker.released(entry.name, job_id)
             self._lose_attempt(job_id, attempt, entry.name, now)
         if entry.conn is not None:
             # A hung worker may still hold its connection; cut it so that, if it wakes up,
