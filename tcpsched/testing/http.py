@@ -19,7 +19,7 @@ def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, s
     return conn, parts.path + (f"?{parts.query}" if parts.query else "")
 
 
-def request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+def request(method: str, url: str, body: Any = None, *, headers: dict[str, str] | None = None,
             timeout: float = 30.0, raw: bytes | None = None) -> tuple[int, dict[str, str], Any]:
     """(status, headers, JSON value or text). A JSON `body` is sent as application/json;
     `raw` bytes as they are."""

@@ -77,7 +77,8 @@ def spec_from_body(body: Any) -> JobSpec:
         raise BadRequest("the body must be a JSON object")
     unknown = sorted(set(body) - SUBMIT_FIELDS)
     if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r} (fields: {', '.join(sorted(SUBMIT_FIELDS))})")
+        fields = ", ".join(sorted(SUBMIT_FIELDS))
+        raise BadRequest(f"unknown field {unknown[0]!r} (fields: {fields})")
     shell, call = body.get("shell"), body.get("call")
     if (shell is None) == (call is None):
         raise BadRequest("give exactly one of shell (a command line) or call (module:function)")
