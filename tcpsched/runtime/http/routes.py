@@ -84,7 +84,8 @@ def spec_from_body(body: Any) -> JobSpec:
         raise BadRequest("give exactly one of shell (a command line) or call (module:function)")
     options: dict[str, Any] = {
         "tags": _str_list(body, "tags"), "after": _str_list(body, "after"),
-        "key": body.get("id"), "env": body.get("env") or {}, "cwd": body.get("cwd"),
+        "key": body.get("id"), "env": {} if body.get("env") is None else body["env"],
+        "cwd": body.get("cwd"),
     }
     for name, kind in (("priority", int), ("retries", int), ("timeout", float),
                        ("delay", float)):
