@@ -54,8 +54,10 @@ function addSample(s) {
 function drawChart(id, key) {
   const values = samples.map((s) => s[key]);
   const top = Math.max(1, ...values);
-  const step = 300 / Math.max(1, CHART_POINTS - 1);
-  const offset = CHART_POINTS - values.length;
+  // The last minute at least, up to five: a young chart is not a sliver at the right edge.
+  const span = Math.min(CHART_POINTS, Math.max(60, values.length));
+  const step = 300 / Math.max(1, span - 1);
+  const offset = span - values.length;
   const points = values.map((v, i) => `${((offset + i) * step).toFixed(1)},${(78 - 76 * v / top).toFixed(1)}`);
   $(`#chart-${key} polyline`).setAttribute("points", points.join(" "));
   const last = values.length ? values[values.length - 1] : 0;
