@@ -184,7 +184,15 @@ class Coordinator:
         self.http = HttpServer(self)
         self.runner.on_entries = self.http.metrics.observe_entries
         self.journal.on_fsync = self.http.metrics.observe_fsync
-        await self.http.start()
+        try:
+            await self.http.start()
+        except OSError as exc:
+            http = self.http
+            self.http = None
+            await http.stop()
+            host, port = self.settings.http or ("", 0)
+            raise TcpschedError(f"cannot serve HTTP on {host}:{port}: "
+                                f"{exc.strerror or exc}") from None
 
     def _compacted_in_thread(self, seq: int) -> None:
         """Called by the compaction thread: the node hears of it on the loop."""

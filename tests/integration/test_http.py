@@ -363,3 +363,19 @@ def test_follower_redirects_to_leader(procs: ProcessGroup) -> None:
     # A follower's own metrics are its own: never redirected.
     status, _, text = request("GET", f"http://127.0.0.1:{web[follower]}/metrics")
     assert status == 200 and "tcpsched_is_leader 0.0" in text
+
+
+def test_busy_http_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """--http on a port another socket holds: the coordinator says so in one line, exits 1."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "tcpsched.coordinator", "--http", f"127.0.0.1:{port}",
+             "--data-dir", str(tmp_path / "c1"), "--listen", f"127.0.0.1:{free_port()}"],
+            capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and f"cannot serve HTTP on 127.0.0.1:{port}" in errors[0]
+    assert "Traceback" not in done.stderr
