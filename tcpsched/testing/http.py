@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,18 +13,24 @@ from urllib.parse import urlsplit
 from tcpsched.testing.processes import wait_until
 
 
-def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+def _connection(url: str, timeout: float, context: ssl.SSLContext | None = None
+                ) -> tuple[http.client.HTTPConnection, str]:
     parts = urlsplit(url)
     assert parts.hostname in ("127.0.0.1", "localhost"), "tests talk to loopback only"
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     return conn, parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 def request(method: str, url: str, body: Any = None, *, headers: dict[str, str] | None = None,
-            timeout: float = 30.0, raw: bytes | None = None) -> tuple[int, dict[str, str], Any]:
+            timeout: float = 30.0, raw: bytes | None = None,
+            context: ssl.SSLContext | None = None) -> tuple[int, dict[str, str], Any]:
     """(status, headers, JSON value or text). A JSON `body` is sent as application/json;
-    `raw` bytes as they are."""
-    conn, path = _connection(url, timeout)
+    `raw` bytes as they are; `context` for an https URL."""
+    conn, path = _connection(url, timeout, context)
     try:
         data = raw if body is None else json.dumps(body).encode()
         sent = dict(headers or {})

@@ -379,3 +379,36 @@ def test_busy_http_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
     errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and f"cannot serve HTTP on 127.0.0.1:{port}" in errors[0]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_mutual_tls_https(procs: ProcessGroup, tmp_path: Path) -> None:
+    """With --tls-cert/--tls-key/--tls-ca the HTTP port is HTTPS requiring a client
+    certificate from the CA: with one the API answers, without one the TLS handshake fails."""
+    import ssl
+
+    from tests.integration.test_security import make_certificates
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    c = make_certificates(certs)
+    port = free_port()
+    procs.coordinator(extra=["--http", f"127.0.0.1:{port}", "--tls-cert", str(c["coordinator"]),
+                             "--tls-key", str(certs / "coordinator.key"), "--tls-ca",
+                             str(c["ca"])])
+    base = f"https://127.0.0.1:{port}"
+    with_cert = ssl.create_default_context(cafile=str(c["ca"]))
+    with_cert.check_hostname = False
+    with_cert.load_cert_chain(str(c["client"]), str(certs / "client.key"))
+    without = ssl.create_default_context(cafile=str(c["ca"]))
+    without.check_hostname = False
+
+    def answered() -> bool:
+        try:
+            return request("GET", f"{base}/api/leader", context=with_cert, timeout=5)[0] == 200
+        except OSError:
+            return False
+
+    wait_until(answered, WAIT_S, what="the HTTPS API")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        request("GET", f"{base}/api/leader", context=without, timeout=5)

@@ -125,7 +125,7 @@ class HttpServer:
         router.add_get("/login", self._login_page)
         router.add_post("/login", self._login)
         router.add_get("/metrics", self._metrics)
-        router.add_get("/api/openapi.json", lambda _r: self._openapi())
+        router.add_get("/api/openapi.json", self._openapi)
         router.add_get("/api/events", self._events)
         router.add_get(routes.LOGS_PATH, self._logs)
         for route in routes.ROUTES:
@@ -254,7 +254,7 @@ class HttpServer:
                             secure=self.scheme == "https")
         raise response
 
-    def _openapi(self) -> web.Response:
+    async def _openapi(self, _request: web.Request) -> web.StreamResponse:
         return _json(OPENAPI)
 
     async def _metrics(self, _request: web.Request) -> web.StreamResponse:
