@@ -412,3 +412,18 @@ def test_mutual_tls_https(procs: ProcessGroup, tmp_path: Path) -> None:
     wait_until(answered, WAIT_S, what="the HTTPS API")
     with pytest.raises((ssl.SSLError, ConnectionError)):
         request("GET", f"{base}/api/leader", context=without, timeout=5)
+
+
+def test_sigterm_with_open_streams_exits_0(procs: ProcessGroup) -> None:
+    """A coordinator with a dashboard stream open stops on SIGTERM as usual (exit 0), ending
+    the stream rather than waiting on it."""
+    port = free_port()
+    coordinator, _ = procs.coordinator(extra=["--http", f"127.0.0.1:{port}"])
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base)
+    stream = events(f"{base}/api/events")
+    assert next(stream)[0] == "history"
+    wait_until(lambda: next(stream)[0] == "snapshot", WAIT_S, what="a snapshot")
+    assert procs.stop(coordinator, grace=20.0) == 0
+    rest = list(stream)  # ends (the server closed it), rather than hang until the timeout
+    assert all(kind == "snapshot" for kind, _ in rest)

@@ -54,6 +54,7 @@ COOKIE = "tcpsched_token"
 PUBLIC_PATHS = frozenset({"/login", "/static/style.css", "/api/openapi.json"})
 EVENT_PERIOD_S = 1.0
 LOG_POLL_S = 0.25
+SHUTDOWN_S = 1.0
 HISTORY_SAMPLES = 600  # ten minutes of one-second samples for the charts
 STATIC = resources.files("tcpsched.runtime.http") / "static"
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
@@ -149,7 +150,9 @@ class HttpServer:
         s = self.settings
         from tcpsched.runtime.tls import server_context
 
-        runner = self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # Open streams end at shutdown (the hub tells them); a straggler gets a second.
+        runner = self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                              shutdown_timeout=SHUTDOWN_S)
         await runner.setup()
         site = web.TCPSite(runner, s.http[0], s.http[1], ssl_context=server_context(s.tls),
                            backlog=128, reuse_address=True)
@@ -293,6 +296,8 @@ class HttpServer:
                     await _event(response, "end", record)
                     break
                 await asyncio.sleep(LOG_POLL_S)
+                if _gone(request) or self.hub.stopped:
+                    break  # the reader left (or we stop): poll the core no more for it
                 try:
                     record = (await self.bridge.request(routes.status_request(job_id)))[0]
                 except (CoreError, BridgeUnavailable) as exc:
@@ -312,12 +317,19 @@ class HttpServer:
             await _event(response, "history", list(self.hub.history))
             while True:
                 kind, value = await queue.get()
+                if kind == "close":
+                    break
                 await _event(response, kind, value)
         except ConnectionError:
             pass
         finally:
             self.hub.unsubscribe(queue)
         return response
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def _open_stream(request: web.Request) -> web.StreamResponse:
@@ -343,6 +355,7 @@ class EventHub:
         self._queues: set[asyncio.Queue[tuple[str, Any]]] = set()
         self._task: asyncio.Task[None] | None = None
         self.snapshots = 0
+        self.stopped = False
 
     def subscribe(self) -> asyncio.Queue[tuple[str, Any]]:
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=8)
@@ -355,8 +368,14 @@ class EventHub:
         self._queues.discard(queue)
 
     def stop(self) -> None:
+        """End every open stream (at shutdown), and the sampler."""
+        self.stopped = True
         if self._task is not None:
             self._task.cancel()
+        for queue in self._queues:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(("close", None))
 
     def _publish(self, kind: str, value: Any) -> None:
         for queue in self._queues:
