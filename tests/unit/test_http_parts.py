@@ -119,8 +119,7 @@ def _host() -> Any:
 def test_metrics_from_journal_lines() -> None:
     """Start lines give queue latency, finish lines completions, failures and run time, a
     requeue after a failure a failure; submit lines are not parsed."""
-    metrics = Metrics.__new__(Metrics)
-    Metrics.__init__(metrics, _host())
+    metrics = Metrics(_host())
     lines = [
         encode_line(1, {"op": "submit", "job": {"id": "j1", "seq": 1}}, 1),
         encode_line(2, {"op": "start", "id": "j1", "attempt": 1, "worker": "w", "at": 102.5}, 1),
@@ -164,3 +163,21 @@ def test_public_http_bind_needs_token_or_mutual_tls() -> None:
     check_http_bind("0.0.0.0", None, True)
     with pytest.raises(ConfigError, match=r"refusing to serve HTTP on 0\.0\.0\.0"):
         check_http_bind("0.0.0.0", None, False)
+
+
+def test_header_fields_ignore_user_data() -> None:
+    """Fields are read only from the record's own scalars: a result or output that spells
+    `"state":"x"` (escaped or nested) changes nothing; the figures equal a full decode's."""
+    from tcpsched.runtime.http.metrics import header_fields
+
+    line = encode_line(9, {"op": "finish", "id": "j1", "attempt": 1, "state": "succeeded",
+                           "at": 5.0, "started_at": 1.5, "finished_at": 4.25,
+                           "result": {"state": "failed", "started_at": 0},
+                           "stdout": '"state":"cancelled"', "error": None}, 3)
+    assert header_fields(line) == {"id": "j1", "state": "succeeded", "at": 5.0,
+                                   "started_at": 1.5, "finished_at": 4.25}
+    metrics = Metrics(_host())
+    metrics.observe_entry(line)
+    assert metrics.registry.get_sample_value("tcpsched_run_seconds_sum") == 2.75
+    assert metrics.registry.get_sample_value("tcpsched_completions_total",
+                                             {"state": "succeeded"}) == 1

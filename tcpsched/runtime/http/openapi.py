@@ -106,7 +106,7 @@ OPENAPI: dict[str, Any] = {
                                   **ERRORS}},
         },
         "/api/jobs/{id}": _get("one job", _json(_ref("Job"), "the record"),
-                               parameters=[JOB_ID]) | {},
+                               parameters=[JOB_ID]),
         "/api/jobs/{id}/cancel": {"post": {
             "summary": "cancel: a pending job never runs, a running one is killed",
             "parameters": [JOB_ID],
