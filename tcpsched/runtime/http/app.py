@@ -34,9 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from tcpsched.config import format_address, is_loopback, parse_address
 from tcpsched.errors import ConfigError
@@ -47,6 +45,23 @@ from tcpsched.runtime.http.metrics import Metrics
 from tcpsched.runtime.http.openapi import OPENAPI
 
 log = logging.getLogger(__name__)
+
+
+class _LazyWeb:
+    """`aiohttp.web`, imported on first use, so that only a coordinator started with --http
+    loads aiohttp: its client cookie jar imports pickle, which importing tcpsched must not
+    (tests/unit/test_fuzz.py); the server never touches that jar."""
+
+    def __getattr__(self, name: str) -> Any:
+        from aiohttp import web as module
+
+        return getattr(module, name)
+
+
+if TYPE_CHECKING:
+    from aiohttp import web
+else:
+    web = _LazyWeb()
 
 STATUS_BY_KIND = {"bad_request": 400, "not_found": 404, "conflict": 409, "unavailable": 503,
                   "timeout": 504, "not_leader": 503}
@@ -171,7 +186,6 @@ class HttpServer:
 
     # -- middlewares ----------------------------------------------------------------------------
 
-    @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
             return await handler(request)
@@ -195,7 +209,6 @@ class HttpServer:
                                       "on this coordinator", "no_route")
             raise
 
-    @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if self.token is None or request.path in PUBLIC_PATHS \
                 or self._authorized(request):
@@ -204,6 +217,10 @@ class HttpServer:
             raise web.HTTPFound("/login")
         return error_response(401, "authentication required: send Authorization: Bearer "
                               "TOKEN (the cluster's token)", "unauthorized")
+
+    # New-style middlewares, as `@web.middleware` marks them (without importing aiohttp here).
+    _errors.__middleware_version__ = 1  # type: ignore[attr-defined]
+    _auth.__middleware_version__ = 1  # type: ignore[attr-defined]
 
     def _authorized(self, request: web.Request) -> bool:
         assert self.token is not None
