@@ -181,3 +181,19 @@ def test_header_fields_ignore_user_data() -> None:
     assert metrics.registry.get_sample_value("tcpsched_run_seconds_sum") == 2.75
     assert metrics.registry.get_sample_value("tcpsched_completions_total",
                                              {"state": "succeeded"}) == 1
+
+
+def test_http_settings_from_flags_and_toml(tmp_path: Any) -> None:
+    """--http and --peer-http parse from flags and as TOML keys; a bad address is one line."""
+    from tcpsched.config import coordinator_settings
+
+    config = tmp_path / "c1.toml"
+    config.write_text('http = "127.0.0.1:8001"\npeer = ["2@127.0.0.1:7002"]\n'
+                      'peer_http = ["2@127.0.0.1:9002"]\n')
+    settings, _ = coordinator_settings(["--config", str(config)])
+    assert settings.http == ("127.0.0.1", 8001) and settings.peer_http == ((2, "127.0.0.1:9002"),)
+    assert coordinator_settings([])[0].http is None
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        coordinator_settings(["--http", "8001"])
+    with pytest.raises(ConfigError, match="--peer-http"):
+        coordinator_settings(["--peer-http", "nope"])
