@@ -9,6 +9,7 @@ WORKERS ?= 3
 SLOTS  ?= 4
 POLICY ?= round-robin
 PORT   ?= 7001
+HTTP_PORT ?= 8001
 PYTEST_ARGS ?=
 SEEDS  ?= 1000
 
@@ -43,7 +44,7 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 cluster: $(STAMP)
-	$(PY) scripts/cluster.py start --dir $(RUN) --coordinators $(COORDINATORS) --workers $(WORKERS) --slots $(SLOTS) --policy $(POLICY) --port $(PORT)
+	$(PY) scripts/cluster.py start --dir $(RUN) --coordinators $(COORDINATORS) --workers $(WORKERS) --slots $(SLOTS) --policy $(POLICY) --port $(PORT) --http-port $(HTTP_PORT)
 
 restart: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make restart NAME (a member: c1, w2, ...)" >&2; exit 2; }

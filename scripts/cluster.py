@@ -156,9 +156,12 @@ def member_argvs(args: argparse.Namespace, run_dir: Path, addresses: list[str]
     members = []
     for i, address in enumerate(addresses, start=1):
         peers = [f"--peer={j}@{a}" for j, a in enumerate(addresses, start=1) if j != i]
+        # The dashboard on HTTP_PORT, HTTP_PORT+1, ...: at one offset from the TCP ports, so
+        # a follower finds the leader's HTTP address by the convention (runtime/http/app.py).
+        web = ["--http", f"{HOST}:{args.http_port + i - 1}"] if args.http_port else []
         argv = [python, "-m", "tcpsched.coordinator", "--id", str(i), "--listen", address,
                 "--data-dir", str(run_dir / f"c{i}"), "--policy", args.policy,
-                "--log-level", args.log_level, *peers, *token]
+                "--log-level", args.log_level, *peers, *token, *web]
         members.append({"name": f"c{i}", "role": "coordinator", "argv": argv,
                         "address": address})
     for i in range(1, args.workers + 1):
@@ -240,6 +243,10 @@ def start(args: argparse.Namespace) -> int:
     if len(addresses) > 1 and "not supported yet" in Path(manifest["procs"][0]["log"]).read_text():
         print("  note: these coordinators do not form a group yet; each runs alone, and each "
               "worker serves the first one it reached")
+    if args.http_port:
+        print(f"  dashboard: http://{HOST}:{args.http_port + leader['id'] - 1}/ (the leader's; "
+              f"any of {args.http_port}-{args.http_port + len(addresses) - 1} redirects "
+              "there), REST API under /api, Prometheus metrics at /metrics")
     print("connect:")
     overrides = "".join(
         f" {name}={value}" for name, value, default in (
@@ -443,6 +450,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--slots", type=int, default=4, metavar="N")
     s.add_argument("--policy", choices=POLICIES, default="round-robin")
     s.add_argument("--port", type=int, default=7001, help="first coordinator's port (7001)")
+    s.add_argument("--http-port", type=int, default=8001, metavar="PORT",
+                   help="first coordinator's dashboard port (8001; 0: no dashboard)")
     s.add_argument("--drain-timeout", type=float, default=10.0, metavar="S")
     s.add_argument("--log-level", default="info")
     s.add_argument("--timeout", type=float, default=30.0, metavar="S",

@@ -102,6 +102,7 @@ class Demo:
         self.screen = Screen()
         self.members = {i: f"127.0.0.1:{free_port()}" for i in (1, 2, 3)}
         self.address = ",".join(self.members.values())
+        self.http = {i: f"127.0.0.1:{free_port()}" for i in self.members}  # dashboards
         self.coordinators: dict[int, Proc] = {}
         self.workers: dict[str, Proc] = {}
         self.client: SyncClient | None = None
@@ -118,8 +119,11 @@ class Demo:
     # -- cluster --------------------------------------------------------------------------------
 
     def start_coordinator(self, node_id: int, name: str | None = None) -> None:
+        web = ["--http", self.http[node_id], *(arg for i, a in self.http.items() if i != node_id
+                                              for arg in ("--peer-http", f"{i}@{a}"))]
         self.coordinators[node_id], _ = self.group.peer(node_id, self.members,
-                                                        extra=COORDINATOR_FLAGS, name=name)
+                                                        extra=[*COORDINATOR_FLAGS, *web],
+                                                        name=name)
 
     def start_worker(self, name: str) -> None:
         self.workers[name] = self.group.worker(self.address, name, slots=SLOTS)
@@ -142,6 +146,8 @@ class Demo:
               f"(the highest id, epoch {leader['epoch']}); workers {', '.join(self.workers)} "
               f"with {SLOTS} slots each")
         print(f"  data and logs in {self.workdir}")
+        print(f"  dashboard at http://{self.http[leader['id']]}/ (any coordinator's --http "
+              "redirects to the leader's), REST API under /api, metrics at /metrics")
         print("  every change is journaled and on a majority before it is acknowledged: the "
               "leader will be killed")
 
@@ -322,6 +328,7 @@ class Demo:
         if self.restarted_after_s is not None:
             print(f"  rejoin       the old leader led again {self.restarted_after_s:.1f}s after "
                   "its restart (caught up, then its hold-down)")
+        self.show_metrics()
         flaky = next(r for r in records if r["id"] == self.flaky)
         doomed = next(r for r in records if r["id"] == self.doomed)
         print(f"  flaky job    {flaky['state']} after {flaky['attempts']} attempts")
@@ -334,6 +341,25 @@ class Demo:
             raise DemoFailed(f"the doomed job ended {doomed['state']}, not failed")
         if flaky["attempts"] < 2:
             raise DemoFailed("the flaky job did not need its retry")
+
+    def show_metrics(self) -> None:
+        """A few figures of the leader's Prometheus /metrics, as a scraper reads them."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from tcpsched.testing.http import request
+
+        assert self.client is not None
+        leader = self.client.leader()["id"]
+        status, _, text = request("GET", f"http://{self.http[leader]}/metrics")
+        if status != 200:
+            raise DemoFailed(f"GET /metrics on c{leader} answered {status}")
+        found = {(s.name, s.labels.get("state", "")): s.value
+                 for family in text_string_to_metric_families(text) for s in family.samples}
+        print(f"  /metrics     c{leader}: tcpsched_completions_total succeeded="
+              f"{found[('tcpsched_completions_total', 'succeeded')]:.0f} failed="
+              f"{found[('tcpsched_completions_total', 'failed')]:.0f}, tcpsched_failures_total="
+              f"{found[('tcpsched_failures_total', '')]:.0f}, tcpsched_leader_epoch="
+              f"{found[('tcpsched_leader_epoch', '')]:.0f} (counted since c{leader} started)")
 
     def stop(self) -> None:
         if self.client is not None:

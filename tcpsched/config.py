@@ -398,6 +398,8 @@ class CoordinatorSettings:
     election_timeout_s: float = 1.0  # a follower that hears no leader this long elects
     hold_down_s: float = 3.0  # a higher id follows, caught up, this long before taking over
     peer_heartbeat_s: float = 0.1  # the leader's beat to its followers
+    http: tuple[str, int] | None = None  # the dashboard, REST API and /metrics (runtime/http)
+    peer_http: tuple[tuple[int, str], ...] = ()  # peers' HTTP addresses (a follower redirects)
 
     @property
     def address(self) -> str:
@@ -487,6 +489,13 @@ def coordinator_parser() -> UsageParser:
                    "our output for S seconds; 0: only the last, after 30 seconds")
     p.add_argument("--max-output-buffer", type=_positive_int, default=64 * 1024 * 1024,
                    metavar="BYTES", help="disconnect a peer that leaves more bytes unread")
+    p.add_argument("--http", default=None, metavar="HOST:PORT",
+                   help="serve the dashboard, the REST API and /metrics here (same rules as "
+                   "--listen: a non-loopback address needs a token or mutual TLS; default: off)")
+    p.add_argument("--peer-http", action="append", default=[], metavar="ID@HOST:PORT",
+                   help="a peer's --http address, where a follower redirects HTTP clients "
+                   "(repeatable; default: the peer's --peer host at this coordinator's "
+                   "--http port offset)")
     add_tls_flags(p)
     p.add_argument("--check", action="store_true",
                    help="verify --data-dir offline, print what it holds, exit 0 if sound")
@@ -501,14 +510,14 @@ def coordinator_parser() -> UsageParser:
     return p
 
 
-def parse_peer(text: str) -> tuple[int, str]:
+def parse_peer(text: str, flag: str = "--peer") -> tuple[int, str]:
     node, sep, address = text.partition("@")
     if not sep:
-        raise ConfigError(f"--peer {text!r} must look like ID@HOST:PORT")
+        raise ConfigError(f"{flag} {text!r} must look like ID@HOST:PORT")
     try:
         node_id = int(node)
     except ValueError:
-        raise ConfigError(f"--peer {text!r}: id {node!r} is not a number") from None
+        raise ConfigError(f"{flag} {text!r}: id {node!r} is not a number") from None
     parse_address(address)
     return node_id, address
 
@@ -547,6 +556,8 @@ def coordinator_settings(argv: Sequence[str] | None = None) -> tuple[Coordinator
         output_bytes_max=args.max_output_buffer, tls=tls_from_args(args), seed=args.seed,
         repair=args.repair, compact_bytes=args.compact_bytes,
         compact_records=args.compact_records,
+        http=parse_address(args.http) if args.http else None,
+        peer_http=tuple(parse_peer(p, "--peer-http") for p in args.peer_http),
     )  # fmt: skip
     return settings, args
 

@@ -166,6 +166,35 @@ class Coordinator:
         self._open: set[_Accepted] = set()  # every connection, in its handshake or not
         self._none_open = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None
+        self.http: Any = None  # runtime/http's HttpServer, with --http
+
+    def attach_local(self, conn: Any) -> int:
+        """An in-process client connection (the HTTP bridge), registered like a socket's."""
+        conn_id = self._next_conn
+        self._next_conn += 1
+        self.connections[conn_id] = conn
+        self.runner.feed(Connected(conn_id, "client", "http", "http"))
+        return conn_id
+
+    def detach_local(self, conn_id: int, reason: str) -> None:
+        if self.connections.pop(conn_id, None) is not None:
+            self.runner.feed(Closed(conn_id, reason))
+
+    async def _start_http(self) -> None:
+        from tcpsched.runtime.http.app import HttpServer
+
+        self.http = HttpServer(self)
+        self.runner.on_entries = self.http.metrics.observe_entries
+        self.journal.on_fsync = self.http.metrics.observe_fsync
+        try:
+            await self.http.start()
+        except OSError as exc:
+            http = self.http
+            self.http = None
+            await http.stop()
+            host, port = self.settings.http or ("", 0)
+            raise TcpschedError(f"cannot serve HTTP on {host}:{port}: "
+                                f"{exc.strerror or exc}") from None
 
     def _compacted_in_thread(self, seq: int) -> None:
         """Called by the compaction thread: the node hears of it on the loop."""
@@ -292,9 +321,13 @@ class Coordinator:
         self.peers.start()
         self.runner.feed(Tick())
         try:
+            if s.http is not None:
+                await self._start_http()
             await self._stop.wait()
         finally:
             log.info("node=%d shutting down", s.node_id)
+            if self.http is not None:
+                await self.http.stop()
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
             accepting.cancel()  # before the close: a socket closed under a waiting accept
@@ -577,6 +610,10 @@ def check_bind(settings: CoordinatorSettings) -> None:
             "could run commands; give --token-file (or TCPSCHED_TOKEN), or mutual TLS "
             "(--tls-cert, --tls-key, --tls-ca), or listen on 127.0.0.1"
         )
+    if settings.http is not None:
+        from tcpsched.runtime.http.app import check_http_bind
+
+        check_http_bind(settings.http[0], settings.token, settings.tls.authenticates_dialers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

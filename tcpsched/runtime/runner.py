@@ -116,6 +116,8 @@ class Runner:
         # Why the journal failed, once it has: from then on nothing held is acknowledged.
         self.journal_failure: str | None = None
         self.on_journal_failure: Callable[[str], None] | None = None
+        # Told every numbered entry as it is journaled (runtime/http/metrics.py counts them).
+        self.on_entries: Callable[[tuple[Any, ...]], None] | None = None
 
     def feed(self, event: Any) -> None:
         self._carry(self.core.step(event, self.clock(), self.wall_clock()))
@@ -142,6 +144,8 @@ class Runner:
                 for entry in effect.entries:
                     journal.append_entry(entry.seq, entry.epoch, entry.data)
                 self._dirty = True
+                if self.on_entries is not None:
+                    self.on_entries(effect.entries)
             elif kind is Journal:
                 journal.append(effect.record)
                 self._dirty = True

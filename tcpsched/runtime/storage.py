@@ -119,6 +119,7 @@ class Storage:
         # Told once, with the reason, when the journal fails (also from the batch fsync timer,
         # when no flush is under way to raise).
         self.on_failure: Callable[[str], None] | None = None
+        self.on_fsync: Callable[[float], None] | None = None  # told each fsync's seconds
         self.table = recovery.table
         self.config = config
         self.seq = recovery.last_seq
@@ -428,6 +429,7 @@ class Storage:
     def _sync(self) -> None:
         if not self._unsynced:
             return
+        began = time.monotonic()
         try:
             os.fdatasync(self._fd)
         except OSError as exc:
@@ -437,6 +439,8 @@ class Storage:
         self.fsyncs += 1
         self._unsynced = False
         self._last_sync = time.monotonic()
+        if self.on_fsync is not None:
+            self.on_fsync(self._last_sync - began)
 
     def _sync_soon(self) -> None:
         wait = self._last_sync + self.config.batch_interval_s - time.monotonic()

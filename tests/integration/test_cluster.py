@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tcpsched.testing.http import get
 from tcpsched.testing.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,13 +73,15 @@ def test_start_status_stop_touch_exactly_their_processes(run_dir: Path, tmp_path
     them; stop ends exactly those pids, and an unrelated process survives."""
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        port = free_port()
+        port, http_port = free_port(), free_port()
         started = script("cluster.py", "start", "--dir", str(run_dir), "--workers", "2",
                          "--slots", "2", "--port", str(port), "--policy", "random",
-                         "--coordinators", "1",
+                         "--coordinators", "1", "--http-port", str(http_port),
                          cwd=tmp_path)
         assert started.returncode == 0, started.stderr
         assert f"127.0.0.1:{port}" in started.stdout and "tcpsched.console" in started.stdout
+        assert f"dashboard: http://127.0.0.1:{http_port}/" in started.stdout
+        assert get(f"http://127.0.0.1:{http_port}/api/stats")["policy"] == "random"
         pids = {p.stem: int(p.read_text()) for p in (run_dir / "pids").glob("*.pid")}
         assert set(pids) == {"c1", "w1", "w2"}
         assert all(is_running(pid) for pid in pids.values())
@@ -119,7 +122,7 @@ def test_start_after_kill_9_restarts_just_that_member(run_dir: Path, tmp_path: P
     the new process; restart NAME replaces one member; output into a closed pipe is quiet."""
     port = free_port()
     common = ("--dir", str(run_dir), "--workers", "2", "--slots", "1", "--port", str(port),
-              "--coordinators", "1")
+              "--coordinators", "1", "--http-port", "0")
     started = script("cluster.py", "start", *common, cwd=tmp_path)
     assert started.returncode == 0, started.stderr
     pids = {p.stem: int(p.read_text()) for p in (run_dir / "pids").glob("*.pid")}
