@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from tcpsched import formatting
+from tcpsched.cli_workflows import add_workflow_parsers, execute_workflow
 from tcpsched.client import Client
 from tcpsched.config import (
     HelpFormatter,
@@ -65,7 +66,7 @@ from tcpsched.output import (
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_AUTH = 0, 1, 2, 3, 4
 EXIT_WAIT_TIMEOUT = 5
 COMMANDS = ("submit", "status", "wait", "logs", "list", "cancel", "workers", "coordinators",
-            "stats", "leader", "completion")
+            "stats", "leader", "completion", "map", "retry")
 STATES = tuple(s.value for s in JobState)
 SHELLS = ("bash", "zsh", "fish")
 LIST_PAGE_JOBS = 1000  # jobs asked for per round trip when a listing spans several pages
@@ -224,13 +225,13 @@ def add_command_parsers(parser: UsageParser, *, cli: bool = False) -> Any:
     p = command("status", "one job's record",
                 "One job's record, by id, idempotency key or id prefix (at least 4 "
                 "characters).")
-    p.add_argument("job", metavar="JOB", help="job id, idempotency key or id prefix")
+    p.add_argument("job", nargs="?", metavar="JOB", help="job id, idempotency key or id prefix")
 
     p = command("wait", "block until jobs are finished; exit 0 if all succeeded",
                 "Block until every job is finished; prints their records. Exit 0 if all "
                 f"succeeded, {EXIT_JOB_FAILED} if one failed or was cancelled, "
                 f"{EXIT_WAIT_TIMEOUT} if --timeout ran out first.")
-    p.add_argument("jobs", nargs="+", metavar="JOB", help="job ids, keys or id prefixes")
+    p.add_argument("jobs", nargs="*", metavar="JOB", help="job ids, keys or id prefixes")
     p.add_argument("--timeout", type=_seconds(minimum=0), default=None, metavar="S",
                    help=f"stop waiting after S seconds, 0 (look once) to {SECONDS_MAX}; "
                    f"unfinished jobs then exit {EXIT_WAIT_TIMEOUT} (default: wait forever)")
@@ -248,8 +249,9 @@ def add_command_parsers(parser: UsageParser, *, cli: bool = False) -> Any:
                    "(default: from the newest job)")
 
     p = command("cancel", "cancel a pending job, or kill a running one")
-    p.add_argument("job", metavar="JOB", help="job id, idempotency key or id prefix")
+    p.add_argument("job", nargs="?", metavar="JOB", help="job id, idempotency key or id prefix")
 
+    add_workflow_parsers(sub, command)
     command("workers", "registered workers")
     command("stats", "cluster figures")
     command("leader", "which coordinator leads")
@@ -293,7 +295,8 @@ def parse_env(entries: list[str]) -> dict[str, str]:
 
 def spec_from_args(args: Any) -> JobSpec:
     options = dict(priority=args.priority, retries=args.retries, timeout=args.timeout,
-                   delay=args.delay, key=args.key, env=parse_env(args.env), cwd=args.cwd)
+                   delay=args.delay, key=args.key, env=parse_env(args.env), cwd=args.cwd,
+                   after=tuple(args.after))
     try:
         if args.shell is not None:
             if args.kwargs is not None:
@@ -319,6 +322,9 @@ async def execute(client: Client, args: Any, style: formatting.Styler | None = N
     """Run one parsed command. Errors from the cluster propagate as TcpschedError."""
     style = style or (lambda text, _state: text)
     command = args.command
+    workflow = await execute_workflow(client, args, style)
+    if workflow is not None:
+        return workflow
     if command == "submit":
         job_id = await client.submit(spec_from_args(args))
         return CommandResult(EXIT_OK, {"id": job_id}, job_id)

@@ -26,7 +26,8 @@ RECENT_JOBS_MAX = 500
 # Console-only commands and what `help` says about them (the CLI's come from its parser).
 CONSOLE_COMMANDS: dict[str, tuple[str, str]] = {
     "help": ("[COMMAND]", "list the commands, or explain one"),
-    "watch": ("[JOB|jobs|workers]", "a live view, refreshed every second, until a key is pressed"),
+    "watch": ("[JOB|jobs|workers|group G]",
+              "a live view, refreshed every second, until a key is pressed"),
     "logs": ("JOB", "a job's stdout and stderr"),
     "worker": ("NAME", "one worker and the jobs running on it"),
     "use": ("HOST:PORT[,...]", "talk to another cluster"),

@@ -38,6 +38,7 @@ import attrs
 
 from tcpsched.core import messages as m
 from tcpsched.core.backlog import Backlog
+from tcpsched.core.deps import DependencySide, resolve_after
 from tcpsched.core.detector import ALIVE, DEAD, SUSPECT, DetectorConfig, FailureDetector
 from tcpsched.core.dispatch import (
     PLACEMENT_SKIPS_MAX,
@@ -46,8 +47,9 @@ from tcpsched.core.dispatch import (
     unplaceable_reason,
 )
 from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Send, Tick
+from tcpsched.core.groups import GroupIndex, GroupSide
 from tcpsched.core.jobqueue import JobQueue
-from tcpsched.core.jobs import JobRecord, JobSpec, JobState
+from tcpsched.core.jobs import RETRYABLE_STATES, JobRecord, JobSpec, JobState
 from tcpsched.core.limits import WireLimits
 from tcpsched.core.queries import (
     JOB_ID_PREFIX_MIN,
@@ -105,7 +107,7 @@ class SchedulerConfig:
     wire_limits: WireLimits = attrs.field(factory=WireLimits)
 
 
-class Scheduler(WorkerSide):
+class Scheduler(WorkerSide, DependencySide, GroupSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -144,6 +146,8 @@ class Scheduler(WorkerSide):
         self.workers_lost = 0
         self.started_at = now
         self.extra_stats: dict[str, Any] = {}  # figures the shell adds (journal, connections)
+        self._init_deps()
+        self.groups = GroupIndex()
         self._recover(now)
 
     # -- recovery -------------------------------------------------------------------------------
@@ -170,6 +174,8 @@ class Scheduler(WorkerSide):
             (j.not_before + to_monotonic_s, j.seq, j.id, j.spec.priority)
             for j in jobs if j.state is pending_state and j.not_before > 0.0]
         self.queue.load_entries(ready, delayed)
+        self._rebuild_deps()
+        self.groups.rebuild(self.table)
         if not self.table.counts[JobState.RUNNING]:
             return
         for job in jobs:
@@ -263,8 +269,15 @@ class Scheduler(WorkerSide):
             self._effects.append(Send(conn, msg))
 
     def _record(self, record: dict[str, Any]) -> JobRecord | None:
+        if self.groups.ids and record["op"] == "forget":
+            self.groups.forget(self.table, record["ids"])
         job = self.table.apply(record, self._now)
         self._effects.append(Journal(record))
+        if job is not None:
+            if job.spec.group is not None and record["op"] == "submit":
+                self.groups.add(job)
+            if job.spec.after or self.deps.children:
+                self._deps_changed(record, job)
         if job is not None and job.state.is_terminal:
             for waiter in self.waits.job_finished(job.id):
                 self._answer(waiter)
@@ -343,6 +356,10 @@ class Scheduler(WorkerSide):
             self._on_list(conn, msg)
         elif isinstance(msg, m.Cancel):
             self._on_cancel(conn, msg, now)
+        elif isinstance(msg, m.GroupRequest):
+            self._on_group_request(conn, msg, now)
+        elif isinstance(msg, m.Retry):
+            self._on_retry(conn, msg)
         elif isinstance(msg, m.Workers):
             self._reply(conn, msg.req_id, self.worker_list())
         elif isinstance(msg, m.Stats):
@@ -361,9 +378,9 @@ class Scheduler(WorkerSide):
 
     def _on_submit(self, conn: int, msg: m.Submit, now: float) -> None:
         for spec in msg.jobs:
-            if spec.after or spec.tags:
+            if spec.tags:
                 self._error(conn, msg.req_id, "bad_request",
-                            "job dependencies (after) and tag routing are not supported yet")
+                            "tag routing is not supported yet")
                 return
         self.backlog.run_or_queue(conn, self._submit_work(conn, msg), finish_on_close=True)
 
@@ -389,14 +406,18 @@ class Scheduler(WorkerSide):
     def _submit_work(self, conn: int, msg: m.Submit) -> Build:
         """Record a batch `SUBMITS_PER_TURN` jobs a turn; acknowledge it once all are. A key
         conflict refuses the whole batch before any of it is recorded."""
-        conflict = self.key_conflict(msg.jobs)
+        specs, unknown = resolve_after(self.table, msg.jobs)
+        if unknown is not None:
+            self._error(conn, msg.req_id, "bad_request", unknown)
+            return
+        conflict = self.key_conflict(specs)
         if conflict is not None:
             self._error(conn, msg.req_id, "conflict", conflict)
             return
         ids = []
-        for i, spec in enumerate(msg.jobs, 1):
+        for i, spec in enumerate(specs, 1):
             ids.append(self.submit(spec, self._now))
-            if i % SUBMITS_PER_TURN == 0 and i < len(msg.jobs):
+            if i % SUBMITS_PER_TURN == 0 and i < len(specs):
                 yield
         self._reply(conn, msg.req_id, ids)
 
@@ -412,7 +433,10 @@ class Scheduler(WorkerSide):
             id=self._new_job_id(), seq=self.table.next_seq, spec=spec, submitted_at=wall,
             not_before=wall + spec.delay if spec.delay > 0 else 0.0,
         )  # fmt: skip
-        self._record({"op": "submit", "job": job_to_dict(job)})
+        new = self._record({"op": "submit", "job": job_to_dict(job)})
+        if spec.after and (job.id in self.deps.waiting or new is None
+                           or self.table.jobs[job.id].state is not JobState.PENDING):
+            return job.id  # waits on its parents (core/deps.py), or a parent had failed
         self.queue.push(job.id, spec.priority, job.seq, now + spec.delay if spec.delay > 0
                         else 0.0)
         return job.id
@@ -432,8 +456,15 @@ class Scheduler(WorkerSide):
     def _status_work(self, conn: int, msg: m.Status) -> Build:
         jobs = yield from self._resolve_all(conn, msg.req_id, msg.job_ids)
         if jobs is not None:
-            self._reply(conn, msg.req_id, [
-                {**job.to_public(), "reason": self.parked.get(job.id)} for job in jobs])
+            self._reply(conn, msg.req_id, [{**job.to_public(), "reason": self.reason(job)}
+                                           for job in jobs])
+
+    def reason(self, job: JobRecord) -> str | None:
+        """The record's `reason`: why a pending job does not run, why a job failed or was
+        cancelled (a parent, "lost 3 workers"), or None."""
+        if job.state is JobState.PENDING:
+            return self.parked.get(job.id) or self.deps.reason(job.id)
+        return job.error if job.state in RETRYABLE_STATES else None
 
     def _wait_work(self, conn: int, msg: m.Wait) -> Build:
         jobs = yield from self._resolve_all(conn, msg.req_id, msg.job_ids)
@@ -504,6 +535,8 @@ class Scheduler(WorkerSide):
     # -- time and dispatch ----------------------------------------------------------------------
 
     def _advance(self, now: float) -> None:
+        if self._doomed:
+            self._cascade()  # children doomed while no leader acted (core/deps.py)
         deadline = self.detector.next_deadline()
         if deadline is not None and now >= deadline:
             for name, state in self.detector.check(now):
