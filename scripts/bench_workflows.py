@@ -3,9 +3,10 @@
 Starts one coordinator and `--workers` workers on free loopback ports in a temporary
 directory (every process stopped at the end, also on Ctrl-C), then measures:
 
-  release   `--chains` chains parent -> child of no-op shell jobs, all submitted at once:
-            the time from each parent's finish to its child's start (both times as the worker
-            reports them, one machine's clock), median and p90 in milliseconds.
+  release   `--chains` chains parent -> child (`after`) of no-op shell jobs, one chain at a
+            time: the time from each parent's finish to its child's start (both times as the
+            worker reports them, one machine's clock), median and p90 in milliseconds;
+            `release_burst`: the same with every chain submitted at once.
             Baseline (`client_chain`): the client waits for the parent, then submits the
             child, one chain at a time.
   map       `Client.map` of `--items` items with each `--chunk-size`, submitted and gathered
@@ -33,18 +34,29 @@ from tcpsched.testing.processes import ProcessGroup, wait_for_workers
 TIMEOUT_S = 600.0
 
 
-def release_latency(client: SyncClient, chains: int) -> dict[str, Any]:
-    pairs = []
-    for _ in range(chains):
-        parent = client.submit_shell("true")
-        pairs.append((parent, client.submit_shell("true", after=[parent])))
-    records = {r["id"]: r for r in client.gather([j for pair in pairs for j in pair],
-                                                 timeout=TIMEOUT_S)}
-    gaps_ms = sorted((records[child]["started_at"] - records[parent]["finished_at"]) * 1000
-                     for parent, child in pairs)
+def _figures(gaps_ms: list[float], chains: int) -> dict[str, Any]:
+    gaps_ms = sorted(gaps_ms)
     return {"chains": chains, "median_ms": round(statistics.median(gaps_ms), 2),
             "p90_ms": round(gaps_ms[int(0.9 * (len(gaps_ms) - 1))], 2),
             "max_ms": round(gaps_ms[-1], 2)}
+
+
+def release_latency(client: SyncClient, chains: int, burst: bool) -> dict[str, Any]:
+    """Parent -> child with `after`: one chain at a time, or (`burst`) all submitted at once."""
+    pairs = []
+    gaps_ms = []
+    for _ in range(chains):
+        parent = client.submit_shell("true")
+        pairs.append((parent, client.submit_shell("true", after=[parent])))
+        if not burst:
+            records = client.gather(pairs[-1], timeout=TIMEOUT_S)
+            gaps_ms.append((records[1]["started_at"] - records[0]["finished_at"]) * 1000)
+    if burst:
+        records = {r["id"]: r for r in client.gather([j for pair in pairs for j in pair],
+                                                     timeout=TIMEOUT_S)}
+        gaps_ms = [(records[child]["started_at"] - records[parent]["finished_at"]) * 1000
+                   for parent, child in pairs]
+    return _figures(gaps_ms, chains)
 
 
 def client_chain_latency(client: SyncClient, chains: int) -> dict[str, Any]:
@@ -55,10 +67,7 @@ def client_chain_latency(client: SyncClient, chains: int) -> dict[str, Any]:
         parent = client.wait(client.submit_shell("true"), timeout=TIMEOUT_S)
         child = client.wait(client.submit_shell("true"), timeout=TIMEOUT_S)
         gaps_ms.append((child["started_at"] - parent["finished_at"]) * 1000)
-    gaps_ms.sort()
-    return {"chains": chains, "median_ms": round(statistics.median(gaps_ms), 2),
-            "p90_ms": round(gaps_ms[int(0.9 * (len(gaps_ms) - 1))], 2),
-            "max_ms": round(gaps_ms[-1], 2)}
+    return _figures(gaps_ms, chains)
 
 
 def chunked_map(client: SyncClient, items: int, chunk_size: int) -> dict[str, Any]:
@@ -95,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             with SyncClient(address, connect_timeout=30.0) as client:
                 wait_for_workers(client, names, timeout=30.0)
                 print("release latency...", file=sys.stderr)
-                figures: dict[str, Any] = {"release": release_latency(client, args.chains)}
+                figures: dict[str, Any] = {
+                    "release": release_latency(client, args.chains, burst=False),
+                    "release_burst": release_latency(client, args.chains, burst=True)}
                 figures["client_chain"] = client_chain_latency(client, args.chains)
                 figures["map"] = []
                 for size in chunk_sizes:
@@ -106,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
-        r = figures["release"]
-        print(f"release latency over {r['chains']} chains: median {r['median_ms']} ms, "
-              f"p90 {r['p90_ms']} ms, max {r['max_ms']} ms")
+        for name in ("release", "release_burst"):
+            r = figures[name]
+            print(f"{name} latency over {r['chains']} chains: median {r['median_ms']} ms, "
+                  f"p90 {r['p90_ms']} ms, max {r['max_ms']} ms")
         b = figures["client_chain"]
         print(f"baseline, the client waits then submits: median {b['median_ms']} ms, "
               f"p90 {b['p90_ms']} ms")

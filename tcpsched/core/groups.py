@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 GROUP_WORK_PER_TURN = 5_000  # jobs a group request looks at per loop turn
 GROUP_ACTIONS = ("status", "ids", "list", "cancel")
+# A reply about more jobs than this (cancel or retry of a big group) carries short records
+# (id, state, group, attempts, error), so it stays far within a frame: 100,000 whole records
+# would not.
+FULL_RECORDS_MAX = 5_000
 
 
 def group_summary(group: str, jobs: list[JobRecord], wall: float) -> dict[str, Any]:
@@ -152,7 +156,7 @@ class GroupSide:
             self._reply(conn, msg.req_id, [job.id for job in jobs])
             return
         if msg.action == "list":
-            jobs = jobs[::-1][:msg.limit]  # newest first, like `list`
+            jobs = jobs[::-1][:min(msg.limit, FULL_RECORDS_MAX)]  # newest first, like `list`
         else:  # cancel: every job not yet finished
             jobs = [job for job in jobs if not job.state.is_terminal]
             for i, job in enumerate(jobs, 1):
@@ -165,10 +169,14 @@ class GroupSide:
 
     def _reply_records(self, conn: int, req_id: int, ids: list[str]) -> Build:
         budget = output_budget(len(ids))
-        out = []
+        short = len(ids) > FULL_RECORDS_MAX
+        out: list[dict[str, Any]] = []
         for i, job_id in enumerate(ids, 1):
             job = self.table.get(job_id)
-            if job is not None:
+            if job is not None and short:
+                out.append({"id": job.id, "state": job.state.value, "group": job.spec.group,
+                            "attempts": job.attempts, "error": job.error})
+            elif job is not None:
                 out.append(job.to_public(budget, budget, self.table.result_chars.get(job_id)))
             if i % GROUP_WORK_PER_TURN == 0:
                 yield
