@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -109,13 +109,15 @@ class Dependencies:
             self.drop(child)
         return [], doomed
 
-    def rebuild(self, table: JobTable) -> list[tuple[str, JobRecord]]:
-        """Index every pending job with parents (a leader starts); returns the (child, bad
-        parent) pairs to cancel now. Costs a pass over the pending jobs that have `after`."""
+    def rebuild(self, table: JobTable, jobs: Iterable[JobRecord]
+                ) -> list[tuple[str, JobRecord]]:
+        """Index every pending job of `jobs` (the table's, or those of them with `after`)
+        that has parents (a leader starts); returns the (child, bad parent) pairs to cancel
+        now."""
         self.waiting.clear()
         self.children.clear()
         doomed = []
-        for job in table.jobs.values():
+        for job in jobs:
             if job.state is JobState.PENDING and job.spec.after:
                 bad = self.add(job, table)
                 if bad is not None:
@@ -162,10 +164,10 @@ class DependencySide:
         self._doomed: collections.deque[tuple[str, str]] = collections.deque()
         self._cascading = False
 
-    def _rebuild_deps(self) -> None:
+    def _rebuild_deps(self, jobs: Iterable[JobRecord]) -> None:
         """At start: index waiting children, take them out of the queue `_recover` built, and
         doom those whose parent ended badly (cancelled at the first step)."""
-        for child, parent in self.deps.rebuild(self.table):
+        for child, parent in self.deps.rebuild(self.table, jobs):
             self._doomed.append((child, parent_error(parent)))
         for child in self.deps.waiting:
             self.queue.remove(child)

@@ -18,7 +18,7 @@ finished, and 0 once all have).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from tcpsched.core import messages as m
@@ -95,9 +95,10 @@ class GroupIndex:
                 if not members:
                     del self.ids[job.spec.group]
 
-    def rebuild(self, table: JobTable) -> None:
+    def rebuild(self, jobs: Iterable[JobRecord]) -> None:
+        """From the table's jobs (or those of them that have a group), in submission order."""
         self.ids.clear()
-        for job in table.jobs.values():
+        for job in jobs:
             if job.spec.group is not None:
                 self.add(job)
 

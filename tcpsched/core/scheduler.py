@@ -174,8 +174,10 @@ class Scheduler(WorkerSide, DependencySide, GroupSide):
             (j.not_before + to_monotonic_s, j.seq, j.id, j.spec.priority)
             for j in jobs if j.state is pending_state and j.not_before > 0.0]
         self.queue.load_entries(ready, delayed)
-        self._rebuild_deps()
-        self.groups.rebuild(self.table)
+        # One pass finds the jobs either index needs (most jobs have neither).
+        linked = [j for j in jobs if j.spec.after or j.spec.group is not None]
+        self._rebuild_deps(linked)
+        self.groups.rebuild(linked)
         if not self.table.counts[JobState.RUNNING]:
             return
         for job in jobs:

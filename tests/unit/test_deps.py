@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcpsched.core import messages as m
-from tcpsched.core.events import Journal, Received
+from tcpsched.core.events import Journal, Received, Tick
 from tcpsched.core.groups import group_summary
 from tcpsched.core.jobs import JobRecord, JobSpec, JobState
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig
@@ -260,3 +260,25 @@ def test_group_summary_math() -> None:
     assert done["finished_at"] == 104.0
     fresh = group_summary("g", [_job(0, JobState.PENDING, None, None)], wall=1.0)
     assert fresh["throughput"] is None and fresh["eta_s"] is None and fresh["progress"] == 0
+
+
+def test_a_new_leader_rebuilds_groups_and_dooms_children_of_a_parent_failed_meanwhile(
+        ) -> None:
+    """From a replayed table, the group index is the old leader's; a pending child whose
+    parent had failed (its cancel lost with a torn tail) is cancelled at the first step."""
+    h = DagHarness()
+    ids = [h.submit("true", group="g") for _ in range(3)]
+    parent = h.submit("false")
+    child = h.submit("true", after=(parent,))
+    table = JobTable()
+    for record in h.journal:
+        table.apply(record)
+    # The parent's failure is journaled, the child's cancel is not (a torn tail).
+    table.apply({"op": "start", "id": parent, "attempt": 1, "worker": "w", "at": 1.0})
+    table.apply({"op": "finish", "id": parent, "attempt": 1, "state": "failed", "at": 2.0})
+    new = Scheduler(SchedulerConfig(), random.Random(3), h.now + 1, table=table)
+    assert list(new.groups.ids["g"]) == ids
+    effects = new.step(Tick(), h.now + 1)
+    assert new.table.jobs[child].state is JobState.CANCELLED
+    assert new.table.jobs[child].error == f"parent {parent} failed"
+    assert any(isinstance(e, Journal) and e.record.get("id") == child for e in effects)
