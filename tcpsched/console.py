@@ -357,7 +357,7 @@ class Console:
                 counts = "  ".join(f"{k} {formatting.text(figures.get(k, 0))}" for k in (
                     "pending", "running", "succeeded", "failed", "reassigned"))
                 return formatting.workers_table(workers, colour) + "\n\n" + counts
-            if target.startswith("group"):
+            if target == "group" or target.startswith("group "):
                 name = target.partition(" ")[2]
                 if not name:
                     raise ConfigError("watch group takes the group id (the one `map` printed)")
