@@ -130,21 +130,26 @@ def resolve_after(table: JobTable, specs: tuple[JobSpec, ...]
     """The specs with `after` turned into full job ids (a key or id prefix names a parent as
     it does everywhere), or the one-line reason one names no job. Parents must exist now."""
     out = []
+    resolved: dict[tuple[str, ...], tuple[str, ...]] = {}  # a `map` names the same parents
     for spec in specs:
         if not spec.after:
             out.append(spec)
             continue
-        if len(spec.after) > AFTER_MAX:
-            return specs, f"a job may wait on at most {AFTER_MAX} parents, not {len(spec.after)}"
-        ids = []
-        for ref in spec.after:
-            parent = resolve(table, ref)
-            if parent is None:
-                return specs, ("unknown parent: " + not_found_message(table, ref)
-                               + "; a parent must exist when its child is submitted")
-            if parent.id not in ids:
-                ids.append(parent.id)
-        out.append(spec if tuple(ids) == spec.after else attrs.evolve(spec, after=tuple(ids)))
+        ids = resolved.get(spec.after)
+        if ids is None:
+            if len(spec.after) > AFTER_MAX:
+                return specs, (f"a job may wait on at most {AFTER_MAX} parents, not "
+                               f"{len(spec.after)}")
+            found: list[str] = []
+            for ref in spec.after:
+                parent = resolve(table, ref)
+                if parent is None:
+                    return specs, ("unknown parent: " + not_found_message(table, ref)
+                                   + "; a parent must exist when its child is submitted")
+                if parent.id not in found:
+                    found.append(parent.id)
+            ids = resolved[spec.after] = tuple(found)
+        out.append(spec if ids == spec.after else attrs.evolve(spec, after=ids))
     return tuple(out), None
 
 
