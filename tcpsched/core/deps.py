@@ -52,7 +52,8 @@ class Dependencies:
 
     def __init__(self) -> None:
         self.waiting: dict[str, set[str]] = {}  # child -> parents not yet succeeded
-        self.children: dict[str, list[str]] = {}  # parent -> children waiting on it
+        # parent -> children waiting on it (a dict as an ordered set: dropping one is O(1))
+        self.children: dict[str, dict[str, None]] = {}
 
     def reason(self, job_id: str) -> str | None:
         """What a waiting child waits on (the record's `reason`), or None."""
@@ -75,7 +76,7 @@ class Dependencies:
         if unmet:
             self.waiting[job.id] = unmet
             for parent_id in unmet:
-                self.children.setdefault(parent_id, []).append(job.id)
+                self.children.setdefault(parent_id, {})[job.id] = None
         return None
 
     def drop(self, job_id: str) -> None:
@@ -83,8 +84,8 @@ class Dependencies:
         parents = self.waiting.pop(job_id, None)
         for parent_id in parents or ():
             siblings = self.children.get(parent_id)
-            if siblings is not None and job_id in siblings:
-                siblings.remove(job_id)
+            if siblings is not None:
+                siblings.pop(job_id, None)
                 if not siblings:
                     del self.children[parent_id]
 
