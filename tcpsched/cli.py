@@ -23,6 +23,7 @@ import attrs
 
 from tcpsched import formatting
 from tcpsched.cli_schedule import add_schedule_parser, execute_schedule, sub_options_for
+from tcpsched.cli_workflows import add_workflow_parsers, execute_workflow
 from tcpsched.client import Client
 from tcpsched.config import (
     HelpFormatter,
@@ -69,7 +70,7 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_AUTH = 0, 1, 2, 3, 
 EXIT_WAIT_TIMEOUT = 5
 EXIT_QUEUE_FULL = 6
 COMMANDS = ("submit", "status", "wait", "logs", "list", "cancel", "workers", "coordinators",
-            "stats", "leader", "completion", "schedule")
+            "stats", "leader", "completion", "schedule", "map", "retry")
 STATES = tuple(s.value for s in JobState)
 SHELLS = ("bash", "zsh", "fish")
 LIST_PAGE_JOBS = 1000  # jobs asked for per round trip when a listing spans several pages
@@ -236,13 +237,13 @@ def add_command_parsers(parser: UsageParser, *, cli: bool = False) -> Any:
     p = command("status", "one job's record",
                 "One job's record, by id, idempotency key or id prefix (at least 4 "
                 "characters).")
-    p.add_argument("job", metavar="JOB", help="job id, idempotency key or id prefix")
+    p.add_argument("job", nargs="?", metavar="JOB", help="job id, idempotency key or id prefix")
 
     p = command("wait", "block until jobs are finished; exit 0 if all succeeded",
                 "Block until every job is finished; prints their records. Exit 0 if all "
                 f"succeeded, {EXIT_JOB_FAILED} if one failed or was cancelled, "
                 f"{EXIT_WAIT_TIMEOUT} if --timeout ran out first.")
-    p.add_argument("jobs", nargs="+", metavar="JOB", help="job ids, keys or id prefixes")
+    p.add_argument("jobs", nargs="*", metavar="JOB", help="job ids, keys or id prefixes")
     p.add_argument("--timeout", type=_seconds(minimum=0), default=None, metavar="S",
                    help=f"stop waiting after S seconds, 0 (look once) to {SECONDS_MAX}; "
                    f"unfinished jobs then exit {EXIT_WAIT_TIMEOUT} (default: wait forever)")
@@ -266,8 +267,9 @@ def add_command_parsers(parser: UsageParser, *, cli: bool = False) -> Any:
     p.add_argument("job", metavar="JOB", help="job id, idempotency key or id prefix")
 
     p = command("cancel", "cancel a pending job, or kill a running one")
-    p.add_argument("job", metavar="JOB", help="job id, idempotency key or id prefix")
+    p.add_argument("job", nargs="?", metavar="JOB", help="job id, idempotency key or id prefix")
 
+    add_workflow_parsers(sub, command)
     command("workers", "registered workers")
     command("stats", "cluster figures")
     command("leader", "which coordinator leads")
@@ -316,7 +318,8 @@ def parse_env(entries: list[str]) -> dict[str, str]:
 def spec_from_args(args: Any) -> JobSpec:
     options = dict(priority=args.priority, retries=args.retries, timeout=args.timeout,
                    delay=args.delay, key=args.key, env=parse_env(args.env), cwd=args.cwd,
-                   tags=tuple(t.strip() for t in args.tags.split(",") if t.strip()))
+                   tags=tuple(t.strip() for t in args.tags.split(",") if t.strip()),
+                   after=tuple(args.after))
     try:
         if args.shell is not None:
             if args.kwargs is not None:
@@ -342,6 +345,9 @@ async def execute(client: Client, args: Any, style: formatting.Styler | None = N
     """Run one parsed command. Errors from the cluster propagate as TcpschedError."""
     style = style or (lambda text, _state: text)
     command = args.command
+    workflow = await execute_workflow(client, args, style)
+    if workflow is not None:
+        return workflow
     if command == "submit":
         spec = spec_from_args(args)
         saved, client.queue_full_wait_s = client.queue_full_wait_s, args.queue_wait

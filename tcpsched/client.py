@@ -27,8 +27,10 @@ from typing import Any, TypeVar
 import attrs
 import msgpack
 
+from tcpsched.chunks import CHUNK_FUNCTION
 from tcpsched.client_backoff import Backoff
 from tcpsched.client_schedules import ScheduleMethods, SyncScheduleMethods
+from tcpsched.client_workflows import SyncWorkflowClient, WorkflowClient, new_group
 from tcpsched.config import TlsSettings, parse_address, parse_coordinators, read_token
 from tcpsched.core import messages as m
 from tcpsched.core.codec import (
@@ -211,7 +213,7 @@ def _spec(kind: str, **fields: Any) -> JobSpec:
         raise RequestError(str(exc)) from None
 
 
-class Client(ScheduleMethods):
+class Client(ScheduleMethods, WorkflowClient):
     def __init__(
         self,
         coordinators: Sequence[str] | str | None = None,
@@ -512,44 +514,63 @@ class Client(ScheduleMethods):
     async def submit_shell(self, command: str, *, priority: int = 0, retries: int = 0,
                            timeout: float | None = None, delay: float = 0.0,
                            key: str | None = None, env: dict[str, str] | None = None,
-                           cwd: str | None = None, tags: Sequence[str] = ()) -> str:
+                           cwd: str | None = None, tags: Sequence[str] = (),
+                           after: Sequence[str] = ()) -> str:
         """Queue a shell command; `env` is laid over the worker's environment, `cwd` is
         where it runs (default: the worker's --workdir); `tags`: only a worker with every
-        one of them runs it."""
+        one of them runs it; `after`: jobs (ids, keys or id prefixes) that must all succeed
+        first (the job is cancelled if one does not)."""
         return await self.submit(_spec("shell", command=command, priority=priority,
                                        retries=retries, timeout=timeout, delay=delay, key=key,
-                                       env=dict(env or {}), cwd=cwd, tags=tuple(tags)))
+                                       env=dict(env or {}), cwd=cwd, tags=tuple(tags),
+                                       after=tuple(after)))
 
     async def submit_call(self, function: str | Callable[..., Any], *args: Any,
                           priority: int = 0, retries: int = 0,
                           timeout: float | None = None, delay: float = 0.0,
                           key: str | None = None, env: dict[str, str] | None = None,
                           cwd: str | None = None, tags: Sequence[str] = (),
-                          **kwargs: Any) -> str:
+                          after: Sequence[str] = (), **kwargs: Any) -> str:
         """Queue `function(*args, **kwargs)`; priority, retries, timeout, delay, key, env,
-        cwd and tags are the job's options (a function taking arguments of those names needs
+        cwd, tags and after are the job's options (a function taking arguments of those names needs
         `submit`). `function` is "module:function" or a function object (`function_name`)."""
         return await self.submit(_spec("call", function=function_name(function), args=args,
                                        kwargs=kwargs, priority=priority, retries=retries,
                                        timeout=timeout, delay=delay, key=key,
-                                       env=dict(env or {}), cwd=cwd, tags=tuple(tags)))
+                                       env=dict(env or {}), cwd=cwd, tags=tuple(tags),
+                                       after=tuple(after)))
 
     async def map(self, function: str | Callable[..., Any], items: Iterable[Any], *,
                   priority: int = 0, retries: int = 0, timeout: float | None = None,
                   env: dict[str, str] | None = None, cwd: str | None = None,
-                  batch_size: int = SUBMIT_BATCH, tags: Sequence[str] = ()) -> list[str]:
-        """One job per item: a tuple item is the argument list, anything else one argument.
-        `function` is "module:function" or a function object (`function_name`). While the
-        leader's queue is full, it backs off and resends (the client's `queue_full_wait`)."""
+                  batch_size: int = SUBMIT_BATCH, chunk_size: int = 1,
+                  after: Sequence[str] = (), delay: float = 0.0,
+                  group: str | None = None, tags: Sequence[str] = ()) -> list[str]:
+        """One job per item, or with `chunk_size` K one job per K items whose result is the
+        list of the function's results for its items (`tcpsched.chunks`); `gather_results`
+        gives every item's result back in item order. A tuple item is the argument list,
+        anything else one argument. The jobs share a group id (`group`, default a new one;
+        every record shows it); `tags` route every one of them. `function` is
+        "module:function" or a function object. While the leader's queue is full, it backs
+        off and resends (the client's `queue_full_wait`)."""
+        if type(chunk_size) is not int or chunk_size < 1:
+            raise RequestError(f"chunk_size must be a whole number of at least 1, not "
+                               f"{chunk_size!r}")
         name = function_name(function)
         shared_env = dict(env or {})
-        shared_tags = tuple(tags)
-        specs = (
-            _spec("call", function=name, args=item if isinstance(item, tuple) else (item,),
-                  priority=priority, retries=retries, timeout=timeout, key=new_key(),
-                  env=shared_env, cwd=cwd, tags=shared_tags)
-            for item in items
-        )
+        shared = dict(priority=priority, retries=retries, timeout=timeout, env=shared_env,
+                      cwd=cwd, after=tuple(after), delay=delay, group=group or new_group(),
+                      tags=tuple(tags))
+        if chunk_size == 1:
+            specs: Iterable[JobSpec] = (
+                _spec("call", function=name, args=item if isinstance(item, tuple) else (item,),
+                      key=new_key(), **shared)
+                for item in items
+            )
+        else:
+            specs = (_spec("call", function=CHUNK_FUNCTION, args=(name, chunk), key=new_key(),
+                           **shared)
+                     for chunk in _chunks(items, chunk_size))
         return await self.submit_many(specs, batch_size)
 
     async def wait_records(self, job_ids: Sequence[str], timeout: float | None = None
@@ -650,6 +671,18 @@ class Client(ScheduleMethods):
         return await self._request(lambda r: m.Coordinators(req_id=r))
 
 
+def _chunks(items: Iterable[Any], size: int) -> Iterable[list[list[Any]]]:
+    """Argument lists of `items`, `size` at a time (a tuple item is its argument list)."""
+    chunk: list[list[Any]] = []
+    for item in items:
+        chunk.append(list(item) if isinstance(item, tuple) else [item])
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _wait_request(req_id: int, job_ids: tuple[str, ...], timeout: float | None) -> m.Wait:
     return m.Wait(req_id=req_id, job_ids=job_ids, timeout=timeout)
 
@@ -674,7 +707,7 @@ def _error_from(reply: m.ErrorReply) -> Exception:
     return RequestError(reply.message)
 
 
-class SyncClient(SyncScheduleMethods):
+class SyncClient(SyncScheduleMethods, SyncWorkflowClient):
     """The same methods as `Client`, blocking, on a private event loop."""
 
     def __init__(self, coordinators: Sequence[str] | str | None = None,

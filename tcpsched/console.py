@@ -57,6 +57,7 @@ from tcpsched.console_toolbar import POLL_INTERVAL_S, Poller
 from tcpsched.core.printable import escape_controls
 from tcpsched.errors import ConfigError, TcpschedError
 from tcpsched.follow import follow
+from tcpsched.formatting_groups import group_text
 
 PROMPT = "tcpsched> "
 MAX_LINES = 200
@@ -216,7 +217,8 @@ class Console:
             elif command == "help":
                 self.report(line, self.help_text(rest[0] if rest else None))
             elif command == "watch":
-                await self.watch(rest[0] if rest else "jobs", line)
+                await self.watch(" ".join(rest[:2]) if rest[:1] == ["group"]
+                                 else rest[0] if rest else "jobs", line)
             elif command == "logs":
                 await self._logs(line, rest, as_json)
             elif command == "worker":
@@ -374,6 +376,11 @@ class Console:
                 counts = "  ".join(f"{k} {formatting.text(figures.get(k, 0))}" for k in (
                     "pending", "running", "succeeded", "failed", "reassigned"))
                 return formatting.workers_table(workers, colour) + "\n\n" + counts
+            if target == "group" or target.startswith("group "):
+                name = target.partition(" ")[2]
+                if not name:
+                    raise ConfigError("watch group takes the group id (the one `map` printed)")
+                return group_text(await self.client.group_status(name))
             if target == "jobs":
                 rows = max(self._rows() - 4, 5)
                 records = await self.client.list(None, rows)

@@ -26,7 +26,8 @@ RECENT_JOBS_MAX = 500
 # Console-only commands and what `help` says about them (the CLI's come from its parser).
 CONSOLE_COMMANDS: dict[str, tuple[str, str]] = {
     "help": ("[COMMAND]", "list the commands, or explain one"),
-    "watch": ("[JOB|jobs|workers]", "a live view, refreshed every second, until a key is pressed"),
+    "watch": ("[JOB|jobs|workers|group G]",
+              "a live view, refreshed every second, until a key is pressed"),
     "logs": ("JOB [--follow]", "a job's stdout and stderr (--follow: as it comes, until it ends)"),
     "worker": ("NAME", "one worker and the jobs running on it"),
     "use": ("HOST:PORT[,...]", "talk to another cluster"),
@@ -43,9 +44,18 @@ class Catalog:
         factory=collections.OrderedDict)
     workers: dict[str, str] = attrs.field(factory=dict)
     addresses: list[str] = attrs.field(factory=list)
+    groups: dict[str, None] = attrs.field(factory=dict)  # group ids seen, oldest first
+
+    def note_group(self, group: Any) -> None:
+        if isinstance(group, str):
+            self.groups.pop(group, None)
+            self.groups[group] = None
+            while len(self.groups) > RECENT_JOBS_MAX:
+                del self.groups[next(iter(self.groups))]
 
     def note_job(self, record: dict[str, Any]) -> None:
         job_id = record.get("id")
+        self.note_group(record.get("group"))
         if not isinstance(job_id, str):
             return
         self.jobs.pop(job_id, None)
@@ -55,7 +65,9 @@ class Catalog:
 
     def note_value(self, value: Any) -> None:
         """Remember whatever job records or ids a command returned."""
-        if isinstance(value, dict) and "state" in value:
+        if isinstance(value, dict) and isinstance(value.get("ids"), list):
+            self.note_group(value.get("group"))  # what `map` printed
+        elif isinstance(value, dict) and "state" in value:
             self.note_job(value)
         elif isinstance(value, dict) and isinstance(value.get("id"), str):
             self.note_job({"id": value["id"], "state": "pending"})
@@ -113,17 +125,22 @@ class ConsoleCompleter(Completer):
                 ("--json", "print the JSON document"), ("--help", "explain this command")]
         taking_value = flags.get(previous)
         if previous != command and taking_value is not None and taking_value.nargs != 0:
+            if previous == "--group":
+                return [(g, "group") for g in reversed(self.catalog.groups)]
             choices = taking_value.choices or ()
             return [(str(c), "") for c in choices]
         positionals = [w for w in words[1:] if not w.startswith("-")]
         jobs = [(job_id, f"{state} {what}") for job_id, (state, what)
                 in self.catalog.recent_jobs()]
-        if command in ("status", "cancel", "logs", "explain"):
+        if command == "watch" and positionals == ["group"]:
+            return [(g, "group") for g in reversed(self.catalog.groups)]
+        if command in ("status", "cancel", "logs", "explain", "retry"):
             return jobs if not positionals else []
         if command == "wait":
             return [j for j in jobs if j[0] not in positionals]
         if command == "watch" and not positionals:
-            return [("jobs", "the newest jobs"), ("workers", "the workers"), *jobs]
+            return [("jobs", "the newest jobs"), ("workers", "the workers"),
+                    ("group", "a group's progress bar"), *jobs]
         if command == "worker" and not positionals:
             return sorted(self.catalog.workers.items())
         if command == "help" and not positionals:

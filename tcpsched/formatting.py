@@ -281,8 +281,12 @@ def record_text(r: Any, style: Styler = _plain) -> str:
         fields.append(("result", _json_text(r.get("result"))))
     if r.get("error"):
         fields.append(("error", r["error"]))
-    if r.get("reason"):
+    if r.get("reason") and r.get("reason") != r.get("error"):
         fields.append(("reason", r["reason"]))
+    if r.get("after") and isinstance(r["after"], list):
+        fields.append(("after", ", ".join(text(p) for p in r["after"])))
+    if r.get("group"):
+        fields.append(("group", r["group"]))
     lines = [f"{k + ':':<11}{v if k in ('id', 'state', 'job') else text(v)}"
              for k, v in fields]
     for stream in ("stdout", "stderr"):

@@ -46,6 +46,10 @@ class JobState(enum.StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+# What `retry` takes back to pending (its own record, core/state.py: not a transition of
+# `LEGAL_TRANSITIONS`, which keeps terminal states final for every other change).
+RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.CANCELLED})
+GROUP_CHARS_MAX = 64
 
 LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
@@ -135,6 +139,8 @@ def _check_spec(spec: JobSpec) -> None:
     for tag in spec.tags:
         if not tag or len(tag) > 64:
             raise ValueError("tags must have 1 to 64 characters")
+    if spec.group is not None and not 0 < len(spec.group) <= GROUP_CHARS_MAX:
+        raise ValueError(f"group must have 1 to {GROUP_CHARS_MAX} characters")
     check_env(spec.env)
     check_cwd(spec.cwd)
 
@@ -186,6 +192,7 @@ class JobSpec:
     after: tuple[str, ...] = ()
     env: dict[str, str] = attrs.field(factory=dict)  # laid over the worker's environment
     cwd: str | None = None  # None: the worker's --workdir (or its own directory)
+    group: str | None = None  # jobs of one `map` share it (core/groups.py)
 
     def __attrs_post_init__(self) -> None:
         _check_spec(self)
@@ -269,4 +276,5 @@ class JobRecord:
         )
         if spec.key is not None:
             out["key"] = spec.key
+        out["group"] = spec.group
         return out

@@ -509,3 +509,40 @@ class Explain:
 
 ALL_MESSAGES = (*ALL_MESSAGES, Explain)
 CLIENT_REQUESTS = CLIENT_REQUESTS | {Explain}
+
+# -- workflows: dependencies, groups and retry (core/deps.py, core/groups.py) -------------------
+
+
+def _group(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not 0 < len(value) <= NAME_CHARS_MAX:
+        raise ValueError(f"{attribute.name} must have 1 to {NAME_CHARS_MAX} characters")
+
+
+@attrs.frozen
+class GroupRequest:
+    """About every job of a group: `action` is "status" (counts, progress, throughput, ETA),
+    "ids" (in submission order), "list" (records, newest first) or "cancel"; `state` filters
+    ids and list."""
+
+    TYPE: ClassVar[str] = "group"
+    req_id: int
+    group: str = attrs.field(validator=_group)
+    action: str = "status"
+    state: str | None = None
+    limit: int = attrs.field(default=100, validator=_non_negative)
+
+
+@attrs.frozen
+class Retry:
+    """Requeue failed or cancelled jobs as a new attempt: the jobs `job_ids` name, or those of
+    `group` (only those in `state` when it is given)."""
+
+    TYPE: ClassVar[str] = "retry"
+    req_id: int
+    job_ids: tuple[str, ...] = attrs.field(default=(), validator=_ids)
+    group: str | None = attrs.field(default=None, validator=_group)
+    state: str | None = None
+
+
+ALL_MESSAGES = (*ALL_MESSAGES, GroupRequest, Retry)
+CLIENT_REQUESTS = CLIENT_REQUESTS | {GroupRequest, Retry}

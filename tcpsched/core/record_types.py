@@ -210,6 +210,17 @@ class ForgetRecord:
 
 
 @attrs.frozen
+class RetryRecord:
+    """`retry`: a failed or cancelled job back to pending as a new attempt (core/state.py)."""
+
+    OP: ClassVar[str] = "retry"
+    epoch: int = attrs.field(validator=_position)
+    seq: int = attrs.field(validator=_position)
+    id: str = attrs.field(validator=_job_id)
+    at: float = attrs.field(validator=_time)
+
+
+@attrs.frozen
 class EpochRecord:
     """A leader's first entry of its epoch: where the epoch lives in the log."""
 
@@ -220,10 +231,10 @@ class EpochRecord:
 
 
 Record = (SubmitRecord | StartRecord | FinishRecord | RequeueRecord | CancelRecord
-          | ForgetRecord | EpochRecord)
+          | ForgetRecord | EpochRecord | RetryRecord)
 RECORD_TYPES: dict[str, type] = {cls.OP: cls for cls in (  # type: ignore[attr-defined]
     SubmitRecord, StartRecord, FinishRecord, RequeueRecord, CancelRecord, ForgetRecord,
-    EpochRecord)}
+    EpochRecord, RetryRecord)}
 # Schedules' records (cron and interval schedules, core/schedule_records.py).
 from tcpsched.core.schedule_records import SCHEDULE_RECORD_TYPES  # noqa: E402
 

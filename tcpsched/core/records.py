@@ -268,6 +268,7 @@ _spec_key = _slot_setter(JobSpec, "key")
 _spec_after = _slot_setter(JobSpec, "after")
 _spec_env = _slot_setter(JobSpec, "env")
 _spec_cwd = _slot_setter(JobSpec, "cwd")
+_spec_group = _slot_setter(JobSpec, "group")
 _job_id = _slot_setter(JobRecord, "id")
 _job_seq = _slot_setter(JobRecord, "seq")
 _job_spec = _slot_setter(JobRecord, "spec")
@@ -381,6 +382,7 @@ def _build_job(job_id: str, seq: int, state: str, submitted_at: float, kind: str
         _spec_kwargs(spec, _NO_KWARGS)
         _spec_env(spec, _NO_ENV)
         _spec_cwd(spec, None)
+        _spec_group(spec, None)
         _job_attempts(job, 0)
         _job_worker(job, None)
         _job_started_at(job, None)
@@ -403,6 +405,7 @@ def _build_job(job_id: str, seq: int, state: str, submitted_at: float, kind: str
         _spec_kwargs(spec, decode(get("kwargs", {})))
         _spec_env(spec, get("env") or _NO_ENV)  # strings only: stored as they are
         _spec_cwd(spec, get("cwd"))
+        _spec_group(spec, get("group"))
         _job_attempts(job, get("attempts", 0))
         _job_worker(job, get("worker"))
         _job_started_at(job, get("started_at"))
@@ -437,6 +440,7 @@ def _build_job(job_id: str, seq: int, state: str, submitted_at: float, kind: str
 _PLAIN_SPEC_DEFAULTS: tuple[tuple[Any, Any], ...] = (
     (_spec_retries, 0), (_spec_timeout, None), (_spec_delay, 0.0), (_spec_tags, ()),
     (_spec_after, ()), (_spec_kwargs, _NO_KWARGS), (_spec_env, _NO_ENV), (_spec_cwd, None),
+    (_spec_group, None),
 )
 _PLAIN_JOB_DEFAULTS: tuple[tuple[Any, Any], ...] = (
     (_job_attempts, 0), (_job_worker, None), (_job_started_at, None), (_job_finished_at, None),
@@ -449,7 +453,8 @@ _consume: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend
 # `job_from_row` and `jobs_from_rows` name every field by hand; a field added to jobs.py must
 # be added there too.
 assert _SPEC_FIELDS == ("kind", "command", "function", "args", "kwargs", "priority", "retries",
-                        "timeout", "delay", "tags", "key", "after", "env", "cwd"), _SPEC_FIELDS
+                        "timeout", "delay", "tags", "key", "after", "env", "cwd", "group"
+                        ), _SPEC_FIELDS
 assert _RECORD_FIELDS == ("id", "seq", "attempts", "worker", "submitted_at", "started_at",
                           "finished_at", "exit_code", "result", "stdout", "stderr", "error",
                           "not_before", "lost_workers", "failures"), _RECORD_FIELDS

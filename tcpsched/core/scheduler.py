@@ -42,6 +42,7 @@ from tcpsched.core import messages as m
 from tcpsched.core.backlog import Backlog
 from tcpsched.core.backpressure import MAX_PENDING_DEFAULT, Admission
 from tcpsched.core.breaker import BreakerConfig, CircuitBreaker
+from tcpsched.core.deps import DependencySide, resolve_after
 from tcpsched.core.detector import ALIVE, DEAD, SUSPECT, DetectorConfig, FailureDetector
 from tcpsched.core.dispatch import (
     PLACEMENT_SKIPS_MAX,
@@ -51,8 +52,9 @@ from tcpsched.core.dispatch import (
 )
 from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Send, Tick
 from tcpsched.core.explain import Placement
+from tcpsched.core.groups import GroupIndex, GroupSide
 from tcpsched.core.jobqueue import JobQueue
-from tcpsched.core.jobs import JobRecord, JobSpec, JobState
+from tcpsched.core.jobs import RETRYABLE_STATES, JobRecord, JobSpec, JobState
 from tcpsched.core.limits import WireLimits
 from tcpsched.core.liveside import LiveSide
 from tcpsched.core.placement import PlacementSide
@@ -115,7 +117,7 @@ class SchedulerConfig:
     wire_limits: WireLimits = attrs.field(factory=WireLimits)
 
 
-class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide):
+class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -160,6 +162,8 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide):
         # What dispatch knew when it placed each recent job, for `explain` (bounded).
         self.placements: OrderedDict[str, Placement] = OrderedDict()
         self.started_total = 0
+        self._init_deps()
+        self.groups = GroupIndex()
         self._recover(now)
         self._init_schedules()
 
@@ -187,6 +191,10 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide):
             (j.not_before + to_monotonic_s, j.seq, j.id, j.spec.priority)
             for j in jobs if j.state is pending_state and j.not_before > 0.0]
         self.queue.load_entries(ready, delayed)
+        # One pass finds the jobs either index needs (most jobs have neither).
+        linked = [j for j in jobs if j.spec.after or j.spec.group is not None]
+        self._rebuild_deps(linked)
+        self.groups.rebuild(linked)
         if not self.table.counts[JobState.RUNNING]:
             return
         for job in jobs:
@@ -289,8 +297,15 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide):
             self._effects.append(Send(conn, msg))
 
     def _record(self, record: dict[str, Any]) -> JobRecord | None:
+        if self.groups.ids and record["op"] == "forget":
+            self.groups.forget(self.table, record["ids"])
         job = self.table.apply(record, self._now)
         self._effects.append(Journal(record))
+        if job is not None:
+            if job.spec.group is not None and record["op"] == "submit":
+                self.groups.add(job)
+            if job.spec.after or self.deps.children:
+                self._deps_changed(record, job)
         if job is not None and job.state.is_terminal:
             for waiter in self.waits.job_finished(job.id):
                 self._answer(waiter)
@@ -376,6 +391,10 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide):
             self._on_cancel(conn, msg, now)
         elif isinstance(msg, m.Tail):
             self._on_tail(conn, msg)
+        elif isinstance(msg, m.GroupRequest):
+            self._on_group_request(conn, msg, now)
+        elif isinstance(msg, m.Retry):
+            self._on_retry(conn, msg)
         elif isinstance(msg, m.Workers):
             self._reply(conn, msg.req_id, self.worker_list())
         elif isinstance(msg, m.Stats):
@@ -397,11 +416,6 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide):
                 return job_id
 
     def _on_submit(self, conn: int, msg: m.Submit, now: float) -> None:
-        for spec in msg.jobs:
-            if spec.after:
-                self._error(conn, msg.req_id, "bad_request",
-                            "job dependencies (after) are not supported yet")
-                return
         keys = self.table.keys
         new_jobs = sum(1 for spec in msg.jobs if spec.key is None or spec.key not in keys)
         refusal = self.admission.admit(new_jobs, self.table.counts[JobState.PENDING])
@@ -438,14 +452,18 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide):
         conflict refuses the whole batch before any of it is recorded. `reserved` is the room
         admission kept for it, given back as its jobs enter the table."""
         try:
-            conflict = self.key_conflict(msg.jobs)
+            specs, unknown = resolve_after(self.table, msg.jobs)
+            if unknown is not None:
+                self._error(conn, msg.req_id, "bad_request", unknown)
+                return
+            conflict = self.key_conflict(specs)
             if conflict is not None:
                 self._error(conn, msg.req_id, "conflict", conflict)
                 return
             ids = []
-            for i, spec in enumerate(msg.jobs, 1):
+            for i, spec in enumerate(specs, 1):
                 ids.append(self.submit(spec, self._now))
-                if i % SUBMITS_PER_TURN == 0 and i < len(msg.jobs):
+                if i % SUBMITS_PER_TURN == 0 and i < len(specs):
                     self.admission.recorded(min(reserved, SUBMITS_PER_TURN))
                     reserved -= min(reserved, SUBMITS_PER_TURN)
                     yield
@@ -465,7 +483,10 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide):
             id=self._new_job_id(), seq=self.table.next_seq, spec=spec, submitted_at=wall,
             not_before=wall + spec.delay if spec.delay > 0 else 0.0,
         )  # fmt: skip
-        self._record({"op": "submit", "job": job_to_dict(job)})
+        new = self._record({"op": "submit", "job": job_to_dict(job)})
+        if spec.after and (job.id in self.deps.waiting or new is None
+                           or self.table.jobs[job.id].state is not JobState.PENDING):
+            return job.id  # waits on its parents (core/deps.py), or a parent had failed
         self.queue.push(job.id, spec.priority, job.seq, now + spec.delay if spec.delay > 0
                         else 0.0)
         return job.id
@@ -485,8 +506,15 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide):
     def _status_work(self, conn: int, msg: m.Status) -> Build:
         jobs = yield from self._resolve_all(conn, msg.req_id, msg.job_ids)
         if jobs is not None:
-            self._reply(conn, msg.req_id, [
-                {**job.to_public(), "reason": self.parked.get(job.id)} for job in jobs])
+            self._reply(conn, msg.req_id, [{**job.to_public(), "reason": self.reason(job)}
+                                           for job in jobs])
+
+    def reason(self, job: JobRecord) -> str | None:
+        """The record's `reason`: why a pending job does not run, why a job failed or was
+        cancelled (a parent, "lost 3 workers"), or None."""
+        if job.state is JobState.PENDING:
+            return self.parked.get(job.id) or self.deps.reason(job.id)
+        return job.error if job.state in RETRYABLE_STATES else None
 
     def _wait_work(self, conn: int, msg: m.Wait) -> Build:
         jobs = yield from self._resolve_all(conn, msg.req_id, msg.job_ids)
@@ -557,6 +585,8 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide):
     # -- time and dispatch ----------------------------------------------------------------------
 
     def _advance(self, now: float) -> None:
+        if self._doomed:
+            self._cascade()  # children doomed while no leader acted (core/deps.py)
         deadline = self.detector.next_deadline()
         if deadline is not None and now >= deadline:
             for name, state in self.detector.check(now):

@@ -8,7 +8,7 @@ restart cannot drift from the state before it. `image()` takes an immutable view
 table (jobs are frozen values, so this is a cheap list copy) that can be written out while the
 table goes on changing; `snapshot()` renders it, and `from_snapshot()` rebuilds the table.
 
-Ops: submit, start, finish, requeue, cancel, forget. `apply` checks each against the legal
+Ops: submit, start, finish, requeue, cancel, retry, forget. `apply` checks each against the legal
 transitions of `core/jobs.py` and raises `ValueError` on anything else: the caller built a
 wrong record, which is a bug (or, during recovery, a corrupt journal).
 
@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import attrs
 
-from tcpsched.core.jobs import JobRecord, JobState, is_legal, value_chars
+from tcpsched.core.jobs import RETRYABLE_STATES, JobRecord, JobState, is_legal, value_chars
 from tcpsched.core.records import job_from_dict, job_to_dict, job_to_row, jobs_from_rows
 from tcpsched.core.schedules import SCHEDULE_OPS, ScheduleTable
 
@@ -223,6 +223,8 @@ class JobTable:
                 job, state=JobState.CANCELLED, finished_at=record["at"],
                 error=record.get("error", "cancelled"),
             )  # fmt: skip
+        elif op == "retry":
+            return self._retry(self._job(record))
         elif op == "epoch":
             # A leader's first entry of its epoch (core/node.py): it changes no job.
             return None
@@ -256,6 +258,26 @@ class JobTable:
             job = self.apply({"op": "submit", "job": record["job"]}, now)
         self.schedules.apply(record, None if job is None else job.id)
         return job
+    def _retry(self, job: JobRecord) -> JobRecord:
+        """A failed or cancelled job back to pending as a new attempt: same id, seq (its place
+        in the queue), submission time and attempt count (the next start is attempt + 1); the
+        outcome of the last attempt is cleared, and so are the counts the retry and poison
+        limits read, so the job gets its retries again. Terminal states stay final for every
+        other record: this is the one way out, and only from `RETRYABLE_STATES`."""
+        if job.state not in RETRYABLE_STATES:
+            raise ValueError(f"job {job.id}: cannot retry a {job.state} job")
+        new = attrs.evolve(
+            job, state=JobState.PENDING, worker=None, started_at=None, finished_at=None,
+            exit_code=None, result=None, stdout="", stderr="", error=None, not_before=0.0,
+            lost_workers=0, failures=0,
+        )  # fmt: skip
+        self.counts[job.state] -= 1
+        self.counts[JobState.PENDING] += 1
+        if self.finished_order.pop(job.id, None) is not None:
+            self.finished_output_chars -= (len(job.stdout) + len(job.stderr)
+                                           + self.result_chars.pop(job.id, 0))
+        self.jobs[job.id] = new
+        return new
 
     def statistics(self) -> TableStatistics:
         c = self.counts

@@ -7,8 +7,10 @@ look at what each line did (the console's `Outcome`s), never at rendered bytes.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -220,3 +222,26 @@ async def test_schedule_commands(console: Driver) -> None:
     assert "removed" in (await console.run("schedule remove nightly")).text
     missing = await console.run("schedule show nightly")
     assert missing.is_error and "no schedule named 'nightly'" in missing.text
+
+
+async def test_map_group_status_and_watch_group(console: Driver, tmp_path: Path) -> None:
+    """map in the console prints the group; status --group and `watch group G` show its
+    progress bar; the group then completes after --group."""
+    con = console.console
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(f"{i}\n" for i in range(20)))
+    mapped = await console.run(f"map --call operator:neg --items {items} --chunk-size 5 --json")
+    assert not mapped.is_error, mapped.text
+    group = json.loads(mapped.text)["group"]
+    waited = await console.run(f"wait --group {group} --timeout 30")
+    assert not waited.is_error and "succeeded" in waited.text
+    status = await console.run(f"status --group {group}")
+    assert "100.0%" in status.text and "4/4 done" in status.text
+    assert completions(con, "list --group ") == [group]
+    console.pipe.send_text(f"watch group {group}\r")
+    async with asyncio.timeout(TIMEOUT_S):
+        await con.watching.wait()
+    console.pipe.send_text("\r")
+    async with asyncio.timeout(TIMEOUT_S):
+        outcome = await console.outcomes.get()
+    assert outcome.line == f"watch group {group}" and not outcome.is_error

@@ -82,6 +82,9 @@ FIELD_OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (m.Challenge, "nonce"): NONCES,
     (m.Welcome, "epoch"): NON_NEGATIVE,
     (m.ListJobs, "limit"): NON_NEGATIVE,
+    (m.GroupRequest, "group"): NAMES,
+    (m.GroupRequest, "limit"): NON_NEGATIVE,
+    (m.Retry, "group"): st.none() | NAMES,
     (m.Register, "name"): NAMES,
     (m.Register, "slots"): st.integers(1, 10_000),
     (m.Register, "allow_call"): st.lists(FUNCTIONS | _IDENT, max_size=3).map(
