@@ -339,16 +339,16 @@ def _plain_jobs(n: int, ids: Sequence[str], seqs: Sequence[int],  # noqa: PLR091
     for setter, value in _PLAIN_JOB_DEFAULTS:
         _consume(map(setter, jobs, repeat(value, n)))
     kind_set = set(kinds)
-    # One string object per distinct function or command of the chunk, not one per job: a
-    # parser makes a new string for every value it reads (60 bytes for "module:function").
+    # One string object per distinct function (interned, like `_build_job`'s) or command (of
+    # the chunk), not one per job: a parser makes a new string for every value it reads (60
+    # bytes for "module:function").
     names: dict[str | None, str | None] = {}
-    targets = list(map(names.setdefault, targets, targets))
     if kind_set == {"call"}:
         _consume(map(_spec_command, specs, repeat(None, n)))
-        _consume(map(_spec_function, specs, targets))
+        _consume(map(_spec_function, specs, map(_intern, targets)))  # type: ignore[arg-type]
         kind_values: Iterable[str] = repeat(_CALL, n)
     elif kind_set == {"shell"}:
-        _consume(map(_spec_command, specs, targets))
+        _consume(map(_spec_command, specs, map(names.setdefault, targets, targets)))
         _consume(map(_spec_function, specs, repeat(None, n)))
         kind_values = repeat(_SHELL, n)
     else:

@@ -262,8 +262,8 @@ class Scheduler(WorkerSide):
         if conn is not None:
             self._effects.append(Send(conn, msg))
 
-    def _record(self, record: dict[str, Any]) -> JobRecord | None:
-        job = self.table.apply(record, self._now)
+    def _record(self, record: dict[str, Any], built: JobRecord | None = None) -> JobRecord | None:
+        job = self.table.apply(record, self._now, built)
         self._effects.append(Journal(record))
         if job is not None and job.state.is_terminal:
             for waiter in self.waits.job_finished(job.id):
@@ -412,7 +412,7 @@ class Scheduler(WorkerSide):
             id=self._new_job_id(), seq=self.table.next_seq, spec=spec, submitted_at=wall,
             not_before=wall + spec.delay if spec.delay > 0 else 0.0,
         )  # fmt: skip
-        self._record({"op": "submit", "job": job_to_dict(job)})
+        self._record({"op": "submit", "job": job_to_dict(job)}, job)
         self.queue.push(job.id, spec.priority, job.seq, now + spec.delay if spec.delay > 0
                         else 0.0)
         return job.id
