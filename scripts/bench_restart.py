@@ -1,12 +1,15 @@
 """Restart time and memory per queued job: a coordinator started on a data directory of N jobs.
 
-    python scripts/bench_restart.py [--jobs 1000000] [--runs 3] [--journal-share 0.1] [--json]
+    python scripts/bench_restart.py [--jobs 1000000] [--runs 3] [--journal-share 0.1]
+                                    [--data-dir DIR] [--json]
 
 The data directory holds N queued call jobs (`operator:add`, two integer arguments, an
 idempotency key each), a share of them (`--journal-share`) as journal records after the
-snapshot and the rest in `snapshot.json`. It is written with the storage code itself (the real
-`JobTable`, `write_snapshot` and `encode_line`): submitting a million jobs over the wire would
-measure the network, not recovery. Then, RUNS times, a coordinator is spawned on it and timed
+snapshot and the rest in `snapshot.json`. It is written with the storage code itself
+(tcpsched/testing/datadirs.py: the real `JobTable`, `write_snapshot` and `encode_line`):
+submitting a million jobs over the wire would measure the network, not recovery; `--data-dir`
+keeps it (built there if absent, reused if present, never written to by the runs). Then,
+RUNS times, a coordinator is spawned on a copy of it and timed
 from spawn until the first successful `stats` reply through the real `SyncClient` (the
 coordinator listens only once it has recovered, so the client's first connection is polled for
 without its reconnect backoff). Memory: the RSS of that coordinator minus the RSS of one spawned
@@ -19,9 +22,8 @@ on an empty directory, divided by N. Figures are medians over the runs.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import random
+import shutil
 import socket
 import statistics
 import sys
@@ -34,11 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tcpsched.client import SyncClient  # noqa: E402
-from tcpsched.core.jobs import JobRecord, JobSpec  # noqa: E402
-from tcpsched.core.records import job_to_dict  # noqa: E402
-from tcpsched.core.state import JobTable  # noqa: E402
-from tcpsched.runtime.journal import encode_line, segment_name  # noqa: E402
-from tcpsched.runtime.snapshot import write_snapshot  # noqa: E402
+from tcpsched.testing.datadirs import build_data_dir  # noqa: E402
 from tcpsched.testing.processes import ProcessGroup, free_port  # noqa: E402
 
 SPAWN_TIMEOUT_S = 600.0
@@ -49,37 +47,6 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def build_data_dir(data_dir: Path, jobs: int, journal_share: float = 0.1) -> float:
-    """Write `jobs` queued call jobs into `data_dir`; returns the seconds it took."""
-    started = time.perf_counter()
-    rng = random.Random(1)
-    in_journal = round(jobs * journal_share)
-    in_snapshot = jobs - in_journal
-    now = time.time()
-
-    def submit(i: int) -> dict[str, Any]:
-        spec = JobSpec(kind="call", function="operator:add", args=(i, 1),
-                       key=f"{rng.getrandbits(128):032x}")
-        job = JobRecord(id=f"{rng.getrandbits(48):012x}", seq=i + 1, spec=spec,
-                        submitted_at=now + i * 1e-6)
-        return {"op": "submit", "job": job_to_dict(job)}
-
-    data_dir.mkdir(parents=True)
-    gc.disable()
-    try:
-        table = JobTable()
-        for i in range(in_snapshot):
-            table.apply(submit(i))
-        write_snapshot(data_dir, in_snapshot, table.image())
-        del table
-        with open(data_dir / segment_name(in_snapshot + 1), "wb") as f:
-            for i in range(in_snapshot, jobs):
-                f.write(encode_line(i + 1, submit(i)))
-    finally:
-        gc.enable()
-    return time.perf_counter() - started
 
 
 def time_start(group: ProcessGroup, name: str, data_dir: Path, jobs: int
@@ -112,12 +79,15 @@ def time_start(group: ProcessGroup, name: str, data_dir: Path, jobs: int
 
 
 def measure(jobs: int = 1_000_000, runs: int = 3, journal_share: float = 0.1,
-            workdir: Path | None = None) -> dict[str, Any]:
-    """Build the data directory and time `runs` restarts; medians and every run's figures."""
+            workdir: Path | None = None, data_dir: Path | None = None) -> dict[str, Any]:
+    """Build the data directory (unless `data_dir` exists) and time `runs` restarts on a copy
+    of it; medians and every run's figures."""
     with tempfile.TemporaryDirectory(prefix="tcpsched-restart-", dir=workdir) as tmp:
         root = Path(tmp)
-        data_dir = root / "full"
-        build_s = build_data_dir(data_dir, jobs, journal_share)
+        build_s = None
+        if data_dir is None or not data_dir.exists():
+            data_dir = data_dir or root / "built"
+            build_s = round(build_data_dir(data_dir, jobs, journal_share), 1)
         disk = sum(p.stat().st_size for p in data_dir.iterdir() if p.is_file())
         group = ProcessGroup(root / "run")
         restarts: list[float] = []
@@ -125,13 +95,17 @@ def measure(jobs: int = 1_000_000, runs: int = 3, journal_share: float = 0.1,
         try:
             for run in range(runs):
                 _, empty_rss = time_start(group, f"empty{run}", root / f"empty{run}", 0)
-                full_s, full_rss = time_start(group, f"full{run}", data_dir, jobs)
+                # Each run starts from the same files (a coordinator journals its new epoch).
+                run_dir = root / f"full{run}"
+                shutil.copytree(data_dir, run_dir, ignore=shutil.ignore_patterns("lock"))
+                full_s, full_rss = time_start(group, f"full{run}", run_dir, jobs)
+                shutil.rmtree(run_dir)
                 restarts.append(full_s)
                 per_job.append((full_rss - empty_rss) / max(jobs, 1))
         finally:
             group.stop_all()
     return {"jobs": jobs, "runs": runs, "journal_share": journal_share,
-            "build_s": round(build_s, 1), "disk_bytes_per_job": round(disk / max(jobs, 1)),
+            "build_s": build_s, "disk_bytes_per_job": round(disk / max(jobs, 1)),
             "restart_s": round(statistics.median(restarts), 3),
             "rss_bytes_per_job": round(statistics.median(per_job)),
             "restart_s_runs": [round(s, 3) for s in restarts],
@@ -144,11 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="restarts to take the median of")
     parser.add_argument("--journal-share", type=float, default=0.1,
                         help="share of the jobs in the journal tail, not the snapshot (0.1)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="keep the data directory here: built if absent, reused if present")
     parser.add_argument("--json", action="store_true", help="one JSON object, no table")
     args = parser.parse_args(argv)
     if args.jobs < 0 or args.runs < 1 or not 0.0 <= args.journal_share <= 1.0:
         parser.error("--jobs must be >= 0, --runs >= 1 and --journal-share within [0, 1]")
-    result = measure(args.jobs, args.runs, args.journal_share)
+    result = measure(args.jobs, args.runs, args.journal_share, data_dir=args.data_dir)
     if args.json:
         print(json.dumps(result))
     else:
