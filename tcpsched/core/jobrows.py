@@ -21,7 +21,8 @@ from typing import Any
 from tcpsched.core.jobs import JobRecord
 
 _new = object.__new__
-SET: dict[str, Any] = {name: JobRecord.__dict__[name].__set__ for name in JobRecord.__slots__
+SET: dict[str, Any] = {name: JobRecord.__dict__[name].__set__
+                       for name in JobRecord.__slots__  # type: ignore[attr-defined]
                        if name != "__weakref__"}
 _id = SET["id"]
 _seq = SET["seq"]
