@@ -82,6 +82,8 @@ def _bool(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 
 _position = _int_in(0, EPOCH_MAX)
+_SPEC_FIELDS = frozenset(f.name for f in attrs.fields(JobSpec))
+_SPEC_SEQUENCES = ("args", "tags", "after")
 
 
 @attrs.frozen
@@ -95,7 +97,7 @@ class SubmitRecord:
     def _job(self, _attribute: attrs.Attribute[Any], value: Any) -> None:
         if type(value) is not dict:
             raise ValueError("job must be a map")
-        _job_id(self, attrs.fields(SubmitRecord).job, value.get("id"))
+        _job_id(self, _attribute, value.get("id"))
         if value.get("state", "pending") != JobState.PENDING.value:
             # A job is born pending; one "submitted" running, with no worker to report it,
             # could never end.
@@ -110,9 +112,8 @@ class SubmitRecord:
             raise ValueError(f"job seq must be an integer in [0, {EPOCH_MAX}]")
         for name in ("submitted_at", "not_before"):
             _check_time(name, value.get(name, 0.0))
-        spec_fields = {f.name for f in attrs.fields(JobSpec)}
-        spec = {k: v for k, v in value.items() if k in spec_fields}
-        for name in ("args", "tags", "after"):
+        spec = {k: v for k, v in value.items() if k in _SPEC_FIELDS}
+        for name in _SPEC_SEQUENCES:
             if name in spec:
                 if type(spec[name]) is not list:
                     raise ValueError(f"job {name} must be a list")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import collections
 import math
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from typing import Any, NamedTuple
@@ -240,6 +241,10 @@ def job_to_row(job: JobRecord) -> list[Any]:
 
 
 _new = object.__new__
+_CALL = "call"
+_SHELL = "shell"
+_KINDS = {_CALL: _CALL, _SHELL: _SHELL}  # a kind read back -> the one string of that kind
+_intern = sys.intern
 
 
 # Shared by every rebuilt job without keyword arguments: nothing ever writes to a spec's
@@ -338,18 +343,25 @@ def _plain_jobs(n: int, ids: Sequence[str], seqs: Sequence[int],  # noqa: PLR091
     for setter, value in _PLAIN_JOB_DEFAULTS:
         _consume(map(setter, jobs, repeat(value, n)))
     kind_set = set(kinds)
+    # One string object per distinct function (interned, like `_build_job`'s) or command (of
+    # the chunk), not one per job: a parser makes a new string for every value it reads (60
+    # bytes for "module:function").
+    names: dict[str | None, str | None] = {}
     if kind_set == {"call"}:
         _consume(map(_spec_command, specs, repeat(None, n)))
-        _consume(map(_spec_function, specs, targets))
+        _consume(map(_spec_function, specs, map(_intern, targets)))  # type: ignore[arg-type]
+        kind_values: Iterable[str] = repeat(_CALL, n)
     elif kind_set == {"shell"}:
-        _consume(map(_spec_command, specs, targets))
+        _consume(map(_spec_command, specs, map(names.setdefault, targets, targets)))
         _consume(map(_spec_function, specs, repeat(None, n)))
+        kind_values = repeat(_SHELL, n)
     else:
         _consume(map(_spec_command, specs,
                      [t if k == "shell" else None for k, t in zip(kinds, targets, strict=True)]))
         _consume(map(_spec_function, specs,
                      [None if k == "shell" else t for k, t in zip(kinds, targets, strict=True)]))
-    _consume(map(_spec_kind, specs, kinds))
+        kind_values = map(_KINDS.get, kinds, kinds)
+    _consume(map(_spec_kind, specs, kind_values))
     _consume(map(_spec_args, specs, map(tuple, argss)))
     _consume(map(_spec_priority, specs, priorities))
     _consume(map(_spec_key, specs, keys))
@@ -423,8 +435,9 @@ def _build_job(job_id: str, seq: int, state: str, submitted_at: float, kind: str
         _spec_function(spec, None)
     else:
         _spec_command(spec, None)
-        _spec_function(spec, target)
-    _spec_kind(spec, kind)
+        # Function names are few and repeat over many jobs: one string object for each.
+        _spec_function(spec, target if type(target) is not str else _intern(target))
+    _spec_kind(spec, _KINDS.get(kind, kind))
     _spec_args(spec, tuple(args) if type(args) is not dict else tuple(decode(args)))
     _spec_priority(spec, priority)
     _spec_key(spec, key)

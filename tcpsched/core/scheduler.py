@@ -296,10 +296,10 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         if conn is not None:
             self._effects.append(Send(conn, msg))
 
-    def _record(self, record: dict[str, Any]) -> JobRecord | None:
+    def _record(self, record: dict[str, Any], built: JobRecord | None = None) -> JobRecord | None:
         if self.groups.ids and record["op"] == "forget":
             self.groups.forget(self.table, record["ids"])
-        job = self.table.apply(record, self._now)
+        job = self.table.apply(record, self._now, built)
         self._effects.append(Journal(record))
         if job is not None:
             if job.spec.group is not None and record["op"] == "submit":
@@ -483,7 +483,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
             id=self._new_job_id(), seq=self.table.next_seq, spec=spec, submitted_at=wall,
             not_before=wall + spec.delay if spec.delay > 0 else 0.0,
         )  # fmt: skip
-        new = self._record({"op": "submit", "job": job_to_dict(job)})
+        new = self._record({"op": "submit", "job": job_to_dict(job)}, job)
         if spec.after and (job.id in self.deps.waiting or new is None
                            or self.table.jobs[job.id].state is not JobState.PENDING):
             return job.id  # waits on its parents (core/deps.py), or a parent had failed

@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import attrs
 
+from tcpsched.core.jobrows import SET, check_time, copy_job
 from tcpsched.core.jobs import RETRYABLE_STATES, JobRecord, JobState, is_legal, value_chars
 from tcpsched.core.records import job_from_dict, job_to_dict, job_to_row, jobs_from_rows
 from tcpsched.core.schedules import SCHEDULE_OPS, ScheduleTable
@@ -42,6 +43,19 @@ SNAPSHOT_FORMAT = 2
 RESULT_CHARS_COUNTED = 256  # smaller results are bounded by the count limit alone
 PREFIX_INDEX_CHARS = 4  # the shortest prefix a client may name a job by
 _STATES = {s.value: s for s in JobState}
+_set_state = SET["state"]
+_set_attempts = SET["attempts"]
+_set_worker = SET["worker"]
+_set_started_at = SET["started_at"]
+_set_finished_at = SET["finished_at"]
+_set_exit_code = SET["exit_code"]
+_set_result = SET["result"]
+_set_stdout = SET["stdout"]
+_set_stderr = SET["stderr"]
+_set_error = SET["error"]
+_set_not_before = SET["not_before"]
+_set_lost_workers = SET["lost_workers"]
+_set_failures = SET["failures"]
 
 
 @attrs.frozen
@@ -161,16 +175,20 @@ class JobTable:
             raise ValueError(f"record {record['op']!r} names unknown job {record['id']!r}")
         return job
 
-    def apply(self, record: dict[str, Any], now: float | None = None) -> JobRecord | None:
+    def apply(self, record: dict[str, Any], now: float | None = None,
+              built: JobRecord | None = None) -> JobRecord | None:
         """Apply one journal record; returns the job it changed (None for `forget`).
 
         `now` is the leader's monotonic clock, kept as the finish time retention ages a job
-        by; without it (replay) the record's own wall-clock time is kept."""
+        by; without it (replay) the record's own wall-clock time is kept. `built` is, for a
+        submit, the job the leader made the record from (`job_to_dict(built)` is the record's
+        job): the leader's table keeps it instead of rebuilding it from the map, and a follower
+        or a replay rebuilds an equal one (`job_from_dict`; tests/unit/test_table_rows.py)."""
         op = record["op"]
         if op in SCHEDULE_OPS:
             return self._apply_schedule(record, now)
         if op == "submit":
-            job = job_from_dict(record["job"])
+            job = job_from_dict(record["job"]) if built is None else built
             if job.id in self.jobs:
                 raise ValueError(f"submit of existing job {job.id!r}")
             self.jobs[job.id] = job
@@ -184,45 +202,52 @@ class JobTable:
             return job
         if op == "start":
             job = self._job(record)
-            new = attrs.evolve(
-                job, state=JobState.RUNNING, attempts=record["attempt"],
-                worker=record["worker"], started_at=record["at"], not_before=0.0,
-            )  # fmt: skip
+            new = copy_job(job)
+            _set_state(new, JobState.RUNNING)
+            _set_attempts(new, record["attempt"])
+            _set_worker(new, record["worker"])
+            _set_started_at(new, check_time("started_at", record["at"]))
+            _set_not_before(new, 0.0)
         elif op == "finish":
             job = self._job(record)
-            new = attrs.evolve(
-                # The worker's own clock, like started_at: TOOK must not count the time the
-                # result waited for a coordinator (`at` is when the leader recorded it).
-                job, state=JobState(record["state"]),
-                finished_at=record.get("finished_at", record["at"]),
-                exit_code=record.get("exit_code"), result=record.get("result"),
-                stdout=record.get("stdout", ""), stderr=record.get("stderr", ""),
-                error=record.get("error"),
-                started_at=record.get("started_at", job.started_at),
-                lost_workers=job.lost_workers + (1 if record.get("lost") else 0),
-                failures=job.failures + (1 if record["state"] == "failed" else 0),
-            )  # fmt: skip
+            get = record.get
+            new = copy_job(job)
+            _set_state(new, JobState(record["state"]))
+            # The worker's own clock, like started_at: TOOK must not count the time the
+            # result waited for a coordinator (`at` is when the leader recorded it).
+            _set_finished_at(new, check_time("finished_at", get("finished_at", record["at"])))
+            _set_exit_code(new, get("exit_code"))
+            _set_result(new, get("result"))
+            _set_stdout(new, get("stdout", ""))
+            _set_stderr(new, get("stderr", ""))
+            _set_error(new, get("error"))
+            _set_started_at(new, check_time("started_at", get("started_at", job.started_at)))
+            _set_lost_workers(new, job.lost_workers + (1 if get("lost") else 0))
+            _set_failures(new, job.failures + (1 if record["state"] == "failed" else 0))
             if record.get("poisoned"):
                 self.counters["poisoned"] += 1
         elif op == "requeue":
             job = self._job(record)
             reason = record["reason"]  # "lost", "failed" or "handed_back"
-            new = attrs.evolve(
-                job, state=JobState.PENDING, worker=None, not_before=record.get("not_before", 0.0),
-                error=record.get("error", job.error),
-                exit_code=record.get("exit_code", job.exit_code),
-                stdout=record.get("stdout", job.stdout), stderr=record.get("stderr", job.stderr),
-                lost_workers=job.lost_workers + (1 if reason == "lost" else 0),
-                failures=job.failures + (1 if reason == "failed" else 0),
-            )  # fmt: skip
+            get = record.get
+            new = copy_job(job)
+            _set_state(new, JobState.PENDING)
+            _set_worker(new, None)
+            _set_not_before(new, check_time("not_before", get("not_before", 0.0)))
+            _set_error(new, get("error", job.error))
+            _set_exit_code(new, get("exit_code", job.exit_code))
+            _set_stdout(new, get("stdout", job.stdout))
+            _set_stderr(new, get("stderr", job.stderr))
+            _set_lost_workers(new, job.lost_workers + (1 if reason == "lost" else 0))
+            _set_failures(new, job.failures + (1 if reason == "failed" else 0))
             counter = {"lost": "reassigned", "failed": "retried", "handed_back": "handed_back"}
             self.counters[counter[reason]] += 1
         elif op == "cancel":
             job = self._job(record)
-            new = attrs.evolve(
-                job, state=JobState.CANCELLED, finished_at=record["at"],
-                error=record.get("error", "cancelled"),
-            )  # fmt: skip
+            new = copy_job(job)
+            _set_state(new, JobState.CANCELLED)
+            _set_finished_at(new, check_time("finished_at", record["at"]))
+            _set_error(new, record.get("error", "cancelled"))
         elif op == "retry":
             return self._retry(self._job(record))
         elif op == "epoch":

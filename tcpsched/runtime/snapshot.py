@@ -27,6 +27,7 @@ from typing import Any
 
 from tcpsched.core.state import JobTable, TableImage
 from tcpsched.errors import JournalError
+from tcpsched.runtime.fastjson import loads as fast_loads
 from tcpsched.runtime.files import fsync_dir, remove_quietly, write_all
 
 SNAPSHOT_NAME = "snapshot.json"
@@ -131,7 +132,7 @@ def read_snapshot(path: Path) -> tuple[int, JobTable, int]:
         while start < crc_at - 2:
             end = data.index(b"\n", start, crc_at)
             first = start + 1 if data[start : start + 1] == b"," else start
-            yield _decode("[" + data[first:end].decode() + "]")
+            yield fast_loads(b"[" + data[first:end] + b"]")
             start = end + 1
 
     try:
