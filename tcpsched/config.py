@@ -22,6 +22,7 @@ import attrs
 from tcpsched.core.capabilities import parse_allow_call
 from tcpsched.core.dispatch import POLICIES
 from tcpsched.core.limits import ARRAY_ITEMS_MAX, FRAME_BYTES_MAX, MAP_ITEMS_MAX
+from tcpsched.core.prefetch import PREFETCH_MAX
 from tcpsched.core.printable import worker_problem
 from tcpsched.errors import ConfigError
 from tcpsched.output import write_all
@@ -532,11 +533,29 @@ def coordinator_settings(argv: Sequence[str] | None = None) -> tuple[Coordinator
     return settings, args
 
 
+# A worker's default lookahead (--prefetch): two waiting assignments cover the leader's round
+# trip between a result and the next Assign (its fsync, plus a follower's in a peer group) for
+# jobs down to a fraction of a millisecond, while a high-priority job still waits behind at
+# most two jobs at any worker.
+PREFETCH_DEFAULT = 2
+
+
+def _prefetch(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= PREFETCH_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} must be within [0, {PREFETCH_MAX}]")
+    return value
+
+
 @attrs.frozen
 class WorkerSettings:
     coordinators: tuple[str, ...] = DEFAULT_COORDINATORS
     name: str = ""
     slots: int = 4
+    prefetch: int = PREFETCH_DEFAULT
     tags: tuple[str, ...] = ()
     token: bytes | None = None
     drain_timeout_s: float = 30.0
@@ -565,6 +584,9 @@ def worker_parser() -> UsageParser:
     p.add_argument("--name", default=None, help="worker name (default: HOSTNAME-PID)")
     p.add_argument("--slots", type=_positive_int, default=4, metavar="N",
                    help="jobs run at once")
+    p.add_argument("--prefetch", type=_prefetch, default=PREFETCH_DEFAULT, metavar="N",
+                   help="jobs assigned beyond --slots, waiting here to start the moment a slot "
+                   "frees (saves a coordinator round trip per job; 0: none)")
     p.add_argument("--tags", default="", metavar="a,b",
                    help="comma-separated tags jobs may ask for (default: none)")
     p.add_argument("--token-file", default=None, metavar="FILE",
@@ -635,7 +657,8 @@ def worker_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
         raise ConfigError(str(exc)) from None
     return WorkerSettings(
         coordinators=parse_coordinators(args.coordinators), name=name, slots=args.slots,
-        tags=tags, token=read_token(args.token_file), drain_timeout_s=args.drain_timeout,
+        prefetch=args.prefetch, tags=tags, token=read_token(args.token_file),
+        drain_timeout_s=args.drain_timeout,
         allow_shell=not args.no_shell, allow_call=allow_call,
         log_level=args.log_level, kill_grace_s=args.kill_grace, tls=tls_from_args(args),
         isolation=args.isolation, memory_mib=args.max_memory, workdir=workdir,

@@ -613,8 +613,10 @@ class Scheduler(WorkerSide):
     def _start(self, job_id: str, entry: WorkerEntry, now: float) -> None:
         job = self.table.jobs[job_id]
         attempt = job.attempts + 1
+        # Into a prefetch place (every slot busy), it waits on the worker: no start time until
+        # its result brings the worker's own (core/prefetch.py).
         self._record({"op": "start", "id": job_id, "attempt": attempt, "worker": entry.name,
-                      "at": self._wall})
+                      "at": None if entry.is_saturated() else self._wall})
         entry.running[job_id] = attempt
         entry.assigned_at[job_id] = now
         spec = job.spec

@@ -113,7 +113,8 @@ class Simulation:
         self._by_address = {address_of(i): c for i, c in self.coordinators.items()}
         self.coordinator_addresses = [address_of(i) for i in ids]
         self.workers = {
-            f"w{i}": SimWorker(f"w{i}", self.rng.randint(1, cfg.slots_max))
+            # Lookaheads of 1, 2 and 0 in turn (no draw: a seed's other draws stay as they were).
+            f"w{i}": SimWorker(f"w{i}", self.rng.randint(1, cfg.slots_max), prefetch=i % 3)
             for i in range(1, cfg.workers + 1)
         }
         self.clients = {f"cl{i}": SimClient(self, f"cl{i}", self.coordinator_addresses)
