@@ -13,6 +13,13 @@ reconciliation counts it as held), a `Kill` takes it out without running it (it 
 like a killed attempt, as a cancelled `Result`), and a drain hands it back at once. A worker
 that dies loses it like its running attempts, and the leader requeues both.
 
+The leader fills a worker's prefetch places only in the step that handles one of its results
+(`WorkerEntry.lookahead_open`), from the head of the queue as it stands then; other steps fill
+free slots only. So jobs submitted while a worker is busy wait in the coordinator's queue, in
+priority order, rather than in its lookahead in the order they came, and a worker busy with a
+long job takes no more until it finishes one; a worker that is working through jobs always has
+its next ones in hand.
+
 The leader cannot tell a waiting attempt from a running one until its result comes: an attempt
 it assigns while it counts every slot of the worker busy is recorded as `running` with no
 `started_at`, and the result brings the worker's own start time (see `Scheduler._start`).

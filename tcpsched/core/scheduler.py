@@ -129,6 +129,7 @@ class Scheduler(WorkerSide):
         self.workers: dict[str, WorkerEntry] = {}
         self.free = FreeWorkers()  # who can take a job now (dispatch never scans `workers`)
         self._touched: set[str] = set()  # workers whose freeness may have changed this step
+        self._lookaheads_open: list[WorkerEntry] = []  # see WorkerEntry.lookahead_open
         self._resync_at = now
         # Pending jobs no live worker can run, out of the queue until a worker registers:
         # job id -> why (shown as the record's `reason`).
@@ -318,6 +319,9 @@ class Scheduler(WorkerSide):
                 self._on_heartbeat(entry, msg, now)
             elif kind is m.Result:
                 self._on_result(entry, msg, now)
+                if entry.prefetch:
+                    entry.lookahead_open = True  # closed again after this step's dispatch
+                    self._lookaheads_open.append(entry)
             elif kind is m.HandBack:
                 self._on_hand_back(entry, msg, now)
             elif kind is m.Fenced:
@@ -528,6 +532,11 @@ class Scheduler(WorkerSide):
         # in the past and the shell's timer fires again at once, spinning until a slot frees.
         self.queue.promote(now)
         self._dispatch(now)
+        if self._lookaheads_open:
+            for entry in self._lookaheads_open:
+                entry.lookahead_open = False
+                self._touched.add(entry.name)  # may no longer be free: refreshed next step
+            self._lookaheads_open.clear()
 
     def _is_free(self, name: str, entry: WorkerEntry | None) -> bool:
         return (entry is not None and entry.conn is not None and not entry.draining

@@ -56,11 +56,15 @@ class WorkerEntry:
     unreported: dict[str, int] = attrs.field(factory=dict)
     held: int = 0  # slots its last heartbeat said stopped work still holds (messages.Heartbeat)
     prefetch: int = 0  # attempts it keeps waiting beyond its slots (core/prefetch.py)
+    # Set while the leader handles one of its results: only then are its prefetch places
+    # filled, from the head of the queue as it stands (core/prefetch.py says why).
+    lookahead_open: bool = False
 
     def free_slots(self) -> int:
-        """Places for one more assignment: its slots and its prefetch places, less what it
-        holds."""
-        return self.slots + self.prefetch - len(self.running) - self.held
+        """Places for one more assignment: its free slots, and its prefetch places while its
+        lookahead is open."""
+        places = self.slots + (self.prefetch if self.lookahead_open else 0)
+        return places - len(self.running) - self.held
 
     def is_saturated(self) -> bool:
         """Every slot is taken: an attempt assigned now waits in its lookahead."""

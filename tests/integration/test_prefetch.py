@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tcpsched.client import SyncClient
+from tcpsched.core.jobs import JobSpec
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until
 from tests.conftest import connect
 
@@ -33,6 +34,10 @@ def client(procs: ProcessGroup) -> Iterator[SyncClient]:
 
 def runs(effects: Path) -> list[str]:
     return effects.read_text().split() if effects.exists() else []
+
+
+def call(function: str, *args: object) -> JobSpec:
+    return JobSpec(kind="call", function=function, args=args)
 
 
 def held_by(client: SyncClient, name: str, count: int) -> None:
@@ -66,8 +71,11 @@ def test_kill9_of_a_worker_holding_prefetched_jobs_runs_them_elsewhere(
     w1 = procs.worker(address, "w1", slots=1, extra=["--prefetch", "2"])
     wait_for_workers(client, ["w1"], timeout=WAIT_S)
     effects = tmp_path / "effects"
-    blocker = client.submit_call("time:sleep", 60.0)
-    waiting = [client.submit_call(RECORD, str(effects), token) for token in ("a", "b")]
+    # One batch: the first job takes the slot; its result opens w1's lookahead, which takes
+    # the next ones from the queue (the blocker into the slot, the other two to wait).
+    _first, blocker, *waiting = client.submit_many([
+        call(RECORD, str(effects), "first"), call("time:sleep", 60.0),
+        call(RECORD, str(effects), "a"), call(RECORD, str(effects), "b")])
     held_by(client, "w1", 2)
     assert all(client.status(j)["started_at"] is None for j in waiting)
     procs.worker(address, "w2", slots=2, extra=["--prefetch", "2"])
@@ -76,7 +84,7 @@ def test_kill9_of_a_worker_holding_prefetched_jobs_runs_them_elsewhere(
     records = client.gather(waiting, timeout=WAIT_S)
     assert [(r["state"], r["worker"], r["attempts"]) for r in records] == [
         ("succeeded", "w2", 2)] * 2
-    assert sorted(runs(effects)) == ["a", "b"]
+    assert sorted(runs(effects)) == ["a", "b", "first"]
     moved = client.status(blocker)
     assert (moved["state"], moved["worker"], moved["attempts"]) == ("running", "w2", 2)
     client.cancel(blocker)
@@ -90,12 +98,13 @@ def test_a_cancelled_prefetched_job_never_runs(procs: ProcessGroup, client: Sync
     procs.worker(address, "w1", slots=1, extra=["--prefetch", "2"])
     wait_for_workers(client, ["w1"], timeout=WAIT_S)
     effects = tmp_path / "effects"
-    blocker = client.submit_call("time:sleep", 60.0)
-    doomed = client.submit_call(RECORD, str(effects), "doomed")
+    _first, blocker, doomed = client.submit_many([
+        call(RECORD, str(effects), "first"), call("time:sleep", 60.0),
+        call(RECORD, str(effects), "doomed")])
     held_by(client, "w1", 1)
     assert client.cancel(doomed)["state"] == "cancelled"
     assert client.cancel(blocker)["state"] == "cancelled"
     after = client.submit_call(RECORD, str(effects), "after")
     assert client.wait(after, timeout=WAIT_S)["state"] == "succeeded"
     assert client.status(doomed)["state"] == "cancelled"
-    assert runs(effects) == ["after"]
+    assert runs(effects) == ["first", "after"]

@@ -125,22 +125,36 @@ def connect(h: LeaderHarness, name: str, slots: int = 1, prefetch: int = 2) -> i
 
 
 def test_the_leader_assigns_slots_plus_prefetch_and_no_start_time_for_waiting_ones() -> None:
-    """A worker gets up to slots + prefetch attempts; the ones beyond its slots are running on
-    it with no started_at until their result brings the worker's own start time."""
+    """On a result the worker is refilled up to slots + prefetch; the attempts beyond its
+    slots are running on it with no started_at until their result brings the worker's own."""
     h = LeaderHarness()
     connect(h, "w1", slots=1, prefetch=2)
-    ids = [h.submit() for _ in range(5)]
-    assert [a.job_id for a in h.assigns("w1")] == ids[:3]
-    table = h.sched.table.jobs
-    assert table[ids[0]].started_at is not None
-    assert table[ids[1]].started_at is None and table[ids[1]].state is JobState.RUNNING
+    ids = [h.submit() for _ in range(6)]
+    assert [a.job_id for a in h.assigns("w1")] == ids[:1]
     h.result("w1", ids[0], 1)
-    h.now += 1.0
-    h.result("w1", ids[1], 1)
-    assert table[ids[1]].started_at == h.now  # the worker's own time, from its result
-    assert [a.job_id for a in h.assigns("w1")] == ids
+    assert [a.job_id for a in h.assigns("w1")] == ids[:4]
+    table = h.sched.table.jobs
+    assert table[ids[1]].started_at is not None
+    assert table[ids[2]].started_at is None and table[ids[2]].state is JobState.RUNNING
     row = h.sched.worker_list()[0]
     assert (row["slots"], row["running"], row["prefetch"], row["prefetched"]) == (1, 1, 2, 2)
+    h.result("w1", ids[1], 1)
+    h.now += 1.0
+    h.result("w1", ids[2], 1)
+    assert table[ids[2]].started_at == h.now  # the worker's own time, from its result
+    assert [a.job_id for a in h.assigns("w1")] == ids
+
+
+def test_jobs_submitted_while_a_worker_is_busy_wait_in_the_queue() -> None:
+    """Prefetch places are filled only when the worker reports a result, from the head of the
+    queue: jobs submitted while it is busy wait in the coordinator, in priority order."""
+    h = LeaderHarness()
+    connect(h, "w1", slots=1, prefetch=2)
+    first = h.submit()
+    low, high = h.submit(priority=0), h.submit(priority=5)
+    assert [a.job_id for a in h.assigns("w1")] == [first]
+    h.result("w1", first, 1)
+    assert [a.job_id for a in h.assigns("w1")] == [first, high, low]
 
 
 def test_cancelling_a_prefetched_job_kills_it_and_frees_its_place() -> None:
@@ -148,15 +162,16 @@ def test_cancelling_a_prefetched_job_kills_it_and_frees_its_place() -> None:
     frees the place for the next job of the queue."""
     h = LeaderHarness()
     connect(h, "w1", slots=1, prefetch=1)
-    first, second, third = (h.submit() for _ in range(3))
+    ids = [h.submit() for _ in range(4)]
+    h.result("w1", ids[0], 1)
+    assert [a.job_id for a in h.assigns("w1")] == ids[:3]
     h._req += 1
-    h.step(Received(1000, m.Cancel(req_id=h._req, job_id=second)))
-    assert h.job(second)["state"] == "cancelled"
-    assert [k.job_id for k in h.sent_to("w1", m.Kill)] == [second]
-    assert [a.job_id for a in h.assigns("w1")] == [first, second]
-    h.result("w1", second, 1, state="cancelled")
-    assert [a.job_id for a in h.assigns("w1")] == [first, second, third]
-    assert h.job(second)["state"] == "cancelled"
+    h.step(Received(1000, m.Cancel(req_id=h._req, job_id=ids[2])))
+    assert h.job(ids[2])["state"] == "cancelled"
+    assert [k.job_id for k in h.sent_to("w1", m.Kill)] == [ids[2]]
+    h.result("w1", ids[2], 1, state="cancelled")
+    assert [a.job_id for a in h.assigns("w1")] == ids
+    assert h.job(ids[2])["state"] == "cancelled"
 
 
 def test_a_dead_workers_prefetched_jobs_are_requeued_and_run_elsewhere() -> None:
@@ -164,13 +179,16 @@ def test_a_dead_workers_prefetched_jobs_are_requeued_and_run_elsewhere() -> None
     to the queue and to the next worker."""
     h = LeaderHarness()
     connect(h, "w1", slots=1, prefetch=2)
-    ids = [h.submit() for _ in range(3)]
+    ids = [h.submit() for _ in range(4)]
+    h.result("w1", ids[0], 1)
+    assert [a.job_id for a in h.assigns("w1")] == ids
     h.kill("w1")
     h.advance(3.0)
-    assert all(h.job(i)["state"] == "pending" for i in ids)
+    assert all(h.job(i)["state"] == "pending" for i in ids[1:])
     connect(h, "w2", slots=1, prefetch=2)
-    assert [a.job_id for a in h.assigns("w2")] == ids
-    assert all(h.job(i)["worker"] == "w2" and h.job(i)["attempts"] == 2 for i in ids)
+    h.result("w2", ids[1], 2)
+    assert [a.job_id for a in h.assigns("w2")] == ids[1:]
+    assert all(h.job(i)["worker"] == "w2" and h.job(i)["attempts"] == 2 for i in ids[1:])
 
 
 def test_heartbeats_that_name_prefetched_jobs_keep_them() -> None:
@@ -178,14 +196,15 @@ def test_heartbeats_that_name_prefetched_jobs_keep_them() -> None:
     an attempt left out of them (never received) is lost and requeued as before."""
     h = LeaderHarness()
     connect(h, "w1", slots=1, prefetch=2)
-    ids = [h.submit() for _ in range(3)]
+    ids = [h.submit() for _ in range(4)]
+    h.result("w1", ids[0], 1)
     h.advance(5.0, beating=("w1",))
-    assert all(h.job(i)["state"] == "running" for i in ids)
+    assert all(h.job(i)["state"] == "running" for i in ids[1:])
     for _ in range(4):
         h.now += 0.5
-        h.heartbeat("w1", running=((ids[0], 1), (ids[1], 1)))
-    assert h.job(ids[2])["state"] == "running" and h.job(ids[2])["attempts"] == 2
-    assert h.sched.table.jobs[ids[2]].worker == "w1"  # requeued, then assigned again
+        h.heartbeat("w1", running=((ids[1], 1), (ids[2], 1)))
+    assert h.job(ids[3])["state"] == "pending"
+    assert all(h.job(i)["state"] == "running" for i in ids[1:3])
 
 
 def test_a_high_priority_job_takes_the_first_place_that_frees() -> None:
@@ -195,10 +214,12 @@ def test_a_high_priority_job_takes_the_first_place_that_frees() -> None:
     h = LeaderHarness()
     prefetch = 2
     connect(h, "w1", slots=1, prefetch=prefetch)
-    low = [h.submit(priority=0) for _ in range(6)]
-    high = h.submit(priority=9)
-    assert [a.job_id for a in h.assigns("w1")] == low[:3]
+    low = [h.submit(priority=0) for _ in range(7)]
     h.result("w1", low[0], 1)
+    assert [a.job_id for a in h.assigns("w1")] == low[:4]
+    high = h.submit(priority=9)
+    assert h.assigns("w1")[-1].job_id == low[3]
+    h.result("w1", low[1], 1)
     assert h.assigns("w1")[-1].job_id == high
     ahead = [j for j in h.sched.workers["w1"].running if j != high]
-    assert ahead == low[1:3] and len(ahead) <= prefetch
+    assert ahead == low[2:4] and len(ahead) <= prefetch
