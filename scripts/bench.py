@@ -19,7 +19,7 @@ the workers' `--isolation process` (the default); the lone coordinator is also m
 over thread mode's (sections of thread runs end in `.thread`).
 
     python scripts/bench.py [--coordinators 1|3|1,3] [--jobs 20000] [--submits 1000]
-                            [--latency-samples 500] [--workers 2] [--slots 4]
+                            [--latency-samples 500] [--workers 2] [--slots 4] [--prefetch N]
                             [--fsync always|batch|never] [--token] [--only NAME]...
                             [--isolation process|thread]... [--json]
 
@@ -75,6 +75,7 @@ class BenchConfig:
     fsync: str | None = None  # None: the coordinator's default
     token: bool = False  # a shared token: authenticated handshakes and MAC'd frames
     isolation: str = "process"  # the workers' --isolation
+    prefetch: int | None = None  # the workers' --prefetch (None: their default)
 
 
 Benchmark = Callable[[Client, BenchConfig], Awaitable[list[Figure]]]
@@ -173,6 +174,8 @@ def start_cluster(group: ProcessGroup, config: BenchConfig, token: bytes | None,
     every address; returns the addresses, comma-separated."""
     extra = ["--policy", config.policy, "--log-level", "warning"]
     worker_extra = ["--log-level", "warning", "--isolation", config.isolation]
+    if config.prefetch is not None:
+        worker_extra += ["--prefetch", str(config.prefetch)]
     if config.fsync is not None:
         extra += ["--fsync", config.fsync]
     if token is not None:
@@ -260,6 +263,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="sequential round trips for latency (500)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     p.add_argument("--slots", type=int, default=4, help="slots per worker (4)")
+    p.add_argument("--prefetch", type=int, default=None, metavar="N",
+                   help="the workers' --prefetch (their default if not given)")
     p.add_argument("--policy", default="round-robin", choices=("round-robin", "random"))
     p.add_argument("--fsync", default=None, choices=("always", "batch", "never"),
                    help="the coordinator's journal fsync policy (its default if not given)")
@@ -309,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = secrets.token_hex(16).encode() if args.token else None
     base = BenchConfig(jobs=args.jobs, submits=args.submits,
                        latency_samples=args.latency_samples, workers=args.workers,
-                       slots=args.slots, policy=args.policy, fsync=args.fsync, token=args.token,
+                       slots=args.slots, prefetch=args.prefetch, policy=args.policy,
+                       fsync=args.fsync, token=args.token,
                        isolation=isolations[0])
     runs = [(count, isolations[0]) for count in args.coordinators]
     if 1 in args.coordinators:

@@ -545,7 +545,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parse_coordinators(args.coordinators)
         read_token(args.token_file)
         tls_from_args(args)
-        return asyncio.run(_main(args))
+        import uvloop
+
+        return uvloop.run(_main(args))
     except TcpschedError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return cli.exit_code_for(exc)

@@ -53,7 +53,8 @@ UNACKED_TIMEOUT_S = 2.0
 def protocol_config(settings: WorkerSettings, incarnation: str) -> wp.WorkerConfig:
     s = settings
     return wp.WorkerConfig(
-        name=s.name, slots=s.slots, coordinators=s.coordinators, incarnation=incarnation,
+        name=s.name, slots=s.slots, prefetch=s.prefetch, coordinators=s.coordinators,
+        incarnation=incarnation,
         tags=s.tags, capabilities=Capabilities(s.allow_shell, s.allow_call),
         drain_timeout_s=s.drain_timeout_s, reconnect_base_s=s.reconnect_base_s,
         reconnect_cap_s=s.reconnect_cap_s, frame_bytes_max=s.frame_bytes_max,

@@ -212,9 +212,15 @@ def _structure(cls: type, obj: Any) -> Any:
 _FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}  # attrs field names per class, or None
 
 
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})  # msgpack takes these as they are
+
+
 def _unstructure(value: Any) -> Any:
-    # Runs for every field of every message sent, so the attrs lookup is cached per class.
+    # Runs for every field of every message sent, so the attrs lookup is cached per class,
+    # and plain values (most fields) return before any lookup.
     cls = type(value)
+    if cls in _PLAIN:
+        return value
     try:
         names = _FIELD_NAMES[cls]
     except KeyError:
@@ -252,10 +258,24 @@ def from_wire(obj: Any, allowed: frozenset[type] | None = None) -> Any:
     return _structure(cls, obj)
 
 
-def encode(msg: Any, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
-    """One message as a complete frame; LocalProtocolError if it cannot be one."""
+def new_packer() -> msgpack.Packer:
+    """A packer for `encode`, made once per connection rather than once per message."""
+    return msgpack.Packer(use_bin_type=True)
+
+
+def encode(msg: Any, frame_bytes_max: int = FRAME_BYTES_MAX,
+           packer: msgpack.Packer | None = None) -> bytes:
+    """One message as a complete frame; LocalProtocolError if it cannot be one. `packer`
+    (from `new_packer`) is reused if given; a failed pack leaves it reset for the next."""
     try:
-        body = msgpack.packb(to_wire(msg), use_bin_type=True)
+        if packer is None:
+            body = msgpack.packb(to_wire(msg), use_bin_type=True)
+        else:
+            try:
+                body = packer.pack(to_wire(msg))
+            except BaseException:
+                packer.reset()
+                raise
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from None
     if len(body) > frame_bytes_max:

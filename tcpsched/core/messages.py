@@ -29,6 +29,7 @@ import attrs
 from tcpsched.core.capabilities import ALLOW_CALL_ENTRIES_MAX, parse_allow_call
 from tcpsched.core.jobs import JobSpec, check_cwd, check_env, finite_time
 from tcpsched.core.limits import ARRAY_ITEMS_MAX, FRAME_BYTES_MAX, MAP_ITEMS_MAX, WireLimits
+from tcpsched.core.prefetch import PREFETCH_MAX
 
 PROTOCOL_VERSION = 2  # 2: frames after a token handshake are sealed (core/channel.py)
 ROLES = ("worker", "client", "peer")
@@ -231,6 +232,9 @@ class Register:
     allow_shell: bool = True
     allow_call: tuple[str, ...] = attrs.field(default=(), validator=_allow_call)
     epoch_seen: int = attrs.field(default=0, validator=_non_negative)
+    # Assignments it holds beyond its slots, to start the moment one frees (core/prefetch.py).
+    prefetch: int = attrs.field(default=0, validator=attrs.validators.and_(
+        _non_negative, attrs.validators.le(PREFETCH_MAX)))
 
     @slots.validator
     def _slots(self, _attribute: attrs.Attribute[Any], value: int) -> None:

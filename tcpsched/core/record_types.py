@@ -132,7 +132,8 @@ class StartRecord:
     id: str = attrs.field(validator=_job_id)
     attempt: int = attrs.field(validator=_int_in(1, ATTEMPTS_MAX))
     worker: str = attrs.field(validator=_name)
-    at: float = attrs.field(validator=_time)
+    # None: assigned into a prefetch place, not started yet (core/prefetch.py).
+    at: float | None = attrs.field(validator=_optional_time)
 
 
 FINISH_STATES = frozenset({"succeeded", "failed", "cancelled"})

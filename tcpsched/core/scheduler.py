@@ -141,6 +141,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         self.workers: dict[str, WorkerEntry] = {}
         self.free = FreeWorkers()  # who can take a job now (dispatch never scans `workers`)
         self._touched: set[str] = set()  # workers whose freeness may have changed this step
+        self._lookaheads_open: list[WorkerEntry] = []  # see WorkerEntry.lookahead_open
         self._resync_at = now
         # Pending jobs no live worker can run, out of the queue until a worker registers:
         # job id -> why (shown as the record's `reason`).
@@ -364,6 +365,9 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
                 self._on_heartbeat(entry, msg, now)
             elif kind is m.Result:
                 self._on_result(entry, msg, now)
+                if entry.prefetch:
+                    entry.lookahead_open = True  # closed again after this step's dispatch
+                    self._lookaheads_open.append(entry)
             elif kind is m.HandBack:
                 self._on_hand_back(entry, msg, now)
             elif kind is m.Fenced:
@@ -615,6 +619,11 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         # in the past and the shell's timer fires again at once, spinning until a slot frees.
         self.queue.promote(now)
         self._dispatch(now)
+        if self._lookaheads_open:
+            for entry in self._lookaheads_open:
+                entry.lookahead_open = False
+                self._touched.add(entry.name)  # may no longer be free: refreshed next step
+            self._lookaheads_open.clear()
 
     def _is_free(self, name: str, entry: WorkerEntry | None) -> bool:
         return (entry is not None and entry.conn is not None and not entry.draining
@@ -710,8 +719,10 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
     def _start(self, job_id: str, entry: WorkerEntry, now: float) -> None:
         job = self.table.jobs[job_id]
         attempt = job.attempts + 1
+        # Into a prefetch place (every slot busy), it waits on the worker: no start time until
+        # its result brings the worker's own (core/prefetch.py).
         self._record({"op": "start", "id": job_id, "attempt": attempt, "worker": entry.name,
-                      "at": self._wall})
+                      "at": None if entry.is_saturated() else self._wall})
         entry.running[job_id] = attempt
         entry.assigned_at[job_id] = now
         spec = job.spec

@@ -29,7 +29,9 @@ sent, a result is checked against the limits the coordinator gave (`codec.peer_r
 it would refuse, which would cut the connection on every reconnect, becomes a failed attempt
 saying why; so does one that was in flight on `result_sends_max` sessions that all died.
 
-Slots and drain: an `Assign` beyond the free slots, or while draining, is handed back at once.
+Slots, prefetch and drain: an `Assign` for a free slot starts at once; one beyond the slots
+waits in the lookahead (`core/prefetch.py`, `prefetch` places) and starts as soon as a slot
+frees; one beyond both, or while draining, is handed back at once.
 `DrainRequested` (SIGTERM) sends `Draining`, gives running attempts `drain_timeout_s` to finish,
 then kills and hands back the rest, waits up to `result_flush_s` for the outbox to be
 acknowledged, and exits 0. A second process under the name of a live worker is refused by the
@@ -48,6 +50,7 @@ from tcpsched.core.capabilities import Capabilities
 from tcpsched.core.codec import peer_refusal
 from tcpsched.core.events import Tick
 from tcpsched.core.limits import FRAME_BYTES_MAX, WireLimits
+from tcpsched.core.prefetch import Lookahead
 
 if TYPE_CHECKING:
     import random
@@ -89,6 +92,7 @@ class WorkerConfig:
     result_flush_s: float = RESULT_FLUSH_S
     result_sends_max: int = RESULT_SENDS_MAX
     frame_bytes_max: int = FRAME_BYTES_MAX  # what we assume the coordinator takes, until told
+    prefetch: int = 0  # assignments held beyond the slots, to start at once (core/prefetch.py)
 
 
 # -- events ---------------------------------------------------------------------------------------
@@ -215,6 +219,7 @@ class WorkerStatistics:
     redirects: int
     results_sent: int
     handed_back: int
+    waiting: int = 0  # prefetched assignments waiting for a slot
 
 
 class WorkerProtocol:
@@ -227,6 +232,7 @@ class WorkerProtocol:
         self._wall = now
         self._effects: list[Effect] = []
         self.running: dict[str, int] = {}  # job id -> the attempt that holds a slot here
+        self.waiting = Lookahead(config.prefetch)  # assigned beyond the slots, not started
         # Killed attempts whose result nobody wants (handed back, superseded): dropped on finish.
         self._abandoned: set[tuple[str, int]] = set()
         self.outbox: dict[tuple[str, int], m.Result] = {}
@@ -283,6 +289,7 @@ class WorkerProtocol:
         elif isinstance(event, SlotsHeld):
             if event.held != self.held:
                 self.held = event.held
+                self._start_waiting()
                 # At once: the coordinator must count them before the result that ends
                 # their attempt frees the slot in its books.
                 if self.is_registered:
@@ -320,13 +327,16 @@ class WorkerProtocol:
             running=len(self.running), outbox=len(self.outbox), draining=self.draining,
             sessions=self._sessions, orders_refused=self._orders_refused,
             redirects=self._redirects, results_sent=self._results_sent,
-            handed_back=self._handed_back,
+            handed_back=self._handed_back, waiting=len(self.waiting),
         )  # fmt: skip
 
     # -- what Register and Heartbeat report ----------------------------------------------------
 
     def running_refs(self) -> tuple[m.AttemptRef, ...]:
-        return tuple(m.AttemptRef(job_id=j, attempt=a) for j, a in sorted(self.running.items()))
+        """The attempts this worker holds: running, and prefetched ones waiting for a slot
+        (the leader counts both as assigned here)."""
+        held = sorted([*self.running.items(), *self.waiting.items()])
+        return tuple(m.AttemptRef(job_id=j, attempt=a) for j, a in held)
 
     def owned_refs(self) -> tuple[m.AttemptRef, ...]:
         """What Register reports: attempts still running and finished ones whose result the
@@ -399,7 +409,7 @@ class WorkerProtocol:
         self._send(m.Register(
             name=cfg.name, slots=cfg.slots, tags=cfg.tags, running=self.owned_refs(),
             draining=self.draining, incarnation=cfg.incarnation, allow_shell=caps.allow_shell,
-            allow_call=caps.allow_call, epoch_seen=self.epoch_seen,
+            allow_call=caps.allow_call, epoch_seen=self.epoch_seen, prefetch=cfg.prefetch,
         ))  # fmt: skip
 
     def _on_dial_failed(self, event: DialFailed, now: float) -> None:
@@ -553,6 +563,11 @@ class WorkerProtocol:
         self._send(m.HandBack(job_id=job_id, attempt=attempt, reason=reason))
 
     def _on_assign(self, msg: m.Assign) -> None:
+        waiting = self.waiting.attempt(msg.job_id)
+        if waiting is not None:
+            if waiting >= msg.attempt:
+                return  # a duplicate of what waits here already
+            self.waiting.remove(msg.job_id)  # superseded before it started
         current = self.running.get(msg.job_id)
         if current is not None:
             if current >= msg.attempt:
@@ -572,14 +587,38 @@ class WorkerProtocol:
                 finished_at=self._wall,
             ))  # fmt: skip
             return
-        if self.draining or len(self.running) + self.held >= self.config.slots:
-            self._hand_back(msg.job_id, msg.attempt,
-                            "draining" if self.draining else "no free slot")
-            return
+        if self.draining:
+            self._hand_back(msg.job_id, msg.attempt, "draining")
+        elif len(self.running) + self.held < self.config.slots:
+            self._start(msg)
+        elif self.waiting.has_room():
+            self.waiting.put(msg)
+        else:
+            self._hand_back(msg.job_id, msg.attempt, "no free slot")
+
+    def _start(self, msg: m.Assign) -> None:
         self.running[msg.job_id] = msg.attempt
         self._effects.append(StartJob(msg))
 
+    def _start_waiting(self) -> None:
+        """Prefetched assignments take the slots that are free, oldest first."""
+        while self.waiting and not self.draining \
+                and len(self.running) + self.held < self.config.slots:
+            assign = self.waiting.take_oldest()
+            assert assign is not None
+            self._start(assign)
+
     def _kill(self, job_id: str, attempt: int, reason: str) -> None:
+        if self.waiting.remove(job_id, attempt) is not None:
+            # Never started: it ends here, reported like an attempt killed at once.
+            log.info("job=%s attempt=%d: removed before it started (%s)", job_id, attempt,
+                     reason)
+            self._keep_result(m.Result(
+                job_id=job_id, attempt=attempt, state="cancelled", exit_code=None, result=None,
+                stdout="", stderr="", error=f"killed before it started: {reason}",
+                started_at=self._wall, finished_at=self._wall,
+            ))  # fmt: skip
+            return
         if self.running.get(job_id) == attempt:
             log.info("job=%s attempt=%d: kill (%s)", job_id, attempt, reason)
             self._effects.append(KillJob(job_id, attempt, reason))
@@ -606,6 +645,7 @@ class WorkerProtocol:
             return  # not an attempt we run: the shell reports each one once
         del self.running[result.job_id]
         self._keep_result(result)
+        self._start_waiting()
         if self._drain_until is not None and not self.running:
             self._hand_back_all("drain timeout")
 
@@ -647,6 +687,12 @@ class WorkerProtocol:
                  len(self.running), self.config.drain_timeout_s)
         if self.is_registered:
             self._send(m.Draining())
+        for assign in self.waiting.take_all():
+            # Never started, so nothing to finish: back to the queue at once.
+            if self.is_registered:
+                self._hand_back(assign.job_id, assign.attempt, "draining")
+            log.info("job=%s attempt=%d handed back before it started", assign.job_id,
+                     assign.attempt)
         if self.running:
             self._drain_until = now + self.config.drain_timeout_s
         else:

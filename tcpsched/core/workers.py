@@ -55,9 +55,20 @@ class WorkerEntry:
     assigned_at: dict[str, float] = attrs.field(factory=dict)
     unreported: dict[str, int] = attrs.field(factory=dict)
     held: int = 0  # slots its last heartbeat said stopped work still holds (messages.Heartbeat)
+    prefetch: int = 0  # attempts it keeps waiting beyond its slots (core/prefetch.py)
+    # Set while the leader handles one of its results: only then are its prefetch places
+    # filled, from the head of the queue as it stands (core/prefetch.py says why).
+    lookahead_open: bool = False
 
     def free_slots(self) -> int:
-        return self.slots - len(self.running) - self.held
+        """Places for one more assignment: its free slots, and its prefetch places while its
+        lookahead is open."""
+        places = self.slots + (self.prefetch if self.lookahead_open else 0)
+        return places - len(self.running) - self.held
+
+    def is_saturated(self) -> bool:
+        """Every slot is taken: an attempt assigned now waits in its lookahead."""
+        return len(self.running) + self.held >= self.slots
 
 
 def is_current(job: JobRecord | None, attempt: int, worker: str) -> bool:
@@ -106,8 +117,10 @@ def worker_rows(workers: dict[str, WorkerEntry], detector: FailureDetector,
             "name": entry.name,
             "address": entry.address,
             "slots": entry.slots,
-            "running": len(entry.running) + entry.held,
+            "running": min(len(entry.running) + entry.held, entry.slots),
             "held": entry.held,
+            "prefetch": entry.prefetch,
+            "prefetched": max(len(entry.running) + entry.held - entry.slots, 0),
             "tags": list(entry.tags),
             "state": worker_state(entry, detector),
             "last_heartbeat": _wall(

@@ -145,7 +145,7 @@ class WorkerSide:
         entry = WorkerEntry(
             name=name, conn=conn, slots=msg.slots, tags=msg.tags,
             address=self._conn_addresses.get(conn, ""), registered_at=now, draining=msg.draining,
-            incarnation=msg.incarnation,
+            incarnation=msg.incarnation, prefetch=msg.prefetch,
             capabilities=Capabilities(allow_shell=msg.allow_shell, allow_call=msg.allow_call),
         )  # fmt: skip
         self.workers[name] = entry

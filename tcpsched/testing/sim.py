@@ -63,6 +63,9 @@ class SimConfig:
     coordinators: int = 3
     workers: int = 3
     slots_max: int = 3
+    # Worker i holds i % (prefetch_max + 1) assignments beyond its slots (core/prefetch.py);
+    # 0 keeps every seed's run as it was before prefetch existed.
+    prefetch_max: int = 0
     clients: int = 2
     jobs: int = 60  # submitted in batches during the fault phase, at most this many
     steps: int = 2000  # events in the fault phase
@@ -115,7 +118,9 @@ class Simulation:
         self._by_address = {address_of(i): c for i, c in self.coordinators.items()}
         self.coordinator_addresses = [address_of(i) for i in ids]
         self.workers = {
-            f"w{i}": SimWorker(f"w{i}", self.rng.randint(1, cfg.slots_max))
+            # No draw for the lookahead: a seed's other draws stay as they were.
+            f"w{i}": SimWorker(f"w{i}", self.rng.randint(1, cfg.slots_max),
+                               prefetch=i % (cfg.prefetch_max + 1))
             for i in range(1, cfg.workers + 1)
         }
         self.clients = {f"cl{i}": SimClient(self, f"cl{i}", self.coordinator_addresses)

@@ -33,6 +33,7 @@ class SimWorker:
 
     name: str
     slots: int
+    prefetch: int = 0  # assignments it holds beyond its slots (core/prefetch.py)
     up: bool = True
     hung: bool = False
     conn: int | None = None  # the current session's connection, which is its session number
@@ -63,7 +64,8 @@ class WorkerSide:
         is the same process, a restart is not)."""
         cfg = self.sim.config
         config = wp.WorkerConfig(
-            name=w.name, slots=w.slots, coordinators=tuple(self.sim.coordinator_addresses),
+            name=w.name, slots=w.slots, prefetch=w.prefetch,
+            coordinators=tuple(self.sim.coordinator_addresses),
             incarnation=f"{w.name}#{w.life}", drain_timeout_s=cfg.drain_timeout_s,
             result_flush_s=cfg.drain_timeout_s,
         )  # fmt: skip

@@ -99,3 +99,12 @@ def test_a_seed_replays_exactly_in_another_process() -> None:
                               env=env, capture_output=True, text=True, timeout=120, check=True)
         outputs.add(done.stdout.splitlines()[0])
     assert len(outputs) == 1
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_seeded_cluster_with_worker_prefetch_keeps_every_promise(seed: int) -> None:
+    """Workers holding 1 and 2 assignments beyond their slots (`--prefetch`): the same
+    promises hold under the same faults, and every acknowledged job finishes."""
+    summary = _run(seed, SimConfig(steps=STEPS, prefetch_max=2))
+    assert summary["jobs"] > 0
+    assert summary["succeeded"] + summary["failed"] + summary["cancelled"] >= summary["jobs"]
