@@ -15,6 +15,8 @@ Sections (`--only NAME`, repeatable; all by default):
   latency     `--latency-samples` sequential submit -> result round trips: p50, p99 (ms).
   submits     `--submits` sequential acknowledged submits: submits/s and p50 ms.
   shell       `--shell-jobs` shell jobs (`true`): jobs/s, which measures process spawning.
+  calls       `--calls` no-op calls through a worker's executor alone, `--slots` at a time, in
+              thread and in process isolation: calls/s of each and `process_vs_thread`.
   queued      coordinator CPU µs per job for `--queued-batch` jobs run while N others stay
               queued (`--queued 10000,1000000`): the queued ones ask for a tag no worker has,
               so they are really pending for the whole batch. CPU is the coordinator process's
@@ -33,7 +35,7 @@ shared token (authenticated handshakes, MAC'd frames).
 
     python scripts/bench.py [--coordinators 1|3|1,3] [--only NAME]... [--repeat 3]
         [--compare dask] [--jobs 20000] [--latency-samples 1000] [--submits 1000]
-        [--shell-jobs 2000] [--queued 10000,1000000] [--queued-batch 5000]
+        [--shell-jobs 2000] [--calls 20000] [--queued 10000,1000000] [--queued-batch 5000]
         [--worker-counts 10,100,1000] [--idle-s 5] [--scale-jobs 5000] [--workers 2]
         [--slots 1] [--fsync always|batch|never] [--isolation process|thread]... [--token]
         [--json]
@@ -65,7 +67,7 @@ from bench_sections import BenchConfig, Figure
 from tcpsched.testing.processes import ProcessGroup
 
 CLUSTER_SECTIONS = ("throughput", "latency", "submits", "shell")
-SECTIONS = (*CLUSTER_SECTIONS, "queued", "workers", "restart")
+SECTIONS = (*CLUSTER_SECTIONS, "calls", "queued", "workers", "restart")
 DASK_SECTIONS = ("throughput", "latency")
 
 
@@ -100,6 +102,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="sequential acknowledged submits (1000)")
     p.add_argument("--shell-jobs", type=int, default=2_000, metavar="N",
                    help="`true` shell jobs for shell (2000)")
+    p.add_argument("--calls", type=int, default=20_000, metavar="N",
+                   help="no-op calls through the executor for calls (20000)")
     p.add_argument("--queued", default="10000,1000000", metavar="N,N",
                    help="jobs kept queued while a batch is measured (10000,1000000)")
     p.add_argument("--queued-batch", type=int, default=5_000, metavar="N",
@@ -124,8 +128,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "for throughput)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     args = p.parse_args(argv)
-    counts = ("--jobs", "--latency-samples", "--submits", "--shell-jobs", "--queued-batch",
-              "--scale-jobs", "--workers", "--slots", "--repeat")
+    counts = ("--jobs", "--calls", "--latency-samples", "--submits", "--shell-jobs",
+              "--queued-batch", "--scale-jobs", "--workers", "--slots", "--repeat")
     for flag in counts:
         if getattr(args, flag[2:].replace("-", "_")) < 1:
             p.error(f"{flag} must be at least 1")
@@ -169,6 +173,8 @@ def run_once(args: argparse.Namespace, config: BenchConfig, names: Sequence[str]
         else:
             figures += _with(sections.dask_figures(config, names), system="dask",
                              coordinators=0)
+    if "calls" in names:
+        figures += _with(sections.calls(None, "", 0, config, token), coordinators=0)
     if "queued" in names:  # workers without shells: queued shell jobs are unplaceable
         figures += in_cluster(config, token, 1, ["queued"],
                               lambda group: sections.start_cluster(group, config, token, 1,
@@ -279,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = secrets.token_hex(16).encode() if args.token else None
     config = BenchConfig(jobs=args.jobs, submits=args.submits,
                          latency_samples=args.latency_samples, shell_jobs=args.shell_jobs,
+                         calls=args.calls,
                          queued=tuple(args.queued), queued_batch=args.queued_batch,
                          worker_counts=tuple(args.worker_counts), idle_s=args.idle_s,
                          scale_jobs=args.scale_jobs, workers=args.workers, slots=args.slots,

@@ -8,6 +8,7 @@ are named `section.name` with a unit; bench.py takes medians over repeats and se
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import io
@@ -57,6 +58,7 @@ class BenchConfig:
     submits: int = 1_000
     latency_samples: int = 1_000
     shell_jobs: int = 2_000
+    calls: int = 20_000
     queued: tuple[int, ...] = (10_000, 1_000_000)
     queued_batch: int = 5_000
     worker_counts: tuple[int, ...] = (10, 100, 1_000)
@@ -266,9 +268,44 @@ def workers(group: ProcessGroup, address: str, leader_pid: int, config: BenchCon
     return figures
 
 
+def calls(group: ProcessGroup | None, address: str, leader_pid: int, config: BenchConfig,
+          token: bytes | None) -> list[Figure]:
+    """No-op calls/s through the worker's executor alone (no coordinator), in thread and in
+    process isolation, `config.slots` at a time: what isolation costs, without the noise of
+    the rest of the path; `process_vs_thread` is their ratio."""
+    import uvloop
+
+    from tcpsched.runtime.executor import Executor
+    from tcpsched.runtime.outcome import KillSwitch
+
+    async def rate(isolation: str) -> float:
+        executor = Executor(config.slots, 1 << 20, 2.0, isolation=isolation)
+
+        async def lane(count: int) -> None:
+            for i in range(count):
+                outcome = await executor.run_call(NOOP_FUNCTION, (i,), {}, None, KillSwitch())
+                if outcome.state != "succeeded" or outcome.result != i:
+                    raise RuntimeError(f"a no-op call failed: {outcome}")
+
+        try:
+            await asyncio.gather(*(lane(20) for _ in range(config.slots)))  # warm
+            per_lane = max(1, config.calls // config.slots)
+            start = time.perf_counter()
+            await asyncio.gather(*(lane(per_lane) for _ in range(config.slots)))
+            return per_lane * config.slots / (time.perf_counter() - start)
+        finally:
+            executor.shutdown()
+
+    _log(f"calls: {config.calls} no-op calls through the executor, thread then process ...")
+    thread, process = uvloop.run(rate("thread")), uvloop.run(rate("process"))
+    return [Figure("calls", "thread", thread, "calls/s"),
+            Figure("calls", "process", process, "calls/s"),
+            Figure("calls", "process_vs_thread", process / thread, "ratio")]
+
+
 SECTIONS: dict[str, Callable[..., list[Figure]]] = {
     "throughput": throughput, "latency": latency, "submits": submits, "shell": shell,
-    "queued": queued, "workers": workers,
+    "queued": queued, "workers": workers, "calls": calls,
 }
 
 
