@@ -247,7 +247,9 @@ def rows(figures: Sequence[Figure], compared: bool) -> list[dict[str, Any]]:
         other = dask.get((f.section, f.name))
         only = f.section.split(".")[0]
         command = f"scripts/bench.py --only {only if only in SECTIONS else 'throughput'}"
-        if f.coordinators in (1, 3):
+        if f.name.endswith("_cost_3_vs_1"):
+            command += " --coordinators 1,3"
+        elif f.coordinators in (1, 3):
             command += f" --coordinators {f.coordinators}"
         if f.section.startswith("throughput.") or f.section == "isolation":
             command += " --isolation process --isolation thread"
