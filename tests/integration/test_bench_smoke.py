@@ -17,9 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "scripts" / "bench.py"
 TINY = ["--coordinators", "1", "--jobs", "40", "--latency-samples", "10", "--submits", "10",
-        "--shell-jobs", "5", "--queued", "20,50", "--queued-batch", "20",
+        "--shell-jobs", "5", "--calls", "40", "--queued", "20,50", "--queued-batch", "20",
         "--worker-counts", "2,5", "--idle-s", "0.2", "--scale-jobs", "20", "--json"]
-SECTIONS = ["throughput", "latency", "submits", "shell", "queued", "workers"]
+SECTIONS = ["throughput", "latency", "submits", "shell", "calls", "queued", "workers"]
 
 
 def run_bench(*extra: str) -> dict:
@@ -39,6 +39,7 @@ def test_every_section_reports_figures_in_json() -> None:
     assert 0 < results["latency"]["p50"]["value"] <= results["latency"]["p99"]["value"]
     assert results["submits"]["rate"]["value"] > 0
     assert results["shell"]["jobs_per_s"]["value"] > 0
+    assert results["calls"]["process"]["value"] > 0 and results["calls"]["thread"]["value"] > 0
     assert set(results["queued"]) >= {"cpu_us_per_job_20_queued", "cpu_us_per_job_50_queued"}
     assert results["workers"]["dispatch_5"]["value"] > 0
     assert "leader_cpu_5_idle" in results["workers"]
