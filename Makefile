@@ -59,8 +59,10 @@ status: $(STAMP)
 console: $(STAMP)
 	$(PY) -m tcpsched.console --coordinators $$($(PY) scripts/cluster.py addresses --dir $(RUN) --port $(PORT) --coordinators $(COORDINATORS))
 
+# The bench extra (Dask distributed, for --compare dask) is installed here, not by `make install`.
 bench: $(STAMP)
-	$(PY) scripts/bench.py --coordinators 1,3
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(PY) scripts/bench.py --coordinators 1,3 --compare dask --repeat 3
 	$(PY) scripts/bench_failover.py
 	$(PY) scripts/bench_failover.py --leader
 	$(PY) scripts/bench_journal.py --seconds 3

@@ -1,31 +1,44 @@
-"""End-to-end benchmarks of a local cluster and its workers on loopback (`make bench`).
+"""End-to-end benchmarks of local clusters on loopback, optionally beside Dask (`make bench`).
 
-Starts a real cluster (1 coordinator, or 3 peer coordinators with `--coordinators 3`, and
-`--workers` workers, in a temporary directory on free ports), runs each benchmark against it,
-and always stops every process it started, also on Ctrl-C or SIGTERM. `--coordinators 1,3`
-runs the benchmarks against each size in turn and adds what the peer group costs (a reply
-waits for its record to be on a majority: one follower round trip more). Figures go to stdout
-as a table, or as one JSON document with `--json`; progress goes to stderr.
+Starts real clusters (1 coordinator, or 3 peer coordinators, and `--workers` workers of
+`--slots` slots, in temporary directories on free ports), runs each selected section against
+them, and always stops every process it started, also on Ctrl-C or SIGTERM. Figures go to
+stdout as a table (figure, command, our value, Dask's value, ratio ours/Dask), or as one JSON
+document with `--json`; progress goes to stderr. `--repeat N` runs everything N times,
+interleaved (ours, then Dask's, then ours again...), and reports the medians.
 
-Benchmarks (one function each, listed in `BENCHMARKS`; add a section by adding a function):
-  throughput  N no-op Python jobs submitted with `Client.map` and gathered: end-to-end jobs/s,
-              and the submit-only rate (how fast the coordinator takes jobs in, acknowledged).
-  submits     one submit at a time, each acknowledged before the next: submits/s and p50 ms.
-  latency     one job at a time, submit -> result: p50, p99 (and mean, max) in milliseconds.
+Sections (`--only NAME`, repeatable; all by default):
+  throughput  `--jobs` no-op Python jobs (`builtins:abs`) via `SyncClient.map` + `gather`:
+              end-to-end jobs/s and the submit-only rate; per `--coordinators` count. With a
+              second `--isolation` (default: process, then thread) the lone coordinator's
+              cluster is measured in thread mode too: `isolation.process_vs_thread`.
+  latency     `--latency-samples` sequential submit -> result round trips: p50, p99 (ms).
+  submits     `--submits` sequential acknowledged submits: submits/s and p50 ms.
+  shell       `--shell-jobs` shell jobs (`true`): jobs/s, which measures process spawning.
+  calls       `--calls` no-op calls through a worker's executor alone, `--slots` at a time, in
+              thread and in process isolation: calls/s of each and `process_vs_thread`.
+  queued      coordinator CPU µs per job for `--queued-batch` jobs run while N others stay
+              queued (`--queued 10000,1000000`): the queued ones ask for a tag no worker has,
+              so they are really pending for the whole batch. CPU is the coordinator process's
+              utime + stime from /proc/PID/stat, read before and after the batch.
+  workers     the leader's CPU share (% of one core) over `--idle-s` seconds with N workers
+              connected and heartbeating at the default interval (`--worker-counts
+              10,100,1000`: one load-generator process, `tcpsched.testing.loadgen`, speaking
+              the real protocol), and dispatch throughput of `--scale-jobs` jobs at each N.
+  restart     `scripts/bench_restart.py` (restart with many jobs, RSS per job), if present:
+              called with `--json` and `--restart-args`; skipped with the reason otherwise.
 
-Each benchmark runs on a lone coordinator and on a peer group of three (`--coordinators`), with
-the workers' `--isolation process` (the default); the lone coordinator is also measured with
-`--isolation thread`, and `isolation.process_vs_thread` is process mode's end-to-end throughput
-over thread mode's (sections of thread runs end in `.thread`).
+`--compare dask` runs the throughput and latency work on Dask distributed's LocalCluster (2
+worker processes x 1 thread, see bench_dask.py) in the same run; without `distributed`
+installed the comparison is skipped with the reason. `--token` runs every cluster with a
+shared token (authenticated handshakes, MAC'd frames).
 
-    python scripts/bench.py [--coordinators 1|3|1,3] [--jobs 20000] [--submits 1000]
-                            [--latency-samples 500] [--workers 2] [--slots 4] [--prefetch N]
-                            [--fsync always|batch|never] [--token] [--only NAME]...
-                            [--isolation process|thread]... [--json]
-
-`--token` runs the cluster with a shared token (random, in the temporary directory), so every
-connection authenticates and, without TLS, every coalesced write carries a MAC: the cost of
-authenticated frames shows as the difference from a run without it.
+    python scripts/bench.py [--coordinators 1|3|1,3] [--only NAME]... [--repeat 3]
+        [--compare dask] [--jobs 20000] [--latency-samples 1000] [--submits 1000]
+        [--shell-jobs 2000] [--calls 20000] [--queued 10000,1000000] [--queued-batch 5000]
+        [--worker-counts 10,100,1000] [--idle-s 5] [--scale-jobs 5000] [--workers 2]
+        [--slots 1] [--fsync always|batch|never] [--isolation process|thread]... [--token]
+        [--json]
 """
 
 from __future__ import annotations
@@ -36,319 +49,281 @@ import os
 import platform
 import secrets
 import signal
+import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from tcpsched import Client
-from tcpsched.client import SyncClient
-from tcpsched.testing.processes import ProcessGroup, wait_for_workers
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_*.py beside this file
 
-NOOP_FUNCTION = "builtins:abs"  # abs(i) == i for the items sent: the cheapest proof it ran
-GATHER_TIMEOUT_S = 600.0
+import bench_dask
+import bench_sections as sections
+from bench_sections import BenchConfig, Figure
 
+from tcpsched.testing.processes import ProcessGroup
 
-@attrs.frozen
-class Figure:
-    """One measured number, named `section.name`, with its unit."""
-
-    section: str
-    name: str
-    value: float
-    unit: str
-    coordinators: int = 1
-
-
-@attrs.frozen
-class BenchConfig:
-    jobs: int = 20_000
-    submits: int = 1_000
-    latency_samples: int = 500
-    workers: int = 2
-    slots: int = 4
-    policy: str = "round-robin"
-    fsync: str | None = None  # None: the coordinator's default
-    token: bool = False  # a shared token: authenticated handshakes and MAC'd frames
-    isolation: str = "process"  # the workers' --isolation
-    prefetch: int | None = None  # the workers' --prefetch (None: their default)
-
-
-Benchmark = Callable[[Client, BenchConfig], Awaitable[list[Figure]]]
-
-
-def percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile of already sorted values (fraction in [0, 1])."""
-    if not sorted_values:
-        raise ValueError("no values")
-    rank = max(1, min(len(sorted_values), round(fraction * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
+CLUSTER_SECTIONS = ("throughput", "latency", "submits", "shell")
+SECTIONS = (*CLUSTER_SECTIONS, "calls", "queued", "workers", "restart")
+DASK_SECTIONS = ("throughput", "latency")
 
 
 def _log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-async def bench_throughput(client: Client, config: BenchConfig) -> list[Figure]:
-    """`config.jobs` no-op jobs through `map` (batched submits), then `gather` of them all."""
-    n = config.jobs
-    _log(f"throughput: submitting {n} jobs with Client.map ...")
-    start = time.perf_counter()
-    ids = await client.map(NOOP_FUNCTION, range(n))
-    submitted = time.perf_counter()
-    records = await client.gather(ids, timeout=GATHER_TIMEOUT_S)
-    finished = time.perf_counter()
-    failed = [r for r in records if r["state"] != "succeeded"]
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {n} jobs did not succeed, e.g. {failed[0]}")
-    if [r["result"] for r in records] != list(range(n)):
-        raise RuntimeError("results do not match the submitted arguments")
-    total_s, submit_s = finished - start, submitted - start
-    return [
-        Figure("throughput", "end_to_end", n / total_s, "jobs/s"),
-        Figure("throughput", "submit_only", n / submit_s, "jobs/s"),
-        Figure("throughput", "total_time", total_s, "s"),
-        Figure("throughput", "jobs", n, "jobs"),
-    ]
-
-
-async def bench_submits(client: Client, config: BenchConfig) -> list[Figure]:
-    """Sequential single submits: each is acknowledged (committed) before the next is sent."""
-    n = config.submits
-    _log(f"submits: {n} sequential acknowledged submits ...")
-    for i in range(min(20, n)):  # warm up the connection and the leader's paths
-        await client.submit_call(NOOP_FUNCTION, i)
-    samples_ms = []
-    start = time.perf_counter()
-    for i in range(n):
-        before = time.perf_counter()
-        await client.submit_call(NOOP_FUNCTION, i)
-        samples_ms.append((time.perf_counter() - before) * 1000.0)
-    elapsed = time.perf_counter() - start
-    samples_ms.sort()
-    return [
-        Figure("submits", "rate", n / elapsed, "jobs/s"),
-        Figure("submits", "p50", percentile(samples_ms, 0.50), "ms"),
-        Figure("submits", "p99", percentile(samples_ms, 0.99), "ms"),
-        Figure("submits", "samples", n, "jobs"),
-    ]
-
-
-async def bench_latency(client: Client, config: BenchConfig) -> list[Figure]:
-    """Sequential submit -> wait for the record, one job at a time."""
-    n = config.latency_samples
-    _log(f"latency: {n} sequential submit -> result round trips ...")
-    for i in range(min(20, n)):  # warm up: imports on the workers, connection buffers
-        await client.wait(await client.submit_call(NOOP_FUNCTION, i), timeout=60)
-    samples_ms = []
-    for i in range(n):
-        start = time.perf_counter()
-        record = await client.wait(await client.submit_call(NOOP_FUNCTION, i), timeout=60)
-        samples_ms.append((time.perf_counter() - start) * 1000.0)
-        if record["state"] != "succeeded":
-            raise RuntimeError(f"latency job failed: {record}")
-    samples_ms.sort()
-    return [
-        Figure("latency", "p50", percentile(samples_ms, 0.50), "ms"),
-        Figure("latency", "p99", percentile(samples_ms, 0.99), "ms"),
-        Figure("latency", "mean", sum(samples_ms) / n, "ms"),
-        Figure("latency", "max", samples_ms[-1], "ms"),
-        Figure("latency", "samples", n, "jobs"),
-    ]
-
-
-BENCHMARKS: dict[str, Benchmark] = {
-    "throughput": bench_throughput,
-    "submits": bench_submits,
-    "latency": bench_latency,
-}
-
-
-def start_cluster(group: ProcessGroup, config: BenchConfig, token: bytes | None,
-                  coordinators: int = 1) -> str:
-    """One coordinator, or a peer group of `coordinators`, and `config.workers` workers given
-    every address; returns the addresses, comma-separated."""
-    extra = ["--policy", config.policy, "--log-level", "warning"]
-    worker_extra = ["--log-level", "warning", "--isolation", config.isolation]
-    if config.prefetch is not None:
-        worker_extra += ["--prefetch", str(config.prefetch)]
-    if config.fsync is not None:
-        extra += ["--fsync", config.fsync]
-    if token is not None:
-        token_file = group.workdir / "token"
-        token_file.write_bytes(token)
-        extra += ["--token-file", str(token_file)]
-        worker_extra += ["--token-file", str(token_file)]
-    if coordinators == 1:
-        _, address = group.coordinator(extra=extra)
-    else:
-        address = ",".join(a for _, a in group.group(coordinators, extra=extra).values())
-    names = [f"w{i + 1}" for i in range(config.workers)]
-    for name in names:
-        group.worker(address, name, slots=config.slots, extra=worker_extra)
-    with SyncClient(address, connect_timeout=30.0, token=token) as client:
-        wait_for_workers(client, names, timeout=30.0)
-    return address
-
-
-async def run_benchmarks(address: str, config: BenchConfig, names: Sequence[str],
-                         token: bytes | None, coordinators: int = 1) -> list[Figure]:
-    figures: list[Figure] = []
-    async with Client(address, token=token, connect_timeout=30.0) as client:
-        for name in names:
-            figures.extend(attrs.evolve(f, coordinators=coordinators)
-                           for f in await BENCHMARKS[name](client, config))
-    return figures
-
-
-def group_cost(figures: Sequence[Figure]) -> list[Figure]:
-    """For each rate measured with 1 and with 3 coordinators: how much slower 3 are, in %."""
-    rates = {(f.section, f.name, f.coordinators): f.value for f in figures
-             if f.unit == "jobs/s"}
-    return [Figure(section, f"{name}_cost_3_vs_1", 100.0 * (1.0 - rates[section, name, 3] / one),
-                   "%", 3)
-            for (section, name, count), one in rates.items()
-            if count == 1 and (section, name, 3) in rates]
-
-
-def format_value(figure: Figure) -> str:
-    if figure.unit in ("jobs", "s") and figure.value == int(figure.value):
-        return f"{int(figure.value)}"
-    if figure.unit == "jobs/s":
-        return f"{figure.value:,.0f}"
-    if figure.unit == "ratio":
-        return f"{figure.value:.3f}"
-    return f"{figure.value:.2f}"
-
-
-def table(figures: Sequence[Figure]) -> str:
-    rows = [(str(f.coordinators), f"{f.section}.{f.name}", format_value(f), f.unit)
-            for f in figures]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in
-              enumerate(("coordinators", "benchmark", "value", "unit"))]
-    lines = [f"{'coordinators':>{widths[0]}}  {'benchmark':<{widths[1]}}  "
-             f"{'value':>{widths[2]}}  unit"]
-    lines += [f"{count:>{widths[0]}}  {name:<{widths[1]}}  {value:>{widths[2]}}  {unit}"
-              for count, name, value, unit in rows]
-    return "\n".join(lines)
-
-
-def document(figures: Sequence[Figure], config: BenchConfig,
-             coordinators: Sequence[int] = (1,)) -> dict[str, Any]:
-    results: dict[str, dict[str, Any]] = {}
-    for f in figures:
-        # One coordinator keeps the historical keys; a peer group's sections are "name@3".
-        section = f.section if f.coordinators == 1 else f"{f.section}@{f.coordinators}"
-        results.setdefault(section, {})[f.name] = {"value": f.value, "unit": f.unit}
-    return {
-        "config": {**attrs.asdict(config), "coordinators": list(coordinators)},
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "platform": platform.platform()},
-        "results": results,
-    }
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{flag} takes numbers separated by commas") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{flag} takes numbers of at least 1")
+    return values
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Benchmark a local tcpsched cluster.")
-    p.add_argument("--coordinators", default="1", metavar="1|3|1,3",
-                   help="coordinators in the cluster; 1,3 runs both and compares (1)")
+    p = argparse.ArgumentParser(description="Benchmark local tcpsched clusters (and Dask).")
+    p.add_argument("--coordinators", default="1,3", metavar="1|3|1,3",
+                   help="coordinators in the cluster; 1,3 runs both and compares (1,3)")
+    p.add_argument("--only", action="append", choices=SECTIONS, default=None,
+                   help="run only this section (repeatable; default: all)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run everything N times, interleaved, and report medians (1)")
+    p.add_argument("--compare", choices=("dask",), default=None,
+                   help="also run throughput and latency on Dask distributed")
     p.add_argument("--jobs", type=int, default=20_000, help="jobs for throughput (20000)")
+    p.add_argument("--latency-samples", type=int, default=1_000, metavar="N",
+                   help="sequential round trips for latency (1000)")
     p.add_argument("--submits", type=int, default=1_000, metavar="N",
                    help="sequential acknowledged submits (1000)")
-    p.add_argument("--latency-samples", type=int, default=500, metavar="N",
-                   help="sequential round trips for latency (500)")
+    p.add_argument("--shell-jobs", type=int, default=2_000, metavar="N",
+                   help="`true` shell jobs for shell (2000)")
+    p.add_argument("--calls", type=int, default=20_000, metavar="N",
+                   help="no-op calls through the executor for calls (20000)")
+    p.add_argument("--queued", default="10000,1000000", metavar="N,N",
+                   help="jobs kept queued while a batch is measured (10000,1000000)")
+    p.add_argument("--queued-batch", type=int, default=5_000, metavar="N",
+                   help="jobs run and measured at each queue size (5000)")
+    p.add_argument("--worker-counts", default="10,100,1000", metavar="N,N",
+                   help="connected load-generator workers (10,100,1000)")
+    p.add_argument("--idle-s", type=float, default=5.0, metavar="S",
+                   help="seconds the leader's CPU is measured with idle workers (5)")
+    p.add_argument("--scale-jobs", type=int, default=5_000, metavar="N",
+                   help="jobs dispatched at each worker count (5000)")
+    p.add_argument("--restart-args", default="", metavar="ARGS",
+                   help="arguments for scripts/bench_restart.py (its defaults)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (2)")
-    p.add_argument("--slots", type=int, default=4, help="slots per worker (4)")
+    p.add_argument("--slots", type=int, default=1, help="slots per worker (1)")
     p.add_argument("--prefetch", type=int, default=None, metavar="N",
-                   help="the workers' --prefetch (their default if not given)")
+                   help="the workers' --prefetch (their default, 2 x slots, if not given)")
     p.add_argument("--policy", default="round-robin", choices=("round-robin", "random"))
     p.add_argument("--fsync", default=None, choices=("always", "batch", "never"),
-                   help="the coordinator's journal fsync policy (its default if not given)")
+                   help="the coordinators' journal fsync policy (their default if not given)")
     p.add_argument("--token", action="store_true",
-                   help="run the cluster with a shared token (authenticated, MAC'd frames)")
-    p.add_argument("--only", action="append", choices=sorted(BENCHMARKS), default=None,
-                   help="run only this benchmark (repeatable)")
+                   help="run the clusters with a shared token (authenticated, MAC'd frames)")
     p.add_argument("--isolation", action="append", choices=("process", "thread"), default=None,
-                   help="the workers' --isolation (repeatable; default: both, one after the "
-                   "other)")
+                   help="the workers' --isolation (repeatable; default: process, then thread "
+                   "for throughput)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     args = p.parse_args(argv)
-    if (args.jobs < 1 or args.latency_samples < 1 or args.workers < 1 or args.slots < 1
-            or args.submits < 1):
-        p.error("--jobs, --submits, --latency-samples, --workers and --slots must be at "
-                "least 1")
+    counts = ("--jobs", "--calls", "--latency-samples", "--submits", "--shell-jobs",
+              "--queued-batch", "--scale-jobs", "--workers", "--slots", "--repeat")
+    for flag in counts:
+        if getattr(args, flag[2:].replace("-", "_")) < 1:
+            p.error(f"{flag} must be at least 1")
+    if args.idle_s <= 0:
+        p.error("--idle-s must be > 0 seconds")
     try:
-        args.coordinators = sorted({int(n) for n in args.coordinators.split(",")})
-    except ValueError:
-        p.error("--coordinators takes 1, 3 or 1,3")
+        args.queued = _int_list(args.queued, "--queued")
+        args.worker_counts = _int_list(args.worker_counts, "--worker-counts")
+        args.coordinators = sorted(set(_int_list(args.coordinators, "--coordinators")))
+    except argparse.ArgumentTypeError as exc:
+        p.error(str(exc))
     if not set(args.coordinators) <= {1, 3}:
         p.error("--coordinators takes 1, 3 or 1,3")
     return args
+
+
+def _with(figures: list[Figure], **changes: Any) -> list[Figure]:
+    return [attrs.evolve(f, **changes) for f in figures]
+
+
+def run_once(args: argparse.Namespace, config: BenchConfig, names: Sequence[str],
+             token: bytes | None, skipped: dict[str, str]) -> list[Figure]:
+    """Every selected section once; Dask's right after ours when compared."""
+    figures: list[Figure] = []
+    isolations = args.isolation or ["process", "thread"]
+    ours = [n for n in names if n in CLUSTER_SECTIONS]
+    for count in args.coordinators if ours else []:
+        figures += in_cluster(config, token, count, ours,
+                              lambda group, c=count: sections.start_cluster(group, config,
+                                                                            token, c))
+    if "throughput" in names and 1 in args.coordinators:
+        for isolation in isolations[1:]:
+            other = attrs.evolve(config, isolation=isolation)
+            measured = in_cluster(other, token, 1, ["throughput"],
+                                  lambda group, o=other: sections.start_cluster(group, o, token, 1))
+            figures += _with(measured, section=f"throughput.{isolation}")
+    if args.compare == "dask" and any(n in DASK_SECTIONS for n in names):
+        reason = bench_dask.unavailable()
+        if reason is not None:
+            skipped["dask"] = reason
+        else:
+            figures += _with(sections.dask_figures(config, names), system="dask",
+                             coordinators=0)
+    if "calls" in names:
+        figures += _with(sections.calls(None, "", 0, config, token), coordinators=0)
+    if "queued" in names:  # workers without shells: queued shell jobs are unplaceable
+        figures += in_cluster(config, token, 1, ["queued"],
+                              lambda group: sections.start_cluster(group, config, token, 1,
+                                                                   no_shell=True))
+    if "workers" in names:
+        figures += in_cluster(config, token, 1, ["workers"],
+                              lambda group: sections.start_cluster(group, config, token, 1,
+                                                                   workers=0))
+    if "restart" in names:
+        figures += sections.restart_figures(args.restart_args, skipped)
+    return figures
+
+
+def in_cluster(config: BenchConfig, token: bytes | None, count: int, names: Sequence[str],
+               start: Callable[[ProcessGroup], tuple[str, int]]) -> list[Figure]:
+    with tempfile.TemporaryDirectory(prefix="tcpsched-bench-") as tmp:
+        group = ProcessGroup(Path(tmp))
+        try:
+            address, leader_pid = start(group)
+            _log(f"cluster: {count} coordinator(s) at {address}, isolation {config.isolation}, "
+                 f"sections {' '.join(names)}")
+            figures: list[Figure] = []
+            for name in names:
+                figures += sections.SECTIONS[name](group, address, leader_pid, config, token)
+            return _with(figures, coordinators=count)
+        except Exception:
+            _log(group.logs()[-8000:])
+            raise
+        finally:
+            group.stop_all()
+
+
+def medians(runs: list[list[Figure]]) -> list[Figure]:
+    """One figure per key, the median of its values over the runs, in first-seen order."""
+    values: dict[tuple[str, str, int, str], list[float]] = {}
+    first: dict[tuple[str, str, int, str], Figure] = {}
+    for run in runs:
+        for f in run:
+            key = (f.section, f.name, f.coordinators, f.system)
+            values.setdefault(key, []).append(f.value)
+            first.setdefault(key, f)
+    return [attrs.evolve(first[key], value=statistics.median(v), samples=tuple(v))
+            for key, v in values.items()]
+
+
+def derived(figures: Sequence[Figure]) -> list[Figure]:
+    """3 coordinators' cost in %, and process over thread isolation."""
+    out = []
+    rates = {(f.section, f.name, f.coordinators): f.value for f in figures
+             if f.unit == "jobs/s" and f.system == "tcpsched"}
+    for (section, name, count), one in rates.items():
+        three = rates.get((section, name, 3))
+        if count == 1 and three is not None and one > 0:
+            out.append(Figure(section, f"{name}_cost_3_vs_1", 100.0 * (1.0 - three / one),
+                              "%", 3))
+    process = rates.get(("throughput", "end_to_end", 1))
+    thread = rates.get(("throughput.thread", "end_to_end", 1))
+    if process and thread:
+        out.append(Figure("isolation", "process_vs_thread", process / thread, "ratio", 1))
+    return out
+
+
+def rows(figures: Sequence[Figure], compared: bool) -> list[dict[str, Any]]:
+    """Our figures, each with Dask's value and the ratio ours/Dask where Dask measured it."""
+    dask = {(f.section, f.name): f for f in figures if f.system == "dask"}
+    out = []
+    for f in figures:
+        if f.system != "tcpsched":
+            continue
+        other = dask.get((f.section, f.name))
+        only = f.section.split(".")[0]
+        command = f"scripts/bench.py --only {only if only in SECTIONS else 'throughput'}"
+        if f.name.endswith("_cost_3_vs_1"):
+            command += " --coordinators 1,3"
+        elif f.coordinators in (1, 3):
+            command += f" --coordinators {f.coordinators}"
+        if f.section.startswith("throughput.") or f.section == "isolation":
+            command += " --isolation process --isolation thread"
+        if compared and other is not None:
+            command += " --compare dask"
+        row: dict[str, Any] = {"figure": f.label(), "command": command, "value": f.value,
+                               "unit": f.unit, "samples": list(f.samples)}
+        if other is not None:
+            row["dask"] = other.value
+            row["ratio"] = f.value / other.value if other.value else None
+        out.append(row)
+    return out
+
+
+def table(found: Sequence[dict[str, Any]]) -> str:
+    header = ("figure", "command", "value", "Dask", "ratio")
+    lines = [[r["figure"], r["command"], f"{sections.fmt(r['value'])} {r['unit']}",
+              "" if "dask" not in r else f"{sections.fmt(r['dask'])} {r['unit']}",
+              "" if r.get("ratio") is None else f"{r['ratio']:.2f}"] for r in found]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
+              for i, h in enumerate(header)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    return "\n".join(out)
 
 
 def _raise_interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def isolation_ratio(figures: Sequence[Figure]) -> list[Figure]:
-    """Process mode's end-to-end throughput over thread mode's, on one coordinator."""
-    rates = {f.section: f.value for f in figures if f.name == "end_to_end" and f.coordinators == 1}
-    process, thread = rates.get("throughput"), rates.get("throughput.thread")
-    if process is None or thread is None:
-        return []
-    return [Figure("isolation", "process_vs_thread", process / thread, "ratio", 1)]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    isolations = args.isolation or ["process", "thread"]
-    names = args.only or list(BENCHMARKS)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # so the finally below stops the cluster
-    import uvloop
-
-    figures: list[Figure] = []
+    names = args.only or list(SECTIONS)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # so the finally blocks stop the clusters
     token = secrets.token_hex(16).encode() if args.token else None
-    base = BenchConfig(jobs=args.jobs, submits=args.submits,
-                       latency_samples=args.latency_samples, workers=args.workers,
-                       slots=args.slots, prefetch=args.prefetch, policy=args.policy,
-                       fsync=args.fsync, token=args.token,
-                       isolation=isolations[0])
-    runs = [(count, isolations[0]) for count in args.coordinators]
-    if 1 in args.coordinators:
-        runs += [(1, isolation) for isolation in isolations[1:]]
-    for count, isolation in runs:
-        config = attrs.evolve(base, isolation=isolation)
-        with tempfile.TemporaryDirectory(prefix="tcpsched-bench-") as tmp:
-            group = ProcessGroup(Path(tmp))
-            try:
-                address = start_cluster(group, config, token, count)
-                _log(f"cluster: {count} coordinator(s) at {address} (fsync "
-                     f"{config.fsync or 'default'}, token {'on' if token else 'off'}), "
-                     f"{config.workers} workers x {config.slots} slots, isolation {isolation}")
-                measured = uvloop.run(run_benchmarks(address, config, names, token, count))
-            except KeyboardInterrupt:
-                _log("interrupted: stopping the cluster")
-                return 130
-            except Exception:
-                _log(group.logs())
-                raise
-            finally:
-                group.stop_all()
-        if isolation != isolations[0]:
-            measured = [attrs.evolve(f, section=f"{f.section}.{isolation}") for f in measured]
-        figures += measured
-    figures += group_cost(figures)
-    figures += isolation_ratio(figures)
+    config = BenchConfig(jobs=args.jobs, submits=args.submits,
+                         latency_samples=args.latency_samples, shell_jobs=args.shell_jobs,
+                         calls=args.calls,
+                         queued=tuple(args.queued), queued_batch=args.queued_batch,
+                         worker_counts=tuple(args.worker_counts), idle_s=args.idle_s,
+                         scale_jobs=args.scale_jobs, workers=args.workers, slots=args.slots,
+                         prefetch=args.prefetch,
+                         policy=args.policy, fsync=args.fsync, token=args.token,
+                         isolation=(args.isolation or ["process"])[0])
+    skipped: dict[str, str] = {}
+    runs = []
+    try:
+        for n in range(args.repeat):
+            _log(f"run {n + 1} of {args.repeat}")
+            runs.append(run_once(args, config, names, token, skipped))
+    except KeyboardInterrupt:
+        _log("interrupted: the clusters are stopped")
+        return 130
+    figures = medians(runs)
+    figures += derived(figures)
+    found = rows(figures, args.compare == "dask")
     if args.json:
-        doc = document(figures, base, args.coordinators)
-        doc["config"]["isolation"] = isolations
-        print(json.dumps(doc, indent=2))
+        print(json.dumps({
+            "config": {**attrs.asdict(config), "coordinators": args.coordinators,
+                       "repeat": args.repeat, "compare": args.compare, "sections": names},
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                        "platform": platform.platform(), "loadavg": list(os.getloadavg())},
+            "results": sections.document(figures),
+            "rows": found,
+            "skipped": skipped,
+        }, indent=2))
     else:
-        print(table(figures))
+        print(table(found))
+        for what, reason in skipped.items():
+            print(f"skipped {what}: {reason}")
+        print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on "
+              f"{os.cpu_count()} CPUs; medians of {args.repeat} run(s)")
     return 0
 
 

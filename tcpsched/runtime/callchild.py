@@ -350,14 +350,29 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _receive(sock: Any, size: int) -> bytes | None:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(min(size - len(data), 1 << 20))
-        if not chunk:
-            return None
-        data += chunk
-    return bytes(data)
+class _Requests:
+    """The request frames from the worker, read with one `recv` for as many frames as have
+    arrived (a small request is one system call, not one for the header and one for the
+    body)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+
+    def next(self) -> bytes | None:
+        """The next frame's body; None at end of file."""
+        buffer, size = self._buffer, HEADER.size
+        while True:
+            if len(buffer) >= size:
+                end = size + HEADER.unpack_from(buffer)[0]
+                if len(buffer) >= end:
+                    body = bytes(buffer[size:end])
+                    del buffer[:end]
+                    return body
+            chunk = self._sock.recv(1 << 16)
+            if not chunk:
+                return None
+            buffer += chunk
 
 
 def _frame(value: Any) -> bytes:
@@ -382,10 +397,8 @@ def main(argv: list[str]) -> int:
     child = _Child(output_bytes_max, value_bytes_max, memory_mib)
     child.live = _LiveFrames(sock)
     sock.sendall(_frame({"ready": os.getpid()}))
-    while (header := _receive(sock, HEADER.size)) is not None:
-        body = _receive(sock, HEADER.unpack(header)[0])
-        if body is None:
-            break
+    requests = _Requests(sock)
+    while (body := requests.next()) is not None:
         request = msgpack.unpackb(body, raw=False, strict_map_key=True)
         try:
             reply = child.run(request)

@@ -68,17 +68,22 @@ class _BadReply(Exception):
 
 
 class _ChildProtocol(asyncio.Protocol):
-    """The worker's end of one child's socket: frames in, each one message, kept in order
-    until `next_message` takes it. Callbacks, not a reading task per job: a no-op call costs
-    one write and one read wake-up."""
+    """The worker's end of one child's socket: frames in, each one message, handed straight to
+    the call waiting for it (`expect`), else kept in order. No reading task per call: a no-op
+    call costs one write, one read wake-up and one future, so the loop wakes the waiting call
+    in the same turn the reply arrives."""
 
     def __init__(self, reply_bytes_max: int) -> None:
         self.reply_bytes_max = reply_bytes_max
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._messages: collections.deque[Any] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[Any] | None = None
+        self._final: Any = None  # what every read after the end sees: None or a _BadReply
         self.closed = False
+        # Where the running call's live output frames go (callchild.py sends them before
+        # the reply); None: they are dropped, the reply carries the whole output anyway.
+        self.live: JobOutput | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -108,25 +113,48 @@ class _ChildProtocol(asyncio.Protocol):
         self._deliver(None)
 
     def _deliver(self, message: Any) -> None:
+        if self.closed:
+            return
+        if isinstance(message, dict) and "out" in message:
+            stream, data = message.get("out"), message.get("data")
+            live = self.live
+            if live is not None and stream in ("stdout", "stderr") and isinstance(data, bytes):
+                live.feed(stream, data)
+            return
         if isinstance(message, _BadReply) or message is None:
             self.closed = True  # nothing after end of file or a bad frame is read
-        self._messages.append(message)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            self._final = message
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message)
+        elif not self.closed:
+            self._messages.append(message)
+
+    def expect(self) -> asyncio.Future[Any]:
+        """A future for the next frame's map: None at end of file, a _BadReply (not raised)
+        for a bad frame. One waiter at a time: the child answers requests in order."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._messages:
+            future.set_result(self._messages.popleft())
+        elif self.closed:
+            future.set_result(self._final)
+        else:
+            self._waiter = future
+        return future
 
     async def next_message(self) -> dict[str, Any] | None:
-        """The next frame's map; None at end of file; _BadReply for a bad frame."""
-        while not self._messages:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        message = self._messages[0] if self.closed and len(self._messages) == 1 \
-            else self._messages.popleft()
+        """The next frame's map; None at end of file; raises _BadReply for a bad frame."""
+        message = await self.expect()
         if isinstance(message, _BadReply):
             raise message
         return message
+
+
+@attrs.frozen
+class _Stop:
+    """What a call's future holds when a timeout or a kill ended it before its reply."""
+
+    reason: str
 
 
 @attrs.define(eq=False)
@@ -332,11 +360,12 @@ class CallPool:
         child.jobs += 1
         settled = False
         loop = asyncio.get_running_loop()
-        stop: asyncio.Future[str] = loop.create_future()
+        # One future per call: the reply, end of file, or a _Stop from the timer or the kill.
+        answer = child.protocol.expect()
 
         def pull(reason: str) -> None:
-            if not stop.done():
-                stop.set_result(reason)
+            if not answer.done():
+                answer.set_result(_Stop(reason))
 
         kill.listeners.append(pull)
         timer = None if timeout is None else loop.call_later(
@@ -344,27 +373,24 @@ class CallPool:
         if kill.event.is_set():
             pull(kill.reason)
         try:
+            child.protocol.live = live
             child.send(request)
-            reading = asyncio.ensure_future(_next_reply(child.protocol, live))
             try:
-                await asyncio.wait((reading, stop), return_when=asyncio.FIRST_COMPLETED)
+                reply = await answer
             finally:
+                child.protocol.live = None
                 kill.listeners.remove(pull)
                 if timer is not None:
                     timer.cancel()
-            if not reading.done():
-                reading.cancel()
-                reason = stop.result()
+            if isinstance(reply, _Stop):
                 log.info("call %s: %s; ending its process pid=%d", request["function"],
-                         reason, child.pid)
+                         reply.reason, child.pid)
                 await self._retire(child, signal.SIGTERM)
                 settled = True
-                return stopped(reason, started, time.time())
-            try:
-                reply = reading.result()
-                bad = None
-            except _BadReply as exc:
-                reply, bad = None, str(exc)
+                return stopped(reply.reason, started, time.time())
+            bad = str(reply) if isinstance(reply, _BadReply) else None
+            if bad is not None:
+                reply = None
             if reply is None or reply.get("fatal"):
                 code = await self._retire(child, None if bad is None else signal.SIGKILL)
                 settled = True
@@ -415,17 +441,6 @@ class CallPool:
         except Exception as exc:  # a value the wire cannot carry: this job's failure
             return Outcome("failed", error=f"result cannot be sent: {exc}", **output)
         return Outcome("succeeded", result=value, **output)
-
-
-async def _next_reply(protocol: _ChildProtocol, live: JobOutput | None) -> dict[str, Any] | None:
-    """The call's reply; its live output frames before it go to `live` (callchild.py)."""
-    while True:
-        message = await protocol.next_message()
-        if message is None or "out" not in message:
-            return message
-        stream, data = message.get("out"), message.get("data")
-        if live is not None and stream in ("stdout", "stderr") and isinstance(data, bytes):
-            live.feed(stream, data)
 
 
 def _exit_text(code: int | None) -> str:

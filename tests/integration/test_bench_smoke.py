@@ -1,0 +1,86 @@
+"""scripts/bench.py runs end to end at tiny sizes and prints a parseable document.
+
+Not a benchmark: no figure is compared with a bound (the machine is shared); only that every
+section ran, measured something and reported it in the JSON document and the table rows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "scripts" / "bench.py"
+TINY = ["--coordinators", "1", "--jobs", "40", "--latency-samples", "10", "--submits", "10",
+        "--shell-jobs", "5", "--calls", "40", "--queued", "20,50", "--queued-batch", "20",
+        "--worker-counts", "2,5", "--idle-s", "0.2", "--scale-jobs", "20", "--json"]
+SECTIONS = ["throughput", "latency", "submits", "shell", "calls", "queued", "workers"]
+
+
+def run_bench(*extra: str) -> dict:
+    done = subprocess.run([sys.executable, str(BENCH), *TINY, *extra], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout)
+
+
+def test_every_section_reports_figures_in_json() -> None:
+    """Each cluster section runs at tiny sizes and reports positive figures and table rows."""
+    doc = run_bench(*(arg for name in SECTIONS for arg in ("--only", name)))
+    results = doc["results"]
+    assert results["throughput"]["end_to_end"]["value"] > 0
+    assert results["throughput.thread"]["end_to_end"]["value"] > 0
+    assert results["isolation"]["process_vs_thread"]["value"] > 0
+    assert 0 < results["latency"]["p50"]["value"] <= results["latency"]["p99"]["value"]
+    assert results["submits"]["rate"]["value"] > 0
+    assert results["shell"]["jobs_per_s"]["value"] > 0
+    assert results["calls"]["process"]["value"] > 0 and results["calls"]["thread"]["value"] > 0
+    assert set(results["queued"]) >= {"cpu_us_per_job_20_queued", "cpu_us_per_job_50_queued"}
+    assert results["workers"]["dispatch_5"]["value"] > 0
+    assert "leader_cpu_5_idle" in results["workers"]
+    figures = {row["figure"] for row in doc["rows"]}
+    assert {"throughput.end_to_end", "latency.p99", "workers.dispatch_2"} <= figures
+    assert all(row["command"].startswith("scripts/bench.py --only ") for row in doc["rows"])
+    assert "dask" not in doc["skipped"]  # no comparison was asked for
+
+
+def test_compare_dask_gives_ratios_or_says_why_not() -> None:
+    """--compare dask adds Dask's value and the ratio, or a reason when dask is missing."""
+    if importlib.util.find_spec("distributed") is None:
+        doc = run_bench("--only", "latency", "--compare", "dask")
+        assert "not installed" in doc["skipped"]["dask"]
+        pytest.skip("dask.distributed is not installed (the bench extra): the comparison "
+                    "itself was not run")
+    doc = run_bench("--only", "latency", "--compare", "dask")
+    rows = {row["figure"]: row for row in doc["rows"]}
+    assert rows["latency.p50"]["dask"] > 0
+    assert rows["latency.p50"]["ratio"] == pytest.approx(
+        rows["latency.p50"]["value"] / rows["latency.p50"]["dask"])
+
+
+def test_restart_section_reads_the_restart_script(tmp_path: Path) -> None:
+    """The restart section calls a bench_restart.py's main(argv) and takes its JSON numbers."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_sections
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    script = tmp_path / "bench_restart.py"
+    script.write_text(
+        "import json, sys\n"
+        "def main(argv):\n"
+        "    assert argv == ['--jobs', '7', '--json'], argv\n"
+        "    print(json.dumps({'restart_s': 1.5, 'rss': {'per_job_bytes': 512}, 'ok': True}))\n"
+        "    return 0\n")
+    skipped: dict[str, str] = {}
+    figures = bench_sections.restart_figures("--jobs 7", skipped, script)
+    assert {(f.name, f.value, f.unit) for f in figures} == {
+        ("restart_s", 1.5, "s"), ("rss.per_job_bytes", 512.0, "bytes")}
+    assert skipped == {}
+    assert bench_sections.restart_figures("", skipped, tmp_path / "missing.py") == []
+    assert "missing.py" in skipped["restart"]
