@@ -140,7 +140,10 @@ def test_a_data_dir_written_by_the_json_only_code_still_loads(tmp_path: Path) ->
     expected = json.loads((FIXTURES / "datadir_json_v2.expected.json").read_text())
     result = recover(data_dir)
     assert result.last_seq == expected["last_seq"]
-    assert json_round_trip(result.table.snapshot()) == expected["snapshot"]
+    snapshot = json_round_trip(result.table.snapshot())
+    # Tables added since that code (schedules) come back empty; the rest is exactly as it was.
+    assert snapshot.pop("schedules") == []
+    assert snapshot == expected["snapshot"]
     states = {job.state for job in result.table.jobs.values()}
     assert states == {JobState.PENDING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}
 
