@@ -78,7 +78,9 @@ def add_schedule_parser(command: Callable[..., Any], sub_options: Callable[[Any]
                       "parse, else strings)")
     a.add_argument("--kwargs", default=None, metavar="JSON",
                    help="keyword arguments for --call, a JSON object")
-    a.set_defaults(delay=0.0, key=None)
+    a.add_argument("--tags", default="", metavar="a,b",
+                   help="run the jobs only on a worker having every one of these tags")
+    a.set_defaults(delay=0.0, key=None, after=[])
 
     action("list", "every schedule, with its next fire time and last run")
     a = action("show", "one schedule: next fire times, last runs and their states")

@@ -157,9 +157,9 @@ class ScheduleSide:
         problem = (name_problem(msg.name) or timing_problem(msg.cron, msg.tz, msg.every)
                    or (None if msg.catch_up in CATCH_UP else
                        f"--catch-up must be one of {', '.join(CATCH_UP)}"))
-        if problem is None and (spec.key is not None or spec.delay or spec.after or spec.tags):
-            problem = ("a schedule's job has no --id (each tick's key is NAME@TICK), --delay, "
-                       "--after or --tags")
+        if problem is None and (spec.key is not None or spec.delay or spec.after):
+            problem = ("a schedule's job has no --id (each tick's key is NAME@TICK), --delay "
+                       "or --after")
         if problem is not None:
             self._error(conn, msg.req_id, "bad_request", problem)
             return

@@ -368,3 +368,32 @@ def test_ticks_increase_and_due_agrees_with_upcoming(cron: str, tz: str | None, 
     inside = [t for t in ticks if t <= start + span]
     if len(inside) < len(ticks):  # the window ends before the 50th tick: due() must agree
         assert timing.due(start, start + span) == (inside[-1] if inside else None, len(inside))
+
+
+def test_a_schedule_with_tags_fires_jobs_that_carry_them() -> None:
+    """A schedule's job may be routed by tags: each fired job carries the schedule's tags (so
+    only a worker having them runs it), while --after and --id stay refused."""
+    leader = Leader()
+    added = leader.request(lambda r: m.ScheduleAdd(
+        req_id=r, name="gpu", every=60.0,
+        job=JobSpec(kind="shell", command="true", tags=("gpu",))))
+    assert isinstance(added, m.Reply)
+    leader.run_until(T0 + 3 * 60)
+    fires = leader.fires("gpu")
+    assert fires and all(f["job"]["tags"] == ["gpu"] for f in fires)
+    refused = leader.request(lambda r: m.ScheduleAdd(
+        req_id=r, name="child", every=60.0,
+        job=JobSpec(kind="shell", command="true", after=(fires[0]["job"]["id"],))))
+    assert isinstance(refused, m.ErrorReply) and "--after" in refused.message
+
+
+def test_schedule_add_parses_tags_on_the_command_line() -> None:
+    """`schedule add ... --tags a,b` builds a job spec with those tags (the CLI's spec builder
+    reads the same options as `submit`)."""
+    from tcpsched import cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["schedule", "add", "n", "--every", "5", "--tags", "gpu,ssd",
+                              "--shell", "true"])
+    spec = cli.spec_from_args(args)
+    assert spec.tags == ("gpu", "ssd") and spec.after == ()
