@@ -549,3 +549,37 @@ def test_queue_full_is_429_with_retry_after(procs: ProcessGroup) -> None:
     status, headers, value = request("POST", f"{base}/api/jobs", {"shell": "true"})
     assert status == 429 and value["kind"] == "queue_full"
     assert int(headers["retry-after"]) >= 1 and value["retry_after"] > 0
+    scraped = scrape(base)
+    assert scraped["tcpsched_refused_submits_total"] == 1
+    assert scraped["tcpsched_refused_jobs_total"] == 1
+
+
+def test_metrics_schedules_followers_breaker(site: Site, tmp_path: Path) -> None:
+    """/metrics counts schedule fires, shows the followers of live output while an SSE
+    stream is open, and has the breaker and backpressure families."""
+    from tcpsched.core.jobs import JobSpec
+
+    client = connect(site.address)
+    try:
+        client.schedule_add("rest-metrics", JobSpec(kind="shell", command="true"), every=1.0)
+        wait_until(lambda: scrape(site.base)["tcpsched_schedule_ticks_total{outcome=fired}"]
+                   >= 1, WAIT_S, what="a schedule fire in /metrics")
+        client.schedule_remove("rest-metrics")
+    finally:
+        client.close()
+    gate = tmp_path / "gate"
+    job_id = submit(site.base, {"shell": f"echo on; until [ -e {gate} ]; do sleep 0.1; done"})
+    wait_state(site.base, job_id, ("running",))
+    stream = events(f"{site.base}/api/jobs/{job_id}/logs")
+    next(stream)
+    try:
+        wait_until(lambda: scrape(site.base)["tcpsched_live_output_followers"] >= 1, WAIT_S,
+                   what="a follower in /metrics")
+    finally:
+        gate.touch()
+        stream.close()
+    scraped = scrape(site.base)
+    for name in ("tcpsched_breaker_trips_total", "tcpsched_workers_tripped",
+                 "tcpsched_refused_submits_total", "tcpsched_refused_jobs_total",
+                 "tcpsched_schedule_ticks_total{outcome=skipped}"):
+        assert name in scraped, name
