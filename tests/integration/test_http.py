@@ -184,7 +184,7 @@ def test_openapi_served(site: Site) -> None:
     spec = get(f"{site.base}/api/openapi.json")
     validate(spec)
     for path in ("/api/jobs/{id}/cancel", "/api/jobs/{id}/retry", "/api/jobs/{id}/explain",
-                 "/api/groups/{group}", "/api/schedules"):
+                 "/api/jobs/{id}/children", "/api/groups/{group}", "/api/schedules"):
         assert path in spec["paths"], path
     # Every route the server has is described.
     from tcpsched.runtime.http import routes
@@ -499,11 +499,15 @@ def test_retry_route(site: Site) -> None:
 
 def test_tags_after_and_groups(site: Site) -> None:
     """POST /api/jobs takes `tags` and `after` (an unknown parent is 400 with the core's
-    message); GET /api/jobs?group= lists a group, /api/groups/{group} sums it up."""
+    message) and `/children` finds the child; GET /api/jobs?group= lists a group,
+    /api/groups/{group} sums it up."""
     parent = submit(site.base, {"shell": "echo parent", "group": "rest-g"})
     child = submit(site.base, {"shell": "echo child", "after": [parent], "group": "rest-g"})
     wait_state(site.base, child, ("succeeded",))
     assert get(f"{site.base}/api/jobs/{child}")["after"] == [parent]
+    assert get(f"{site.base}/api/jobs/{parent}/children") == [
+        {"id": child, "state": "succeeded"}]
+    assert get(f"{site.base}/api/jobs/{child}/children") == []
     status, _, value = request("POST", f"{site.base}/api/jobs",
                                {"shell": "true", "after": ["no-such-parent"]})
     assert status == 400 and "no-such-parent" in value["error"]

@@ -158,6 +158,12 @@ OPENAPI: dict[str, Any] = {
                                            "reasons": {"type": "array", "items": {
                                                "type": "string"}}}}, "the reasons"),
                                        parameters=[JOB_ID]),
+        "/api/jobs/{id}/children": _get(
+            "the jobs whose `after` names this job, newest first",
+            _json({"type": "array", "items": {"type": "object", "properties": {
+                "id": {"type": "string"}, "state": {"type": "string"}}}}, "the children"),
+            parameters=[JOB_ID, {"name": "limit", "in": "query",
+                                 "schema": {"type": "integer"}}]),
         "/api/groups/{group}": _get("a group's counts by state, progress, throughput, ETA",
                                     _json(_ref("Group"), "the summary"), parameters=[
                                         {"name": "group", "in": "path", "required": True,
@@ -186,5 +192,6 @@ OPENAPI: dict[str, Any] = {
     },
 }
 # Per-job routes can answer 404 too.
-for _path in ("/api/jobs/{id}", "/api/jobs/{id}/explain", "/api/groups/{group}"):
+for _path in ("/api/jobs/{id}", "/api/jobs/{id}/explain", "/api/jobs/{id}/children",
+              "/api/groups/{group}"):
     OPENAPI["paths"][_path]["get"]["responses"].update(NOT_FOUND)

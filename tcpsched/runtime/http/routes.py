@@ -159,6 +159,12 @@ def _checked(make: Callable[[int], Any]) -> Callable[[int], Any]:
     return make
 
 
+def _children(call: Call) -> Callable[[int], Any]:
+    job_id = call.match["id"]
+    limit = _int(call.query, "limit", 100, 0, LIST_LIMIT_MAX)
+    return _checked(lambda r: m.Children(req_id=r, job_id=job_id, limit=limit))
+
+
 def _group(call: Call) -> Callable[[int], Any]:
     group = call.match["group"]
     return _checked(lambda r: m.GroupRequest(req_id=r, group=group, action="status"))
@@ -199,6 +205,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/jobs/{id}/retry", _one(lambda r, j: m.Retry(req_id=r, job_ids=(j,))),
           first, statuses={"bad_request": 409}),
     Route("GET", "/api/jobs/{id}/explain", _one(lambda r, j: m.Explain(req_id=r, job_id=j))),
+    Route("GET", "/api/jobs/{id}/children", _children),
     Route("GET", "/api/groups/{group}", _group),
     Route("GET", "/api/schedules", _plain(m.ScheduleList)),
 )

@@ -201,8 +201,7 @@ async function showDeps(record) {
   const parents = record.after || [];
   let children = [];
   try {
-    const all = (await api("GET", "/api/jobs?limit=1000")).jobs;
-    children = all.filter((r) => (r.after || []).includes(record.id)).map((r) => r.id);
+    children = (await api("GET", `/api/jobs/${encodeURIComponent(record.id)}/children`)).map((r) => r.id);
   } catch (e) { /* the parents still show */ }
   const list = (ids) => ids.length ? ids.map((i) => jobLink(i)).flatMap((a) => [a, " "]) : ["none"];
   box.replaceChildren(el("div", {}, "after: ", ...list(parents)), el("div", {}, "needed by: ", ...list(children)),
