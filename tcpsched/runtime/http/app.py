@@ -5,9 +5,9 @@ Theory of operation: every REST call goes through `routes.ROUTES` into the core 
 the status a REST client expects: bad_request 400, not_found 404, conflict 409, unavailable
 503, queue_full 429 with Retry-After; not_leader becomes a 307 to the leader's HTTP address
 (or 503 naming the leader's TCP address when its HTTP address is unknown, or none is
-elected). `/metrics`, the dashboard's
-assets and `/api/openapi.json` are this coordinator's own and never redirect; `/` redirects
-on a follower that knows the leader, so the dashboard always talks to the leader.
+elected). `/metrics`, the dashboard's assets and `/api/openapi.json` are this coordinator's
+own and never redirect; `/` redirects on a follower that knows the leader, so the dashboard
+always talks to the leader.
 
 The leader's HTTP address: coordinator `--peer-http ID@HOST:PORT` when given, else the
 convention that every coordinator serves HTTP at the same port offset from its TCP port as this

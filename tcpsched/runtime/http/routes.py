@@ -210,7 +210,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/schedules", _plain(m.ScheduleList)),
 )
 
-# The logs route is a Status too; app.py serves it (JSON, or Server-Sent Events while it runs).
+# app.py serves the logs route: a Status as JSON, or `tail` long polls as Server-Sent Events
+# (logstream.py).
 LOGS_PATH = "/api/jobs/{id}/logs"
 
 
