@@ -550,3 +550,19 @@ class Retry:
 
 ALL_MESSAGES = (*ALL_MESSAGES, GroupRequest, Retry)
 CLIENT_REQUESTS = CLIENT_REQUESTS | {GroupRequest, Retry}
+
+# -- the dashboard's dependency view (issue 13, runtime/http; core/children.py) -----------------
+
+
+@attrs.frozen
+class Children:
+    """The jobs whose `after` names `job_id`, newest first, up to `limit`: [{"id", "state"}]."""
+
+    TYPE: ClassVar[str] = "children"
+    req_id: int
+    job_id: str
+    limit: int = attrs.field(default=100, validator=_non_negative)
+
+
+ALL_MESSAGES = (*ALL_MESSAGES, Children)
+CLIENT_REQUESTS = CLIENT_REQUESTS | {Children}

@@ -42,6 +42,7 @@ from tcpsched.core import messages as m
 from tcpsched.core.backlog import Backlog
 from tcpsched.core.backpressure import MAX_PENDING_DEFAULT, Admission
 from tcpsched.core.breaker import BreakerConfig, CircuitBreaker
+from tcpsched.core.children import ChildrenSide
 from tcpsched.core.deps import DependencySide, resolve_after
 from tcpsched.core.detector import ALIVE, DEAD, SUSPECT, DetectorConfig, FailureDetector
 from tcpsched.core.dispatch import (
@@ -117,7 +118,8 @@ class SchedulerConfig:
     wire_limits: WireLimits = attrs.field(factory=WireLimits)
 
 
-class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide):
+class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide,
+                ChildrenSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -407,6 +409,8 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
             self._on_schedule_request(conn, msg)
         elif isinstance(msg, m.Explain):
             self._on_explain(conn, msg)
+        elif isinstance(msg, m.Children):
+            self._on_children(conn, msg)
         elif isinstance(msg, m.Leader):
             cfg = self.config
             self._reply(

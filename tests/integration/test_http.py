@@ -112,7 +112,7 @@ def test_cancel_running_job(site: Site) -> None:
 
 def test_logs_stream_follows_the_job(site: Site) -> None:
     """GET /api/jobs/{id}/logs as Server-Sent Events: `output` events while the job runs
-    (polled from its record), then `end` with the final record; the output adds up."""
+    (tail long polls), then `end` with the final record; the output adds up."""
     job_id = submit(site.base, {"shell": "for i in 1 2 3 4 5; do echo tick $i; sleep 0.2; done"})
     seen = list(events(f"{site.base}/api/jobs/{job_id}/logs"))
     kinds = [kind for kind, _ in seen]
@@ -149,7 +149,7 @@ def test_error_statuses(site: Site) -> None:
     status, _, value = request("POST", f"{site.base}/api/jobs", None,
                                headers={"Content-Type": "application/json"})
     assert status == 400
-    status, _, value = request("POST", f"{site.base}/api/jobs/x/retry")
+    status, _, value = request("POST", f"{site.base}/api/jobs/x/nudge")
     assert status == 404 and value["kind"] == "no_route"
 
 
@@ -183,7 +183,14 @@ def test_openapi_served(site: Site) -> None:
 
     spec = get(f"{site.base}/api/openapi.json")
     validate(spec)
-    assert "/api/jobs/{id}/cancel" in spec["paths"]
+    for path in ("/api/jobs/{id}/cancel", "/api/jobs/{id}/retry", "/api/jobs/{id}/explain",
+                 "/api/jobs/{id}/children", "/api/groups/{group}", "/api/schedules"):
+        assert path in spec["paths"], path
+    # Every route the server has is described.
+    from tcpsched.runtime.http import routes
+
+    for route in routes.ROUTES:
+        assert route.method.lower() in spec["paths"][route.path], route.path
 
 
 def test_dashboard_and_assets_served(site: Site) -> None:
@@ -427,3 +434,156 @@ def test_sigterm_with_open_streams_exits_0(procs: ProcessGroup) -> None:
     assert procs.stop(coordinator, grace=20.0) == 0
     rest = list(stream)  # ends (the server closed it), rather than hang until the timeout
     assert all(kind == "snapshot" for kind, _ in rest)
+
+
+def test_live_line_arrives_while_the_job_runs(site: Site, tmp_path: Path) -> None:
+    """A job printing a line per 100 ms: its first line comes over SSE while it still runs
+    (it cannot end before the test creates the gate file), then `end` with the record."""
+    gate = tmp_path / "gate"
+    job_id = submit(site.base, {"shell": f"echo first; until [ -e {gate} ]; do echo tick; "
+                                         "sleep 0.1; done; echo last"})
+    stream = events(f"{site.base}/api/jobs/{job_id}/logs")
+    text = ""
+    for kind, data in stream:
+        assert kind == "output", (kind, data)
+        text += data.get("stdout", "")
+        if "first\n" in text:
+            assert data["state"] == "running" and data["attempt"] == 1
+            break
+    gate.touch()
+    rest = list(stream)
+    assert rest[-1][0] == "end" and rest[-1][1]["state"] == "succeeded"
+    text += "".join(d.get("stdout", "") for k, d in rest if k == "output")
+    assert text == rest[-1][1]["stdout"] and text.endswith("last\n")
+
+
+def test_logs_stream_announces_a_new_attempt(site: Site, tmp_path: Path) -> None:
+    """A job failing its first attempt and retried: the stream sends `attempt` and the
+    second attempt's output from its start."""
+    mark = tmp_path / "tried"
+    job_id = submit(site.base, {"shell": f"if [ -e {mark} ]; then echo second; else "
+                                         f"touch {mark}; echo first; exit 3; fi",
+                                "retries": 1})
+    seen = list(events(f"{site.base}/api/jobs/{job_id}/logs"))
+    assert seen[-1][0] == "end" and seen[-1][1]["state"] == "succeeded"
+    announced = [d for k, d in seen if k == "attempt"]
+    assert announced and announced[-1]["attempt"] == 2
+    after = seen[[k for k, _ in seen].index("attempt") + 1:]
+    assert "".join(d.get("stdout", "") for k, d in after if k == "output") == "second\n"
+
+
+def test_logs_stream_of_unknown_job_is_404(site: Site) -> None:
+    """The SSE logs of an unknown job are a JSON 404 before any stream opens."""
+    status, _, value = request("GET", f"{site.base}/api/jobs/nope-nope/logs",
+                               headers={"Accept": "text/event-stream"})
+    assert status == 404 and value["kind"] == "not_found"
+
+
+def test_retry_route(site: Site) -> None:
+    """POST /api/jobs/{id}/retry requeues a failed job as a new attempt (its record); 409
+    for a job that succeeded, 404 for an unknown one."""
+    job_id = submit(site.base, {"shell": "exit 4"})
+    wait_state(site.base, job_id, ("failed",))
+    status, _, record = request("POST", f"{site.base}/api/jobs/{job_id}/retry")
+    assert status == 200 and record["id"] == job_id and record["state"] == "pending"
+    again = wait_until(lambda: (r := get(f"{site.base}/api/jobs/{job_id}"))["attempts"] == 2
+                       and r["state"] == "failed" and r, WAIT_S, what="the second attempt")
+    assert again["id"] == job_id
+    ok = submit(site.base, {"shell": "true"})
+    wait_state(site.base, ok, ("succeeded",))
+    status, _, value = request("POST", f"{site.base}/api/jobs/{ok}/retry")
+    assert status == 409 and "only failed or cancelled" in value["error"]
+    status, _, value = request("POST", f"{site.base}/api/jobs/no-such-job/retry")
+    assert status == 404 and value["kind"] == "not_found"
+
+
+def test_tags_after_and_groups(site: Site) -> None:
+    """POST /api/jobs takes `tags` and `after` (an unknown parent is 400 with the core's
+    message) and `/children` finds the child; GET /api/jobs?group= lists a group,
+    /api/groups/{group} sums it up."""
+    parent = submit(site.base, {"shell": "echo parent", "group": "rest-g"})
+    child = submit(site.base, {"shell": "echo child", "after": [parent], "group": "rest-g"})
+    wait_state(site.base, child, ("succeeded",))
+    assert get(f"{site.base}/api/jobs/{child}")["after"] == [parent]
+    assert get(f"{site.base}/api/jobs/{parent}/children") == [
+        {"id": child, "state": "succeeded"}]
+    assert get(f"{site.base}/api/jobs/{child}/children") == []
+    status, _, value = request("POST", f"{site.base}/api/jobs",
+                               {"shell": "true", "after": ["no-such-parent"]})
+    assert status == 400 and "no-such-parent" in value["error"]
+    tagged = submit(site.base, {"shell": "true", "tags": ["gpu"]})
+    assert get(f"{site.base}/api/jobs/{tagged}")["tags"] == ["gpu"]
+    explained = get(f"{site.base}/api/jobs/{tagged}/explain")
+    assert explained["state"] == "pending" and any("gpu" in r for r in explained["reasons"])
+    request("POST", f"{site.base}/api/jobs/{tagged}/cancel")
+    listing = get(f"{site.base}/api/jobs?group=rest-g")
+    assert [r["id"] for r in listing["jobs"]] == [child, parent] and listing["next"] is None
+    assert [r["id"] for r in get(f"{site.base}/api/jobs?group=rest-g&state=succeeded&limit=1"
+                                 )["jobs"]] == [child]
+    summary = get(f"{site.base}/api/groups/rest-g")
+    assert summary["total"] == 2 and summary["done"] == 2 and summary["progress"] == 1.0
+    assert summary["counts"]["succeeded"] == 2
+    status, _, value = request("GET", f"{site.base}/api/groups/no-such-group")
+    assert status == 404 and value["kind"] == "not_found"
+
+
+def test_schedules_route(site: Site) -> None:
+    """GET /api/schedules lists the schedules with their cron/every and next fire times."""
+    from tcpsched.core.jobs import JobSpec
+
+    client = connect(site.address)
+    try:
+        client.schedule_add("rest-nightly", JobSpec(kind="shell", command="true"),
+                            cron="0 3 * * *")
+    finally:
+        client.close()
+    (row,) = [s for s in get(f"{site.base}/api/schedules") if s["name"] == "rest-nightly"]
+    assert row["cron"] == "0 3 * * *" and row["paused"] is False and row["next"]
+
+
+def test_queue_full_is_429_with_retry_after(procs: ProcessGroup) -> None:
+    """With --max-pending 1 and no worker, a second submit is 429 with Retry-After."""
+    port = free_port()
+    procs.coordinator(extra=["--http", f"127.0.0.1:{port}", "--max-pending", "1"])
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base)
+    wait_until(lambda: request("GET", f"{base}/api/stats")[0] == 200, WAIT_S,
+               what="the leader to answer")
+    submit(base, {"shell": "true"})
+    status, headers, value = request("POST", f"{base}/api/jobs", {"shell": "true"})
+    assert status == 429 and value["kind"] == "queue_full"
+    assert int(headers["retry-after"]) >= 1 and value["retry_after"] > 0
+    scraped = scrape(base)
+    assert scraped["tcpsched_refused_submits_total"] == 1
+    assert scraped["tcpsched_refused_jobs_total"] == 1
+
+
+def test_metrics_schedules_followers_breaker(site: Site, tmp_path: Path) -> None:
+    """/metrics counts schedule fires, shows the followers of live output while an SSE
+    stream is open, and has the breaker and backpressure families."""
+    from tcpsched.core.jobs import JobSpec
+
+    client = connect(site.address)
+    try:
+        client.schedule_add("rest-metrics", JobSpec(kind="shell", command="true"), every=1.0)
+        wait_until(lambda: scrape(site.base)["tcpsched_schedule_ticks_total{outcome=fired}"]
+                   >= 1, WAIT_S, what="a schedule fire in /metrics")
+        client.schedule_remove("rest-metrics")
+    finally:
+        client.close()
+    gate = tmp_path / "gate"
+    job_id = submit(site.base, {"shell": f"echo on; until [ -e {gate} ]; do sleep 0.1; done"})
+    wait_state(site.base, job_id, ("running",))
+    stream = events(f"{site.base}/api/jobs/{job_id}/logs")
+    next(stream)
+    try:
+        wait_until(lambda: scrape(site.base)["tcpsched_live_output_followers"] >= 1, WAIT_S,
+                   what="a follower in /metrics")
+    finally:
+        gate.touch()
+        stream.close()
+    scraped = scrape(site.base)
+    for name in ("tcpsched_breaker_trips_total", "tcpsched_workers_tripped",
+                 "tcpsched_refused_submits_total", "tcpsched_refused_jobs_total",
+                 "tcpsched_schedule_ticks_total{outcome=skipped}"):
+        assert name in scraped, name

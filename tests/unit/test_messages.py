@@ -84,6 +84,7 @@ FIELD_OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
     (m.ListJobs, "limit"): NON_NEGATIVE,
     (m.GroupRequest, "group"): NAMES,
     (m.GroupRequest, "limit"): NON_NEGATIVE,
+    (m.Children, "limit"): NON_NEGATIVE,
     (m.Retry, "group"): st.none() | NAMES,
     (m.Register, "name"): NAMES,
     (m.Register, "slots"): st.integers(1, 10_000),

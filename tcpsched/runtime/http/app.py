@@ -3,10 +3,11 @@
 Theory of operation: every REST call goes through `routes.ROUTES` into the core by the bridge
 (bridge.py), so the answers are the TCP protocol's. Errors map to JSON `{"error", "kind"}` with
 the status a REST client expects: bad_request 400, not_found 404, conflict 409, unavailable
-503; not_leader becomes a 307 to the leader's HTTP address (or 503 naming the leader's TCP
-address when its HTTP address is unknown, or none is elected). `/metrics`, the dashboard's
-assets and `/api/openapi.json` are this coordinator's own and never redirect; `/` redirects
-on a follower that knows the leader, so the dashboard always talks to the leader.
+503, queue_full 429 with Retry-After; not_leader becomes a 307 to the leader's HTTP address
+(or 503 naming the leader's TCP address when its HTTP address is unknown, or none is
+elected). `/metrics`, the dashboard's assets and `/api/openapi.json` are this coordinator's
+own and never redirect; `/` redirects on a follower that knows the leader, so the dashboard
+always talks to the leader.
 
 The leader's HTTP address: coordinator `--peer-http ID@HOST:PORT` when given, else the
 convention that every coordinator serves HTTP at the same port offset from its TCP port as this
@@ -30,6 +31,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,6 +43,7 @@ from tcpsched.errors import ConfigError
 from tcpsched.formatting import json_safe
 from tcpsched.runtime.http import routes
 from tcpsched.runtime.http.bridge import BridgeUnavailable, CoreBridge, CoreError
+from tcpsched.runtime.http.logstream import LogStream, stream_logs
 from tcpsched.runtime.http.metrics import Metrics
 from tcpsched.runtime.http.openapi import OPENAPI
 
@@ -64,11 +67,10 @@ else:
     web = _LazyWeb()
 
 STATUS_BY_KIND = {"bad_request": 400, "not_found": 404, "conflict": 409, "unavailable": 503,
-                  "timeout": 504, "not_leader": 503}
+                  "timeout": 504, "not_leader": 503, "queue_full": 429}
 COOKIE = "tcpsched_token"
 PUBLIC_PATHS = frozenset({"/login", "/static/style.css", "/api/openapi.json"})
 EVENT_PERIOD_S = 1.0
-LOG_POLL_S = 0.25
 SHUTDOWN_S = 1.0
 HISTORY_SAMPLES = 600  # ten minutes of one-second samples for the charts
 STATIC = resources.files("tcpsched.runtime.http") / "static"
@@ -156,7 +158,13 @@ class HttpServer:
                 except ValueError as exc:
                     raise routes.BadRequest(f"the body is not valid JSON: {exc}") from None
             call = routes.Call(request.match_info, request.query, body)
-            value = await self.bridge.request(route.build(call))
+            try:
+                value = await self.bridge.request(route.build(call))
+            except CoreError as exc:
+                status = route.statuses.get(exc.reply.kind)
+                if status is None:
+                    raise
+                return error_response(status, exc.reply.message, exc.reply.kind)
             return _json(route.shape(value, call), route.status)
 
         return handle
@@ -199,6 +207,13 @@ class HttpServer:
                     raise web.HTTPTemporaryRedirect(
                         f"{self.scheme}://{target}{request.path_qs}") from None
                 return error_response(503, reply.message, reply.kind, leader=reply.leader_hint)
+            if reply.kind == "queue_full":
+                # Overload: 429 Too Many Requests with Retry-After (whole seconds, RFC 9110),
+                # the core's own hint; the body keeps the exact figure.
+                wait = reply.retry_after if reply.retry_after is not None else 1.0
+                response = error_response(429, reply.message, reply.kind, retry_after=wait)
+                response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                return response
             return error_response(STATUS_BY_KIND.get(reply.kind, 500), reply.message,
                                   reply.kind)
         except BridgeUnavailable as exc:
@@ -284,42 +299,25 @@ class HttpServer:
     # -- streams --------------------------------------------------------------------------------
 
     async def _logs(self, request: web.Request) -> web.StreamResponse:
-        """The job's output as `logs --json` prints it; with `Accept: text/event-stream`, a
-        stream of `output` events (what was added since the last one) while the job runs and
-        an `end` event with its record once it is terminal. The stream polls the job's
-        record through the core, so it shows whatever output the record holds."""
+        """The job's output as `logs --json` prints it; with `Accept: text/event-stream`, its
+        live output as events (logstream.py: `tail` long polls through the core)."""
         job_id = request.match_info["id"]
-        record = (await self.bridge.request(routes.status_request(job_id)))[0]
         if "text/event-stream" not in request.headers.get("Accept", ""):
+            record = (await self.bridge.request(routes.status_request(job_id)))[0]
             return _json(routes.logs_value(record))
+        reader = LogStream(job_id)
+        first = await self.bridge.request(reader.request(wait=0.0))  # 404 before the stream
         response = await _open_stream(request)
-        sent = {"stdout": "", "stderr": ""}
-        state = None
+
+        async def emit(kind: str, value: Any) -> None:
+            await _event(response, kind, value)
+
         with contextlib.suppress(ConnectionError):
-            while True:
-                delta: dict[str, Any] = {}
-                for name in ("stdout", "stderr"):
-                    now = record.get(name) or ""
-                    if now != sent[name]:
-                        reset = not now.startswith(sent[name])
-                        delta[name] = now if reset else now[len(sent[name]):]
-                        if reset:
-                            delta["reset"] = True
-                        sent[name] = now
-                if delta or record.get("state") != state:
-                    state = record.get("state")
-                    await _event(response, "output", {**delta, "state": state})
-                if state not in ("pending", "running"):
-                    await _event(response, "end", record)
-                    break
-                await asyncio.sleep(LOG_POLL_S)
-                if _gone(request) or self.hub.stopped:
-                    break  # the reader left (or we stop): poll the core no more for it
-                try:
-                    record = (await self.bridge.request(routes.status_request(job_id)))[0]
-                except (CoreError, BridgeUnavailable) as exc:
-                    await _event(response, "error", {"error": str(exc)})
-                    break
+            try:
+                await stream_logs(self.bridge.request, first, job_id, emit,
+                                  lambda: _gone(request) or self.hub.stopped)
+            except (CoreError, BridgeUnavailable) as exc:
+                await _event(response, "error", {"error": str(exc)})
         return response
 
     async def _events(self, request: web.Request) -> web.StreamResponse:

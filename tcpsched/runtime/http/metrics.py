@@ -248,6 +248,7 @@ class _Snapshots:
             for follower, behind in sorted(node.replication.lag().items()):
                 lag.add_metric([str(follower)], behind)
         yield lag
+        yield from _workflow_families(node, scheduler)
         conns = GaugeMetricFamily("tcpsched_connections", "Open connections, by role",
                                   labels=["role"])
         roles = Counter(conn.role for conn in host.connections.values())
@@ -264,3 +265,31 @@ class _Snapshots:
             refused.add_metric([cause], stats.get(cause, 0))
         yield refused
 
+
+
+def _workflow_families(node: Any, scheduler: Any) -> Iterable[Any]:
+    """Backpressure, the circuit breaker and live-output followers (the leader's scheduler:
+    zero elsewhere), and schedule fires, skips and misses (the replicated schedule table, so
+    every coordinator agrees), all read from figures the core keeps anyway."""
+    stats = scheduler.statistics() if scheduler is not None else {}
+    for name, field, text in (
+            ("tcpsched_refused_submits", "refused_submits", "Submit batches refused because "
+             "the queue was full (--max-pending)"),
+            ("tcpsched_refused_jobs", "refused_jobs", "Jobs in refused submit batches"),
+            ("tcpsched_breaker_trips", "breaker_trips", "Times a worker's circuit breaker "
+             "tripped")):
+        yield CounterMetricFamily(name, text, value=stats.get(field, 0))
+    yield GaugeMetricFamily("tcpsched_workers_tripped", "Workers whose circuit breaker is "
+                            "open now", value=stats.get("workers_tripped", 0))
+    followers = scheduler.tails.subscribers if scheduler is not None else 0
+    yield GaugeMetricFamily("tcpsched_live_output_followers", "Readers following a running "
+                            "job's output (logs --follow, SSE)", value=followers)
+    fires = CounterMetricFamily("tcpsched_schedule_ticks", "Schedule ticks, by outcome: "
+                                "fired (a job), skipped (no-overlap), missed (catch-up)",
+                                labels=["outcome"])
+    totals = Counter[str]()
+    for schedule in node.table.schedules.schedules.values():
+        totals.update(fired=schedule.fired, skipped=schedule.skipped, missed=schedule.missed)
+    for outcome in ("fired", "skipped", "missed"):
+        fires.add_metric([outcome], totals.get(outcome, 0))
+    yield fires

@@ -67,10 +67,25 @@ OPENAPI: dict[str, Any] = {
                 "after": {"type": "array", "items": {"type": "string"}},
                 "id": {"type": "string", "description": "idempotency key"},
                 "env": {"type": "object", "additionalProperties": {"type": "string"}},
-                "cwd": {"type": "string"}}},
+                "cwd": {"type": "string"},
+                "group": {"type": "string", "description": "the group (as `map` names one)"}}},
             "Logs": {"type": "object", "properties": {
                 "id": {"type": "string"}, "stdout": {"type": "string"},
                 "stderr": {"type": "string"}, "state": {"type": "string"}}},
+            "Group": {"type": "object", "properties": {
+                "group": {"type": "string"}, "total": {"type": "integer"},
+                "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "done": {"type": "integer"}, "progress": {"type": "number"},
+                "throughput": {"type": "number", "nullable": True},
+                "eta_s": {"type": "number", "nullable": True}}},
+            "Schedule": {"type": "object", "additionalProperties": True, "properties": {
+                "name": {"type": "string"}, "cron": {"type": "string", "nullable": True},
+                "every": {"type": "number", "nullable": True},
+                "tz": {"type": "string", "nullable": True}, "paused": {"type": "boolean"},
+                "next": {"type": "array", "items": {"type": "string"},
+                         "description": "the next fire times, ISO 8601"},
+                "next_at": {"type": "array", "items": {"type": "number"}},
+                "fired": {"type": "integer"}, "skipped": {"type": "integer"}}},
             "Page": {"type": "object", "properties": {
                 "jobs": {"type": "array", "items": _ref("Job")},
                 "next": {"type": "string", "nullable": True,
@@ -83,6 +98,12 @@ OPENAPI: dict[str, Any] = {
             "Conflict": _json(_ref("Error"), "the idempotency key names another spec"),
             "Unavailable": _json(_ref("Error"), "no leader (leader: its TCP address, if "
                                  "known), or the core did not answer"),
+            "RetryConflict": _json(_ref("Error"), "the job is not failed or cancelled, or "
+                                   "waits on a parent that ended badly"),
+            "TooMany": {"description": "the queue is full (--max-pending): wait Retry-After "
+                        "seconds and submit again", "headers": {"Retry-After": {
+                            "schema": {"type": "integer"}}},
+                        "content": {"application/json": {"schema": _ref("Error")}}},
         },
     },
     "security": [{"bearer": []}],
@@ -95,13 +116,16 @@ OPENAPI: dict[str, Any] = {
                          "201": _json({"type": "object", "properties": {
                              "id": {"type": "string"}}}, "queued"),
                          "409": {"$ref": "#/components/responses/Conflict"},
+                         "429": {"$ref": "#/components/responses/TooMany"},
                          **REDIRECT, **ERRORS}},
             "get": {"summary": "jobs, newest first, a page at a time",
                     "parameters": [
                         {"name": "state", "in": "query", "schema": {"type": "string"}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer"}},
                         {"name": "after", "in": "query", "schema": {"type": "string"},
-                         "description": "the `next` of the previous page"}],
+                         "description": "the `next` of the previous page"},
+                        {"name": "group", "in": "query", "schema": {"type": "string"},
+                         "description": "only this group's jobs (one page, no `after`)"}],
                     "responses": {"200": _json(_ref("Page"), "a page"), **REDIRECT,
                                   **ERRORS}},
         },
@@ -114,12 +138,38 @@ OPENAPI: dict[str, Any] = {
                           **ERRORS}}},
         "/api/jobs/{id}/logs": {"get": {
             "summary": "the job's output; with Accept: text/event-stream, Server-Sent Events "
-                       "(`output` with what was added, then `end` with the record)",
+                       "while it runs: `output` with what each stream added, `attempt` when "
+                       "another attempt starts, then `end` with the record",
             "parameters": [JOB_ID],
             "responses": {"200": {"description": "the output", "content": {
                 "application/json": {"schema": _ref("Logs")},
                 "text/event-stream": {"schema": {"type": "string"}}}},
                 **NOT_FOUND, **REDIRECT, **ERRORS}}},
+        "/api/jobs/{id}/retry": {"post": {
+            "summary": "requeue a failed or cancelled job as a new attempt (same id)",
+            "parameters": [JOB_ID],
+            "responses": {"200": _json(_ref("Job"), "the record"),
+                          "409": {"$ref": "#/components/responses/RetryConflict"},
+                          **NOT_FOUND, **REDIRECT, **ERRORS}}},
+        "/api/jobs/{id}/explain": _get("why the job went where it went, or is still pending",
+                                       _json({"type": "object", "properties": {
+                                           "id": {"type": "string"},
+                                           "state": {"type": "string"},
+                                           "reasons": {"type": "array", "items": {
+                                               "type": "string"}}}}, "the reasons"),
+                                       parameters=[JOB_ID]),
+        "/api/jobs/{id}/children": _get(
+            "the jobs whose `after` names this job, newest first",
+            _json({"type": "array", "items": {"type": "object", "properties": {
+                "id": {"type": "string"}, "state": {"type": "string"}}}}, "the children"),
+            parameters=[JOB_ID, {"name": "limit", "in": "query",
+                                 "schema": {"type": "integer"}}]),
+        "/api/groups/{group}": _get("a group's counts by state, progress, throughput, ETA",
+                                    _json(_ref("Group"), "the summary"), parameters=[
+                                        {"name": "group", "in": "path", "required": True,
+                                         "schema": {"type": "string"}}]),
+        "/api/schedules": _get("every schedule with its next fire times", _json(
+            {"type": "array", "items": _ref("Schedule")}, "the schedules")),
         "/api/workers": _get("registered workers", _json({"type": "array", "items": {
             "type": "object"}}, "the workers")),
         "/api/stats": _get("cluster figures", _json({"type": "object"}, "the figures")),
@@ -142,4 +192,6 @@ OPENAPI: dict[str, Any] = {
     },
 }
 # Per-job routes can answer 404 too.
-OPENAPI["paths"]["/api/jobs/{id}"]["get"]["responses"].update(NOT_FOUND)
+for _path in ("/api/jobs/{id}", "/api/jobs/{id}/explain", "/api/jobs/{id}/children",
+              "/api/groups/{group}"):
+    OPENAPI["paths"][_path]["get"]["responses"].update(NOT_FOUND)

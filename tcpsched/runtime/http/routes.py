@@ -42,6 +42,9 @@ class Route:
     build: Callable[[Call], Callable[[int], Any]]
     shape: Callable[[Any, Call], Any] = lambda value, _call: value
     status: int = 200
+    # The HTTP status of a core error kind where this route means it otherwise (a retry the
+    # job's state refuses is a conflict with that state, not a malformed request).
+    statuses: Mapping[str, int] = attrs.field(factory=dict)
 
 
 def _int(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -67,7 +70,7 @@ def _str_list(body: Mapping[str, Any], name: str) -> tuple[str, ...]:
 
 
 SUBMIT_FIELDS = frozenset({"shell", "call", "args", "kwargs", "priority", "retries", "timeout",
-                           "delay", "tags", "after", "id", "env", "cwd"})
+                           "delay", "tags", "after", "id", "env", "cwd", "group"})
 
 
 def spec_from_body(body: Any) -> JobSpec:
@@ -85,7 +88,7 @@ def spec_from_body(body: Any) -> JobSpec:
     options: dict[str, Any] = {
         "tags": _str_list(body, "tags"), "after": _str_list(body, "after"),
         "key": body.get("id"), "env": {} if body.get("env") is None else body["env"],
-        "cwd": body.get("cwd"),
+        "cwd": body.get("cwd"), "group": body.get("group"),
     }
     for name, kind in (("priority", int), ("retries", int), ("timeout", float),
                        ("delay", float)):
@@ -129,13 +132,48 @@ def _list(call: Call) -> Callable[[int], Any]:
     state = call.query.get("state") or None
     limit = _int(call.query, "limit", 50, 0, LIST_LIMIT_MAX)
     after = call.query.get("after") or None
+    group = call.query.get("group") or None
+    if group is not None:
+        # The core's group index answers this without a scan of the table (core/groups.py);
+        # it is one page, newest first, like the listing.
+        if after is not None:
+            raise BadRequest("after (paging) does not combine with group: a group's listing "
+                             "is one page of up to limit jobs")
+        return _checked(lambda r: m.GroupRequest(req_id=r, group=group, action="list",
+                                                 state=state, limit=limit))
     return lambda r: m.ListJobs(req_id=r, state=state, limit=limit, after=after, page=True)
+
+
+def _listing(value: Any, call: Call) -> Any:
+    """A group's listing (a list of records) in the paged listing's shape."""
+    return {"jobs": value, "next": None} if isinstance(value, list) else value
+
+
+def _checked(make: Callable[[int], Any]) -> Callable[[int], Any]:
+    """`make`, tried once now: a field the message's validators refuse is a 400 here, not a
+    failure inside the bridge."""
+    try:
+        make(0)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(str(exc)) from None
+    return make
+
+
+def _children(call: Call) -> Callable[[int], Any]:
+    job_id = call.match["id"]
+    limit = _int(call.query, "limit", 100, 0, LIST_LIMIT_MAX)
+    return _checked(lambda r: m.Children(req_id=r, job_id=job_id, limit=limit))
+
+
+def _group(call: Call) -> Callable[[int], Any]:
+    group = call.match["group"]
+    return _checked(lambda r: m.GroupRequest(req_id=r, group=group, action="status"))
 
 
 def _one(make: Callable[..., Any]) -> Callable[[Call], Callable[[int], Any]]:
     def build(call: Call) -> Callable[[int], Any]:
         job_id = call.match["id"]
-        return lambda r: make(r, job_id)
+        return _checked(lambda r: make(r, job_id))
 
     return build
 
@@ -156,16 +194,24 @@ def first(value: Any, _call: Call) -> Any:
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/jobs", _submit, lambda ids, _c: {"id": ids[0]}, status=201),
-    Route("GET", "/api/jobs", _list),
+    Route("GET", "/api/jobs", _list, _listing),
     Route("GET", "/api/jobs/{id}", _one(lambda r, j: m.Status(req_id=r, job_ids=(j,))), first),
     Route("POST", "/api/jobs/{id}/cancel", _one(lambda r, j: m.Cancel(req_id=r, job_id=j))),
     Route("GET", "/api/workers", _plain(m.Workers)),
     Route("GET", "/api/stats", _plain(m.Stats)),
     Route("GET", "/api/leader", _plain(m.Leader)),
     Route("GET", "/api/coordinators", _plain(m.Coordinators)),
+    # -- workflows, schedules, routing (issue 13 second part) --
+    Route("POST", "/api/jobs/{id}/retry", _one(lambda r, j: m.Retry(req_id=r, job_ids=(j,))),
+          first, statuses={"bad_request": 409}),
+    Route("GET", "/api/jobs/{id}/explain", _one(lambda r, j: m.Explain(req_id=r, job_id=j))),
+    Route("GET", "/api/jobs/{id}/children", _children),
+    Route("GET", "/api/groups/{group}", _group),
+    Route("GET", "/api/schedules", _plain(m.ScheduleList)),
 )
 
-# The logs route is a Status too; app.py serves it (JSON, or Server-Sent Events while it runs).
+# app.py serves the logs route: a Status as JSON, or `tail` long polls as Server-Sent Events
+# (logstream.py).
 LOGS_PATH = "/api/jobs/{id}/logs"
 
 

@@ -9,6 +9,7 @@ const samples = [];
 let page = { after: null, stack: [] };
 let jobs = [];
 let logStream = null;
+let snapshots = 0;
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -90,6 +91,7 @@ function connectEvents() {
     $("#live").textContent = "live"; $("#live").className = "on";
     showSnapshot(JSON.parse(e.data));
     if (!$("#overview").hidden && !page.after) refreshJobs();
+    if (!$("#overview").hidden && ++snapshots % 5 === 0) showSchedules();
   });
   source.addEventListener("error", (e) => {
     $("#live").className = "off";
@@ -159,18 +161,39 @@ async function showJob(id) {
   }
   showRecord(record);
   showDeps(record);
+  showExplain(id);
+  followLogs(id);
+}
+
+// The job's live output: `output` events carry what each stream added (tail long polls in the
+// coordinator), `attempt` says a new attempt started (its output starts afresh), `end` the record.
+function followLogs(id) {
   if (logStream) logStream.close();
-  logStream = new EventSource(`/api/jobs/${encodeURIComponent(id)}/logs`);
-  logStream.addEventListener("output", (e) => {
+  $("#job-note").textContent = "";
+  let state = null;
+  const stream = logStream = new EventSource(`/api/jobs/${encodeURIComponent(id)}/logs`);
+  stream.addEventListener("attempt", (e) => {
+    const d = JSON.parse(e.data);
+    $("#job-stdout").textContent = ""; $("#job-stderr").textContent = "";
+    if (d.previous) $("#job-note").textContent = `attempt ${d.attempt} started (attempt ${d.previous} ended)`;
+  });
+  stream.addEventListener("output", (e) => {
     const d = JSON.parse(e.data);
     for (const name of ["stdout", "stderr"]) {
-      if (d[name] === undefined) continue;
-      const box = $(`#job-${name}`);
-      box.textContent = d.reset ? d[name] : box.textContent + d[name];
+      if (d[`${name}_gap`]) $("#job-note").textContent = `${d[`${name}_gap`]} characters of ${name} were not kept while it ran`;
+      if (d[name] !== undefined) $(`#job-${name}`).textContent += d[name];
     }
     if (d.state) $("#job-state").replaceChildren(stateTag(d.state));
+    if (d.state !== state) { state = d.state; showExplain(id); }
   });
-  logStream.addEventListener("end", (e) => { showRecord(JSON.parse(e.data)); logStream.close(); });
+  stream.addEventListener("end", (e) => { showRecord(JSON.parse(e.data)); stream.close(); showExplain(id); });
+}
+
+async function showExplain(id) {
+  try {
+    const { reasons } = await api("GET", `/api/jobs/${encodeURIComponent(id)}/explain`);
+    $("#job-explain").replaceChildren(...reasons.map((r) => el("li", {}, r)));
+  } catch (e) { $("#job-explain").replaceChildren(el("li", {}, e.message)); }
 }
 
 async function showDeps(record) {
@@ -178,8 +201,7 @@ async function showDeps(record) {
   const parents = record.after || [];
   let children = [];
   try {
-    const all = (await api("GET", "/api/jobs?limit=1000")).jobs;
-    children = all.filter((r) => (r.after || []).includes(record.id)).map((r) => r.id);
+    children = (await api("GET", `/api/jobs/${encodeURIComponent(record.id)}/children`)).map((r) => r.id);
   } catch (e) { /* the parents still show */ }
   const list = (ids) => ids.length ? ids.map((i) => jobLink(i)).flatMap((a) => [a, " "]) : ["none"];
   box.replaceChildren(el("div", {}, "after: ", ...list(parents)), el("div", {}, "needed by: ", ...list(children)),
@@ -192,6 +214,7 @@ async function jobAction(action) {
   try {
     const record = await api("POST", `/api/jobs/${encodeURIComponent(id)}/${action}`);
     if (record && record.state) showRecord(Array.isArray(record) ? record[0] : record);
+    if (action === "retry") showJob(id);  // the new attempt: its output, state and reasons
   } catch (e) {
     $("#action-error").textContent = e.kind === "no_route"
       ? `${action} is not available on this coordinator (${e.message})` : e.message;
@@ -202,12 +225,17 @@ async function jobAction(action) {
 
 async function showGroup(group) {
   $("#group-id").textContent = group;
-  const all = (await api("GET", "/api/jobs?limit=1000")).jobs.filter((r) => r.group === group);
-  const counts = {};
-  for (const r of all) counts[r.state] = (counts[r.state] || 0) + 1;
-  const done = all.filter((r) => !["pending", "running"].includes(r.state)).length;
-  $("#group-bar").style.width = `${all.length ? (100 * done / all.length) : 0}%`;
-  $("#group-counts").textContent = `${done}/${all.length} finished · ` + Object.entries(counts).map(([k, v]) => `${k} ${v}`).join(" · ");
+  const name = encodeURIComponent(group);
+  let summary, all;
+  try {
+    summary = await api("GET", `/api/groups/${name}`);
+    all = (await api("GET", `/api/jobs?group=${name}&limit=1000`)).jobs;
+  } catch (e) { $("#group-counts").textContent = e.message; return; }
+  $("#group-bar").style.width = `${(100 * summary.progress).toFixed(1)}%`;
+  const counts = Object.entries(summary.counts).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`);
+  const rate = summary.throughput == null ? "" : ` · ${summary.throughput.toFixed(2)} jobs/s`;
+  const eta = summary.eta_s == null || summary.eta_s === 0 ? "" : ` · ETA ${Math.round(summary.eta_s)}s`;
+  $("#group-counts").textContent = `${summary.done}/${summary.total} finished · ${counts.join(" · ")}${rate}${eta}`;
   $("#group-jobs tbody").replaceChildren(...all.map((r) => el("tr", {}, el("td", {}, jobLink(r.id)),
     el("td", {}, stateTag(r.state)), el("td", {}, what(r)), el("td", {}, (r.after || []).join(" ")))));
 }
@@ -217,9 +245,13 @@ async function showSchedules() {
   try {
     const rows = await api("GET", "/api/schedules");
     const list = Array.isArray(rows) ? rows : (rows.schedules || []);
-    box.replaceChildren(list.length ? el("table", {}, el("tbody", {}, ...list.map((s) => el("tr", {},
-      el("td", {}, s.name), el("td", {}, s.cron || (s.every ? `every ${s.every}s` : "")),
-      el("td", {}, s.paused ? "paused" : "active"), el("td", {}, when(s.next_fire_at || s.next)))))) : "no schedules");
+    box.replaceChildren(list.length ? el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "name"),
+      el("th", {}, "cron / every"), el("th", {}, "state"), el("th", {}, "next fire"), el("th", {}, "fired"))),
+    el("tbody", {}, ...list.map((s) => el("tr", { "data-name": s.name },
+      el("td", {}, s.name), el("td", {}, s.cron ? `${s.cron}${s.tz && s.tz !== "UTC" ? ` (${s.tz})` : ""}` : (s.every ? `every ${s.every}s` : "")),
+      el("td", {}, s.paused ? "paused" : "active"),
+      el("td", { class: "next-fire" }, s.next_at && s.next_at.length ? new Date(s.next_at[0] * 1000).toLocaleString() : "—"),
+      el("td", {}, s.fired))))) : "no schedules");
   } catch (e) {
     box.textContent = e.kind === "no_route" ? "Schedules are not available on this coordinator (no /api/schedules)." : e.message;
   }
