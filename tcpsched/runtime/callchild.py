@@ -43,6 +43,8 @@ HEADER = struct.Struct(">I")
 EXIT_OUT_OF_MEMORY = 86  # the child ran out of memory where it could not even reply
 PR_SET_PDEATHSIG = 1
 LIVE_FLUSH_S = 0.05  # a call's output goes to the worker at most this often, as it comes
+# Results that are never awaitable: no ABC check for them (most results are one of these).
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
 
 
 # -- shared with the worker (thread mode and shell output) ---------------------------------------
@@ -69,6 +71,8 @@ class CappedBuffer:
         return b""
 
     def text(self) -> str:
+        if not self.total:  # the common case: the call printed nothing
+            return ""
         out = b"".join(self.parts).decode("utf-8", errors="replace")
         if self.total > self.kept:
             out += (f"\n[tcpsched: output truncated: kept the first {self.kept} of "
@@ -129,11 +133,11 @@ class _LiveFrames:
         self._send_lock = threading.Lock()
         self._pending: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         self.active = False
+        self._dirty = False  # something was added since the last stop (it may be on its way)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        with self._cond:
-            self.active = True
+        self.active = True  # nothing waits on it: `add` reads it under the condition's lock
         if self._thread is None:
             thread = threading.Thread(target=self._run, name="tcpsched-live", daemon=True)
             try:
@@ -149,13 +153,18 @@ class _LiveFrames:
             with self._cond:
                 if self.active:
                     self._pending[stream].append(data)
+                    self._dirty = True
                     self._cond.notify()
 
     def stop(self) -> None:
+        with self._cond:
+            self.active = False  # from here on nothing is added
+            if not self._dirty:  # nothing was added since the last stop: nothing to wait for
+                return
         with self._send_lock, self._cond:
-            self.active = False
             for parts in self._pending.values():
                 parts.clear()
+            self._dirty = False
 
     def _run(self) -> None:
         last_sent = 0.0
@@ -248,6 +257,8 @@ class _Child:
         self.live: _LiveFrames | None = None  # set by main: the worker's socket
         self._handler = logging.StreamHandler(self._stderr)  # the root logger's, during a call
         self._handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+        self._root = logging.getLogger()
+        self._nowhere = CappedBuffer(0)  # the streams' buffer between calls: keeps nothing
 
     def _await(self, awaitable: Any) -> Any:
         import asyncio
@@ -271,9 +282,24 @@ class _Child:
         if fn is None:
             fn = self._resolved[name] = resolve_callable(*name)
         value = fn(*request.get("args", ()), **request.get("kwargs", {}))
-        if inspect.isawaitable(value):
+        if type(value) not in _PLAIN and inspect.isawaitable(value):
             value = self._await(value)
         return value
+
+    def _captured(self, request: dict[str, Any]) -> Any:
+        """The call, with sys.stdout, sys.stderr and the root logger's handler ours for its
+        length. The handler stays on the root logger between calls (adding and removing it
+        takes the logging lock twice a call), and is put back if a call took it off; between
+        calls it writes nowhere, since no call's buffer is set."""
+        stdout, stderr = sys.stdout, sys.stderr
+        handlers = self._root.handlers
+        if self._handler not in handlers:
+            self._root.addHandler(self._handler)
+        sys.stdout, sys.stderr = self._stdout, self._stderr
+        try:
+            return self._call(request)
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
 
     def run(self, request: dict[str, Any]) -> dict[str, Any]:
         """One job: the reply map. `fatal` in it means this child must not serve another."""
@@ -285,17 +311,13 @@ class _Child:
         if live is not None:
             live.start()
         reply: dict[str, Any] = {"ok": False}
-        stdout, stderr = sys.stdout, sys.stderr
-        root = logging.getLogger()
+        cwd, env = request.get("cwd"), request.get("env")
         try:
-            with _job_environment(request.get("cwd"), request.get("env") or {}):
-                sys.stdout, sys.stderr = self._stdout, self._stderr
-                root.addHandler(self._handler)
-                try:
-                    value = self._call(request)
-                finally:
-                    root.removeHandler(self._handler)
-                    sys.stdout, sys.stderr = stdout, stderr
+            if cwd is None and not env:  # the common case: no context manager to enter
+                value = self._captured(request)
+            else:
+                with _job_environment(cwd, env or {}):
+                    value = self._captured(request)
             reply.update(self._packed(value))
         except (_NoSuchCwd, ImportError) as exc:
             reply["error"] = str(exc)
@@ -308,6 +330,9 @@ class _Child:
         if live is not None:
             live.stop()
             self._stdout.live = self._stderr.live = None
+        # What a thread the call left behind logs from now on is nobody's.
+        self._stdout.capture(self._nowhere)
+        self._stderr.capture(self._nowhere)
         reply["stdout"] = out.text()
         reply["stderr"] = err.text()
         return reply
