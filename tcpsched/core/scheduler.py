@@ -36,12 +36,10 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from tcpsched.core import messages as m
 from tcpsched.core.backlog import Backlog
-from tcpsched.core.backpressure import MAX_PENDING_DEFAULT, Admission
-from tcpsched.core.breaker import BreakerConfig, CircuitBreaker
+from tcpsched.core.backpressure import Admission
+from tcpsched.core.breaker import CircuitBreaker
 from tcpsched.core.deps import DependencySide, resolve_after
 from tcpsched.core.detector import ALIVE, DEAD, SUSPECT, DetectorConfig, FailureDetector
 from tcpsched.core.dispatch import (
@@ -50,12 +48,11 @@ from tcpsched.core.dispatch import (
     make_policy,
     unplaceable_reason,
 )
-from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Send, Tick
+from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Tick
 from tcpsched.core.explain import Placement
 from tcpsched.core.groups import GroupIndex, GroupSide
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import RETRYABLE_STATES, JobRecord, JobSpec, JobState
-from tcpsched.core.limits import WireLimits
 from tcpsched.core.liveside import LiveSide
 from tcpsched.core.placement import PlacementSide
 from tcpsched.core.queries import (
@@ -74,10 +71,12 @@ from tcpsched.core.queries import (
 )
 from tcpsched.core.retention import RETENTION_CHECK_PERIOD_S, Retention
 from tcpsched.core.schedule_side import ScheduleSide
+from tcpsched.core.scheduler_config import SchedulerConfig
+from tcpsched.core.sides import Outbox, StepClock
 from tcpsched.core.state import JobTable, job_to_dict
 from tcpsched.core.waiters import Waiter, Waits
 from tcpsched.core.workers import DRAINING, WorkerEntry, worker_state
-from tcpsched.core.workerside import WorkerSide, retry_delay
+from tcpsched.core.workerside import WorkerProtocolSide, retry_delay
 
 if TYPE_CHECKING:
     import random
@@ -95,29 +94,7 @@ __all__ = [
 ]
 
 
-@attrs.frozen
-class SchedulerConfig:
-    node_id: int = 1
-    address: str = "127.0.0.1:7001"
-    epoch: int = 1
-    policy: str = "round-robin"
-    heartbeat_interval_s: float = 0.5
-    heartbeat_timeout_s: float = 2.0
-    poison_workers_max: int = 3
-    retry_base_s: float = 1.0
-    retry_cap_s: float = 60.0
-    keep_finished: int = 100_000
-    keep_finished_for_s: float | None = None
-    keep_output_chars: int | None = 256 * 1024 * 1024
-    dead_workers_kept_s: float = 600.0
-    list_limit_max: int = 100_000
-    max_pending: int = MAX_PENDING_DEFAULT  # backpressure: submits past it are refused whole
-    breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
-    # What the coordinator accepts from a peer; told to workers so they never send more.
-    wire_limits: WireLimits = attrs.field(factory=WireLimits)
-
-
-class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide):
+class Scheduler(LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -129,8 +106,9 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         """`now` is the monotonic clock, `wall` Unix time at the same instant (default: the
         same number, for tests and the simulation that run on one clock)."""
         self.config = config
-        self._now = now
-        self._wall = now if wall is None else wall
+        self.clock = StepClock(now, now if wall is None else wall)
+        self.out = Outbox()
+        self._effects = self.out.effects  # this step's effects, shared with the sides
         self._rng = rng
         self.table = table if table is not None else JobTable()
         self.queue = JobQueue()
@@ -148,18 +126,21 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         self.parked: dict[str, str] = {}
         self._conn_roles: dict[int, str] = {}
         self._conn_addresses: dict[int, str] = {}
-        self._conn_worker: dict[int, str] = {}
         self.waits = Waits()
         self.backlog = Backlog()
         self.retention = Retention(config.keep_finished, config.keep_finished_for_s, now,
                                    config.keep_output_chars)
-        self._effects: list[Effect] = []
-        self.workers_lost = 0
         self.started_at = now
         self.extra_stats: dict[str, Any] = {}  # figures the shell adds (journal, connections)
         self._init_live()  # tails of running jobs' output and their followers (liveside.py)
         self.admission = Admission(config.max_pending)
         self.breaker = CircuitBreaker(config.breaker)  # leader-local soft state (breaker.py)
+        self.worker_side = WorkerProtocolSide(
+            config=config, table=self.table, queue=self.queue, detector=self.detector,
+            breaker=self.breaker, workers=self.workers, rng=rng, clock=self.clock, out=self.out,
+            record=self._record, unpark=self._unpark, conn_addresses=self._conn_addresses,
+        )  # fmt: skip
+        self._conn_worker = self.worker_side.conn_worker
         # What dispatch knew when it placed each recent job, for `explain` (bounded).
         self.placements: OrderedDict[str, Placement] = OrderedDict()
         self.started_total = 0
@@ -214,7 +195,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
 
     def step(self, event: Any, now: float, wall: float | None = None) -> list[Effect]:
         """One event at monotonic `now` (and Unix time `wall`, for the records' times)."""
-        self._effects = []
+        self._effects.clear()
         self._now = now
         self._wall = now if wall is None else wall
         stall_s = self.detector.loop_ran(now)
@@ -233,8 +214,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         else:
             raise TypeError(f"unknown event {event!r}")
         self._advance(now)
-        effects, self._effects = self._effects, []
-        return effects
+        return self.out.take()
 
     def next_deadline(self) -> float | None:
         if self.backlog:
@@ -283,7 +263,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
             "retried": t.retried,
             "poisoned": t.poisoned,
             "handed_back": t.handed_back,
-            "workers_lost": self.workers_lost,
+            "workers_lost": self.worker_side.workers_lost,
             "jobs_in_memory": len(self.table),
             "loop_stall_max_s": round(detector.stall_max_s, 3),
             "backlog": len(self.backlog),
@@ -293,9 +273,24 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
 
     # -- effects helpers --------------------------------------------------------------------------
 
+    @property
+    def _now(self) -> float:
+        return self.clock.now
+
+    @_now.setter
+    def _now(self, now: float) -> None:
+        self.clock.now = now
+
+    @property
+    def _wall(self) -> float:
+        return self.clock.wall
+
+    @_wall.setter
+    def _wall(self, wall: float) -> None:
+        self.clock.wall = wall
+
     def _send(self, conn: int | None, msg: Any) -> None:
-        if conn is not None:
-            self._effects.append(Send(conn, msg))
+        self.out.send(conn, msg)
 
     def _record(self, record: dict[str, Any], built: JobRecord | None = None) -> JobRecord | None:
         if self.groups.ids and record["op"] == "forget":
@@ -315,10 +310,16 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         return job
 
     def _reply(self, conn: int, req_id: int, value: Any) -> None:
-        self._send(conn, m.Reply(req_id=req_id, value=value))
+        self.out.reply(conn, req_id, value)
 
     def _error(self, conn: int, req_id: int, kind: str, message: str) -> None:
-        self._send(conn, m.ErrorReply(req_id=req_id, kind=kind, message=message))
+        self.out.error(conn, req_id, kind, message)
+
+    def worker_list(self) -> list[dict[str, Any]]:
+        return self.worker_side.worker_list()
+
+    def worker_state(self, name: str) -> str:
+        return self.worker_side.worker_state(name)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -339,7 +340,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         if entry.draining and not entry.running:
             # A drained worker that says goodbye is gone, not lost.
             log.info("worker=%s left after draining", name)
-            self._declare_dead(entry, now, lost=False)
+            self.worker_side.declare_dead(entry, now, lost=False)
         elif self.detector.disconnected(name):
             log.info("worker=%s suspect: connection closed (%s)", name, reason)
 
@@ -350,7 +351,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
             self._on_request(conn, msg, now)
         elif role == "worker" and kind in m.WORKER_TO_COORDINATOR:
             if kind is m.Register:
-                self._on_register(conn, msg, now)
+                self.worker_side.on_register(conn, msg, now)
                 self._touched.add(msg.name)
                 return
             name = self._conn_worker.get(conn)
@@ -362,16 +363,16 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
             if kind is m.Output:
                 self._on_output(entry, msg)
             elif kind is m.Heartbeat:
-                self._on_heartbeat(entry, msg, now)
+                self.worker_side.on_heartbeat(entry, msg, now)
             elif kind is m.Result:
-                self._on_result(entry, msg, now)
+                self.worker_side.on_result(entry, msg, now)
                 if entry.prefetch:
                     entry.lookahead_open = True  # closed again after this step's dispatch
                     self._lookaheads_open.append(entry)
             elif kind is m.HandBack:
-                self._on_hand_back(entry, msg, now)
+                self.worker_side.on_hand_back(entry, msg, now)
             elif kind is m.Fenced:
-                self._on_fenced(entry, msg, now)
+                self.worker_side.on_fenced(entry, msg, now)
             elif kind is m.Draining:
                 if not entry.draining:
                     log.info("worker=%s draining", name)
@@ -597,7 +598,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
                 self._touched.add(name)
                 entry = self.workers[name]
                 if state == DEAD:
-                    self._declare_dead(entry, now)
+                    self.worker_side.declare_dead(entry, now)
                 elif state == SUSPECT:
                     log.info("worker=%s suspect: no heartbeat for %.1fs", name,
                              self.detector.silence(name, now))
