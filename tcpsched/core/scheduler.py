@@ -53,7 +53,7 @@ from tcpsched.core.explain import Placement
 from tcpsched.core.groups import GroupIndex, GroupSide
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import RETRYABLE_STATES, JobRecord, JobSpec, JobState
-from tcpsched.core.liveside import LiveSide
+from tcpsched.core.liveside import LiveOutput
 from tcpsched.core.placement import PlacementSide
 from tcpsched.core.queries import (
     JOB_ID_PREFIX_MIN,
@@ -94,7 +94,7 @@ __all__ = [
 ]
 
 
-class Scheduler(LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide):
+class Scheduler(ScheduleSide, PlacementSide, DependencySide, GroupSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -132,7 +132,9 @@ class Scheduler(LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide
                                    config.keep_output_chars)
         self.started_at = now
         self.extra_stats: dict[str, Any] = {}  # figures the shell adds (journal, connections)
-        self._init_live()  # tails of running jobs' output and their followers (liveside.py)
+        # Tails of running jobs' output and the clients following them (liveside.py).
+        self.live = LiveOutput(self.table, self.clock, self.out)
+        self.tails = self.live.tails
         self.admission = Admission(config.max_pending)
         self.breaker = CircuitBreaker(config.breaker)  # leader-local soft state (breaker.py)
         self.worker_side = WorkerProtocolSide(
@@ -223,7 +225,7 @@ class Scheduler(LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide
             self.detector.next_deadline(),
             self.queue.next_deadline(),
             self.waits.next_deadline(),
-            self._live_deadline(),
+            self.live.next_deadline(),
             self.schedules_deadline(),
             self.breaker.next_deadline(),
         ]
@@ -306,7 +308,7 @@ class Scheduler(LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide
             for waiter in self.waits.job_finished(job.id):
                 self._answer(waiter)
         if job is not None:
-            self._live_record(job)
+            self.live.on_record(job)
         return job
 
     def _reply(self, conn: int, req_id: int, value: Any) -> None:
@@ -314,6 +316,11 @@ class Scheduler(LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide
 
     def _error(self, conn: int, req_id: int, kind: str, message: str) -> None:
         self.out.error(conn, req_id, kind, message)
+
+    def tail_view(self, job: JobRecord, attempt: int | None,
+                  offsets: tuple[int, int]) -> dict[str, Any]:
+        """What a `tail` reader at `offsets` is shown (`LiveOutput.tail_view`)."""
+        return self.live.tail_view(job, attempt, offsets)
 
     def worker_list(self) -> list[dict[str, Any]]:
         return self.worker_side.worker_list()
@@ -327,7 +334,7 @@ class Scheduler(LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide
         self._conn_roles.pop(conn, None)
         self._conn_addresses.pop(conn, None)
         self.waits.closed(conn)
-        self._live_closed(conn)
+        self.live.closed(conn)
         self.backlog.closed(conn)
         name = self._conn_worker.pop(conn, None)
         if name is None:
@@ -361,7 +368,7 @@ class Scheduler(LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide
             entry = self.workers[name]
             self._touched.add(name)
             if kind is m.Output:
-                self._on_output(entry, msg)
+                self.live.on_output(entry, msg)
             elif kind is m.Heartbeat:
                 self.worker_side.on_heartbeat(entry, msg, now)
             elif kind is m.Result:
@@ -395,7 +402,7 @@ class Scheduler(LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide
         elif isinstance(msg, m.Cancel):
             self._on_cancel(conn, msg, now)
         elif isinstance(msg, m.Tail):
-            self._on_tail(conn, msg)
+            self.live.on_tail(conn, msg)
         elif isinstance(msg, m.GroupRequest):
             self._on_group_request(conn, msg, now)
         elif isinstance(msg, m.Retry):
@@ -604,7 +611,7 @@ class Scheduler(LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide
                              self.detector.silence(name, now))
         for waiter in self.waits.expire(now):
             self._answer(waiter)
-        self._live_advance(now)
+        self.live.advance(now)
         # Retention is inline, not a method of its own: this runs on every step.
         table = self.table
         ids = self.retention.due(table.finished_order, now, table.finished_output_chars,
