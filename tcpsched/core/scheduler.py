@@ -70,7 +70,7 @@ from tcpsched.core.queries import (
     wait_records,
 )
 from tcpsched.core.retention import RETENTION_CHECK_PERIOD_S, Retention
-from tcpsched.core.schedule_side import ScheduleSide
+from tcpsched.core.schedule_side import LeaderSchedules
 from tcpsched.core.scheduler_config import SchedulerConfig
 from tcpsched.core.sides import Outbox, StepClock
 from tcpsched.core.state import JobTable, job_to_dict
@@ -94,7 +94,7 @@ __all__ = [
 ]
 
 
-class Scheduler(ScheduleSide, PlacementSide, DependencySide, GroupSide):
+class Scheduler(PlacementSide, DependencySide, GroupSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -149,7 +149,9 @@ class Scheduler(ScheduleSide, PlacementSide, DependencySide, GroupSide):
         self._init_deps()
         self.groups = GroupIndex()
         self._recover(now)
-        self._init_schedules()
+        self.schedules = LeaderSchedules(
+            table=self.table, queue=self.queue, clock=self.clock, out=self.out,
+            record=self._record, new_job_id=self._new_job_id)
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -226,7 +228,7 @@ class Scheduler(ScheduleSide, PlacementSide, DependencySide, GroupSide):
             self.queue.next_deadline(),
             self.waits.next_deadline(),
             self.live.next_deadline(),
-            self.schedules_deadline(),
+            self.schedules.next_deadline(),
             self.breaker.next_deadline(),
         ]
         if self.table.finished_order and self.config.keep_finished_for_s is not None:
@@ -412,7 +414,7 @@ class Scheduler(ScheduleSide, PlacementSide, DependencySide, GroupSide):
         elif isinstance(msg, m.Stats):
             self._reply(conn, msg.req_id, self.statistics())
         elif type(msg) in m.SCHEDULE_REQUESTS:
-            self._on_schedule_request(conn, msg)
+            self.schedules.on_request(conn, msg)
         elif isinstance(msg, m.Explain):
             self._on_explain(conn, msg)
         elif isinstance(msg, m.Leader):
@@ -622,7 +624,7 @@ class Scheduler(ScheduleSide, PlacementSide, DependencySide, GroupSide):
         self._touched.update(self.breaker.due(now))
         if ids:
             self._record({"op": "forget", "ids": ids})
-        self._fire_schedules()
+        self.schedules.fire_due()
         # Promote due delayed jobs even when no worker is free: otherwise next_deadline() stays
         # in the past and the shell's timer fires again at once, spinning until a slot frees.
         self.queue.promote(now)
