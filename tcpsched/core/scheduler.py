@@ -33,7 +33,6 @@ the leader's own loop is never counted as a worker's silence (`detector`).
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from tcpsched.core import messages as m
@@ -49,12 +48,11 @@ from tcpsched.core.dispatch import (
     unplaceable_reason,
 )
 from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Tick
-from tcpsched.core.explain import Placement
 from tcpsched.core.groups import GroupIndex, GroupSide
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import RETRYABLE_STATES, JobRecord, JobSpec, JobState
 from tcpsched.core.liveside import LiveOutput
-from tcpsched.core.placement import PlacementSide
+from tcpsched.core.placement import Placements
 from tcpsched.core.queries import (
     JOB_ID_PREFIX_MIN,
     OUTPUT_CHARS_PER_RECORD_MIN,
@@ -94,7 +92,7 @@ __all__ = [
 ]
 
 
-class Scheduler(PlacementSide, DependencySide, GroupSide):
+class Scheduler(DependencySide, GroupSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -143,9 +141,11 @@ class Scheduler(PlacementSide, DependencySide, GroupSide):
             record=self._record, unpark=self._unpark, conn_addresses=self._conn_addresses,
         )  # fmt: skip
         self._conn_worker = self.worker_side.conn_worker
-        # What dispatch knew when it placed each recent job, for `explain` (bounded).
-        self.placements: OrderedDict[str, Placement] = OrderedDict()
-        self.started_total = 0
+        self.placement = Placements(
+            table=self.table, workers=self.workers, detector=self.detector, breaker=self.breaker,
+            policy=self.policy, parked=self.parked, clock=self.clock, out=self.out,
+            resolve=self.resolve,
+        )  # fmt: skip
         self._init_deps()
         self.groups = GroupIndex()
         self._recover(now)
@@ -416,7 +416,7 @@ class Scheduler(PlacementSide, DependencySide, GroupSide):
         elif type(msg) in m.SCHEDULE_REQUESTS:
             self.schedules.on_request(conn, msg)
         elif isinstance(msg, m.Explain):
-            self._on_explain(conn, msg)
+            self.placement.on_explain(conn, msg)
         elif isinstance(msg, m.Leader):
             cfg = self.config
             self._reply(
@@ -620,7 +620,7 @@ class Scheduler(PlacementSide, DependencySide, GroupSide):
                                  table.output_chars)
         if now >= self._resync_at:
             self._resync(now)
-        self.admission.observe(self.started_total, now)
+        self.admission.observe(self.placement.started_total, now)
         self._touched.update(self.breaker.due(now))
         if ids:
             self._record({"op": "forget", "ids": ids})
@@ -699,7 +699,7 @@ class Scheduler(PlacementSide, DependencySide, GroupSide):
                 continue
             name = self.policy.choose_sorted(names, load)
             entry = entries[name]
-            self._place(job_id, entry, len(names))
+            self.placement.place(job_id, entry, len(names))
             self._start(job_id, entry, now)
             if entry.free_slots() <= 0 or not self.breaker.allows(name, now):
                 free.set(name, None)
