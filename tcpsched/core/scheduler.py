@@ -39,7 +39,7 @@ from tcpsched.core import messages as m
 from tcpsched.core.backlog import Backlog
 from tcpsched.core.backpressure import Admission
 from tcpsched.core.breaker import CircuitBreaker
-from tcpsched.core.deps import DependencySide, resolve_after
+from tcpsched.core.deps import DependencyTracker, resolve_after
 from tcpsched.core.detector import ALIVE, DEAD, SUSPECT, DetectorConfig, FailureDetector
 from tcpsched.core.dispatch import (
     PLACEMENT_SKIPS_MAX,
@@ -92,7 +92,7 @@ __all__ = [
 ]
 
 
-class Scheduler(DependencySide, GroupSide):
+class Scheduler(GroupSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -146,7 +146,10 @@ class Scheduler(DependencySide, GroupSide):
             policy=self.policy, parked=self.parked, clock=self.clock, out=self.out,
             resolve=self.resolve,
         )  # fmt: skip
-        self._init_deps()
+        self.dependencies = DependencyTracker(
+            table=self.table, queue=self.queue, parked=self.parked, clock=self.clock,
+            record=self._record)
+        self.deps = self.dependencies.deps  # the index: child -> parents, parent -> children
         self.groups = GroupIndex()
         self._recover(now)
         self.schedules = LeaderSchedules(
@@ -179,7 +182,7 @@ class Scheduler(DependencySide, GroupSide):
         self.queue.load_entries(ready, delayed)
         # One pass finds the jobs either index needs (most jobs have neither).
         linked = [j for j in jobs if j.spec.after or j.spec.group is not None]
-        self._rebuild_deps(linked)
+        self.dependencies.rebuild(linked)
         self.groups.rebuild(linked)
         if not self.table.counts[JobState.RUNNING]:
             return
@@ -305,7 +308,7 @@ class Scheduler(DependencySide, GroupSide):
             if job.spec.group is not None and record["op"] == "submit":
                 self.groups.add(job)
             if job.spec.after or self.deps.children:
-                self._deps_changed(record, job)
+                self.dependencies.changed(record, job)
         if job is not None and job.state.is_terminal:
             for waiter in self.waits.job_finished(job.id):
                 self._answer(waiter)
@@ -323,6 +326,12 @@ class Scheduler(DependencySide, GroupSide):
                   offsets: tuple[int, int]) -> dict[str, Any]:
         """What a `tail` reader at `offsets` is shown (`LiveOutput.tail_view`)."""
         return self.live.tail_view(job, attempt, offsets)
+
+    def retry(self, job: JobRecord) -> JobRecord:
+        return self.dependencies.retry(job)
+
+    def retry_problem(self, job: JobRecord) -> str | None:
+        return self.dependencies.retry_problem(job)
 
     def worker_list(self) -> list[dict[str, Any]]:
         return self.worker_side.worker_list()
@@ -599,8 +608,8 @@ class Scheduler(DependencySide, GroupSide):
     # -- time and dispatch ----------------------------------------------------------------------
 
     def _advance(self, now: float) -> None:
-        if self._doomed:
-            self._cascade()  # children doomed while no leader acted (core/deps.py)
+        if self.dependencies.doomed:
+            self.dependencies.cascade()  # children doomed while no leader acted (core/deps.py)
         deadline = self.detector.next_deadline()
         if deadline is not None and now >= deadline:
             for name, state in self.detector.check(now):
