@@ -48,7 +48,7 @@ from tcpsched.core.dispatch import (
     unplaceable_reason,
 )
 from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Tick
-from tcpsched.core.groups import GroupIndex, GroupSide
+from tcpsched.core.groups import GroupIndex, GroupRequests
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import RETRYABLE_STATES, JobRecord, JobSpec, JobState
 from tcpsched.core.liveside import LiveOutput
@@ -92,7 +92,7 @@ __all__ = [
 ]
 
 
-class Scheduler(GroupSide):
+class Scheduler:
     def __init__(
         self,
         config: SchedulerConfig,
@@ -150,7 +150,12 @@ class Scheduler(GroupSide):
             table=self.table, queue=self.queue, parked=self.parked, clock=self.clock,
             record=self._record)
         self.deps = self.dependencies.deps  # the index: child -> parents, parent -> children
-        self.groups = GroupIndex()
+        self.groups = GroupIndex()  # group -> its jobs' ids, kept by `_record`
+        self.group_requests = GroupRequests(
+            table=self.table, backlog=self.backlog, groups=self.groups, clock=self.clock,
+            out=self.out, cancel=self.cancel, retry=self.dependencies.retry,
+            retry_problem=self.dependencies.retry_problem,
+        )  # fmt: skip
         self._recover(now)
         self.schedules = LeaderSchedules(
             table=self.table, queue=self.queue, clock=self.clock, out=self.out,
@@ -327,12 +332,6 @@ class Scheduler(GroupSide):
         """What a `tail` reader at `offsets` is shown (`LiveOutput.tail_view`)."""
         return self.live.tail_view(job, attempt, offsets)
 
-    def retry(self, job: JobRecord) -> JobRecord:
-        return self.dependencies.retry(job)
-
-    def retry_problem(self, job: JobRecord) -> str | None:
-        return self.dependencies.retry_problem(job)
-
     def worker_list(self) -> list[dict[str, Any]]:
         return self.worker_side.worker_list()
 
@@ -415,9 +414,9 @@ class Scheduler(GroupSide):
         elif isinstance(msg, m.Tail):
             self.live.on_tail(conn, msg)
         elif isinstance(msg, m.GroupRequest):
-            self._on_group_request(conn, msg, now)
+            self.group_requests.on_group_request(conn, msg, now)
         elif isinstance(msg, m.Retry):
-            self._on_retry(conn, msg)
+            self.group_requests.on_retry(conn, msg)
         elif isinstance(msg, m.Workers):
             self._reply(conn, msg.req_id, self.worker_list())
         elif isinstance(msg, m.Stats):
