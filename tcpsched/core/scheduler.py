@@ -58,21 +58,17 @@ from tcpsched.core.queries import (
     OUTPUT_CHARS_PER_RECORD_MIN,
     REPLY_OUTPUT_CHARS,
     Build,
-    cursor_problem,
-    list_records,
     not_found_message,
     output_budget,
     resolve,
-    resolve_all,
-    unknown_state,
-    wait_records,
 )
+from tcpsched.core.reads import ReadRequests
 from tcpsched.core.retention import RETENTION_CHECK_PERIOD_S, Retention
 from tcpsched.core.schedule_side import LeaderSchedules
 from tcpsched.core.scheduler_config import SchedulerConfig
 from tcpsched.core.sides import Outbox, StepClock
 from tcpsched.core.state import JobTable, job_to_dict
-from tcpsched.core.waiters import Waiter, Waits
+from tcpsched.core.waiters import Waits
 from tcpsched.core.workers import DRAINING, WorkerEntry, worker_state
 from tcpsched.core.workerside import WorkerProtocolSide, retry_delay
 
@@ -126,6 +122,9 @@ class Scheduler:
         self._conn_addresses: dict[int, str] = {}
         self.waits = Waits()
         self.backlog = Backlog()
+        self.reads = ReadRequests(
+            table=self.table, backlog=self.backlog, waits=self.waits, clock=self.clock,
+            out=self.out, list_limit_max=config.list_limit_max, reason=self.reason)
         self.retention = Retention(config.keep_finished, config.keep_finished_for_s, now,
                                    config.keep_output_chars)
         self.started_at = now
@@ -316,7 +315,7 @@ class Scheduler:
                 self.dependencies.changed(record, job)
         if job is not None and job.state.is_terminal:
             for waiter in self.waits.job_finished(job.id):
-                self._answer(waiter)
+                self.reads.answer(waiter)
         if job is not None:
             self.live.on_record(job)
         return job
@@ -404,11 +403,11 @@ class Scheduler:
         if isinstance(msg, m.Submit):
             self._on_submit(conn, msg, now)
         elif isinstance(msg, m.Status):
-            self.backlog.run_or_queue(conn, self._status_work(conn, msg))
+            self.backlog.run_or_queue(conn, self.reads.status_work(conn, msg))
         elif isinstance(msg, m.Wait):
-            self.backlog.run_or_queue(conn, self._wait_work(conn, msg))
+            self.backlog.run_or_queue(conn, self.reads.wait_work(conn, msg))
         elif isinstance(msg, m.ListJobs):
-            self._on_list(conn, msg)
+            self.reads.on_list(conn, msg)
         elif isinstance(msg, m.Cancel):
             self._on_cancel(conn, msg, now)
         elif isinstance(msg, m.Tail):
@@ -517,70 +516,12 @@ class Scheduler:
         """A job by id, or by an unambiguous id prefix of at least 4 characters."""
         return resolve(self.table, ref)
 
-    def _resolve_all(self, conn: int, req_id: int, refs: tuple[str, ...]) -> Build:
-        """Build: the jobs `refs` name, or None once a not_found error is sent."""
-        found = yield from resolve_all(self.table, refs)
-        if isinstance(found, str):
-            self._error(conn, req_id, "not_found", not_found_message(self.table, found))
-            return None
-        return found
-
-    def _status_work(self, conn: int, msg: m.Status) -> Build:
-        jobs = yield from self._resolve_all(conn, msg.req_id, msg.job_ids)
-        if jobs is not None:
-            self._reply(conn, msg.req_id, [{**job.to_public(), "reason": self.reason(job)}
-                                           for job in jobs])
-
     def reason(self, job: JobRecord) -> str | None:
         """The record's `reason`: why a pending job does not run, why a job failed or was
         cancelled (a parent, "lost 3 workers"), or None."""
         if job.state is JobState.PENDING:
             return self.parked.get(job.id) or self.deps.reason(job.id)
         return job.error if job.state in RETRYABLE_STATES else None
-
-    def _wait_work(self, conn: int, msg: m.Wait) -> Build:
-        jobs = yield from self._resolve_all(conn, msg.req_id, msg.job_ids)
-        if jobs is None:
-            return
-        ids = tuple(job.id for job in jobs)
-        # The jobs as they are now (resolving may have taken turns), in this one step: a job
-        # that finished meanwhile must not be waited for.
-        get = self.table.jobs.get
-        remaining = {job_id for job_id in ids
-                     if (job := get(job_id)) is not None and not job.state.is_terminal}
-        if not remaining or (msg.timeout is not None and msg.timeout <= 0):
-            records = yield from wait_records(ids, self.table)
-            self._reply(conn, msg.req_id, records)
-            return
-        deadline = self._now + msg.timeout if msg.timeout is not None else None
-        self.waits.add(conn, msg.req_id, ids, remaining, deadline)
-
-    def _answer(self, waiter: Waiter) -> None:
-        self.backlog.run_or_queue(waiter.conn, self._answer_work(waiter))
-
-    def _answer_work(self, waiter: Waiter) -> Build:
-        records = yield from wait_records(waiter.job_ids, self.table)
-        self._reply(waiter.conn, waiter.req_id, records)
-
-    def _on_list(self, conn: int, msg: m.ListJobs) -> None:
-        problem = unknown_state(msg.state)
-        if problem is not None:
-            self._error(conn, msg.req_id, "bad_request", problem)
-            return
-        problem = cursor_problem(self.table, msg.after)
-        if problem is not None:
-            self._error(conn, msg.req_id, "bad_request", problem)
-            return
-        self.backlog.run_or_queue(conn, self._list_work(conn, msg))
-
-    def _list_work(self, conn: int, msg: m.ListJobs) -> Build:
-        limit = min(msg.limit, self.config.list_limit_max)
-        records, full = yield from list_records(self.table, msg.state, limit, msg.after)
-        if not msg.page:
-            self._reply(conn, msg.req_id, records)
-            return
-        following = records[-1]["id"] if full and records else None
-        self._reply(conn, msg.req_id, {"jobs": records, "next": following})
 
     def _on_cancel(self, conn: int, msg: m.Cancel, now: float) -> None:
         job = self.resolve(msg.job_id)
@@ -620,7 +561,7 @@ class Scheduler:
                     log.info("worker=%s suspect: no heartbeat for %.1fs", name,
                              self.detector.silence(name, now))
         for waiter in self.waits.expire(now):
-            self._answer(waiter)
+            self.reads.answer(waiter)
         self.live.advance(now)
         # Retention is inline, not a method of its own: this runs on every step.
         table = self.table
