@@ -39,7 +39,7 @@ from tcpsched.core import messages as m
 from tcpsched.core.backlog import Backlog
 from tcpsched.core.backpressure import Admission
 from tcpsched.core.breaker import CircuitBreaker
-from tcpsched.core.deps import DependencyTracker, resolve_after
+from tcpsched.core.deps import DependencyTracker
 from tcpsched.core.detector import ALIVE, DEAD, SUSPECT, DetectorConfig, FailureDetector
 from tcpsched.core.dispatch import (
     PLACEMENT_SKIPS_MAX,
@@ -57,7 +57,6 @@ from tcpsched.core.queries import (
     JOB_ID_PREFIX_MIN,
     OUTPUT_CHARS_PER_RECORD_MIN,
     REPLY_OUTPUT_CHARS,
-    Build,
     not_found_message,
     output_budget,
     resolve,
@@ -67,7 +66,8 @@ from tcpsched.core.retention import RETENTION_CHECK_PERIOD_S, Retention
 from tcpsched.core.schedule_side import LeaderSchedules
 from tcpsched.core.scheduler_config import SchedulerConfig
 from tcpsched.core.sides import Outbox, StepClock
-from tcpsched.core.state import JobTable, job_to_dict
+from tcpsched.core.state import JobTable
+from tcpsched.core.submissions import SUBMITS_PER_TURN, Submissions
 from tcpsched.core.waiters import Waits
 from tcpsched.core.workers import DRAINING, WorkerEntry, worker_state
 from tcpsched.core.workerside import WorkerProtocolSide, retry_delay
@@ -75,7 +75,6 @@ from tcpsched.core.workerside import WorkerProtocolSide, retry_delay
 if TYPE_CHECKING:
     import random
 
-SUBMITS_PER_TURN = 200  # jobs one step of a submit records (about 10 ms)
 STALL_LOGGED_S = 0.5  # a stall of the leader's loop this long is logged
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ log = logging.getLogger(__name__)
 # Names other modules import from here; they live in the modules of their own idea.
 __all__ = [
     "JOB_ID_PREFIX_MIN", "OUTPUT_CHARS_PER_RECORD_MIN", "REPLY_OUTPUT_CHARS",
-    "RETENTION_CHECK_PERIOD_S", "Scheduler", "SchedulerConfig", "WorkerEntry",
+    "RETENTION_CHECK_PERIOD_S", "SUBMITS_PER_TURN", "Scheduler", "SchedulerConfig", "WorkerEntry",
     "output_budget", "retry_delay",
 ]
 
@@ -149,6 +148,10 @@ class Scheduler:
             table=self.table, queue=self.queue, parked=self.parked, clock=self.clock,
             record=self._record)
         self.deps = self.dependencies.deps  # the index: child -> parents, parent -> children
+        self.submissions = Submissions(
+            table=self.table, queue=self.queue, admission=self.admission, backlog=self.backlog,
+            deps=self.deps, rng=rng, clock=self.clock, out=self.out, record=self._record,
+        )  # fmt: skip
         self.groups = GroupIndex()  # group -> its jobs' ids, kept by `_record`
         self.group_requests = GroupRequests(
             table=self.table, backlog=self.backlog, groups=self.groups, clock=self.clock,
@@ -158,7 +161,7 @@ class Scheduler:
         self._recover(now)
         self.schedules = LeaderSchedules(
             table=self.table, queue=self.queue, clock=self.clock, out=self.out,
-            record=self._record, new_job_id=self._new_job_id)
+            record=self._record, new_job_id=self.submissions.new_job_id)
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -401,7 +404,7 @@ class Scheduler:
 
     def _on_request(self, conn: int, msg: Any, now: float) -> None:
         if isinstance(msg, m.Submit):
-            self._on_submit(conn, msg, now)
+            self.submissions.on_submit(conn, msg, now)
         elif isinstance(msg, m.Status):
             self.backlog.run_or_queue(conn, self.reads.status_work(conn, msg))
         elif isinstance(msg, m.Wait):
@@ -430,87 +433,9 @@ class Scheduler:
                 conn, msg.req_id, {"id": cfg.node_id, "address": cfg.address, "epoch": cfg.epoch}
             )
 
-    def _new_job_id(self) -> str:
-        while True:
-            job_id = f"{self._rng.getrandbits(48):012x}"
-            if job_id not in self.table.jobs:
-                return job_id
-
-    def _on_submit(self, conn: int, msg: m.Submit, now: float) -> None:
-        keys = self.table.keys
-        new_jobs = sum(1 for spec in msg.jobs if spec.key is None or spec.key not in keys)
-        refusal = self.admission.admit(new_jobs, self.table.counts[JobState.PENDING])
-        if refusal is not None:
-            log.info("submit of %d job(s) refused: %s", len(msg.jobs), refusal.message)
-            self._send(conn, m.ErrorReply(
-                req_id=msg.req_id, kind="bad_request" if refusal.never_fits else "queue_full",
-                message=refusal.message, retry_after=refusal.retry_after_s))
-            return
-        self.backlog.run_or_queue(conn, self._submit_work(conn, msg, new_jobs),
-                                  finish_on_close=True)
-
-    def key_conflict(self, jobs: tuple[JobSpec, ...]) -> str | None:
-        """Why a batch reuses an idempotency key for another job, or None. The same key with
-        the same spec is a resend (one job); with another spec it is a mistake to refuse, not
-        to answer with a job the caller did not describe."""
-        seen: dict[str, JobSpec] = {}
-        for spec in jobs:
-            if spec.key is None:
-                continue
-            existing_id = self.table.keys.get(spec.key)
-            existing = (self.table.jobs[existing_id].spec if existing_id is not None
-                        else seen.get(spec.key))
-            if existing is not None and existing != spec:
-                owner = f"job {existing_id}" if existing_id is not None else "another job of " \
-                    "this batch"
-                return (f"idempotency key {spec.key!r} is already used by {owner} with a "
-                        "different spec; use another key, or the same spec to get that job")
-            seen[spec.key] = spec
-        return None
-
-    def _submit_work(self, conn: int, msg: m.Submit, reserved: int = 0) -> Build:
-        """Record a batch `SUBMITS_PER_TURN` jobs a turn; acknowledge it once all are. A key
-        conflict refuses the whole batch before any of it is recorded. `reserved` is the room
-        admission kept for it, given back as its jobs enter the table."""
-        try:
-            specs, unknown = resolve_after(self.table, msg.jobs)
-            if unknown is not None:
-                self._error(conn, msg.req_id, "bad_request", unknown)
-                return
-            conflict = self.key_conflict(specs)
-            if conflict is not None:
-                self._error(conn, msg.req_id, "conflict", conflict)
-                return
-            ids = []
-            for i, spec in enumerate(specs, 1):
-                ids.append(self.submit(spec, self._now))
-                if i % SUBMITS_PER_TURN == 0 and i < len(specs):
-                    self.admission.recorded(min(reserved, SUBMITS_PER_TURN))
-                    reserved -= min(reserved, SUBMITS_PER_TURN)
-                    yield
-            self._reply(conn, msg.req_id, ids)
-        finally:
-            self.admission.recorded(reserved)
-
     def submit(self, spec: JobSpec, now: float) -> str:
-        """Queue one job (or find the one its idempotency key already made); returns its id.
-        The journal keeps a delay's end in wall-clock time, the queue on `now`'s clock."""
-        if spec.key is not None:
-            existing = self.table.keys.get(spec.key)
-            if existing is not None:
-                return existing
-        wall = self._wall
-        job = JobRecord(
-            id=self._new_job_id(), seq=self.table.next_seq, spec=spec, submitted_at=wall,
-            not_before=wall + spec.delay if spec.delay > 0 else 0.0,
-        )  # fmt: skip
-        new = self._record({"op": "submit", "job": job_to_dict(job)}, job)
-        if spec.after and (job.id in self.deps.waiting or new is None
-                           or self.table.jobs[job.id].state is not JobState.PENDING):
-            return job.id  # waits on its parents (core/deps.py), or a parent had failed
-        self.queue.push(job.id, spec.priority, job.seq, now + spec.delay if spec.delay > 0
-                        else 0.0)
-        return job.id
+        """Queue one job (or find the one its idempotency key already made); returns its id."""
+        return self.submissions.submit(spec, now)
 
     def resolve(self, ref: str) -> JobRecord | None:
         """A job by id, or by an unambiguous id prefix of at least 4 characters."""

@@ -10,8 +10,7 @@ runs the hooks of the other sides, so every change is journaled wherever it is d
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tcpsched.core import messages as m
 from tcpsched.core.events import Effect, Send
@@ -19,8 +18,12 @@ from tcpsched.core.events import Effect, Send
 if TYPE_CHECKING:
     from tcpsched.core.jobs import JobRecord
 
-# The scheduler's `_record`: apply one journal record to the table, journal it, run the hooks.
-Record = Callable[[dict[str, Any]], "JobRecord | None"]
+class Record(Protocol):
+    """The scheduler's `_record`: apply one journal record to the table (`built`: the job a
+    submit already made), journal it, run the hooks of every side; returns the job it changed."""
+
+    def __call__(self, record: dict[str, Any], built: JobRecord | None = None
+                 ) -> JobRecord | None: ...
 
 
 class StepClock:
