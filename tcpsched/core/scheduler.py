@@ -62,6 +62,7 @@ from tcpsched.core.queries import (
     resolve,
 )
 from tcpsched.core.reads import ReadRequests
+from tcpsched.core.recovery import recover
 from tcpsched.core.retention import RETENTION_CHECK_PERIOD_S, Retention
 from tcpsched.core.schedule_side import LeaderSchedules
 from tcpsched.core.scheduler_config import SchedulerConfig
@@ -166,44 +167,10 @@ class Scheduler:
     # -- recovery -------------------------------------------------------------------------------
 
     def _recover(self, now: float) -> None:
-        """Rebuild the queue from the table; running jobs wait for their worker to come back.
-
-        A worker that held running jobs when the leader stopped gets `heartbeat_timeout_s` to
-        re-register with them; until then it is a suspect placeholder, and then it is dead and
-        its jobs are requeued like any lost worker's.
-        """
-        # Finish times and delays come back in wall-clock time: from here on they are on
-        # this process's monotonic clock.
-        to_monotonic_s = now - self._wall
-        self.table.rebase_finished(to_monotonic_s)
-        jobs = self.table.jobs.values()
-        pending_state = JobState.PENDING
-        # Comprehensions that build the queue's heap entries directly (`JobQueue.load_entries`):
-        # over a million jobs they cost half what a loop does. The delayed pass is skipped when
-        # the first shows every pending job ready.
-        ready = [(-j.spec.priority, j.seq, j.id)
-                 for j in jobs if j.state is pending_state and j.not_before <= 0.0]
-        delayed = [] if len(ready) == self.table.counts[pending_state] else [
-            (j.not_before + to_monotonic_s, j.seq, j.id, j.spec.priority)
-            for j in jobs if j.state is pending_state and j.not_before > 0.0]
-        self.queue.load_entries(ready, delayed)
-        # One pass finds the jobs either index needs (most jobs have neither).
-        linked = [j for j in jobs if j.spec.after or j.spec.group is not None]
-        self.dependencies.rebuild(linked)
-        self.groups.rebuild(linked)
-        if not self.table.counts[JobState.RUNNING]:
-            return
-        for job in jobs:
-            if job.state is JobState.RUNNING and job.worker is not None:
-                entry = self.workers.get(job.worker)
-                if entry is None:
-                    entry = self.workers[job.worker] = WorkerEntry(
-                        name=job.worker, conn=None, slots=1, tags=(), address="",
-                        registered_at=now,
-                    )  # fmt: skip
-                    self.detector.watch(job.worker, now, connected=False)
-                entry.running[job.id] = job.attempts
-                entry.slots = max(entry.slots, len(entry.running))
+        """Rebuild the queue and the leader's indexes from the table (`core/recovery.py`)."""
+        recover(table=self.table, queue=self.queue, dependencies=self.dependencies,
+                groups=self.groups, workers=self.workers, detector=self.detector, now=now,
+                wall=self._wall)
 
     # -- the sans-I/O interface ---------------------------------------------------------------
 
