@@ -51,6 +51,7 @@ from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Rece
 from tcpsched.core.groups import GroupIndex, GroupRequests
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import RETRYABLE_STATES, JobRecord, JobSpec, JobState
+from tcpsched.core.leader_stats import leader_statistics
 from tcpsched.core.liveside import LiveOutput
 from tcpsched.core.placement import Placements
 from tcpsched.core.queries import (
@@ -70,7 +71,7 @@ from tcpsched.core.sides import Outbox, StepClock
 from tcpsched.core.state import JobTable
 from tcpsched.core.submissions import SUBMITS_PER_TURN, Submissions
 from tcpsched.core.waiters import Waits
-from tcpsched.core.workers import DRAINING, WorkerEntry, worker_state
+from tcpsched.core.workers import WorkerEntry
 from tcpsched.core.workerside import WorkerProtocolSide, retry_delay
 
 if TYPE_CHECKING:
@@ -214,43 +215,14 @@ class Scheduler:
         return min(found) if found else None
 
     def statistics(self) -> dict[str, Any]:
-        t = self.table.statistics()
-        detector = self.detector
-        states = [worker_state(entry, detector) for entry in self.workers.values()]
-        return {
-            "pending": t.pending,
-            "running": t.running,
-            "succeeded": t.succeeded,
-            "failed": t.failed,
-            "cancelled": t.cancelled,
-            "workers_alive": states.count(ALIVE),
-            "workers_suspect": states.count(SUSPECT),
-            "workers_draining": states.count(DRAINING),
-            "workers_dead": states.count(DEAD),
-            "workers_tripped": self.breaker.tripped_count(self._now),
-            "breaker_trips": self.breaker.trips,
-            "max_pending": self.admission.max_pending,
-            "refused_submits": self.admission.refused_batches,
-            "refused_jobs": self.admission.refused_jobs,
-            "slots_total": sum(
-                w.slots for w in self.workers.values() if worker_state(w, detector) == ALIVE
-            ),
-            "leader": self.config.node_id,
-            "epoch": self.config.epoch,
-            "policy": self.policy.name,
-            "submitted": t.submitted,
-            "finished": self.table.counters.get("finished", 0),
-            "reassigned": t.reassigned,
-            "retried": t.retried,
-            "poisoned": t.poisoned,
-            "handed_back": t.handed_back,
-            "workers_lost": self.worker_side.workers_lost,
-            "jobs_in_memory": len(self.table),
-            "loop_stall_max_s": round(detector.stall_max_s, 3),
-            "backlog": len(self.backlog),
-            "live_output_chars": self.tails.chars,
-            **self.extra_stats,
-        }
+        """What `stats` shows (`core/leader_stats.py`)."""
+        return leader_statistics(
+            table=self.table, workers=self.workers, detector=self.detector,
+            breaker=self.breaker, admission=self.admission, config=self.config,
+            policy=self.policy.name, now=self._now, workers_lost=self.worker_side.workers_lost,
+            backlog=len(self.backlog), live_output_chars=self.tails.chars,
+            extra=self.extra_stats,
+        )  # fmt: skip
 
     # -- effects helpers --------------------------------------------------------------------------
 
