@@ -10,18 +10,24 @@ with free slots, in queue order, through the placement policy.
 Attempts: starting a job increments `attempts`; a worker names the attempt in everything it
 reports, and `workerside` ignores what concerns any attempt but the job's current one there.
 
-The parts live in modules of their own: `workerside` (the worker protocol, mixed in here),
-`placement` (what dispatch records for `explain`, and the `explain` request, mixed in too),
-`workers` (worker entries and the rules for reading them), `waiters` (pending `wait` requests),
-`queries` (read-only replies from the table) and `retention` (which finished jobs to forget).
-This module wires them: events in, effects out, submit, cancel, time and dispatch.
+Composition, not inheritance: `Scheduler` has no base class. Each idea is an object it owns,
+built with exactly what it needs (the table, the queue, the detector, the worker entries, the
+step's clocks and outbox from `sides`, and callables such as `record`), never the scheduler:
+`worker_side` (the worker protocol, `workerside`), `live` (live output and `tail`, `liveside`),
+`schedules` (`schedule_side`), `placement` (what dispatch records, and `explain`), `dependencies`
+(module `deps`, index `deps`), `group_requests` (group requests and retry, `groups`), `reads`
+(`status`, `wait`, `list`) and `submissions` (`submit`). `recovery` rebuilds what a new leader
+derives from the table, `leader_stats` computes `stats`. This module wires them: every event is
+routed to its side in one place (`step`, `_on_message`, `_on_request`); time and dispatch stay
+here. The one way any side changes the table is the `record` callable it was given, which is
+this module's `_record`: so every change is journaled, and every side's hook on it runs.
 
 Clocks: `now` is the leader's monotonic clock in seconds, passed in with every step; every
 duration and deadline (the detector, delays, retry backoff, wait deadlines, retention ages)
 is measured on it, so a step of the wall clock (NTP) moves none of them. `wall` is Unix time
 at the same instant, used only for the times records show and the journal keeps
 (submitted_at, started_at, finished_at, a delayed job's not_before). What survives a restart is
-therefore wall-clock time; `_recover` turns it into the new process's monotonic clock once,
+therefore wall-clock time; `recover` turns it into the new process's monotonic clock once,
 at start (a wall-clock step while the leader was down moves a delayed job's start by as much).
 Randomness comes from the injected `random.Random`.
 
@@ -90,6 +96,8 @@ __all__ = [
 
 
 class Scheduler:
+    """The leader: owns the table's derived state and its sides; see the module docstring."""
+
     def __init__(
         self,
         config: SchedulerConfig,
@@ -104,7 +112,6 @@ class Scheduler:
         self.clock = StepClock(now, now if wall is None else wall)
         self.out = Outbox()
         self._effects = self.out.effects  # this step's effects, shared with the sides
-        self._rng = rng
         self.table = table if table is not None else JobTable()
         self.queue = JobQueue()
         self.policy = make_policy(config.policy, rng)
@@ -246,6 +253,9 @@ class Scheduler:
         self.out.send(conn, msg)
 
     def _record(self, record: dict[str, Any], built: JobRecord | None = None) -> JobRecord | None:
+        """The only path by which the table changes (every side is handed this as `record`):
+        apply the record, journal it, and run the hooks of the indexes and sides it concerns
+        (groups, dependencies, waits, live output)."""
         if self.groups.ids and record["op"] == "forget":
             self.groups.forget(self.table, record["ids"])
         job = self.table.apply(record, self._now, built)
