@@ -62,7 +62,9 @@ def group_summary(group: str, jobs: list[JobRecord], wall: float) -> dict[str, A
     if first_start is not None and finished_runs > 0:
         # While jobs are still running, the clock runs on to now: a stalled group's throughput
         # falls instead of staying at its last value.
-        end = last_finish if remaining == 0 or last_finish is None else max(last_finish, wall)
+        # Jobs whose end time nobody reported (a worker's finished_at of null) end at `wall`.
+        end = wall if last_finish is None else (
+            last_finish if remaining == 0 else max(last_finish, wall))
         elapsed = max(end - first_start, 1e-3)
         throughput = done / elapsed
         if remaining:
