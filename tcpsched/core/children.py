@@ -20,6 +20,7 @@ from tcpsched.core.queries import WORK_PER_TURN, Build, not_found_message
 if TYPE_CHECKING:
     from tcpsched.core.backlog import Backlog
     from tcpsched.core.jobs import JobRecord
+    from tcpsched.core.sides import Outbox
     from tcpsched.core.state import JobTable
 
 CHILDREN_MAX = 1000  # children one answer lists
@@ -45,16 +46,18 @@ def children_of(parent_id: str, newest_first: Any, limit: int,
         yield
 
 
-class ChildrenSide:
-    """The `children` request; `Scheduler` inherits this."""
+class ChildrenRequests:
+    """The `children` request, answered from the table in bounded steps."""
 
-    table: JobTable
-    backlog: Backlog
-    resolve: Callable[[str], JobRecord | None]
-    _reply: Callable[[int, int, Any], None]
-    _error: Callable[[int, int, str, str], None]
+    def __init__(self, *, table: JobTable, backlog: Backlog,
+                 resolve: Callable[[str], JobRecord | None], out: Outbox) -> None:
+        self.table = table
+        self.backlog = backlog
+        self.resolve = resolve
+        self._reply = out.reply
+        self._error = out.error
 
-    def _on_children(self, conn: int, msg: m.Children) -> None:
+    def on_children(self, conn: int, msg: m.Children) -> None:
         job = self.resolve(msg.job_id)
         if job is None:
             self._error(conn, msg.req_id, "not_found", not_found_message(self.table, msg.job_id))

@@ -15,16 +15,19 @@ table. It is rebuilt from the table when a leader starts (`rebuild`); a child wh
 badly while no leader could act on it (a torn journal tail) is doomed then. Parents must exist
 when the child is submitted (`resolve_after`), so a cycle cannot be written.
 
-`DependencySide` is the scheduler's part (mixed into `Scheduler`): resolving `after` at submit,
-the hook `_record` calls, the cascade, and `retry` (which brings a failed or cancelled job back
-to pending as a new attempt and lets it wait on its parents again).
+`DependencyTracker` is the scheduler's part, an object `Scheduler` owns (`dependencies`; its
+index is `Scheduler.deps`): the hook `_record` calls (`changed`), the cascade, and `retry`
+(which brings a failed or cancelled job back to pending as a new attempt and lets it wait on its
+parents again). It is given the job table, the queue, the parking reasons, the step's clocks
+(`core/sides.py`) and `record`, the scheduler's single `_record` path: every cancel of the
+cascade and every retry is journaled through it. `resolve_after` resolves `after` at submit.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -34,6 +37,7 @@ from tcpsched.core.queries import not_found_message, resolve
 
 if TYPE_CHECKING:
     from tcpsched.core.jobqueue import JobQueue
+    from tcpsched.core.sides import Record, StepClock
     from tcpsched.core.state import JobTable
 
 log = logging.getLogger(__name__)
@@ -154,30 +158,37 @@ def resolve_after(table: JobTable, specs: tuple[JobSpec, ...]
     return tuple(out), None
 
 
-class DependencySide:
-    """The scheduler's dependency logic (mixed into `Scheduler`, which provides the table,
-    queue, `_record` and `_wall`)."""
+class DependencyTracker:
+    """The scheduler's dependency logic (see the module docstring for what it is given)."""
 
-    table: JobTable
-    queue: JobQueue
-    parked: dict[str, str]
-    _wall: float
-    _now: float
-    _record: Callable[[dict[str, Any]], JobRecord | None]
-
-    def _init_deps(self) -> None:
+    def __init__(self, *, table: JobTable, queue: JobQueue, parked: dict[str, str],
+                 clock: StepClock, record: Record) -> None:
+        self.table = table
+        self.queue = queue
+        self.parked = parked
+        self._clock = clock
+        self._record = record
         self.deps = Dependencies()
-        self._doomed: collections.deque[tuple[str, str]] = collections.deque()
+        # (child, reason) to cancel: children of a parent that ended badly
+        self.doomed: collections.deque[tuple[str, str]] = collections.deque()
         self._cascading = False
 
-    def _rebuild_deps(self, jobs: Iterable[JobRecord]) -> None:
+    @property
+    def _now(self) -> float:
+        return self._clock.now
+
+    @property
+    def _wall(self) -> float:
+        return self._clock.wall
+
+    def rebuild(self, jobs: Iterable[JobRecord]) -> None:
         """At start: index waiting children, take them out of the queue `_recover` built, and
         doom those whose parent ended badly (cancelled at the first step)."""
         for child, parent in self.deps.rebuild(self.table, jobs):
-            self._doomed.append((child, parent_error(parent)))
+            self.doomed.append((child, parent_error(parent)))
         for child in self.deps.waiting:
             self.queue.remove(child)
-        for child, _ in self._doomed:
+        for child, _ in self.doomed:
             self.queue.remove(child)
 
     def _push_ready(self, job: JobRecord) -> None:
@@ -187,14 +198,14 @@ class DependencySide:
         self.queue.push(job.id, job.spec.priority, job.seq,
                         self._now + left_s if left_s > 0 else 0.0)
 
-    def _deps_changed(self, record: dict[str, Any], job: JobRecord) -> None:
+    def changed(self, record: dict[str, Any], job: JobRecord) -> None:
         """The hook `_record` calls after a record changed `job`."""
         state = job.state
         if state is JobState.PENDING:
             if record["op"] in ("submit", "retry") and job.spec.after:
                 bad = self.deps.add(job, self.table)
                 if bad is not None:
-                    self._doomed.append((job.id, parent_error(bad)))
+                    self.doomed.append((job.id, parent_error(bad)))
         elif state.is_terminal:
             if job.id in self.deps.waiting:
                 self.deps.drop(job.id)
@@ -205,17 +216,17 @@ class DependencySide:
                     log.info("job=%s released: its parents succeeded", child_id)
                     self._push_ready(child)
                 reason = parent_error(job)
-                self._doomed.extend((child_id, reason) for child_id in doomed)
-        self._cascade()
+                self.doomed.extend((child_id, reason) for child_id in doomed)
+        self.cascade()
 
-    def _cascade(self) -> None:
+    def cascade(self) -> None:
         """Cancel doomed children, one at a time; each cancel may doom more (transitively)."""
         if self._cascading:
             return
         self._cascading = True
         try:
-            while self._doomed:
-                child_id, reason = self._doomed.popleft()
+            while self.doomed:
+                child_id, reason = self.doomed.popleft()
                 child = self.table.get(child_id)
                 if child is None or child.state is not JobState.PENDING:
                     continue

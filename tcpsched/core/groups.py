@@ -12,8 +12,11 @@ of jobs that are terminal), throughput (jobs finished per second, from the group
 to its latest finish) and an ETA (what remains at that throughput; None until one job has
 finished, and 0 once all have).
 
-`GroupSide` (mixed into `Scheduler`) answers `GroupRequest` (status, ids, list, cancel) and
-`Retry` of one job or a whole group, a bounded amount of work per loop turn.
+`GroupRequests` (an object `Scheduler` owns, `group_requests`) answers `GroupRequest` (status,
+ids, list, cancel) and `Retry` of one job or a whole group, a bounded amount of work per loop
+turn. It is given the job table, the backlog, the group index, the step's clocks and outbox
+(`core/sides.py`), and the scheduler's `cancel` and the dependency tracker's `retry` and
+`retry_problem`: it changes the table only through those, which journal through `_record`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from tcpsched.core.queries import Build, not_found_message, output_budget, resol
 
 if TYPE_CHECKING:
     from tcpsched.core.backlog import Backlog
-    from tcpsched.core.deps import Dependencies
+    from tcpsched.core.sides import Outbox, StepClock
     from tcpsched.core.state import JobTable
 
 GROUP_WORK_PER_TURN = 5_000  # jobs a group request looks at per loop turn
@@ -59,7 +62,9 @@ def group_summary(group: str, jobs: list[JobRecord], wall: float) -> dict[str, A
     if first_start is not None and finished_runs > 0:
         # While jobs are still running, the clock runs on to now: a stalled group's throughput
         # falls instead of staying at its last value.
-        end = last_finish if remaining == 0 or last_finish is None else max(last_finish, wall)
+        # Jobs whose end time nobody reported (a worker's finished_at of null) end at `wall`.
+        end = wall if last_finish is None else (
+            last_finish if remaining == 0 else max(last_finish, wall))
         elapsed = max(end - first_start, 1e-3)
         throughput = done / elapsed
         if remaining:
@@ -103,19 +108,27 @@ class GroupIndex:
                 self.add(job)
 
 
-class GroupSide:
-    """Group requests and retry, for `Scheduler` (which provides what is declared here)."""
+class GroupRequests:
+    """Group requests and retry (see the module docstring for what it is given)."""
 
-    table: JobTable
-    backlog: Backlog
-    deps: Dependencies
-    groups: GroupIndex
-    _wall: float
-    _reply: Callable[[int, int, Any], None]
-    _error: Callable[[int, int, str, str], None]
-    cancel: Callable[[JobRecord, float], None]
-    retry: Callable[[JobRecord], JobRecord]
-    retry_problem: Callable[[JobRecord], str | None]
+    def __init__(
+        self, *, table: JobTable, backlog: Backlog, groups: GroupIndex, clock: StepClock,
+        out: Outbox, cancel: Callable[[JobRecord, float], None],
+        retry: Callable[[JobRecord], JobRecord], retry_problem: Callable[[JobRecord], str | None],
+    ) -> None:  # fmt: skip
+        self.table = table
+        self.backlog = backlog
+        self.groups = groups
+        self._clock = clock
+        self._reply = out.reply
+        self._error = out.error
+        self.cancel = cancel
+        self.retry = retry
+        self.retry_problem = retry_problem
+
+    @property
+    def _wall(self) -> float:
+        return self._clock.wall
 
     def _group_jobs(self, group: str) -> Build:
         """Build: the group's jobs as they are now, in submission order (None: no group)."""
@@ -132,7 +145,7 @@ class GroupSide:
                 yield
         return jobs
 
-    def _on_group_request(self, conn: int, msg: m.GroupRequest, now: float) -> None:
+    def on_group_request(self, conn: int, msg: m.GroupRequest, now: float) -> None:
         problem = None
         if msg.action not in GROUP_ACTIONS:
             problem = f"unknown group action {msg.action!r}; one of {', '.join(GROUP_ACTIONS)}"
@@ -183,7 +196,7 @@ class GroupSide:
                 yield
         self._reply(conn, req_id, out)
 
-    def _on_retry(self, conn: int, msg: m.Retry) -> None:
+    def on_retry(self, conn: int, msg: m.Retry) -> None:
         if (msg.group is None) == (not msg.job_ids):
             self._error(conn, msg.req_id, "bad_request", "retry takes job ids or a group")
             return

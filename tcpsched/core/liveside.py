@@ -1,4 +1,4 @@
-"""The leader's side of live output, mixed into `Scheduler`: workers' `Output` in, `tail` out.
+"""The leader's live output, owned by `Scheduler` (`live`): workers' `Output` in, `tail` out.
 
 Theory of operation (see core/livelog.py for the streams and their bounds): an `Output` for the
 current attempt of a running job on the worker that sent it grows that job's tail; anything
@@ -9,6 +9,10 @@ when it runs another attempt than the reader followed; otherwise it waits, as a 
 the job, until one of those holds or its `wait` runs out (then an empty answer, and the client
 asks again). Answers are `Send` effects like every reply, so the node holds them until the
 records they show are committed: a reader never sees a finish that could be rolled back.
+
+`LiveOutput` is given the job table (it only reads it: output is never journaled), the step's
+clocks and outbox (`core/sides.py`); the scheduler calls its hooks (`on_output`, `on_record`
+from `_record`, `closed`, `next_deadline`, `advance`) and routes `tail` requests to `on_tail`.
 
 In-process readers (the HTTP server) use `tails.subscribe(job_id, callback)` and
 `tail_view(job, attempt, offsets)`, the same path: `tail_view` gives the dict a `tail` reply
@@ -29,25 +33,23 @@ from tcpsched.core.livelog import Chunk, LiveTails
 from tcpsched.core.queries import not_found_message, resolve
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from tcpsched.core.jobs import JobRecord
+    from tcpsched.core.sides import Outbox, StepClock
     from tcpsched.core.state import JobTable
     from tcpsched.core.workers import WorkerEntry
 
 log = logging.getLogger("tcpsched.core.scheduler")
 
 
-class LiveSide:
-    """Tails of running jobs and the clients following them; `Scheduler` inherits this."""
+class LiveOutput:
+    """Tails of running jobs and the clients following them."""
 
-    table: JobTable
-    _now: float
-    _send: Callable[[int | None, Any], None]
-    _reply: Callable[[int, int, Any], None]
-    _error: Callable[[int, int, str, str], None]
-
-    def _init_live(self) -> None:
+    def __init__(self, table: JobTable, clock: StepClock, out: Outbox) -> None:
+        self.table = table
+        self._clock = clock
+        self._send = out.send
+        self._reply = out.reply
+        self._error = out.error
         self.tails = LiveTails()
         # key -> (conn, request, subscription token): `tail` requests waiting for output
         self._followers: dict[int, tuple[int, m.Tail, int]] = {}
@@ -55,9 +57,13 @@ class LiveSide:
         self._followers_by_conn: dict[int, set[int]] = {}
         self._follow_deadlines: list[tuple[float, int]] = []
 
+    @property
+    def _now(self) -> float:
+        return self._clock.now
+
     # -- hooks the scheduler calls --------------------------------------------------------------
 
-    def _on_output(self, entry: WorkerEntry, msg: m.Output) -> None:
+    def on_output(self, entry: WorkerEntry, msg: m.Output) -> None:
         job = self.table.get(msg.job_id)
         if (job is None or job.state is not JobState.RUNNING or job.attempts != msg.attempt
                 or job.worker != entry.name):
@@ -65,7 +71,7 @@ class LiveSide:
         self.tails.put(job.id, msg.attempt, Chunk(msg.stdout_offset, msg.stdout,
                                                   msg.stderr_offset, msg.stderr))
 
-    def _live_record(self, job: JobRecord) -> None:
+    def on_record(self, job: JobRecord) -> None:
         """A record changed `job`: a tail whose attempt no longer runs is dropped, and its
         followers are told (the record now holds that attempt's final output)."""
         tails = self.tails
@@ -76,19 +82,19 @@ class LiveSide:
         elif tails.watched(job.id):
             tails.notify(job.id)
 
-    def _live_closed(self, conn: int) -> None:
+    def closed(self, conn: int) -> None:
         for key in self._followers_by_conn.pop(conn, ()):
             follower = self._followers.pop(key, None)
             if follower is not None:
                 self.tails.unsubscribe(follower[2])
 
-    def _live_deadline(self) -> float | None:
+    def next_deadline(self) -> float | None:
         heap = self._follow_deadlines
         while heap and heap[0][1] not in self._followers:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
-    def _live_advance(self, now: float) -> None:
+    def advance(self, now: float) -> None:
         heap = self._follow_deadlines
         while heap and heap[0][0] <= now:
             _, key = heapq.heappop(heap)
@@ -97,7 +103,7 @@ class LiveSide:
 
     # -- the tail request ------------------------------------------------------------------------
 
-    def _on_tail(self, conn: int, msg: m.Tail) -> None:
+    def on_tail(self, conn: int, msg: m.Tail) -> None:
         job = resolve(self.table, msg.job_id)
         if job is None:
             self._error(conn, msg.req_id, "not_found", not_found_message(self.table,

@@ -1,4 +1,4 @@
-"""What dispatch remembers of each placement, and the `explain` request; mixed into `Scheduler`.
+"""What dispatch remembers of each placement, and the `explain` request; owned by `Scheduler`.
 
 Theory of operation: when dispatch starts a job on a worker, `_place` keeps one small
 `Placement` (policy, worker, its load then, how many free workers could have taken it) for the
@@ -6,13 +6,17 @@ Theory of operation: when dispatch starts a job on a worker, `_place` keeps one 
 job is its probe). `explain` reads that, the job table, the parking reasons and the workers
 (`core/explain.py` turns them into sentences). None of this is journaled: a new leader knows
 where each job runs (the table says) but not why, and says so.
+
+`Placements` is given what it reads: the job table, the worker entries, the detector, the
+breaker (which it also tells of each start), the policy, the parking reasons, the step's clocks
+and outbox (`core/sides.py`) and `resolve` (an id or prefix to a job). It records nothing.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tcpsched.core import messages as m
 from tcpsched.core.explain import Placement, explain, worker_views
@@ -23,30 +27,44 @@ if TYPE_CHECKING:
     from tcpsched.core.detector import FailureDetector
     from tcpsched.core.dispatch import Policy
     from tcpsched.core.jobs import JobRecord
+    from tcpsched.core.sides import Outbox, StepClock
     from tcpsched.core.state import JobTable
     from tcpsched.core.workers import WorkerEntry
 
 PLACEMENTS_KEPT = 100_000  # recent placements `explain` can tell (about 200 bytes each)
 
 
-class PlacementSide:
-    """`Scheduler` inherits these; they work on its state, declared here for the type checker."""
+class Placements:
+    """The recent placements (`placements`, bounded), the count of starts, and `explain`."""
 
-    table: JobTable
-    workers: dict[str, WorkerEntry]
-    detector: FailureDetector
-    breaker: CircuitBreaker
-    policy: Policy
-    parked: dict[str, str]
-    placements: OrderedDict[str, Placement]
-    started_total: int
-    _now: float
-    _wall: float
-    resolve: Callable[[str], JobRecord | None]
-    _reply: Callable[[int, int, Any], None]
-    _error: Callable[[int, int, str, str], None]
+    def __init__(
+        self, *, table: JobTable, workers: dict[str, WorkerEntry], detector: FailureDetector,
+        breaker: CircuitBreaker, policy: Policy, parked: dict[str, str], clock: StepClock,
+        out: Outbox, resolve: Callable[[str], JobRecord | None],
+    ) -> None:  # fmt: skip
+        self.table = table
+        self.workers = workers
+        self.detector = detector
+        self.breaker = breaker
+        self.policy = policy
+        self.parked = parked
+        self._clock = clock
+        self._reply = out.reply
+        self._error = out.error
+        self.resolve = resolve
+        # What dispatch knew when it placed each recent job, for `explain` (bounded).
+        self.placements: OrderedDict[str, Placement] = OrderedDict()
+        self.started_total = 0
 
-    def _place(self, job_id: str, entry: WorkerEntry, candidates: int) -> None:
+    @property
+    def _now(self) -> float:
+        return self._clock.now
+
+    @property
+    def _wall(self) -> float:
+        return self._clock.wall
+
+    def place(self, job_id: str, entry: WorkerEntry, candidates: int) -> None:
         """Remember why the job goes to `entry` (for `explain`), and tell the breaker."""
         placements = self.placements
         placements.pop(job_id, None)
@@ -58,7 +76,7 @@ class PlacementSide:
         self.started_total += 1
         self.breaker.started(entry.name, job_id, self._now)
 
-    def _on_explain(self, conn: int, msg: m.Explain) -> None:
+    def on_explain(self, conn: int, msg: m.Explain) -> None:
         job = self.resolve(msg.job_id)
         if job is None:
             self._error(conn, msg.req_id, "not_found", not_found_message(self.table, msg.job_id))

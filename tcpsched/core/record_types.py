@@ -81,7 +81,7 @@ def _bool(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise ValueError(f"{attribute.name} must be true or false, not {value!r}")
 
 
-_position = _int_in(0, EPOCH_MAX)
+_position: Any = _int_in(0, EPOCH_MAX)  # typed: schedule_records imports it in a cycle
 _SPEC_FIELDS = frozenset(f.name for f in attrs.fields(JobSpec))
 _SPEC_SEQUENCES = ("args", "tags", "after")
 

@@ -1,13 +1,17 @@
 """The leader's side of schedules: the client requests, and firing ticks when they are due.
 
-Theory of operation: mixed into `Scheduler` (like `WorkerSide`). The schedule table itself is
+Theory of operation: an object `Scheduler` owns (`schedules`). The schedule table itself is
 replicated state (`JobTable.schedules`); what lives here is only derived from it: the next fire
 time of each schedule (`_fire_at`, Unix time), rebuilt from the table when a node begins to
 lead, so a new leader computes what is due from the last fired tick the log recorded. Every
-step, `_fire_schedules` journals one `fire` record per due schedule (the tick's job inside it,
+step, `fire_due` journals one `fire` record per due schedule (the tick's job inside it,
 or why it was skipped, see `core/schedules.decide`), and `schedules_deadline` turns the soonest
 fire time into a deadline on the monotonic clock for `Scheduler.next_deadline`. Followers run
 no scheduler, so they never fire.
+
+`LeaderSchedules` is given the job table, the queue (a fired tick's job is queued at once), the
+step's clocks and outbox (`core/sides.py`), `record` (the scheduler's single `_record` path, so
+every fire and every schedule change is journaled) and `new_job_id`.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ from tcpsched.core.schedules import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tcpsched.core.jobqueue import JobQueue
+    from tcpsched.core.sides import Outbox, Record, StepClock
     from tcpsched.core.state import JobTable
 
 FIRES_PER_STEP = 100  # schedules fired in one step; more go on at the next loop turn
@@ -55,26 +62,33 @@ def template_spec(template: dict[str, Any], key: str | None = None) -> JobSpec:
     return spec if key is None else attrs.evolve(spec, key=key)
 
 
-class ScheduleSide:
-    table: JobTable
-    queue: JobQueue
-    _now: float
-    _wall: float
+class LeaderSchedules:
+    """When each schedule fires next, firing it, and the schedule requests."""
 
-    if TYPE_CHECKING:
-        def _record(self, record: dict[str, Any]) -> JobRecord | None: ...
-        def _reply(self, conn: int, req_id: int, value: Any) -> None: ...
-        def _error(self, conn: int, req_id: int, kind: str, message: str) -> None: ...
-        def _new_job_id(self) -> str: ...
-
-    def _init_schedules(self) -> None:
+    def __init__(self, *, table: JobTable, queue: JobQueue, clock: StepClock, out: Outbox,
+                 record: Record, new_job_id: Callable[[], str]) -> None:
         """At the start of leadership: ticks due before now came due with no leader."""
+        self.table = table
+        self.queue = queue
+        self._clock = clock
+        self._reply = out.reply
+        self._error = out.error
+        self._record = record
+        self._new_job_id = new_job_id
         self._leading_since = self._wall
         self._fire_at: dict[str, float] = {}
         self._soonest: float | None = None
         for name in self.table.schedules.schedules:
             self._plan(name, recompute_soonest=False)
         self._soonest = min(self._fire_at.values(), default=None)
+
+    @property
+    def _now(self) -> float:
+        return self._clock.now
+
+    @property
+    def _wall(self) -> float:
+        return self._clock.wall
 
     def _plan(self, name: str, *, recompute_soonest: bool = True) -> None:
         schedule = self.table.schedules.get(name)
@@ -85,7 +99,7 @@ class ScheduleSide:
         if recompute_soonest:
             self._soonest = min(self._fire_at.values(), default=None)
 
-    def schedules_deadline(self) -> float | None:
+    def next_deadline(self) -> float | None:
         """The monotonic time of the soonest fire (the wall clock's offset taken as now)."""
         if self._soonest is None:
             return None
@@ -97,7 +111,7 @@ class ScheduleSide:
             return None
         return f"{job.id} still {job.state.value}"
 
-    def _fire_schedules(self) -> None:
+    def fire_due(self) -> None:
         wall = self._wall
         if self._soonest is None or wall < self._soonest:
             return
@@ -132,7 +146,7 @@ class ScheduleSide:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def _on_schedule_request(self, conn: int, msg: Any) -> None:
+    def on_request(self, conn: int, msg: Any) -> None:
         if isinstance(msg, m.ScheduleAdd):
             self._on_schedule_add(conn, msg)
         elif isinstance(msg, m.ScheduleList):

@@ -10,18 +10,24 @@ with free slots, in queue order, through the placement policy.
 Attempts: starting a job increments `attempts`; a worker names the attempt in everything it
 reports, and `workerside` ignores what concerns any attempt but the job's current one there.
 
-The parts live in modules of their own: `workerside` (the worker protocol, mixed in here),
-`placement` (what dispatch records for `explain`, and the `explain` request, mixed in too),
-`workers` (worker entries and the rules for reading them), `waiters` (pending `wait` requests),
-`queries` (read-only replies from the table) and `retention` (which finished jobs to forget).
-This module wires them: events in, effects out, submit, cancel, time and dispatch.
+Composition, not inheritance: `Scheduler` has no base class. Each idea is an object it owns,
+built with exactly what it needs (the table, the queue, the detector, the worker entries, the
+step's clocks and outbox from `sides`, and callables such as `record`), never the scheduler:
+`worker_side` (the worker protocol, `workerside`), `live` (live output and `tail`, `liveside`),
+`schedules` (`schedule_side`), `placement` (what dispatch records, and `explain`), `dependencies`
+(module `deps`, index `deps`), `group_requests` (group requests and retry, `groups`), `reads`
+(`status`, `wait`, `list`) and `submissions` (`submit`). `recovery` rebuilds what a new leader
+derives from the table, `leader_stats` computes `stats`. This module wires them: every event is
+routed to its side in one place (`step`, `_on_message`, `_on_request`); time and dispatch stay
+here. The one way any side changes the table is the `record` callable it was given, which is
+this module's `_record`: so every change is journaled, and every side's hook on it runs.
 
 Clocks: `now` is the leader's monotonic clock in seconds, passed in with every step; every
 duration and deadline (the detector, delays, retry backoff, wait deadlines, retention ages)
 is measured on it, so a step of the wall clock (NTP) moves none of them. `wall` is Unix time
 at the same instant, used only for the times records show and the journal keeps
 (submitted_at, started_at, finished_at, a delayed job's not_before). What survives a restart is
-therefore wall-clock time; `_recover` turns it into the new process's monotonic clock once,
+therefore wall-clock time; `recover` turns it into the new process's monotonic clock once,
 at start (a wall-clock step while the leader was down moves a delayed job's start by as much).
 Randomness comes from the injected `random.Random`.
 
@@ -33,17 +39,14 @@ the leader's own loop is never counted as a worker's silence (`detector`).
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
-
-import attrs
 
 from tcpsched.core import messages as m
 from tcpsched.core.backlog import Backlog
-from tcpsched.core.backpressure import MAX_PENDING_DEFAULT, Admission
-from tcpsched.core.breaker import BreakerConfig, CircuitBreaker
-from tcpsched.core.children import ChildrenSide
-from tcpsched.core.deps import DependencySide, resolve_after
+from tcpsched.core.backpressure import Admission
+from tcpsched.core.breaker import CircuitBreaker
+from tcpsched.core.children import ChildrenRequests
+from tcpsched.core.deps import DependencyTracker
 from tcpsched.core.detector import ALIVE, DEAD, SUSPECT, DetectorConfig, FailureDetector
 from tcpsched.core.dispatch import (
     PLACEMENT_SKIPS_MAX,
@@ -51,39 +54,36 @@ from tcpsched.core.dispatch import (
     make_policy,
     unplaceable_reason,
 )
-from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Send, Tick
-from tcpsched.core.explain import Placement
-from tcpsched.core.groups import GroupIndex, GroupSide
+from tcpsched.core.events import Close, Closed, Connected, Effect, Journal, Received, Tick
+from tcpsched.core.groups import GroupIndex, GroupRequests
 from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import RETRYABLE_STATES, JobRecord, JobSpec, JobState
-from tcpsched.core.limits import WireLimits
-from tcpsched.core.liveside import LiveSide
-from tcpsched.core.placement import PlacementSide
+from tcpsched.core.leader_stats import leader_statistics
+from tcpsched.core.liveside import LiveOutput
+from tcpsched.core.placement import Placements
 from tcpsched.core.queries import (
     JOB_ID_PREFIX_MIN,
     OUTPUT_CHARS_PER_RECORD_MIN,
     REPLY_OUTPUT_CHARS,
-    Build,
-    cursor_problem,
-    list_records,
     not_found_message,
     output_budget,
     resolve,
-    resolve_all,
-    unknown_state,
-    wait_records,
 )
+from tcpsched.core.reads import ReadRequests
+from tcpsched.core.recovery import recover
 from tcpsched.core.retention import RETENTION_CHECK_PERIOD_S, Retention
-from tcpsched.core.schedule_side import ScheduleSide
-from tcpsched.core.state import JobTable, job_to_dict
-from tcpsched.core.waiters import Waiter, Waits
-from tcpsched.core.workers import DRAINING, WorkerEntry, worker_state
-from tcpsched.core.workerside import WorkerSide, retry_delay
+from tcpsched.core.schedule_side import LeaderSchedules
+from tcpsched.core.scheduler_config import SchedulerConfig
+from tcpsched.core.sides import Outbox, StepClock
+from tcpsched.core.state import JobTable
+from tcpsched.core.submissions import SUBMITS_PER_TURN, Submissions
+from tcpsched.core.waiters import Waits
+from tcpsched.core.workers import WorkerEntry
+from tcpsched.core.workerside import WorkerProtocolSide, retry_delay
 
 if TYPE_CHECKING:
     import random
 
-SUBMITS_PER_TURN = 200  # jobs one step of a submit records (about 10 ms)
 STALL_LOGGED_S = 0.5  # a stall of the leader's loop this long is logged
 
 log = logging.getLogger(__name__)
@@ -91,35 +91,15 @@ log = logging.getLogger(__name__)
 # Names other modules import from here; they live in the modules of their own idea.
 __all__ = [
     "JOB_ID_PREFIX_MIN", "OUTPUT_CHARS_PER_RECORD_MIN", "REPLY_OUTPUT_CHARS",
-    "RETENTION_CHECK_PERIOD_S", "Scheduler", "SchedulerConfig", "WorkerEntry",
+    "RETENTION_CHECK_PERIOD_S", "SUBMITS_PER_TURN", "Scheduler", "SchedulerConfig", "WorkerEntry",
     "output_budget", "retry_delay",
 ]
 
 
-@attrs.frozen
-class SchedulerConfig:
-    node_id: int = 1
-    address: str = "127.0.0.1:7001"
-    epoch: int = 1
-    policy: str = "round-robin"
-    heartbeat_interval_s: float = 0.5
-    heartbeat_timeout_s: float = 2.0
-    poison_workers_max: int = 3
-    retry_base_s: float = 1.0
-    retry_cap_s: float = 60.0
-    keep_finished: int = 100_000
-    keep_finished_for_s: float | None = None
-    keep_output_chars: int | None = 256 * 1024 * 1024
-    dead_workers_kept_s: float = 600.0
-    list_limit_max: int = 100_000
-    max_pending: int = MAX_PENDING_DEFAULT  # backpressure: submits past it are refused whole
-    breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
-    # What the coordinator accepts from a peer; told to workers so they never send more.
-    wire_limits: WireLimits = attrs.field(factory=WireLimits)
+class Scheduler:
+    """The leader: owns the table's derived state and its sides; see the module docstring."""
 
 
-class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySide, GroupSide,
-                ChildrenSide):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -131,9 +111,9 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         """`now` is the monotonic clock, `wall` Unix time at the same instant (default: the
         same number, for tests and the simulation that run on one clock)."""
         self.config = config
-        self._now = now
-        self._wall = now if wall is None else wall
-        self._rng = rng
+        self.clock = StepClock(now, now if wall is None else wall)
+        self.out = Outbox()
+        self._effects = self.out.effects  # this step's effects, shared with the sides
         self.table = table if table is not None else JobTable()
         self.queue = JobQueue()
         self.policy = make_policy(config.policy, rng)
@@ -150,73 +130,65 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         self.parked: dict[str, str] = {}
         self._conn_roles: dict[int, str] = {}
         self._conn_addresses: dict[int, str] = {}
-        self._conn_worker: dict[int, str] = {}
         self.waits = Waits()
         self.backlog = Backlog()
+        self.reads = ReadRequests(
+            table=self.table, backlog=self.backlog, waits=self.waits, clock=self.clock,
+            out=self.out, list_limit_max=config.list_limit_max, reason=self.reason)
         self.retention = Retention(config.keep_finished, config.keep_finished_for_s, now,
                                    config.keep_output_chars)
-        self._effects: list[Effect] = []
-        self.workers_lost = 0
         self.started_at = now
         self.extra_stats: dict[str, Any] = {}  # figures the shell adds (journal, connections)
-        self._init_live()  # tails of running jobs' output and their followers (liveside.py)
+        # Tails of running jobs' output and the clients following them (liveside.py).
+        self.live = LiveOutput(self.table, self.clock, self.out)
+        self.tails = self.live.tails
         self.admission = Admission(config.max_pending)
         self.breaker = CircuitBreaker(config.breaker)  # leader-local soft state (breaker.py)
-        # What dispatch knew when it placed each recent job, for `explain` (bounded).
-        self.placements: OrderedDict[str, Placement] = OrderedDict()
-        self.started_total = 0
-        self._init_deps()
-        self.groups = GroupIndex()
+        self.worker_side = WorkerProtocolSide(
+            config=config, table=self.table, queue=self.queue, detector=self.detector,
+            breaker=self.breaker, workers=self.workers, rng=rng, clock=self.clock, out=self.out,
+            record=self._record, unpark=self._unpark, conn_addresses=self._conn_addresses,
+        )  # fmt: skip
+        self._conn_worker = self.worker_side.conn_worker
+        self.placement = Placements(
+            table=self.table, workers=self.workers, detector=self.detector, breaker=self.breaker,
+            policy=self.policy, parked=self.parked, clock=self.clock, out=self.out,
+            resolve=self.resolve,
+        )  # fmt: skip
+        self.dependencies = DependencyTracker(
+            table=self.table, queue=self.queue, parked=self.parked, clock=self.clock,
+            record=self._record)
+        self.deps = self.dependencies.deps  # the index: child -> parents, parent -> children
+        self.submissions = Submissions(
+            table=self.table, queue=self.queue, admission=self.admission, backlog=self.backlog,
+            deps=self.deps, rng=rng, clock=self.clock, out=self.out, record=self._record,
+        )  # fmt: skip
+        self.groups = GroupIndex()  # group -> its jobs' ids, kept by `_record`
+        self.children = ChildrenRequests(table=self.table, backlog=self.backlog,
+                                         resolve=self.resolve, out=self.out)
+        self.group_requests = GroupRequests(
+            table=self.table, backlog=self.backlog, groups=self.groups, clock=self.clock,
+            out=self.out, cancel=self.cancel, retry=self.dependencies.retry,
+            retry_problem=self.dependencies.retry_problem,
+        )  # fmt: skip
         self._recover(now)
-        self._init_schedules()
+        self.schedules = LeaderSchedules(
+            table=self.table, queue=self.queue, clock=self.clock, out=self.out,
+            record=self._record, new_job_id=self.submissions.new_job_id)
 
     # -- recovery -------------------------------------------------------------------------------
 
     def _recover(self, now: float) -> None:
-        """Rebuild the queue from the table; running jobs wait for their worker to come back.
-
-        A worker that held running jobs when the leader stopped gets `heartbeat_timeout_s` to
-        re-register with them; until then it is a suspect placeholder, and then it is dead and
-        its jobs are requeued like any lost worker's.
-        """
-        # Finish times and delays come back in wall-clock time: from here on they are on
-        # this process's monotonic clock.
-        to_monotonic_s = now - self._wall
-        self.table.rebase_finished(to_monotonic_s)
-        jobs = self.table.jobs.values()
-        pending_state = JobState.PENDING
-        # Comprehensions that build the queue's heap entries directly (`JobQueue.load_entries`):
-        # over a million jobs they cost half what a loop does. The delayed pass is skipped when
-        # the first shows every pending job ready.
-        ready = [(-j.spec.priority, j.seq, j.id)
-                 for j in jobs if j.state is pending_state and j.not_before <= 0.0]
-        delayed = [] if len(ready) == self.table.counts[pending_state] else [
-            (j.not_before + to_monotonic_s, j.seq, j.id, j.spec.priority)
-            for j in jobs if j.state is pending_state and j.not_before > 0.0]
-        self.queue.load_entries(ready, delayed)
-        # One pass finds the jobs either index needs (most jobs have neither).
-        linked = [j for j in jobs if j.spec.after or j.spec.group is not None]
-        self._rebuild_deps(linked)
-        self.groups.rebuild(linked)
-        if not self.table.counts[JobState.RUNNING]:
-            return
-        for job in jobs:
-            if job.state is JobState.RUNNING and job.worker is not None:
-                entry = self.workers.get(job.worker)
-                if entry is None:
-                    entry = self.workers[job.worker] = WorkerEntry(
-                        name=job.worker, conn=None, slots=1, tags=(), address="",
-                        registered_at=now,
-                    )  # fmt: skip
-                    self.detector.watch(job.worker, now, connected=False)
-                entry.running[job.id] = job.attempts
-                entry.slots = max(entry.slots, len(entry.running))
+        """Rebuild the queue and the leader's indexes from the table (`core/recovery.py`)."""
+        recover(table=self.table, queue=self.queue, dependencies=self.dependencies,
+                groups=self.groups, workers=self.workers, detector=self.detector, now=now,
+                wall=self._wall)
 
     # -- the sans-I/O interface ---------------------------------------------------------------
 
     def step(self, event: Any, now: float, wall: float | None = None) -> list[Effect]:
         """One event at monotonic `now` (and Unix time `wall`, for the records' times)."""
-        self._effects = []
+        self._effects.clear()
         self._now = now
         self._wall = now if wall is None else wall
         stall_s = self.detector.loop_ran(now)
@@ -235,8 +207,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         else:
             raise TypeError(f"unknown event {event!r}")
         self._advance(now)
-        effects, self._effects = self._effects, []
-        return effects
+        return self.out.take()
 
     def next_deadline(self) -> float | None:
         if self.backlog:
@@ -245,8 +216,8 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
             self.detector.next_deadline(),
             self.queue.next_deadline(),
             self.waits.next_deadline(),
-            self._live_deadline(),
-            self.schedules_deadline(),
+            self.live.next_deadline(),
+            self.schedules.next_deadline(),
             self.breaker.next_deadline(),
         ]
         if self.table.finished_order and self.config.keep_finished_for_s is not None:
@@ -255,51 +226,40 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         return min(found) if found else None
 
     def statistics(self) -> dict[str, Any]:
-        t = self.table.statistics()
-        detector = self.detector
-        states = [worker_state(entry, detector) for entry in self.workers.values()]
-        return {
-            "pending": t.pending,
-            "running": t.running,
-            "succeeded": t.succeeded,
-            "failed": t.failed,
-            "cancelled": t.cancelled,
-            "workers_alive": states.count(ALIVE),
-            "workers_suspect": states.count(SUSPECT),
-            "workers_draining": states.count(DRAINING),
-            "workers_dead": states.count(DEAD),
-            "workers_tripped": self.breaker.tripped_count(self._now),
-            "breaker_trips": self.breaker.trips,
-            "max_pending": self.admission.max_pending,
-            "refused_submits": self.admission.refused_batches,
-            "refused_jobs": self.admission.refused_jobs,
-            "slots_total": sum(
-                w.slots for w in self.workers.values() if worker_state(w, detector) == ALIVE
-            ),
-            "leader": self.config.node_id,
-            "epoch": self.config.epoch,
-            "policy": self.policy.name,
-            "submitted": t.submitted,
-            "finished": self.table.counters.get("finished", 0),
-            "reassigned": t.reassigned,
-            "retried": t.retried,
-            "poisoned": t.poisoned,
-            "handed_back": t.handed_back,
-            "workers_lost": self.workers_lost,
-            "jobs_in_memory": len(self.table),
-            "loop_stall_max_s": round(detector.stall_max_s, 3),
-            "backlog": len(self.backlog),
-            "live_output_chars": self.tails.chars,
-            **self.extra_stats,
-        }
+        """What `stats` shows (`core/leader_stats.py`)."""
+        return leader_statistics(
+            table=self.table, workers=self.workers, detector=self.detector,
+            breaker=self.breaker, admission=self.admission, config=self.config,
+            policy=self.policy.name, now=self._now, workers_lost=self.worker_side.workers_lost,
+            backlog=len(self.backlog), live_output_chars=self.tails.chars,
+            extra=self.extra_stats,
+        )  # fmt: skip
 
     # -- effects helpers --------------------------------------------------------------------------
 
+    @property
+    def _now(self) -> float:
+        return self.clock.now
+
+    @_now.setter
+    def _now(self, now: float) -> None:
+        self.clock.now = now
+
+    @property
+    def _wall(self) -> float:
+        return self.clock.wall
+
+    @_wall.setter
+    def _wall(self, wall: float) -> None:
+        self.clock.wall = wall
+
     def _send(self, conn: int | None, msg: Any) -> None:
-        if conn is not None:
-            self._effects.append(Send(conn, msg))
+        self.out.send(conn, msg)
 
     def _record(self, record: dict[str, Any], built: JobRecord | None = None) -> JobRecord | None:
+        """The only path by which the table changes (every side is handed this as `record`):
+        apply the record, journal it, and run the hooks of the indexes and sides it concerns
+        (groups, dependencies, waits, live output)."""
         if self.groups.ids and record["op"] == "forget":
             self.groups.forget(self.table, record["ids"])
         job = self.table.apply(record, self._now, built)
@@ -308,19 +268,30 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
             if job.spec.group is not None and record["op"] == "submit":
                 self.groups.add(job)
             if job.spec.after or self.deps.children:
-                self._deps_changed(record, job)
+                self.dependencies.changed(record, job)
         if job is not None and job.state.is_terminal:
             for waiter in self.waits.job_finished(job.id):
-                self._answer(waiter)
+                self.reads.answer(waiter)
         if job is not None:
-            self._live_record(job)
+            self.live.on_record(job)
         return job
 
     def _reply(self, conn: int, req_id: int, value: Any) -> None:
-        self._send(conn, m.Reply(req_id=req_id, value=value))
+        self.out.reply(conn, req_id, value)
 
     def _error(self, conn: int, req_id: int, kind: str, message: str) -> None:
-        self._send(conn, m.ErrorReply(req_id=req_id, kind=kind, message=message))
+        self.out.error(conn, req_id, kind, message)
+
+    def tail_view(self, job: JobRecord, attempt: int | None,
+                  offsets: tuple[int, int]) -> dict[str, Any]:
+        """What a `tail` reader at `offsets` is shown (`LiveOutput.tail_view`)."""
+        return self.live.tail_view(job, attempt, offsets)
+
+    def worker_list(self) -> list[dict[str, Any]]:
+        return self.worker_side.worker_list()
+
+    def worker_state(self, name: str) -> str:
+        return self.worker_side.worker_state(name)
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -328,7 +299,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         self._conn_roles.pop(conn, None)
         self._conn_addresses.pop(conn, None)
         self.waits.closed(conn)
-        self._live_closed(conn)
+        self.live.closed(conn)
         self.backlog.closed(conn)
         name = self._conn_worker.pop(conn, None)
         if name is None:
@@ -341,7 +312,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         if entry.draining and not entry.running:
             # A drained worker that says goodbye is gone, not lost.
             log.info("worker=%s left after draining", name)
-            self._declare_dead(entry, now, lost=False)
+            self.worker_side.declare_dead(entry, now, lost=False)
         elif self.detector.disconnected(name):
             log.info("worker=%s suspect: connection closed (%s)", name, reason)
 
@@ -352,7 +323,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
             self._on_request(conn, msg, now)
         elif role == "worker" and kind in m.WORKER_TO_COORDINATOR:
             if kind is m.Register:
-                self._on_register(conn, msg, now)
+                self.worker_side.on_register(conn, msg, now)
                 self._touched.add(msg.name)
                 return
             name = self._conn_worker.get(conn)
@@ -362,18 +333,18 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
             entry = self.workers[name]
             self._touched.add(name)
             if kind is m.Output:
-                self._on_output(entry, msg)
+                self.live.on_output(entry, msg)
             elif kind is m.Heartbeat:
-                self._on_heartbeat(entry, msg, now)
+                self.worker_side.on_heartbeat(entry, msg, now)
             elif kind is m.Result:
-                self._on_result(entry, msg, now)
+                self.worker_side.on_result(entry, msg, now)
                 if entry.prefetch:
                     entry.lookahead_open = True  # closed again after this step's dispatch
                     self._lookaheads_open.append(entry)
             elif kind is m.HandBack:
-                self._on_hand_back(entry, msg, now)
+                self.worker_side.on_hand_back(entry, msg, now)
             elif kind is m.Fenced:
-                self._on_fenced(entry, msg, now)
+                self.worker_side.on_fenced(entry, msg, now)
             elif kind is m.Draining:
                 if not entry.draining:
                     log.info("worker=%s draining", name)
@@ -386,136 +357,44 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
 
     def _on_request(self, conn: int, msg: Any, now: float) -> None:
         if isinstance(msg, m.Submit):
-            self._on_submit(conn, msg, now)
+            self.submissions.on_submit(conn, msg, now)
         elif isinstance(msg, m.Status):
-            self.backlog.run_or_queue(conn, self._status_work(conn, msg))
+            self.backlog.run_or_queue(conn, self.reads.status_work(conn, msg))
         elif isinstance(msg, m.Wait):
-            self.backlog.run_or_queue(conn, self._wait_work(conn, msg))
+            self.backlog.run_or_queue(conn, self.reads.wait_work(conn, msg))
         elif isinstance(msg, m.ListJobs):
-            self._on_list(conn, msg)
+            self.reads.on_list(conn, msg)
         elif isinstance(msg, m.Cancel):
             self._on_cancel(conn, msg, now)
         elif isinstance(msg, m.Tail):
-            self._on_tail(conn, msg)
+            self.live.on_tail(conn, msg)
         elif isinstance(msg, m.GroupRequest):
-            self._on_group_request(conn, msg, now)
+            self.group_requests.on_group_request(conn, msg, now)
         elif isinstance(msg, m.Retry):
-            self._on_retry(conn, msg)
+            self.group_requests.on_retry(conn, msg)
         elif isinstance(msg, m.Workers):
             self._reply(conn, msg.req_id, self.worker_list())
         elif isinstance(msg, m.Stats):
             self._reply(conn, msg.req_id, self.statistics())
         elif type(msg) in m.SCHEDULE_REQUESTS:
-            self._on_schedule_request(conn, msg)
+            self.schedules.on_request(conn, msg)
         elif isinstance(msg, m.Explain):
-            self._on_explain(conn, msg)
+            self.placement.on_explain(conn, msg)
         elif isinstance(msg, m.Children):
-            self._on_children(conn, msg)
+            self.children.on_children(conn, msg)
         elif isinstance(msg, m.Leader):
             cfg = self.config
             self._reply(
                 conn, msg.req_id, {"id": cfg.node_id, "address": cfg.address, "epoch": cfg.epoch}
             )
 
-    def _new_job_id(self) -> str:
-        while True:
-            job_id = f"{self._rng.getrandbits(48):012x}"
-            if job_id not in self.table.jobs:
-                return job_id
-
-    def _on_submit(self, conn: int, msg: m.Submit, now: float) -> None:
-        keys = self.table.keys
-        new_jobs = sum(1 for spec in msg.jobs if spec.key is None or spec.key not in keys)
-        refusal = self.admission.admit(new_jobs, self.table.counts[JobState.PENDING])
-        if refusal is not None:
-            log.info("submit of %d job(s) refused: %s", len(msg.jobs), refusal.message)
-            self._send(conn, m.ErrorReply(
-                req_id=msg.req_id, kind="bad_request" if refusal.never_fits else "queue_full",
-                message=refusal.message, retry_after=refusal.retry_after_s))
-            return
-        self.backlog.run_or_queue(conn, self._submit_work(conn, msg, new_jobs),
-                                  finish_on_close=True)
-
-    def key_conflict(self, jobs: tuple[JobSpec, ...]) -> str | None:
-        """Why a batch reuses an idempotency key for another job, or None. The same key with
-        the same spec is a resend (one job); with another spec it is a mistake to refuse, not
-        to answer with a job the caller did not describe."""
-        seen: dict[str, JobSpec] = {}
-        for spec in jobs:
-            if spec.key is None:
-                continue
-            existing_id = self.table.keys.get(spec.key)
-            existing = (self.table.jobs[existing_id].spec if existing_id is not None
-                        else seen.get(spec.key))
-            if existing is not None and existing != spec:
-                owner = f"job {existing_id}" if existing_id is not None else "another job of " \
-                    "this batch"
-                return (f"idempotency key {spec.key!r} is already used by {owner} with a "
-                        "different spec; use another key, or the same spec to get that job")
-            seen[spec.key] = spec
-        return None
-
-    def _submit_work(self, conn: int, msg: m.Submit, reserved: int = 0) -> Build:
-        """Record a batch `SUBMITS_PER_TURN` jobs a turn; acknowledge it once all are. A key
-        conflict refuses the whole batch before any of it is recorded. `reserved` is the room
-        admission kept for it, given back as its jobs enter the table."""
-        try:
-            specs, unknown = resolve_after(self.table, msg.jobs)
-            if unknown is not None:
-                self._error(conn, msg.req_id, "bad_request", unknown)
-                return
-            conflict = self.key_conflict(specs)
-            if conflict is not None:
-                self._error(conn, msg.req_id, "conflict", conflict)
-                return
-            ids = []
-            for i, spec in enumerate(specs, 1):
-                ids.append(self.submit(spec, self._now))
-                if i % SUBMITS_PER_TURN == 0 and i < len(specs):
-                    self.admission.recorded(min(reserved, SUBMITS_PER_TURN))
-                    reserved -= min(reserved, SUBMITS_PER_TURN)
-                    yield
-            self._reply(conn, msg.req_id, ids)
-        finally:
-            self.admission.recorded(reserved)
-
     def submit(self, spec: JobSpec, now: float) -> str:
-        """Queue one job (or find the one its idempotency key already made); returns its id.
-        The journal keeps a delay's end in wall-clock time, the queue on `now`'s clock."""
-        if spec.key is not None:
-            existing = self.table.keys.get(spec.key)
-            if existing is not None:
-                return existing
-        wall = self._wall
-        job = JobRecord(
-            id=self._new_job_id(), seq=self.table.next_seq, spec=spec, submitted_at=wall,
-            not_before=wall + spec.delay if spec.delay > 0 else 0.0,
-        )  # fmt: skip
-        new = self._record({"op": "submit", "job": job_to_dict(job)}, job)
-        if spec.after and (job.id in self.deps.waiting or new is None
-                           or self.table.jobs[job.id].state is not JobState.PENDING):
-            return job.id  # waits on its parents (core/deps.py), or a parent had failed
-        self.queue.push(job.id, spec.priority, job.seq, now + spec.delay if spec.delay > 0
-                        else 0.0)
-        return job.id
+        """Queue one job (or find the one its idempotency key already made); returns its id."""
+        return self.submissions.submit(spec, now)
 
     def resolve(self, ref: str) -> JobRecord | None:
         """A job by id, or by an unambiguous id prefix of at least 4 characters."""
         return resolve(self.table, ref)
-
-    def _resolve_all(self, conn: int, req_id: int, refs: tuple[str, ...]) -> Build:
-        """Build: the jobs `refs` name, or None once a not_found error is sent."""
-        found = yield from resolve_all(self.table, refs)
-        if isinstance(found, str):
-            self._error(conn, req_id, "not_found", not_found_message(self.table, found))
-            return None
-        return found
-
-    def _status_work(self, conn: int, msg: m.Status) -> Build:
-        jobs = yield from self._resolve_all(conn, msg.req_id, msg.job_ids)
-        if jobs is not None:
-            self._reply(conn, msg.req_id, [{**job.to_public(), "reason": self.reason(job)}
-                                           for job in jobs])
 
     def reason(self, job: JobRecord) -> str | None:
         """The record's `reason`: why a pending job does not run, why a job failed or was
@@ -523,50 +402,6 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
         if job.state is JobState.PENDING:
             return self.parked.get(job.id) or self.deps.reason(job.id)
         return job.error if job.state in RETRYABLE_STATES else None
-
-    def _wait_work(self, conn: int, msg: m.Wait) -> Build:
-        jobs = yield from self._resolve_all(conn, msg.req_id, msg.job_ids)
-        if jobs is None:
-            return
-        ids = tuple(job.id for job in jobs)
-        # The jobs as they are now (resolving may have taken turns), in this one step: a job
-        # that finished meanwhile must not be waited for.
-        get = self.table.jobs.get
-        remaining = {job_id for job_id in ids
-                     if (job := get(job_id)) is not None and not job.state.is_terminal}
-        if not remaining or (msg.timeout is not None and msg.timeout <= 0):
-            records = yield from wait_records(ids, self.table)
-            self._reply(conn, msg.req_id, records)
-            return
-        deadline = self._now + msg.timeout if msg.timeout is not None else None
-        self.waits.add(conn, msg.req_id, ids, remaining, deadline)
-
-    def _answer(self, waiter: Waiter) -> None:
-        self.backlog.run_or_queue(waiter.conn, self._answer_work(waiter))
-
-    def _answer_work(self, waiter: Waiter) -> Build:
-        records = yield from wait_records(waiter.job_ids, self.table)
-        self._reply(waiter.conn, waiter.req_id, records)
-
-    def _on_list(self, conn: int, msg: m.ListJobs) -> None:
-        problem = unknown_state(msg.state)
-        if problem is not None:
-            self._error(conn, msg.req_id, "bad_request", problem)
-            return
-        problem = cursor_problem(self.table, msg.after)
-        if problem is not None:
-            self._error(conn, msg.req_id, "bad_request", problem)
-            return
-        self.backlog.run_or_queue(conn, self._list_work(conn, msg))
-
-    def _list_work(self, conn: int, msg: m.ListJobs) -> Build:
-        limit = min(msg.limit, self.config.list_limit_max)
-        records, full = yield from list_records(self.table, msg.state, limit, msg.after)
-        if not msg.page:
-            self._reply(conn, msg.req_id, records)
-            return
-        following = records[-1]["id"] if full and records else None
-        self._reply(conn, msg.req_id, {"jobs": records, "next": following})
 
     def _on_cancel(self, conn: int, msg: m.Cancel, now: float) -> None:
         job = self.resolve(msg.job_id)
@@ -593,32 +428,32 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
     # -- time and dispatch ----------------------------------------------------------------------
 
     def _advance(self, now: float) -> None:
-        if self._doomed:
-            self._cascade()  # children doomed while no leader acted (core/deps.py)
+        if self.dependencies.doomed:
+            self.dependencies.cascade()  # children doomed while no leader acted (core/deps.py)
         deadline = self.detector.next_deadline()
         if deadline is not None and now >= deadline:
             for name, state in self.detector.check(now):
                 self._touched.add(name)
                 entry = self.workers[name]
                 if state == DEAD:
-                    self._declare_dead(entry, now)
+                    self.worker_side.declare_dead(entry, now)
                 elif state == SUSPECT:
                     log.info("worker=%s suspect: no heartbeat for %.1fs", name,
                              self.detector.silence(name, now))
         for waiter in self.waits.expire(now):
-            self._answer(waiter)
-        self._live_advance(now)
+            self.reads.answer(waiter)
+        self.live.advance(now)
         # Retention is inline, not a method of its own: this runs on every step.
         table = self.table
         ids = self.retention.due(table.finished_order, now, table.finished_output_chars,
                                  table.output_chars)
         if now >= self._resync_at:
             self._resync(now)
-        self.admission.observe(self.started_total, now)
+        self.admission.observe(self.placement.started_total, now)
         self._touched.update(self.breaker.due(now))
         if ids:
             self._record({"op": "forget", "ids": ids})
-        self._fire_schedules()
+        self.schedules.fire_due()
         # Promote due delayed jobs even when no worker is free: otherwise next_deadline() stays
         # in the past and the shell's timer fires again at once, spinning until a slot frees.
         self.queue.promote(now)
@@ -693,7 +528,7 @@ class Scheduler(WorkerSide, LiveSide, ScheduleSide, PlacementSide, DependencySid
                 continue
             name = self.policy.choose_sorted(names, load)
             entry = entries[name]
-            self._place(job_id, entry, len(names))
+            self.placement.place(job_id, entry, len(names))
             self._start(job_id, entry, now)
             if entry.free_slots() <= 0 or not self.breaker.allows(name, now):
                 free.set(name, None)

@@ -1,4 +1,4 @@
-"""The leader's side of the worker protocol, mixed into `Scheduler`.
+"""The leader's side of the worker protocol, an object `Scheduler` owns (`worker_side`).
 
 Theory of operation: a worker registers (naming the attempts it still runs), heartbeats (the
 same list), reports each attempt's result, may hand an attempt back, and may drain. Every report
@@ -23,9 +23,12 @@ a row, each arriving at least `MISSING_GRACE_BEATS` intervals after the assignme
 `Assign` to get there), is lost and requeued like a lost worker's job. Without this, an
 assignment the worker never took would stay `running` forever.
 
-`WorkerSide` holds no state of its own: it works on the scheduler's job table, queue, detector
-and worker entries (declared below for the type checker), and changes the table only through
-the scheduler's `_record`, so every change is journaled.
+`WorkerProtocolSide` is given the scheduler's job table, queue, detector, breaker and worker
+entries (shared, not copied), the step's clocks and outbox (`core/sides.py`), and two callables:
+`record`, the scheduler's single `_record` path (the only way it changes the table, so every
+change is journaled), and `unpark` (a registration may make parked jobs placeable). It owns the
+connection -> worker map and the count of lost workers. The scheduler routes each worker
+message to one of its `on_*` handlers.
 """
 
 from __future__ import annotations
@@ -55,10 +58,10 @@ if TYPE_CHECKING:
 
     from tcpsched.core.breaker import CircuitBreaker
     from tcpsched.core.detector import FailureDetector
-    from tcpsched.core.events import Effect
     from tcpsched.core.jobqueue import JobQueue
     from tcpsched.core.jobs import JobRecord
-    from tcpsched.core.scheduler import SchedulerConfig
+    from tcpsched.core.scheduler_config import SchedulerConfig
+    from tcpsched.core.sides import Outbox, Record, StepClock
     from tcpsched.core.state import JobTable
 
 # The scheduler logs its worker events under its own name, as before the split.
@@ -76,25 +79,41 @@ def retry_delay(failures: int, base_s: float, cap_s: float, rng: random.Random) 
     return rng.uniform(0.0, ceiling)
 
 
-class WorkerSide:
-    """Handlers for what workers send, and for losing a worker; `Scheduler` inherits them."""
+class WorkerProtocolSide:
+    """Handlers for what workers send, and for losing a worker (see the module docstring for
+    what it is given)."""
 
-    config: SchedulerConfig
-    table: JobTable
-    queue: JobQueue
-    detector: FailureDetector
-    workers: dict[str, WorkerEntry]
-    workers_lost: int
-    _rng: random.Random
-    _now: float  # the monotonic clock of the current step
-    _wall: float  # Unix time of the current step: only for the times records show
-    _conn_addresses: dict[int, str]
-    _conn_worker: dict[int, str]
-    _effects: list[Effect]
-    _record: Callable[[dict[str, Any]], JobRecord | None]
-    _send: Callable[[int | None, Any], None]
-    _unpark: Callable[[float], None]
-    breaker: CircuitBreaker
+    def __init__(
+        self, *, config: SchedulerConfig, table: JobTable, queue: JobQueue,
+        detector: FailureDetector, breaker: CircuitBreaker, workers: dict[str, WorkerEntry],
+        rng: random.Random, clock: StepClock, out: Outbox, record: Record,
+        unpark: Callable[[float], None], conn_addresses: dict[int, str],
+    ) -> None:  # fmt: skip
+        self.config = config
+        self.table = table
+        self.queue = queue
+        self.detector = detector
+        self.breaker = breaker
+        self.workers = workers
+        self._rng = rng
+        self._clock = clock
+        self._effects = out.effects
+        self._send = out.send
+        self._record = record
+        self._unpark = unpark
+        self._conn_addresses = conn_addresses  # conn -> peer address (the scheduler's)
+        self.conn_worker: dict[int, str] = {}  # conn -> the worker registered on it
+        self.workers_lost = 0
+
+    @property
+    def _now(self) -> float:
+        """The monotonic clock of the current step."""
+        return self._clock.now
+
+    @property
+    def _wall(self) -> float:
+        """Unix time of the current step: only for the times records show."""
+        return self._clock.wall
 
     def worker_state(self, name: str) -> str:
         return worker_state(self.workers[name], self.detector)
@@ -108,8 +127,8 @@ class WorkerSide:
                 row["reason"] = breaker.reason(row["name"])
         return rows
 
-    def _on_register(self, conn: int, msg: m.Register, now: float) -> None:
-        if conn in self._conn_worker:
+    def on_register(self, conn: int, msg: m.Register, now: float) -> None:
+        if conn in self.conn_worker:
             self._effects.append(Close(conn, "register sent twice"))
             return
         if msg.epoch_seen > self.config.epoch:
@@ -138,7 +157,7 @@ class WorkerSide:
             return
         if old is not None and old.conn is not None and old.conn != conn:
             # Same name, new connection: the old one is a previous life of this worker.
-            self._conn_worker.pop(old.conn, None)
+            self.conn_worker.pop(old.conn, None)
             self._effects.append(Close(old.conn, f"worker {name} registered again"))
         was_dead = old is None or self.detector.state(name) == DEAD
         previous = dict(old.running) if old is not None and not was_dead else {}
@@ -149,7 +168,7 @@ class WorkerSide:
             capabilities=Capabilities(allow_shell=msg.allow_shell, allow_call=msg.allow_call),
         )  # fmt: skip
         self.workers[name] = entry
-        self._conn_worker[conn] = name
+        self.conn_worker[conn] = name
         self.detector.watch(name, now)
         entry.running, kill = sort_reported(name, msg.running, previous, self.table)
         for ref in kill:
@@ -174,7 +193,7 @@ class WorkerSide:
         log.info("worker=%s registered slots=%d running=%d%s", name, msg.slots,
                  len(entry.running), " (again)" if old is not None else "")
 
-    def _on_heartbeat(self, entry: WorkerEntry, msg: m.Heartbeat, now: float) -> None:
+    def on_heartbeat(self, entry: WorkerEntry, msg: m.Heartbeat, now: float) -> None:
         if self.detector.heartbeat(entry.name, now):
             log.info("worker=%s alive again", entry.name)
         held = min(msg.held, entry.slots)
@@ -218,7 +237,7 @@ class WorkerSide:
                         entry.name, job_id, attempt, MISSING_BEATS_MAX)
             self._lose_attempt(job_id, attempt, entry.name, now)
 
-    def _on_fenced(self, entry: WorkerEntry, msg: m.Fenced, now: float) -> None:
+    def on_fenced(self, entry: WorkerEntry, msg: m.Fenced, now: float) -> None:
         epoch = self.config.epoch
         log.warning("worker=%s refused %s job=%s attempt=%s of epoch %d: it has seen epoch %d "
                     "(ours %d)", entry.name, msg.order, msg.job_id, msg.attempt,
@@ -235,7 +254,7 @@ class WorkerSide:
                         self.config.node_id, epoch, reason)
             # Detached at once, so nothing more is dispatched to it in vain; what it runs stays
             # assigned, for it to report when it registers again.
-            self._conn_worker.pop(entry.conn, None)
+            self.conn_worker.pop(entry.conn, None)
             self._effects.append(Close(entry.conn, "worker has seen a higher epoch"))
             entry.conn = None
             self.detector.disconnected(entry.name)
@@ -249,7 +268,7 @@ class WorkerSide:
         self.queue.push(job.id, job.spec.priority, job.seq)
         log.info("job=%s attempt=%d requeued: %s", job.id, attempt, error)
 
-    def _on_result(self, entry: WorkerEntry, msg: m.Result, now: float) -> None:
+    def on_result(self, entry: WorkerEntry, msg: m.Result, now: float) -> None:
         self._send(entry.conn, m.ResultAck(job_id=msg.job_id, attempt=msg.attempt,
                                            epoch=self.config.epoch))
         self.detector.heartbeat(entry.name, now)
@@ -302,7 +321,7 @@ class WorkerSide:
             log.warning("worker=%s tripped for %.0fs: %s", entry.name,
                         (self.breaker.until(entry.name) or now) - now, reason)
 
-    def _on_hand_back(self, entry: WorkerEntry, msg: m.HandBack, now: float) -> None:
+    def on_hand_back(self, entry: WorkerEntry, msg: m.HandBack, now: float) -> None:
         if entry.running.get(msg.job_id) != msg.attempt:
             return
         del entry.running[msg.job_id]
@@ -326,7 +345,7 @@ class WorkerSide:
             self.queue.push(job.id, job.spec.priority, job.seq)
             log.info("job=%s attempt=%d lost with worker=%s; requeued", job.id, attempt, worker)
 
-    def _declare_dead(self, entry: WorkerEntry, now: float, *, lost: bool = True) -> None:
+    def declare_dead(self, entry: WorkerEntry, now: float, *, lost: bool = True) -> None:
         if lost:
             self.workers_lost += 1
             log.warning("worker=%s dead: no heartbeat for %.1fs; %d job(s) to reassign",
@@ -342,6 +361,6 @@ class WorkerSide:
         if entry.conn is not None:
             # A hung worker may still hold its connection; cut it so that, if it wakes up,
             # it reconnects, re-registers, and is told to kill what it no longer owns.
-            self._conn_worker.pop(entry.conn, None)
+            self.conn_worker.pop(entry.conn, None)
             self._effects.append(Close(entry.conn, "declared dead"))
             entry.conn = None

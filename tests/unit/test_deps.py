@@ -262,6 +262,16 @@ def test_group_summary_math() -> None:
     assert fresh["throughput"] is None and fresh["eta_s"] is None and fresh["progress"] == 0
 
 
+def test_group_summary_of_finished_jobs_with_no_finish_time_runs_to_now() -> None:
+    """A group whose finished jobs carry no finish time gets a summary (to `wall`), not a
+    TypeError in the leader's step."""
+    jobs = [_job(0, JobState.SUCCEEDED, 100.0, None), _job(1, JobState.RUNNING, 101.0, None)]
+    s = group_summary("g", jobs, wall=110.0)
+    assert s["throughput"] == 1 / 10.0 and s["eta_s"] == 10.0
+    done = group_summary("g", jobs[:1], wall=104.0)
+    assert done["throughput"] == 1 / 4.0 and done["eta_s"] == 0.0
+
+
 def test_a_new_leader_rebuilds_groups_and_dooms_children_of_a_parent_failed_meanwhile(
         ) -> None:
     """From a replayed table, the group index is the old leader's; a pending child whose

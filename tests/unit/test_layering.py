@@ -41,8 +41,10 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def imported_names(source: str, module: str, is_package: bool = False) -> Iterator[tuple[int, str]]:
-    """(line, absolute module name) of every import outside `if TYPE_CHECKING:` blocks.
+def imported_names(source: str, module: str, is_package: bool = False, *,
+                   type_checking: bool = False) -> Iterator[tuple[int, str]]:
+    """(line, absolute module name) of every import outside `if TYPE_CHECKING:` blocks (and
+    inside them too with `type_checking`, for checks of type cycles).
 
     `from X import Y` yields both X and X.Y, since Y may be a submodule.
     """
@@ -50,7 +52,7 @@ def imported_names(source: str, module: str, is_package: bool = False) -> Iterat
     package = module if is_package else module.rpartition(".")[0]
 
     def visit(node: ast.AST) -> Iterator[tuple[int, str]]:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
+        if isinstance(node, ast.If) and _is_type_checking(node.test) and not type_checking:
             for child in node.orelse:
                 yield from visit(child)
             return
@@ -108,6 +110,40 @@ def test_the_scan_finds_the_core_modules() -> None:
 def test_core_imports_no_io_no_clock_no_randomness_and_nothing_above_it(path: Path) -> None:
     """A core module imports none of the I/O, clock, random, process or upper-layer modules."""
     assert violations(path, CORE_FORBIDDEN) == []
+
+
+# The scheduler composes its sides; only the node, which runs it while leading, may know it.
+SCHEDULER_IMPORTERS_ALLOWED = ("scheduler.py", "node.py")
+
+
+@pytest.mark.parametrize("path", [p for p in CORE_MODULES
+                                  if p.name not in SCHEDULER_IMPORTERS_ALLOWED],
+                         ids=lambda p: p.name)
+def test_no_core_module_but_the_node_imports_the_scheduler(path: Path) -> None:
+    """The sides the scheduler owns never import it, not even for types: no import cycle."""
+    module = _module_name(path)
+    found = [f"{path.name}:{line}: imports {name}"
+             for line, name in imported_names(path.read_text(), module, type_checking=True)
+             if _matches(name, ("tcpsched.core.scheduler",))]
+    assert found == []
+
+
+def test_the_scheduler_composes_its_sides_instead_of_inheriting_them() -> None:
+    """Scheduler has no base class but object: its sides are objects it owns, not mixins."""
+    from tcpsched.core.scheduler import Scheduler
+
+    assert Scheduler.__bases__ == (object,)
+
+
+def test_the_cycle_check_sees_imports_made_only_for_the_type_checker() -> None:
+    """The scheduler-import check counts imports inside `if TYPE_CHECKING:` blocks too."""
+    source = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+              "    from tcpsched.core.scheduler import SchedulerConfig\n")
+    names = {name for _line, name in imported_names(source, "tcpsched.core.x",
+                                                    type_checking=True)}
+    assert "tcpsched.core.scheduler" in names
+    assert "tcpsched.core.scheduler" not in {
+        name for _line, name in imported_names(source, "tcpsched.core.x")}
 
 
 @pytest.mark.parametrize("path", ALL_MODULES, ids=lambda p: str(p.relative_to(PACKAGE_DIR)))
