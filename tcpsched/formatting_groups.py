@@ -29,7 +29,8 @@ def group_text(summary: Any) -> str:
     """Two lines: the bar with done/total, then counts by state, throughput and ETA."""
     if not isinstance(summary, dict):
         return text(summary)
-    counts = summary.get("counts") if isinstance(summary.get("counts"), dict) else {}
+    raw_counts = summary.get("counts")
+    counts: dict[Any, Any] = raw_counts if isinstance(raw_counts, dict) else {}
     progress = summary.get("progress")
     bar = progress_bar(progress if isinstance(progress, int | float) else 0.0)
     first = (f"group {text(summary.get('group'))}  {bar}  "

@@ -335,7 +335,7 @@ class Executor:
         allows it), only a top-level callable defined in that module or below it is run.
         What it prints or logs is its output, and goes to `live` as it comes."""
         if self._pool is not None:
-            request = {"function": function, "args": list(args), "kwargs": kwargs,
+            request: dict[str, Any] = {"function": function, "args": list(args), "kwargs": kwargs,
                        "defined_in": defined_in, "cwd": cwd, "env": env or {}}
             if live is not None:
                 request["live"] = True
@@ -388,7 +388,8 @@ class Executor:
             return Outcome("failed", error=f"{type(raised).__name__}: {raised}",
                            stdout=capture.text("stdout"), stderr=capture.text("stderr"),
                            started_at=started, finished_at=finished)
-        output = dict(stdout=capture.text("stdout"), stderr=capture.text("stderr"))
+        output: dict[str, Any] = dict(stdout=capture.text("stdout"),
+                                      stderr=capture.text("stderr"))
         value = work.result()
         try:
             encode_value(value)
