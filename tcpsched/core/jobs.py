@@ -104,6 +104,11 @@ def _trim_result(value: Any, chars: int, chars_max: int | None, job_id: str) -> 
             f"`status {job_id}` shows it]")
 
 
+def function_name_ok(name: str) -> bool:
+    """Whether `name` looks like module:function, as a call job's function must."""
+    return _FUNCTION_RE.match(name) is not None
+
+
 def is_legal(old: JobState, new: JobState) -> bool:
     return new in LEGAL_TRANSITIONS[old]
 
