@@ -132,7 +132,7 @@ def build_job(job_id: str, seq: int, state: str, submitted_at: float, kind: str,
 def plain_jobs(rows: list[list[Any]]) -> list[JobRecord]:
     """The jobs of plain snapshot rows (nine fields, arguments a list, nothing else set)."""
     commands: dict[str, str] = {}  # one string per distinct command of the chunk
-    return [_plain_job(*row, commands) for row in rows]
+    return [_plain_job(*row, commands) for row in rows]  # type: ignore[call-arg]
 
 
 def _plain_job(job_id: str, seq: int, state: str, submitted_at: float,  # noqa: PLR0917

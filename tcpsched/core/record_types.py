@@ -82,12 +82,9 @@ def _bool(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise ValueError(f"{attribute.name} must be true or false, not {value!r}")
 
 
-_position = _int_in(0, EPOCH_MAX)
-_POSITION_ATTRIBUTES: dict[str, Any] = {
-    a.name: a for a in attrs.make_class("Position", ["epoch", "seq"]).__attrs_attrs__}
+_position: Any = _int_in(0, EPOCH_MAX)
 _SPEC_SEQUENCES = ("args", "tags", "after")
 _KIND_OTHER = {"shell": "function", "call": "command"}  # what a job of each kind must not name
-_JOB_ATTRIBUTE: Any = attrs.make_class("Submit", ["id"]).__attrs_attrs__[0]  # names "id"
 
 
 @attrs.frozen
@@ -292,6 +289,10 @@ def typed_record(record: dict[str, Any], epoch: int, seq: int) -> Record:
 
 
 _SUBMIT_FIELDS = frozenset({"op", "job"})
+# The attributes the validators name in their messages, for checks made outside a record.
+_JOB_ATTRIBUTE: Any = attrs.fields(StartRecord).id
+_POSITION_ATTRIBUTES: dict[str, Any] = {"epoch": attrs.fields(StartRecord).epoch,
+                                        "seq": attrs.fields(StartRecord).seq}
 
 
 def typed_submit(record: dict[str, Any], epoch: int, seq: int) -> JobRecord:
