@@ -12,7 +12,8 @@ keeps it (built there if absent, reused if present, never written to by the runs
 RUNS times, a coordinator is spawned on a copy of it and timed
 from spawn until the first successful `stats` reply through the real `SyncClient` (the
 coordinator listens only once it has recovered, so the client's first connection is polled for
-without its reconnect backoff). Memory: the RSS of that coordinator minus the RSS of one spawned
+without its reconnect backoff), with the CPU seconds the coordinator used until then (less
+load-sensitive than wall time). Memory: the RSS of that coordinator minus the RSS of one spawned
 on an empty directory, divided by N. Figures are medians over the runs.
 
 `main(argv)` returns 0 and prints a table, or with `--json` one JSON object (also what
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -49,9 +51,17 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used (/proc/PID/stat): less sensitive to what else runs
+    on the machine than wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def time_start(group: ProcessGroup, name: str, data_dir: Path, jobs: int
-               ) -> tuple[float, int]:
-    """Spawn a coordinator on `data_dir`; seconds to its first `stats` reply, and its RSS."""
+               ) -> tuple[float, int, float]:
+    """Spawn a coordinator on `data_dir`; seconds to its first `stats` reply, its RSS, and the
+    CPU seconds it used until then."""
     port = free_port()
     started = time.monotonic()
     proc = group.start(name, "tcpsched.coordinator",
@@ -70,10 +80,11 @@ def time_start(group: ProcessGroup, name: str, data_dir: Path, jobs: int
         with SyncClient(f"127.0.0.1:{port}", connect_timeout=60) as client:
             stats = client.stats()
             elapsed = time.monotonic() - started
+        cpu_s = cpu_seconds(proc.pid)
         if stats["pending"] != jobs:
             raise RuntimeError(f"coordinator {name} recovered {stats['pending']} pending jobs, "
                                f"not {jobs}")
-        return elapsed, rss_bytes(proc.pid)
+        return elapsed, rss_bytes(proc.pid), cpu_s
     finally:
         group.stop(proc)
 
@@ -91,24 +102,28 @@ def measure(jobs: int = 1_000_000, runs: int = 3, journal_share: float = 0.1,
         disk = sum(p.stat().st_size for p in data_dir.iterdir() if p.is_file())
         group = ProcessGroup(root / "run")
         restarts: list[float] = []
+        cpus: list[float] = []
         per_job: list[float] = []
         try:
             for run in range(runs):
-                _, empty_rss = time_start(group, f"empty{run}", root / f"empty{run}", 0)
+                _, empty_rss, _ = time_start(group, f"empty{run}", root / f"empty{run}", 0)
                 # Each run starts from the same files (a coordinator journals its new epoch).
                 run_dir = root / f"full{run}"
                 shutil.copytree(data_dir, run_dir, ignore=shutil.ignore_patterns("lock"))
-                full_s, full_rss = time_start(group, f"full{run}", run_dir, jobs)
+                full_s, full_rss, full_cpu = time_start(group, f"full{run}", run_dir, jobs)
                 shutil.rmtree(run_dir)
                 restarts.append(full_s)
+                cpus.append(full_cpu)
                 per_job.append((full_rss - empty_rss) / max(jobs, 1))
         finally:
             group.stop_all()
     return {"jobs": jobs, "runs": runs, "journal_share": journal_share,
             "build_s": build_s, "disk_bytes_per_job": round(disk / max(jobs, 1)),
             "restart_s": round(statistics.median(restarts), 3),
+            "restart_cpu_s": round(statistics.median(cpus), 3),
             "rss_bytes_per_job": round(statistics.median(per_job)),
             "restart_s_runs": [round(s, 3) for s in restarts],
+            "restart_cpu_s_runs": [round(s, 3) for s in cpus],
             "rss_bytes_per_job_runs": [round(b) for b in per_job]}
 
 
@@ -130,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"restart  {result['jobs']:,} queued jobs ({args.journal_share:.0%} in the "
               f"journal tail): spawn to first stats reply {result['restart_s']} s "
-              f"(median of {result['runs']}: {result['restart_s_runs']})")
+              f"(median of {result['runs']}: {result['restart_s_runs']}); CPU "
+              f"{result['restart_cpu_s']} s ({result['restart_cpu_s_runs']})")
         print(f"memory   RSS per queued job: {result['rss_bytes_per_job']} bytes "
               f"(runs: {result['rss_bytes_per_job_runs']}); "
               f"disk {result['disk_bytes_per_job']} bytes/job")

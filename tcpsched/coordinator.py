@@ -134,6 +134,9 @@ class Coordinator:
                 encode_line=lambda epoch, seq, record: encode_line(seq, record, epoch),
                 decode_line=decode_entry,
             )
+            # The node's log holds the window now; the list of (seq, epoch, line) tuples it
+            # was copied from would stay alive with `self.recovery` (72 bytes an entry).
+            r.entries = []
         finally:
             gc.freeze()
             gc.enable()

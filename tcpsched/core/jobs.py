@@ -104,11 +104,18 @@ def _trim_result(value: Any, chars: int, chars_max: int | None, job_id: str) -> 
             f"`status {job_id}` shows it]")
 
 
+def function_name_ok(name: str) -> bool:
+    """Whether `name` looks like module:function, as a call job's function must."""
+    return _FUNCTION_RE.match(name) is not None
+
+
 def is_legal(old: JobState, new: JobState) -> bool:
     return new in LEGAL_TRANSITIONS[old]
 
 
-def _check_spec(spec: JobSpec) -> None:
+def check_spec(spec: JobSpec) -> None:
+    """What a spec must hold (run on construction; recovery runs it on specs it builds
+    without the constructor, core/record_types.py)."""
     if spec.kind == "shell":
         if spec.command is None or spec.function is not None:
             raise ValueError("a shell job needs a command and no function")
@@ -174,7 +181,9 @@ def check_env(env: dict[str, str]) -> None:
         raise ValueError(f"env holds {total} characters in all, over {ENV_CHARS_MAX}")
 
 
-@attrs.frozen
+# No weak reference slot on jobs and specs (nothing refers to them weakly): 8 bytes each, 16
+# per queued job, at a million queued jobs 16 MB.
+@attrs.frozen(weakref_slot=False)
 class JobSpec:
     """What the user submitted. Validated on construction, so a bad spec never enters the core."""
 
@@ -195,7 +204,7 @@ class JobSpec:
     group: str | None = None  # jobs of one `map` share it (core/groups.py)
 
     def __attrs_post_init__(self) -> None:
-        _check_spec(self)
+        check_spec(self)
 
 
 def finite_time(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -205,7 +214,7 @@ def finite_time(_inst: object, attribute: attrs.Attribute[Any], value: float | N
         raise ValueError(f"{attribute.name} must be a finite number, not {value!r}")
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False)
 class JobRecord:
     """Everything known about one job. Replaced (never mutated) on every change.
 

@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 
 import attrs
 
-from tcpsched.core.jobs import JOB_ID_BYTES_MAX, JobSpec, JobState
+from tcpsched.core.jobs import JOB_ID_BYTES_MAX, JobRecord, JobState, check_env, check_spec
+from tcpsched.core.records import job_from_dict
 
 EPOCH_MAX = 2**53  # epochs and seqs stay exact in every JSON reader
 ATTEMPTS_MAX = 1_000_000
@@ -82,8 +83,8 @@ def _bool(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 
 _position: Any = _int_in(0, EPOCH_MAX)  # typed: schedule_records imports it in a cycle
-_SPEC_FIELDS = frozenset(f.name for f in attrs.fields(JobSpec))
 _SPEC_SEQUENCES = ("args", "tags", "after")
+_KIND_OTHER = {"shell": "function", "call": "command"}  # what a job of each kind must not name
 
 
 @attrs.frozen
@@ -95,33 +96,52 @@ class SubmitRecord:
 
     @job.validator
     def _job(self, _attribute: attrs.Attribute[Any], value: Any) -> None:
-        if type(value) is not dict:
-            raise ValueError("job must be a map")
-        _job_id(self, _attribute, value.get("id"))
-        if value.get("state", "pending") != JobState.PENDING.value:
-            # A job is born pending; one "submitted" running, with no worker to report it,
-            # could never end.
-            raise ValueError(f"job {value.get('id')!r} submitted as {value.get('state')!r}; a "
-                             "new job is pending")
-        for name in ("attempts", "lost_workers", "failures"):
-            if value.get(name, 0) != 0:
-                raise ValueError(f"a new job has no {name}")
-        if value.get("worker") is not None:
-            raise ValueError("a new job has no worker")
-        if type(value.get("seq")) is not int or not 0 <= value["seq"] <= EPOCH_MAX:
-            raise ValueError(f"job seq must be an integer in [0, {EPOCH_MAX}]")
-        for name in ("submitted_at", "not_before"):
-            _check_time(name, value.get(name, 0.0))
-        spec = {k: v for k, v in value.items() if k in _SPEC_FIELDS}
-        for name in _SPEC_SEQUENCES:
-            if name in spec:
-                if type(spec[name]) is not list:
-                    raise ValueError(f"job {name} must be a list")
-                spec[name] = tuple(spec[name])
-        try:
-            JobSpec(**spec)  # the spec's own validators: kind, priority, retries, timeout, ...
-        except TypeError as exc:
-            raise ValueError(f"bad job spec ({exc})") from None
+        checked_job(value)
+
+
+def checked_job(value: Any) -> JobRecord:
+    """The job a submit's `job` map describes, built once and checked as a new job: what
+    `JobSpec`'s own validators check (kind, priority, retries, timeout, ...), and that it is
+    born pending with no attempt, worker or non-finite time. ValueError says what is wrong.
+
+    Recovery keeps the job it returns (`typed_submit`) instead of building it again in
+    `JobTable.apply`: a journal tail of submits costs one build per record, not three.
+    """
+    if type(value) is not dict:
+        raise ValueError("job must be a map")
+    _job_id(None, _JOB_ATTRIBUTE, value.get("id"))
+    if value.get("state", "pending") != JobState.PENDING.value:
+        # A job is born pending; one "submitted" running, with no worker to report it,
+        # could never end.
+        raise ValueError(f"job {value.get('id')!r} submitted as {value.get('state')!r}; a "
+                         "new job is pending")
+    for name in ("attempts", "lost_workers", "failures"):
+        if value.get(name, 0) != 0:
+            raise ValueError(f"a new job has no {name}")
+    if value.get("worker") is not None:
+        raise ValueError("a new job has no worker")
+    if type(value.get("seq")) is not int or not 0 <= value["seq"] <= EPOCH_MAX:
+        raise ValueError(f"job seq must be an integer in [0, {EPOCH_MAX}]")
+    for name in ("submitted_at", "not_before"):
+        _check_time(name, value.get(name, 0.0))
+    for name in _SPEC_SEQUENCES:
+        if name in value and type(value[name]) is not list:
+            raise ValueError(f"job {name} must be a list")
+    kind = value.get("kind")
+    if kind is None:
+        raise ValueError("bad job spec (the job has no kind)")
+    # `job_from_dict` reads only the target of its kind; the other must be absent, as JobSpec
+    # requires, and env a map (it reads an empty env of any type as none).
+    if kind in _KIND_OTHER and value.get(_KIND_OTHER[kind]) is not None:
+        raise ValueError(f"a {kind} job needs no {_KIND_OTHER[kind]}")
+    if "env" in value:
+        check_env(value["env"])
+    try:
+        job = job_from_dict(value)
+        check_spec(job.spec)  # the checks JobSpec runs on construction
+    except TypeError as exc:
+        raise ValueError(f"bad job spec ({exc})") from None
+    return job
 
 
 @attrs.frozen
@@ -266,3 +286,22 @@ def typed_record(record: dict[str, Any], epoch: int, seq: int) -> Record:
         return cls(epoch=epoch, seq=seq, **fields)  # type: ignore[no-any-return]
     except TypeError as exc:
         raise ValueError(f"bad {op} record ({exc})") from None
+
+
+_SUBMIT_FIELDS = frozenset({"op", "job"})
+# The attributes the validators name in their messages, for checks made outside a record.
+_JOB_ATTRIBUTE: Any = attrs.fields(StartRecord).id
+_POSITION_ATTRIBUTES: dict[str, Any] = {"epoch": attrs.fields(StartRecord).epoch,
+                                        "seq": attrs.fields(StartRecord).seq}
+
+
+def typed_submit(record: dict[str, Any], epoch: int, seq: int) -> JobRecord:
+    """`typed_record` of a submit, giving the job it checked (to apply with `built=`)."""
+    if record.keys() - _SUBMIT_FIELDS:
+        raise ValueError(f"submit record has unknown field(s) "
+                         f"{sorted(record.keys() - _SUBMIT_FIELDS)}")
+    if "job" not in record:
+        raise ValueError("bad submit record (missing the job)")
+    for name, value in (("epoch", epoch), ("seq", seq)):
+        _position(None, _POSITION_ATTRIBUTES[name], value)
+    return checked_job(record["job"])

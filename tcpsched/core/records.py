@@ -14,22 +14,21 @@ Snapshot rows store a job as a list, [id, seq, state, submitted_at, kind, comman
 args, priority, key] plus, only when some other field differs from its default, a map of those
 fields. A million queued jobs must load in a few seconds, and parsing short lists is about
 three times faster than parsing maps with every field named; `job_from_row` then builds each
-job through the slots' own setters, without running the validators again, and
-`jobs_from_rows` does the same a field at a time over a whole chunk of plain rows.
+job without running the validators again, and `jobs_from_rows` checks a whole chunk's
+positional fields in bulk and builds its rows (core/jobbuild.py).
 """
 
 from __future__ import annotations
 
 import base64
-import collections
 import math
-import sys
-from collections.abc import Callable, Iterable, Sequence
-from itertools import repeat
+from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import attrs
 
+from tcpsched.core.jobbuild import build_job, check_columns, plain_jobs
 from tcpsched.core.jobs import JobRecord, JobSpec, JobState
 
 TAG = "$t"
@@ -240,59 +239,6 @@ def job_to_row(job: JobRecord) -> list[Any]:
     return row
 
 
-_new = object.__new__
-_CALL = "call"
-_SHELL = "shell"
-_KINDS = {_CALL: _CALL, _SHELL: _SHELL}  # a kind read back -> the one string of that kind
-_intern = sys.intern
-
-
-# Shared by every rebuilt job without keyword arguments: nothing ever writes to a spec's
-# kwargs (a JobSpec is a value), and at a million queued jobs one empty map each is 64 MB.
-_NO_KWARGS: dict[str, Any] = {}
-_NO_ENV: dict[str, str] = {}  # the same, for a spec's env
-
-
-def _slot_setter(cls: type, name: str) -> Any:
-    """The slot's own setter: fills a frozen instance under construction, and skips the
-    attribute lookup that `object.__setattr__` makes on every call (a quarter of the cost)."""
-    return cls.__dict__[name].__set__
-
-
-_spec_kind = _slot_setter(JobSpec, "kind")
-_spec_command = _slot_setter(JobSpec, "command")
-_spec_function = _slot_setter(JobSpec, "function")
-_spec_args = _slot_setter(JobSpec, "args")
-_spec_kwargs = _slot_setter(JobSpec, "kwargs")
-_spec_priority = _slot_setter(JobSpec, "priority")
-_spec_retries = _slot_setter(JobSpec, "retries")
-_spec_timeout = _slot_setter(JobSpec, "timeout")
-_spec_delay = _slot_setter(JobSpec, "delay")
-_spec_tags = _slot_setter(JobSpec, "tags")
-_spec_key = _slot_setter(JobSpec, "key")
-_spec_after = _slot_setter(JobSpec, "after")
-_spec_env = _slot_setter(JobSpec, "env")
-_spec_cwd = _slot_setter(JobSpec, "cwd")
-_spec_group = _slot_setter(JobSpec, "group")
-_job_id = _slot_setter(JobRecord, "id")
-_job_seq = _slot_setter(JobRecord, "seq")
-_job_spec = _slot_setter(JobRecord, "spec")
-_job_state = _slot_setter(JobRecord, "state")
-_job_attempts = _slot_setter(JobRecord, "attempts")
-_job_worker = _slot_setter(JobRecord, "worker")
-_job_submitted_at = _slot_setter(JobRecord, "submitted_at")
-_job_started_at = _slot_setter(JobRecord, "started_at")
-_job_finished_at = _slot_setter(JobRecord, "finished_at")
-_job_exit_code = _slot_setter(JobRecord, "exit_code")
-_job_result = _slot_setter(JobRecord, "result")
-_job_stdout = _slot_setter(JobRecord, "stdout")
-_job_stderr = _slot_setter(JobRecord, "stderr")
-_job_error = _slot_setter(JobRecord, "error")
-_job_not_before = _slot_setter(JobRecord, "not_before")
-_job_lost_workers = _slot_setter(JobRecord, "lost_workers")
-_job_failures = _slot_setter(JobRecord, "failures")
-
-
 def job_from_row(row: list[Any]) -> JobRecord:
     """Inverse of `job_to_row`."""
     if len(row) == 9:
@@ -303,23 +249,27 @@ def job_from_row(row: list[Any]) -> JobRecord:
 def jobs_from_rows(rows: list[list[Any]]) -> RowsJobs:
     """`job_from_row` of every row, in order, with the columns a table indexes them by.
 
-    A plain row (nine fields, arguments stored as a list) is what a queued job with defaults
-    leaves, a million of them at a restart. A chunk of plain rows is built field by field:
-    each field is set on the whole chunk in one C loop (`map` over the slot setter), which
-    spares the interpreter loop around the 29 setter calls a job takes, and `zip(*rows)`
-    hands over the columns in one pass. Any other chunk goes row by row.
+    The positional fields of every row are checked in bulk first (`check_columns`), so a
+    corrupt row is refused naming its job. A plain row (nine fields, arguments stored as a
+    list) is what a queued job with defaults leaves, a million of them at a restart: a chunk
+    of them takes `plain_jobs`, the defaults inline (core/jobbuild.py). Any other chunk goes
+    row by row.
     """
     n = len(rows)
-    if n and set(map(len, rows)) == {9}:
-        columns = zip(*rows, strict=True)
-        ids, seqs, states, submitted, kinds, targets, argss, priorities, keys = columns
-        if set(map(type, argss)) == {list}:
-            jobs = _plain_jobs(n, ids, seqs, states, submitted, kinds, targets, argss,
-                               priorities, keys)
-            return RowsJobs(ids, keys, states, jobs)
-    row_ids = [row[0] for row in rows]  # first, so that a bad row fails as it always did
-    built = list(map(job_from_row, rows))
-    return RowsJobs(row_ids, [row[8] for row in rows], [row[2] for row in rows], built)
+    if not n:
+        return RowsJobs([], [], [], [])
+    lengths = set(map(len, rows))
+    if not lengths <= {9, 10}:
+        raise ValueError(f"a snapshot row holds 9 or 10 fields, not {sorted(lengths)}")
+    if lengths == {9}:  # one pass over the rows for all the columns
+        columns: Any = zip(*rows, strict=True)
+    else:
+        columns = (list(map(itemgetter(i), rows)) for i in range(9))
+    ids, seqs, states, submitted, kinds, targets, argss, priorities, keys = columns
+    check_columns(ids, seqs, states, submitted, kinds, targets, priorities, keys)
+    if lengths == {9} and set(map(type, argss)) == {list}:
+        return RowsJobs(ids, keys, states, plain_jobs(rows))
+    return RowsJobs(ids, keys, states, list(map(job_from_row, rows)))
 
 
 class RowsJobs(NamedTuple):
@@ -331,140 +281,10 @@ class RowsJobs(NamedTuple):
     jobs: list[JobRecord]
 
 
-def _plain_jobs(n: int, ids: Sequence[str], seqs: Sequence[int],  # noqa: PLR0917
-                states: Sequence[str], submitted: Sequence[float], kinds: Sequence[str],
-                targets: Sequence[str | None], argss: Sequence[list[Any]],
-                priorities: Sequence[int], keys: Sequence[str | None]) -> list[JobRecord]:
-    """The jobs of `n` plain rows, given as columns (see `jobs_from_rows`)."""
-    specs = list(map(_new, repeat(JobSpec, n)))
-    jobs = list(map(_new, repeat(JobRecord, n)))
-    for setter, value in _PLAIN_SPEC_DEFAULTS:
-        _consume(map(setter, specs, repeat(value, n)))
-    for setter, value in _PLAIN_JOB_DEFAULTS:
-        _consume(map(setter, jobs, repeat(value, n)))
-    kind_set = set(kinds)
-    # One string object per distinct function (interned, like `_build_job`'s) or command (of
-    # the chunk), not one per job: a parser makes a new string for every value it reads (60
-    # bytes for "module:function").
-    names: dict[str | None, str | None] = {}
-    if kind_set == {"call"}:
-        _consume(map(_spec_command, specs, repeat(None, n)))
-        _consume(map(_spec_function, specs, map(_intern, targets)))  # type: ignore[arg-type]
-        kind_values: Iterable[str] = repeat(_CALL, n)
-    elif kind_set == {"shell"}:
-        _consume(map(_spec_command, specs, map(names.setdefault, targets, targets)))
-        _consume(map(_spec_function, specs, repeat(None, n)))
-        kind_values = repeat(_SHELL, n)
-    else:
-        _consume(map(_spec_command, specs,
-                     [t if k == "shell" else None for k, t in zip(kinds, targets, strict=True)]))
-        _consume(map(_spec_function, specs,
-                     [None if k == "shell" else t for k, t in zip(kinds, targets, strict=True)]))
-        kind_values = map(_KINDS.get, kinds, kinds)
-    _consume(map(_spec_kind, specs, kind_values))
-    _consume(map(_spec_args, specs, map(tuple, argss)))
-    _consume(map(_spec_priority, specs, priorities))
-    _consume(map(_spec_key, specs, keys))
-    _consume(map(_job_id, jobs, ids))
-    _consume(map(_job_seq, jobs, seqs))
-    _consume(map(_job_spec, jobs, specs))
-    _consume(map(_job_state, jobs, map(_STATES.__getitem__, states)))
-    _consume(map(_job_submitted_at, jobs, submitted))
-    return jobs
+_build_job = build_job
 
-
-def _build_job(job_id: str, seq: int, state: str, submitted_at: float, kind: str,  # noqa: PLR0917
-               target: str | None, args: Any, priority: int, key: str | None,
-               more: dict[str, Any] | None, decode: Any) -> JobRecord:
-    """A job from its fields, without running the validators again.
-
-    Every job we rebuild was validated when it was first made (a JobSpec checks itself on
-    construction, before it enters the core); what we read back was written by us and passed
-    its checksum. At a million jobs a restart spends most of its time here, hence the
-    unrolled field assignments and the separate path for jobs with nothing but defaults.
-    """
-    spec = _new(JobSpec)
-    job = _new(JobRecord)
-    if more is None:
-        _spec_retries(spec, 0)
-        _spec_timeout(spec, None)
-        _spec_delay(spec, 0.0)
-        _spec_tags(spec, ())
-        _spec_after(spec, ())
-        _spec_kwargs(spec, _NO_KWARGS)
-        _spec_env(spec, _NO_ENV)
-        _spec_cwd(spec, None)
-        _spec_group(spec, None)
-        _job_attempts(job, 0)
-        _job_worker(job, None)
-        _job_started_at(job, None)
-        _job_finished_at(job, None)
-        _job_exit_code(job, None)
-        _job_result(job, None)
-        _job_stdout(job, "")
-        _job_stderr(job, "")
-        _job_error(job, None)
-        _job_not_before(job, 0.0)
-        _job_lost_workers(job, 0)
-        _job_failures(job, 0)
-    else:
-        get = more.get
-        _spec_retries(spec, get("retries", 0))
-        _spec_timeout(spec, get("timeout"))
-        _spec_delay(spec, get("delay", 0.0))
-        _spec_tags(spec, tuple(get("tags", ())))
-        _spec_after(spec, tuple(get("after", ())))
-        _spec_kwargs(spec, decode(get("kwargs", {})))
-        _spec_env(spec, get("env") or _NO_ENV)  # strings only: stored as they are
-        _spec_cwd(spec, get("cwd"))
-        _spec_group(spec, get("group"))
-        _job_attempts(job, get("attempts", 0))
-        _job_worker(job, get("worker"))
-        _job_started_at(job, get("started_at"))
-        _job_finished_at(job, get("finished_at"))
-        _job_exit_code(job, get("exit_code"))
-        _job_result(job, decode(get("result")))
-        _job_stdout(job, get("stdout", ""))
-        _job_stderr(job, get("stderr", ""))
-        _job_error(job, get("error"))
-        _job_not_before(job, get("not_before", 0.0))
-        _job_lost_workers(job, get("lost_workers", 0))
-        _job_failures(job, get("failures", 0))
-    if kind == "shell":
-        _spec_command(spec, target)
-        _spec_function(spec, None)
-    else:
-        _spec_command(spec, None)
-        # Function names are few and repeat over many jobs: one string object for each.
-        _spec_function(spec, target if type(target) is not str else _intern(target))
-    _spec_kind(spec, _KINDS.get(kind, kind))
-    _spec_args(spec, tuple(args) if type(args) is not dict else tuple(decode(args)))
-    _spec_priority(spec, priority)
-    _spec_key(spec, key)
-    _job_id(job, job_id)
-    _job_seq(job, seq)
-    _job_spec(job, spec)
-    _job_state(job, _STATES[state])
-    _job_submitted_at(job, submitted_at)
-    return job
-
-
-# What `_build_job` sets on a job without a trailing map, for `jobs_from_rows`.
-_PLAIN_SPEC_DEFAULTS: tuple[tuple[Any, Any], ...] = (
-    (_spec_retries, 0), (_spec_timeout, None), (_spec_delay, 0.0), (_spec_tags, ()),
-    (_spec_after, ()), (_spec_kwargs, _NO_KWARGS), (_spec_env, _NO_ENV), (_spec_cwd, None),
-    (_spec_group, None),
-)
-_PLAIN_JOB_DEFAULTS: tuple[tuple[Any, Any], ...] = (
-    (_job_attempts, 0), (_job_worker, None), (_job_started_at, None), (_job_finished_at, None),
-    (_job_exit_code, None), (_job_result, None), (_job_stdout, ""), (_job_stderr, ""),
-    (_job_error, None), (_job_not_before, 0.0), (_job_lost_workers, 0), (_job_failures, 0),
-)
-# Runs an iterator to its end, keeping nothing.
-_consume: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend
-
-# `job_from_row` and `jobs_from_rows` name every field by hand; a field added to jobs.py must
-# be added there too.
+# `build_job` and `plain_jobs` (core/jobbuild.py) name every field by hand; a field added to
+# jobs.py must be added there too.
 assert _SPEC_FIELDS == ("kind", "command", "function", "args", "kwargs", "priority", "retries",
                         "timeout", "delay", "tags", "key", "after", "env", "cwd", "group"
                         ), _SPEC_FIELDS

@@ -33,8 +33,8 @@ from typing import Any
 
 import attrs
 
-from tcpsched.core.jobs import JobState
-from tcpsched.core.record_types import EPOCH_MAX, typed_record
+from tcpsched.core.jobs import JobRecord, JobState
+from tcpsched.core.record_types import EPOCH_MAX, typed_record, typed_submit
 from tcpsched.core.records import decode_record, encode_record
 from tcpsched.core.state import JobTable
 from tcpsched.errors import JournalError
@@ -146,19 +146,30 @@ def _line_payload(line: bytes, expected_seq: int) -> tuple[bytes, int]:
 
 
 def _parse_payload(payload: bytes, epoch: int, seq: int) -> dict[str, Any]:
+    return _parse_payload_built(payload, epoch, seq)[0]
+
+
+def _parse_payload_built(payload: bytes, epoch: int, seq: int
+                         ) -> tuple[dict[str, Any], JobRecord | None]:
+    """The checked record of an entry, and for a submit the job it checked: recovery applies
+    it as built (`JobTable.apply(..., built=job)`), so each submit is built once."""
     try:
         record = fast_loads(payload)  # orjson, reading exactly what `json` would
     except ValueError as exc:
         raise _BadLine(f"bad JSON ({exc})") from None
     if type(record) is not dict or "op" not in record:
         raise _BadLine("record is not a map with an op")
+    built = None
     try:
         record = decode_record(record)
         # Checked as a wire message is: a CRC-valid line can still hold nonsense.
-        typed_record(record, epoch, seq)
+        if record["op"] == "submit":
+            built = typed_submit(record, epoch, seq)
+        else:
+            typed_record(record, epoch, seq)
     except (ValueError, TypeError, KeyError) as exc:
         raise _BadLine(f"bad record ({exc})") from None
-    return record
+    return record, built
 
 
 def decode_line(line: bytes, expected_seq: int) -> dict[str, Any]:
@@ -261,12 +272,13 @@ class SegmentScan:
 
 
 def scan_segment(data: bytes, first: int, expected: int,
-                 apply: Callable[[dict[str, Any]], Any] | None, *, start: int = 0,
+                 apply: Callable[..., Any] | None, *, start: int = 0,
                  start_lineno: int = 1,
-                 on_entry: Callable[[int, int, bytes, dict[str, Any]], Any] | None = None,
+                 on_entry: Callable[..., Any] | None = None,
                  on_local: Callable[[LocalLine], Any] | None = None) -> SegmentScan:
     """Check the lines of one segment (from byte `start`, holding sequence `first`) and apply
-    every record from `expected` on; lines before `expected` are only checked.
+    every record from `expected` on; lines before `expected` are only checked. `apply` is
+    called as `JobTable.apply` is, with the job a submit holds already built (`built=`).
 
     `on_entry(seq, epoch, line, record)` sees every entry from `expected` on (after `apply`,
     if any); `on_local` every promise and commit mark. A line without a newline at the end of
@@ -292,14 +304,14 @@ def scan_segment(data: bytes, first: int, expected: int,
                 skipped += 1
             else:
                 payload, epoch = _line_payload(line, seq)
-                record = _parse_payload(payload, epoch, seq)
+                record, built = _parse_payload_built(payload, epoch, seq)
                 if apply is not None:
                     try:
-                        apply(record)
+                        apply(record, built=built)
                     except (ValueError, KeyError, TypeError) as exc:
                         raise _BadLine(f"record cannot be applied ({exc})") from None
                 if on_entry is not None:
-                    on_entry(seq, epoch, line + b"\n", record)
+                    on_entry(seq, epoch, line + b"\n", record, built)
                 replayed += 1
         except _BadLine as exc:
             bad = (lineno, offset, str(exc))
@@ -349,13 +361,14 @@ def _recover(data_dir: Path, *, repair: bool, read_only: bool, group: bool,
                       snapshot_epoch=snapshot_epoch, promise=promise, commit_seq=snapshot_seq)
     segments = list_segments(data_dir)
     expected = snapshot_seq + 1  # the next record to apply
-    deferred: list[tuple[int, dict[str, Any]]] = []
+    deferred: list[tuple[int, dict[str, Any], JobRecord | None]] = []
     entries = result.entries
 
-    def on_entry(seq: int, epoch: int, line: bytes, record: dict[str, Any]) -> None:
+    def on_entry(seq: int, epoch: int, line: bytes, record: dict[str, Any],
+                 built: JobRecord | None = None) -> None:
         entries.append((seq, epoch, line))
         if group:
-            deferred.append((seq, record))
+            deferred.append((seq, record, built))
 
     def on_local(local: LocalLine) -> None:
         if local.promise is not None:
@@ -398,11 +411,11 @@ def _recover(data_dir: Path, *, repair: bool, read_only: bool, group: bool,
     result.last_seq = max(expected - 1, snapshot_seq)
     if group:
         limit = min(result.commit_seq if upto is None else upto, result.last_seq)
-        for seq, record in deferred:
+        for seq, record, built in deferred:
             if seq > limit:
                 break
             try:
-                table.apply(record)
+                table.apply(record, built=built)
             except (ValueError, KeyError, TypeError) as exc:
                 raise JournalError(f"{data_dir}: entry {seq} cannot be applied ({exc})") from None
         result.applied_seq = max(limit, snapshot_seq)

@@ -74,12 +74,13 @@ def test_a_mixed_chunk_of_rows_builds_the_same_jobs(jobs: list[JobRecord]) -> No
 
 
 def test_a_chunk_with_a_bad_state_is_refused() -> None:
-    """An unknown state in a plain chunk fails as it does row by row (KeyError)."""
+    """An unknown state fails row by row (KeyError) and in a chunk, where the bulk check
+    names the job (ValueError, which the snapshot reader reports as corruption)."""
     rows = [["a" * 12, 1, "pending", 1.0, "call", "m:f", [], 0, None],
             ["b" * 12, 2, "sleeping", 1.0, "call", "m:f", [], 0, None]]
     with pytest.raises(KeyError):
         job_from_row(rows[1])
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="job 'bbbbbbbbbbbb': unknown state, not 'sleeping'"):
         jobs_from_rows(rows)
 
 
