@@ -126,7 +126,8 @@ class Runner:
 
     def _schedule_end_of_turn(self) -> None:
         wants = self._held or self._dirty or self._reloads or (
-            self.peer_send is not None and getattr(self.core, "wants_flush", False))
+            self.peer_send is not None and (getattr(self.core, "wants_flush", False)
+                                            or getattr(self.core, "wants_turn", False)))
         if wants and not self._end_of_turn_scheduled:
             self._end_of_turn_scheduled = True
             asyncio.get_running_loop().call_soon(self._end_of_turn)

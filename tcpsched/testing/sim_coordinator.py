@@ -177,7 +177,8 @@ class SimCoordinator:
         assert self.node is not None
         self._carry(self.node.step(event, self.now, self.wall))
         self.sim.checker.after_step(self)
-        wants = self._held or self._dirty or self._reloads or self.node.wants_flush
+        wants = (self._held or self._dirty or self._reloads or self.node.wants_flush
+                 or self.node.wants_turn)
         if wants and not self._turn_scheduled:
             self._turn_scheduled = True
             sim = self.sim
