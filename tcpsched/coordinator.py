@@ -149,7 +149,7 @@ class Coordinator:
                                frame_bytes_max=settings.frame_bytes_max,
                                rng=random.Random(self.rng.getrandbits(64)))
         self.runner = Runner(self.node, self.journal, self.connections,
-                             peer_send=self.peers.send)
+                             peer_send=self.peers.send, peer_flush=self.peers.flush)
         self.runner.on_snapshot = self._on_snapshot_effect
         self.journal.on_compacted = self._compacted_in_thread
         self._snapshot_tasks: set[asyncio.Task[None]] = set()

@@ -100,8 +100,13 @@ class FreeWorkers:
     """
 
     def __init__(self) -> None:
-        self.names: list[str] = []
+        self.names: list[str] = NameList(self)
         self.entries: dict[str, WorkerEntry] = {}
+        # least-loaded's candidates, lazily ordered by (load, name): an item may be stale
+        # (a worker gone, or busier than when pushed); `least_loaded` checks the top and
+        # pushes it again with its load as it is. Every set() pushes the worker's current
+        # load, so a worker that became less busy is never behind a stale, higher item.
+        self._by_load: list[tuple[float, str]] = []
         self.restricted = 0  # free workers whose capabilities are restricted
         self.by_tags: dict[frozenset[str], list[str]] = {}
 
@@ -130,6 +135,9 @@ class FreeWorkers:
             if not old.capabilities.is_unrestricted:
                 self.restricted -= 1
         self.entries[name] = entry
+        heapq.heappush(self._by_load, (entry_load(entry), name))
+        if len(self._by_load) > 2 * len(self.entries) + 16:
+            self._rebuild_by_load()
         bisect.insort(self.by_tags.setdefault(frozenset(entry.tags), []), name)
         if not entry.capabilities.is_unrestricted:
             self.restricted += 1
@@ -145,7 +153,27 @@ class FreeWorkers:
         self.names.clear()
         self.entries.clear()
         self.by_tags.clear()
+        self._by_load.clear()
         self.restricted = 0
+
+    def _rebuild_by_load(self) -> None:
+        self._by_load = [(entry_load(entry), name) for name, entry in self.entries.items()]
+        heapq.heapify(self._by_load)
+
+    def least_loaded(self) -> str:
+        """The free worker with the smallest busy fraction, ties by name: O(log n) amortised
+        (each stale item is looked at once), not a scan of every free worker."""
+        heap, entries = self._by_load, self.entries
+        while True:
+            load, name = heap[0]
+            entry = entries.get(name)
+            if entry is None:
+                heapq.heappop(heap)
+                continue
+            now_load = entry_load(entry)
+            if now_load == load:
+                return name
+            heapq.heapreplace(heap, (now_load, name))
 
     def tagged(self, tags: tuple[str, ...]) -> list[str]:
         """Names (in order) of the free workers that have every one of `tags`."""
@@ -167,6 +195,19 @@ class FreeWorkers:
         return [name for name in names
                 if entries[name].capabilities.is_unrestricted
                 or entries[name].capabilities.refusal(kind, function) is None]
+
+
+def entry_load(entry: WorkerEntry) -> float:
+    """The fraction of a worker's slots that are busy (held slots of stopped calls too)."""
+    return (len(entry.running) + entry.held) / entry.slots
+
+
+class NameList(list[str]):
+    """`FreeWorkers.names`: every free worker, so least-loaded may ask its owner's heap."""
+
+    def __init__(self, owner: FreeWorkers) -> None:
+        super().__init__()
+        self.owner = owner
 
 
 class RoundRobinPolicy:
@@ -219,7 +260,10 @@ class LeastLoadedPolicy:
         return self.choose_sorted(sorted(candidates), load.__getitem__)
 
     def choose_sorted(self, ordered: Sequence[str], load: Callable[[str], float]) -> str:
-        """One pass over the free workers (their loads change with every job)."""
+        """Every free worker (`FreeWorkers.names`): the top of its load heap. A subset (a
+        tagged or restricted job's candidates): one pass over that subset."""
+        if isinstance(ordered, NameList) and ordered:
+            return ordered.owner.least_loaded()
         return min(ordered, key=lambda name: (load(name), name))
 
 

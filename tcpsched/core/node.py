@@ -12,6 +12,12 @@ Records get their identity here: every record the scheduler emits is numbered (e
 the next entry of the log and turned into its journal line at once (`encode_line`); the shell
 writes those bytes, and the leader ships the same bytes to its followers.
 
+One scheduling pass per loop turn: the scheduler steps each message of a turn without placing
+jobs (`dispatch_per_turn`); `EndOfTurn`, which the shell feeds once the turn's messages are
+stepped and before it flushes, runs its one dispatch pass, so the start records join the turn's
+write, fsync and Append, and the results of a turn refill their workers together. At low load a
+turn holds one message, and the pass runs in that same turn: no added latency.
+
 Three clocks of durability gate what leaves:
 * a reply or order to a client or worker waits until everything the node had logged when it
   was made is *committed* (on a majority, durably): nothing shown can be taken back by a
@@ -99,6 +105,7 @@ class Leading(Protocol):
     """What the node needs of the scheduler it runs while leading."""
 
     table: JobTable
+    dispatch_per_turn: bool  # dispatch once per loop turn, at EndOfTurn, not once per step
 
     def step(self, event: Any, now: float, wall: float | None = None) -> list[Any]: ...
     def next_deadline(self) -> float | None: ...
@@ -190,6 +197,11 @@ class Node:
         """Something waits for the next local flush (a promise's or an append's ack)."""
         return bool(self._held_flush) or self._ack_owed is not None
 
+    @property
+    def wants_turn(self) -> bool:
+        """The scheduler stepped this turn and owes its dispatch pass at the turn's end."""
+        return self.scheduler is not None and getattr(self.scheduler, "dispatch_due", False)
+
     def leader_address(self) -> str | None:
         leader = self.election.leader_hint()
         if leader == self.node_id:
@@ -259,6 +271,8 @@ class Node:
         elif isinstance(event, Flushed):
             self._on_flushed(event.seq, now)
         elif isinstance(event, EndOfTurn):
+            if self.scheduler is not None and self.wants_turn:
+                self._run_scheduler(event, now)  # the turn's one dispatch pass, logged first
             if self.replication is not None:
                 self._send_appends(now, heartbeat=False)
         elif isinstance(event, Tick):
@@ -548,6 +562,7 @@ class Node:
                                              self.log, now, beat_s=self.config.beat_s)
         self.replication.on_flushed(self.flushed_seq)
         self.scheduler = self.make_scheduler(self.table, self.epoch, now, self._wall)
+        self.scheduler.dispatch_per_turn = True
         # The epoch's first entry: committing it commits everything before it (Raft's rule),
         # and it is where the epoch lives in the log.
         self._log_record({"op": "epoch", "epoch": self.epoch, "leader": self.node_id})

@@ -60,6 +60,7 @@ from tcpsched.core.jobqueue import JobQueue
 from tcpsched.core.jobs import RETRYABLE_STATES, JobRecord, JobSpec, JobState
 from tcpsched.core.leader_stats import leader_statistics
 from tcpsched.core.liveside import LiveOutput
+from tcpsched.core.node_events import EndOfTurn
 from tcpsched.core.placement import Placements
 from tcpsched.core.queries import (
     JOB_ID_PREFIX_MIN,
@@ -124,6 +125,9 @@ class Scheduler:
         self.free = FreeWorkers()  # who can take a job now (dispatch never scans `workers`)
         self._touched: set[str] = set()  # workers whose freeness may have changed this step
         self._lookaheads_open: list[WorkerEntry] = []  # see WorkerEntry.lookahead_open
+        # Set by the node core, which steps `EndOfTurn` after each loop turn (core/node.py).
+        self.dispatch_per_turn = False
+        self.dispatch_due = False
         self._resync_at = now
         # Pending jobs no live worker can run, out of the queue until a worker registers:
         # job id -> why (shown as the record's `reason`).
@@ -204,6 +208,10 @@ class Scheduler:
             self._on_closed(event.conn, event.reason, now)
         elif isinstance(event, Tick):
             self.backlog.step()
+        elif isinstance(event, EndOfTurn):
+            self._dispatch_pass(now)  # the turn's one dispatch pass (core/node.py)
+            effects, self._effects = self._effects, []
+            return effects
         else:
             raise TypeError(f"unknown event {event!r}")
         self._advance(now)
@@ -457,6 +465,13 @@ class Scheduler:
         # Promote due delayed jobs even when no worker is free: otherwise next_deadline() stays
         # in the past and the shell's timer fires again at once, spinning until a slot frees.
         self.queue.promote(now)
+        if self.dispatch_per_turn:
+            self.dispatch_due = True  # one pass at the turn's end (core/node.py)
+        else:
+            self._dispatch_pass(now)
+
+    def _dispatch_pass(self, now: float) -> None:
+        self.dispatch_due = False
         self._dispatch(now)
         if self._lookaheads_open:
             for entry in self._lookaheads_open:

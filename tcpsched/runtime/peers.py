@@ -76,6 +76,13 @@ class PeerLinks:
                         type(msg).__name__, peer, exc)
             conn.close(f"send failed: {exc}")
 
+    def flush(self) -> None:
+        """Write what is queued to every peer now, not at the end of the loop turn (the
+        runner calls it before its fsync, so the followers journal beside us)."""
+        for conn in self.links.values():
+            if not conn.closed:
+                conn.flush()
+
     async def drain(self, peer: int) -> None:
         """Wait until what we sent `peer` has left our buffer (or the link is gone)."""
         conn = self.links.get(peer)

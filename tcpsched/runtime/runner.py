@@ -6,6 +6,13 @@ the event-loop turn, when one `journal.flush()` makes every record of the turn d
 commit) and only then are the held effects carried out. One timer is armed at the core's
 `next_deadline()` and re-armed whenever that changes.
 
+A node core (core/node.py) gates its own sends: what it emits depends only on committed
+records. So at the end of a turn its held sends, and the turn's Append to each follower, are
+written before the fsync, not after: the followers journal the turn while we do, so a commit
+costs the longer of the two fsyncs rather than their sum, and an Assign released by a
+follower's acknowledgement does not also wait for the fsync of the turn that released it.
+What the flush itself releases (`Flushed`) goes after it, as before.
+
 A failed flush (a full disk, an I/O error) is final: the turn's records, and every later
 one, are not durable, so from then on no held reply is sent. Each is answered instead with an
 `unavailable` error saying the request was not acknowledged, other messages (orders to
@@ -95,6 +102,7 @@ class Runner:
         wall_clock: Callable[[], float] = time.time,
         *,
         peer_send: Callable[[int, Any], None] | None = None,
+        peer_flush: Callable[[], None] | None = None,
     ) -> None:
         """`peer_send`: given for a node core (core/node.py), whose effects include peer
         messages (sent at once: heartbeats and replication never wait for our fsync) and
@@ -102,6 +110,7 @@ class Runner:
         self.core = core
         self.journal = journal
         self.peer_send = peer_send
+        self.peer_flush = peer_flush
         # Snapshots to or from peers are files and tasks: the entry point carries them out.
         self.on_snapshot: Callable[[Any], None] | None = None
         self._reloads: list[int] = []
@@ -126,7 +135,8 @@ class Runner:
 
     def _schedule_end_of_turn(self) -> None:
         wants = self._held or self._dirty or self._reloads or (
-            self.peer_send is not None and getattr(self.core, "wants_flush", False))
+            self.peer_send is not None and (getattr(self.core, "wants_flush", False)
+                                            or getattr(self.core, "wants_turn", False)))
         if wants and not self._end_of_turn_scheduled:
             self._end_of_turn_scheduled = True
             asyncio.get_running_loop().call_soon(self._end_of_turn)
@@ -173,6 +183,11 @@ class Runner:
         node = self.peer_send is not None
         if node and self.journal_failure is None:
             self._step_now(EndOfTurn())  # one Append per follower for the whole turn
+            # Out before our fsync, not after it: the followers' fsyncs run beside ours, and
+            # what the node released (committed on a majority) needs nothing of this flush.
+            if self.peer_flush is not None:
+                self.peer_flush()
+            self._carry_held(write_now=True)
         flush = self._dirty or (node and getattr(self.core, "wants_flush", False))
         if flush and self.journal_failure is None:
             try:
@@ -191,21 +206,7 @@ class Runner:
             seq = self._reloads.pop(0)
             table = self.journal.reload(seq)  # type: ignore[attr-defined]
             self._step_now(Reloaded(table, seq))
-        held, self._held = self._held, []
-        if self.journal_failure is not None:
-            held = [refusal for effect in held
-                    if (refusal := self._refusal(effect)) is not None]
-        for effect in held:
-            if isinstance(effect, Send):
-                conn = self.connections.get(effect.conn)
-                if conn is not None:
-                    self._send(conn, effect.msg)
-            elif isinstance(effect, Close):
-                conn = self.connections.get(effect.conn)
-                if conn is not None:
-                    log.info("closing %s: %s", conn.peer, effect.reason)
-                    conn.flush()
-                    conn.close(effect.reason)
+        self._carry_held()
         if node and self.journal_failure is None:
             # A node's table may be snapshotted only where it is committed, which a turn
             # without a write can reach too (a follower's acknowledgement).
@@ -213,6 +214,32 @@ class Runner:
         if self._dirty or self._held:
             self._schedule_end_of_turn()
         self._rearm()
+
+    def _carry_held(self, *, write_now: bool = False) -> None:
+        """Carry out the held sends and closes; `write_now`: write each connection's frames
+        at once rather than at the end of the loop turn (which comes after the fsync)."""
+        held, self._held = self._held, []
+        if not held:
+            return
+        if self.journal_failure is not None:
+            held = [refusal for effect in held
+                    if (refusal := self._refusal(effect)) is not None]
+        written: dict[int, Connection] = {}
+        for effect in held:
+            if isinstance(effect, Send):
+                conn = self.connections.get(effect.conn)
+                if conn is not None:
+                    self._send(conn, effect.msg)
+                    written[effect.conn] = conn
+            elif isinstance(effect, Close):
+                conn = self.connections.get(effect.conn)
+                if conn is not None:
+                    log.info("closing %s: %s", conn.peer, effect.reason)
+                    conn.flush()
+                    conn.close(effect.reason)
+        if write_now:
+            for conn in written.values():
+                conn.flush()
 
     def _journal_failed(self, exc: Exception) -> None:
         reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)

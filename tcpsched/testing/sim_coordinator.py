@@ -8,8 +8,9 @@ and `coordinator.py` do for the real one, on simulated time and a simulated disk
   clock beside it (which may step either way; only record times read it);
 * journal effects go to the `SimDisk` buffer at once; `Send`/`Close` to clients and workers
   are held; `ToPeer` goes out at once. The end of the turn is an event a moment later (events
-  arriving meanwhile join the turn: group commit): feed `EndOfTurn`, flush, feed
-  `Flushed(last seq)`, carry out reloads (`Reloaded` from the disk), then the held effects.
+  arriving meanwhile join the turn: group commit): feed `EndOfTurn` (the turn's dispatch
+  pass and Appends), carry out the held effects (the node released them: committed), flush,
+  feed `Flushed(last seq)`, carry out reloads (`Reloaded` from the disk), then what they held.
   A crash before the end of the turn loses what was not flushed;
 * one timer at `next_deadline()`, re-armed whenever it changes, firing a little late;
 * a paused process (SIGSTOP) queues every event and replays them on resume;
@@ -177,7 +178,8 @@ class SimCoordinator:
         assert self.node is not None
         self._carry(self.node.step(event, self.now, self.wall))
         self.sim.checker.after_step(self)
-        wants = self._held or self._dirty or self._reloads or self.node.wants_flush
+        wants = (self._held or self._dirty or self._reloads or self.node.wants_flush
+                 or self.node.wants_turn)
         if wants and not self._turn_scheduled:
             self._turn_scheduled = True
             sim = self.sim
@@ -225,6 +227,7 @@ class SimCoordinator:
         assert self.node is not None
         self._turn_scheduled = False
         self._step(EndOfTurn())
+        self._deliver_held()  # the node's sends are committed: out before our flush (runner)
         if self._dirty or self.node.wants_flush:
             self.disk.flush()
             self._dirty = False
@@ -232,6 +235,14 @@ class SimCoordinator:
         while self._reloads and self.up:
             seq = self._reloads.pop(0)
             self._step(Reloaded(self.disk.table_upto(seq), seq))
+        self._deliver_held()
+        if self._dirty or self._held:
+            self._turn_scheduled = True
+            self.sim.schedule(self.sim.clock.now, self.sim.events.NodeEndOfTurn(self.node_id,
+                                                                                self.life))
+        self._rearm()
+
+    def _deliver_held(self) -> None:
         held, self._held = self._held, []
         net = self.sim.net
         for effect in held:
@@ -244,11 +255,6 @@ class SimCoordinator:
                 self.sim.log(f"c{self.node_id} closes conn={effect.conn} ({c.party}): "
                              f"{effect.reason}")
                 net.node_close(effect.conn)
-        if self._dirty or self._held:
-            self._turn_scheduled = True
-            self.sim.schedule(self.sim.clock.now, self.sim.events.NodeEndOfTurn(self.node_id,
-                                                                                self.life))
-        self._rearm()
 
     def _rearm(self) -> None:
         assert self.node is not None
