@@ -210,8 +210,7 @@ class Scheduler:
             self.backlog.step()
         elif isinstance(event, EndOfTurn):
             self._dispatch_pass(now)  # the turn's one dispatch pass (core/node.py)
-            effects, self._effects = self._effects, []
-            return effects
+            return self.out.take()
         else:
             raise TypeError(f"unknown event {event!r}")
         self._advance(now)

@@ -4,9 +4,11 @@ messages without placing jobs and places them all in one pass at `EndOfTurn`."""
 from __future__ import annotations
 
 from tcpsched.core import messages as m
+from tcpsched.core.events import Journal, Received
+from tcpsched.core.jobs import JobSpec
 from tcpsched.core.node_events import EndOfTurn
 from tests.unit.test_prefetch import connect
-from tests.unit.test_scheduler import Harness
+from tests.unit.test_scheduler import CLIENT, Harness
 
 
 def per_turn() -> Harness:
@@ -67,3 +69,17 @@ def test_without_a_node_core_each_step_places_at_once() -> None:
     connect(h, "w1", slots=1, prefetch=0)
     job = h.submit()
     assert [a.job_id for a in h.assigns("w1")] == [job]
+
+
+def test_every_step_after_a_turns_end_still_journals_its_records() -> None:
+    """The turn's end hands over the shared effects list without replacing it: a submit and a
+    placement in later turns still come back as Journal effects (a replaced list once swallowed
+    every record written after the first turn's end)."""
+    h = per_turn()
+    connect(h, "w1", slots=1, prefetch=0)
+    h.step(EndOfTurn())
+    submitted = h.step(Received(CLIENT, m.Submit(
+        req_id=99, jobs=(JobSpec(kind="shell", command="true"),))))
+    assert [e.record["op"] for e in submitted if isinstance(e, Journal)] == ["submit"]
+    placed = h.step(EndOfTurn())
+    assert [e.record["op"] for e in placed if isinstance(e, Journal)] == ["start"]
