@@ -64,6 +64,7 @@ import bench_dask
 import bench_sections as sections
 from bench_sections import BenchConfig, Figure
 
+from tcpsched.core.dispatch import POLICIES
 from tcpsched.testing.processes import ProcessGroup
 
 CLUSTER_SECTIONS = ("throughput", "latency", "submits", "shell")
@@ -120,7 +121,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--slots", type=int, default=1, help="slots per worker (1)")
     p.add_argument("--prefetch", type=int, default=None, metavar="N",
                    help="the workers' --prefetch (their default, 2 x slots, if not given)")
-    p.add_argument("--policy", default="round-robin", choices=("round-robin", "random"))
+    p.add_argument("--policy", default="round-robin", choices=POLICIES)
     p.add_argument("--fsync", default=None, choices=("always", "batch", "never"),
                    help="the coordinators' journal fsync policy (their default if not given)")
     p.add_argument("--token", action="store_true",
