@@ -390,11 +390,13 @@ def test_one_busy_slot_runs_higher_priority_first_then_fifo(procs: ProcessGroup,
 
 @pytest.mark.parametrize("policy", ["round-robin", "random"])
 def test_both_policies_spread_work_over_every_worker(procs: ProcessGroup, policy: str) -> None:
-    """With three workers, each policy gives every worker a share of 60 jobs, within slots."""
+    """With three workers, each policy gives every worker a share of 60 jobs, within slots.
+    Without a lookahead (`--prefetch 0`) every placement is the policy's choice; with one, a
+    worker that finishes sooner is refilled sooner, so the shares follow speed, not policy."""
     _, address = procs.coordinator(extra=["--policy", policy, "--seed", "7"])
     names = ["w1", "w2", "w3"]
     for name in names:
-        procs.worker(address, name, slots=2)
+        procs.worker(address, name, slots=2, extra=["--prefetch", "0"])
     with connect(address) as c:
         wait_for_workers(c, names)
         assert c.stats()["policy"] == policy
