@@ -32,6 +32,7 @@ def children_of(parent_id: str, newest_first: Any, limit: int,
     `newest_first` (the table's jobs, newest first), stopping at the parent."""
     found: list[dict[str, Any]] = []
     jobs = iter(newest_first)
+    copied = False
     while True:
         for seen, job in enumerate(jobs, 1):
             if job.id == parent_id or len(found) >= limit:
@@ -42,7 +43,8 @@ def children_of(parent_id: str, newest_first: Any, limit: int,
                 break
         else:
             return found
-        jobs = iter(list(jobs))  # the rest as it is now, before the table can change
+        if not copied:  # the rest as it is now, once, before the table can change
+            jobs, copied = iter(list(jobs)), True
         yield
 
 
