@@ -85,6 +85,7 @@ class Worker:
         self._tasks: asyncio.TaskGroup | None = None
         self._link: asyncio.Task[None] | None = None  # the dial and session task
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
         self._feeding = False
         self.exit_code = 0
         # Running attempts' output, streamed to the leader as it comes (runtime/liveout.py).
@@ -165,16 +166,20 @@ class Worker:
             self._stop.set()
 
     def _rearm(self) -> None:
+        deadline = self.proto.next_deadline()
+        if deadline == self._timer_deadline and self._timer is not None:
+            return  # armed already (most events leave the deadline where it was)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        deadline = self.proto.next_deadline()
+        self._timer_deadline = deadline
         if deadline is not None and not self._stop.is_set():
             delay = max(0.0, deadline - time.monotonic())
             self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._timer_deadline = None
         self.feed(wp.Tick())
 
     # -- the connection -------------------------------------------------------------------------

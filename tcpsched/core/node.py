@@ -77,6 +77,7 @@ from tcpsched.core.node_events import (  # noqa: F401 (the shell imports them fr
     Reloaded,
     SendSnapshot,
     SnapshotInstalled,
+    Synced,
     ToPeer,
     Truncate,
     WriteCommit,
@@ -270,6 +271,10 @@ class Node:
             self._on_peer(event.peer, event.msg, now)
         elif isinstance(event, Flushed):
             self._on_flushed(event.seq, now)
+        elif isinstance(event, Synced):
+            self.flushed_seq = max(self.flushed_seq, min(event.seq, self.log.last_seq))
+            if self.replication is not None and self.replication.on_flushed(self.flushed_seq):
+                self._committed(now)
         elif isinstance(event, EndOfTurn):
             if self.scheduler is not None and self.wants_turn:
                 self._run_scheduler(event, now)  # the turn's one dispatch pass, logged first

@@ -45,6 +45,17 @@ class Flushed:
 
 
 @attrs.frozen
+class Synced:
+    """Entries up to `seq` are durable, by an fsync that ran beside the event loop
+    (runtime/syncer.py). Unlike `Flushed` it says nothing of what was written after that fsync
+    began (a promise, what a follower owes an ack for), so it moves only our own durable seq,
+    and with it the commit: the shell sends `Flushed` after a synchronous flush whenever
+    `wants_flush` says something waits for one."""
+
+    seq: int
+
+
+@attrs.frozen
 class EndOfTurn:
     """The event loop's turn is over: replicate what it logged, in one Append per follower."""
 

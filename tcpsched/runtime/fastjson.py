@@ -58,3 +58,44 @@ def loads(data: bytes) -> Any:
         except orjson.JSONDecodeError:
             pass
     return _json_decode(data.decode())
+
+
+_json_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _holds_nonfinite(value: Any) -> bool:
+    """Whether a float that is not finite is anywhere in `value` (one loop, no calls: it runs
+    on most records, whose finish carries a None)."""
+    stack = [value]
+    pop, push_all = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is float:
+            if item - item != 0.0:  # NaN and +-Infinity give NaN; every finite float 0.0
+                return True
+        elif kind is dict:
+            push_all(item.values())
+        elif kind is list or kind is tuple:
+            push_all(item)
+    return False
+
+
+def dumps(value: Any) -> bytes:
+    """`value` as compact JSON (UTF-8), parsed back by `loads` (and by `json`) to what
+    `json.dumps` would give: orjson writes it about five times faster, and a leader encodes
+    every record it journals (three per job).
+
+    Where orjson would write something else than `json`, `json` writes it: orjson refuses
+    integers outside 64 bits, keys that are not strings, float subclasses and lone surrogates
+    (it raises), and writes NaN and Infinity as `null`; so when its output holds a `null`
+    (mostly a None) and the value a float that is not finite, `json` writes it, keeping NaN as
+    NaN. Other differences are of spelling only (raw UTF-8 for `\\uXXXX`, `1e16` for `1e+16`);
+    the journal's CRC covers the bytes as written."""
+    try:
+        data = orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):
+        return _json_encode(value).encode()
+    if b"null" in data and _holds_nonfinite(value):
+        return _json_encode(value).encode()
+    return data

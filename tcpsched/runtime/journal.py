@@ -38,6 +38,7 @@ from tcpsched.core.record_types import EPOCH_MAX, typed_record, typed_submit
 from tcpsched.core.records import decode_record, encode_record
 from tcpsched.core.state import JobTable
 from tcpsched.errors import JournalError
+from tcpsched.runtime import fastjson
 from tcpsched.runtime.fastjson import loads as fast_loads
 from tcpsched.runtime.files import fsync_dir, write_durably
 from tcpsched.runtime.snapshot import SNAPSHOT_NAME, read_snapshot, read_snapshot_log
@@ -46,7 +47,6 @@ _SEGMENT_RE = re.compile(r"^journal-(\d{20})\.jsonl$")
 _SEQ_HEAD = b'{"seq":'
 _CRC_MARK = b',"crc":'
 _REC_MARK = b',"rec":'
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def segment_name(first_seq: int) -> str:
@@ -55,7 +55,7 @@ def segment_name(first_seq: int) -> str:
 
 def encode_line(seq: int, record: dict[str, Any], epoch: int = 0) -> bytes:
     """One numbered entry. The CRC starts from the epoch, so it covers the epoch too."""
-    payload = _dumps(encode_record(record)).encode()
+    payload = fastjson.dumps(encode_record(record))
     if epoch:
         return b'{"seq":%d,"epoch":%d,"crc":%d,"rec":%b}\n' % (
             seq, epoch, zlib.crc32(payload, epoch), payload)

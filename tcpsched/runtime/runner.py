@@ -13,6 +13,15 @@ costs the longer of the two fsyncs rather than their sum, and an Assign released
 follower's acknowledgement does not also wait for the fsync of the turn that released it.
 What the flush itself releases (`Flushed`) goes after it, as before.
 
+A node's fsync ("always") runs beside the loop, not in it (`Storage.flush_background`,
+runtime/syncer.py): the turn's records are written at once and the loop goes on taking in
+messages while the disk syncs; when the sync ends, `Synced(seq)` moves the node's durable seq
+(and the commit), and what that releases is sent. Everything written while one sync runs goes
+into the next, so a commit still waits for exactly one fsync that began after its record was
+written. Only while the node `wants_flush` (a promise, or a follower's ack, waits on the
+flush) is the flush synchronous, followed by `Flushed`, as before: those must not be released
+by a sync that began before they were written.
+
 A failed flush (a full disk, an I/O error) is final: the turn's records, and every later
 one, are not durable, so from then on no held reply is sent. Each is answered instead with an
 `unavailable` error saying the request was not acknowledged, other messages (orders to
@@ -43,6 +52,7 @@ from tcpsched.core.node import (
     Reload,
     Reloaded,
     SendSnapshot,
+    Synced,
     ToPeer,
     Truncate,
     WriteCommit,
@@ -120,6 +130,7 @@ class Runner:
         self._held: list[Effect] = []
         self._dirty = False
         self._end_of_turn_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         # Why the journal failed, once it has: from then on nothing held is acknowledged.
@@ -131,7 +142,14 @@ class Runner:
     def feed(self, event: Any) -> None:
         self._carry(self.core.step(event, self.clock(), self.wall_clock()))
         self._schedule_end_of_turn()
-        self._rearm()
+        if not self._end_of_turn_scheduled:
+            self._rearm()  # otherwise once, at the turn's end: the core's deadline costs a walk
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once (each lookup is a getpid system call)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _schedule_end_of_turn(self) -> None:
         wants = self._held or self._dirty or self._reloads or (
@@ -139,7 +157,7 @@ class Runner:
                                             or getattr(self.core, "wants_turn", False)))
         if wants and not self._end_of_turn_scheduled:
             self._end_of_turn_scheduled = True
-            asyncio.get_running_loop().call_soon(self._end_of_turn)
+            self._get_loop().call_soon(self._end_of_turn)
 
     def _carry(self, effects: list[Any]) -> None:
         journal: Any = self.journal
@@ -178,7 +196,8 @@ class Runner:
     def _step_now(self, event: Any) -> None:
         self._carry(self.core.step(event, self.clock(), self.wall_clock()))
 
-    def _end_of_turn(self) -> None:
+    def _end_of_turn(self, *, sync: bool = False) -> None:
+        """`sync`: flush synchronously even where the fsync could run beside the loop."""
         self._end_of_turn_scheduled = False
         node = self.peer_send is not None
         if node and self.journal_failure is None:
@@ -190,8 +209,15 @@ class Runner:
             self._carry_held(write_now=True)
         flush = self._dirty or (node and getattr(self.core, "wants_flush", False))
         if flush and self.journal_failure is None:
+            background = (node and not sync and not getattr(self.core, "wants_flush", False)
+                          and hasattr(self.journal, "flush_background"))
             try:
-                self.journal.flush()
+                if background:
+                    pending = self.journal.flush_background(  # type: ignore[attr-defined]
+                        self._get_loop().call_soon_threadsafe, self._on_synced)
+                else:
+                    self.journal.flush()
+                    pending = False
             except (JournalError, OSError) as exc:
                 self._journal_failed(exc)
                 if node:
@@ -200,7 +226,7 @@ class Runner:
                 # Cleared only once the flush succeeded: a turn whose flush failed stays
                 # unacknowledged on every later path (the shutdown's flush_now too).
                 self._dirty = False
-                if node:
+                if node and not pending:
                     self._step_now(Flushed(self.journal.seq))  # type: ignore[attr-defined]
         while self._reloads and self.journal_failure is None:
             seq = self._reloads.pop(0)
@@ -213,6 +239,23 @@ class Runner:
             self.journal.maybe_compact()  # type: ignore[attr-defined]
         if self._dirty or self._held:
             self._schedule_end_of_turn()
+        self._rearm()
+
+    def _on_synced(self, seq: int | None) -> None:
+        """A background fsync ended (on the loop thread): entries up to `seq` are durable, or
+        (None) it failed and the journal with it."""
+        if self.journal_failure is not None:
+            return
+        if seq is None:
+            reason = getattr(self.journal, "failure", None) or "the journal's fsync failed"
+            self._journal_failed(JournalError(reason))
+            self._step_now(JournalFailed(self.journal_failure or reason))
+        else:
+            self._step_now(Synced(seq))
+        self._carry_held(write_now=True)
+        if self.journal_failure is None:
+            self.journal.maybe_compact()  # type: ignore[attr-defined]
+        self._schedule_end_of_turn()
         self._rearm()
 
     def _carry_held(self, *, write_now: bool = False) -> None:
@@ -283,7 +326,7 @@ class Runner:
     def flush_now(self) -> None:
         """Flush and carry out everything held (used at shutdown); after a journal failure,
         held replies are refused, never sent."""
-        self._end_of_turn()
+        self._end_of_turn(sync=True)
 
     def _rearm(self) -> None:
         deadline = self.core.next_deadline()
@@ -294,7 +337,7 @@ class Runner:
             self._timer = None
         self._timer_deadline = deadline
         if deadline is not None:
-            loop = asyncio.get_running_loop()
+            loop = self._get_loop()
             delay = max(0.0, deadline - self.clock())
             self._timer = loop.call_at(loop.time() + delay, self._on_timer)
 

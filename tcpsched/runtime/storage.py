@@ -71,6 +71,7 @@ from tcpsched.runtime.snapshot import (
     read_snapshot,
     write_snapshot,
 )
+from tcpsched.runtime.syncer import BackgroundSync, SyncResult
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,12 @@ class Storage:
         self._closing = False
         self._unsynced = False
         self._sync_timer: Any = None
+        # fsync "always" beside the loop (runtime/syncer.py, `flush_background`): entries up to
+        # `durable_seq` are fsynced; `_synced` is told each time a background sync ends.
+        self._background = BackgroundSync()
+        self._post: Callable[[Callable[[], None]], object] | None = None
+        self._synced: Callable[[int | None], None] | None = None
+        self.durable_seq = self.seq
         self._last_sync = time.monotonic()
         self._compaction: threading.Thread | None = None
         self._compaction_error: str | None = None
@@ -284,6 +291,7 @@ class Storage:
                 epoch = line_epoch(line)
                 entry_seq += 1
             position += len(line) + 1
+        self._wait_background()  # it may be syncing the fd closed here
         os.close(self._fd)
         with open(path, "r+b") as f:
             f.truncate(cut_at)
@@ -298,6 +306,7 @@ class Storage:
         self.segment_bytes = cut_at
         self.segment_records = seq + 1 - first
         self.seq = seq
+        self.durable_seq = min(self.durable_seq, seq)
         self.epoch = epoch
         log.warning("journal cut after seq=%d (a stale tail the leader's log contradicts)", seq)
 
@@ -382,6 +391,69 @@ class Storage:
             self._maybe_compact()
         self._publish()
 
+    def flush_background(self, post: Callable[[Callable[[], None]], object],
+                         synced: Callable[[int | None], None]) -> bool:
+        """Write the buffered records now and, with fsync "always", fsync them on the sync
+        thread (runtime/syncer.py) rather than here. True when `synced(seq)` will be called on
+        the loop thread (through `post`, its call_soon_threadsafe) once they are durable, with
+        `durable_seq` then (None if the fsync failed: `failure` says why); False when nothing
+        is to be waited for (another policy, or all that was written is durable already)."""
+        if self.config.fsync != "always":
+            self.flush()
+            return False
+        self._post, self._synced = post, synced
+        if self._write_buffer():
+            self._maybe_compact()  # compaction syncs here first when it runs (rarely)
+        self._publish()
+        if self._background.busy:
+            return True  # its end starts the next one for what was written meanwhile
+        if not self._unsynced:
+            return False
+        self._start_background()
+        return True
+
+    def _start_background(self) -> None:
+        assert self._post is not None
+        self._unsynced = False
+        self._background.start(self._fd, self.seq, self._post, self._on_background_done)
+
+    def _on_background_done(self, token: object) -> None:
+        """On the loop thread: take the sync's result (unless a wait took it), start the next
+        one for what was written meanwhile, and tell the runner what is durable now."""
+        result = self._background.take(token)
+        try:
+            if result is not None:
+                self._absorb(result)
+        except JournalError:
+            pass  # `_fail` recorded it (and told `on_failure`)
+        synced = self._synced
+        if self._failed is not None:
+            if synced is not None:
+                synced(None)
+            return
+        if self._unsynced and not self._background.busy:
+            self._start_background()
+        self._publish()
+        if synced is not None:
+            synced(self.durable_seq)
+
+    def _absorb(self, result: SyncResult) -> None:
+        if result.error is not None:
+            exc = result.error
+            self._fail(f"cannot fsync the journal {self.segment_path}: {exc.strerror or exc}")
+        self.fsyncs += 1
+        self._last_sync = time.monotonic()
+        self.durable_seq = max(self.durable_seq, result.seq)
+        if self.on_fsync is not None:
+            self.on_fsync(result.seconds)
+
+    def _wait_background(self) -> None:
+        """Let the background sync in flight end (before its fd is closed, or when durability
+        is wanted now); raises JournalError if it failed."""
+        result = self._background.wait()
+        if result is not None:
+            self._absorb(result)
+
     def _write_buffer(self) -> bool:
         """Write what is buffered, with one write; True if anything was written."""
         if self._failed is not None:
@@ -427,6 +499,7 @@ class Storage:
                         "line)", self.segment_path, exc.strerror or exc)
 
     def _sync(self) -> None:
+        self._wait_background()
         if not self._unsynced:
             return
         began = time.monotonic()
@@ -438,6 +511,7 @@ class Storage:
             self._fail(f"cannot fsync the journal {self.segment_path}: {exc.strerror or exc}")
         self.fsyncs += 1
         self._unsynced = False
+        self.durable_seq = self.seq
         self._last_sync = time.monotonic()
         if self.on_fsync is not None:
             self.on_fsync(self._last_sync - began)
@@ -546,6 +620,7 @@ class Storage:
         """Create the next segment, durably named, and append to it from now on. On an
         error the current segment stays the one appended to, and the new file is removed
         (an empty segment is harmless to recovery, but it is clutter)."""
+        self._wait_background()  # it may be syncing the fd closed here
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             compaction_step(self._hook, "create-segment")
@@ -634,6 +709,7 @@ class Storage:
             # recover while this process still replaces the snapshot or deletes segments.
             self.wait_compaction()
         finally:
+            self._background.close()  # after a failure one may still run on the fd
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             with contextlib.suppress(OSError):

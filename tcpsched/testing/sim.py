@@ -66,6 +66,10 @@ class SimConfig:
     # Worker i holds i % (prefetch_max + 1) assignments beyond its slots (core/prefetch.py);
     # 0 keeps every seed's run as it was before prefetch existed.
     prefetch_max: int = 0
+    # Leaders fsync beside the loop (runtime/syncer.py, `Synced`); False keeps every seed's
+    # run as it was before.
+    background_sync: bool = False
+    sync_s_max: float = 0.05  # how long a background fsync takes, at most (a slow disk)
     clients: int = 2
     jobs: int = 60  # submitted in batches during the fault phase, at most this many
     steps: int = 2000  # events in the fault phase
@@ -139,6 +143,7 @@ class Simulation:
         }  # fmt: skip
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.NodeTimer: self._node_timer, ev.NodeEndOfTurn: self._node_end_of_turn,
+            ev.NodeSynced: self._node_synced,
             ev.NodeRestart: self._node_restart, ev.NodeResume: self._node_resume,
             ev.PeerDeliver: self._peer_deliver, ev.PeerDown: self._peer_down,
             ev.NodeConnected: self._node_conn, ev.NodeReceive: self._node_conn,
@@ -300,6 +305,11 @@ class Simulation:
         coord = self.coordinators[e.node]
         if coord.deliverable(e):
             coord.end_of_turn(e.life)
+
+    def _node_synced(self, e: ev.NodeSynced) -> None:
+        coord = self.coordinators[e.node]
+        if coord.deliverable(e):
+            coord.synced(e.life, e.target)
 
     def _node_restart(self, e: ev.NodeRestart) -> None:
         coord = self.coordinators[e.node]

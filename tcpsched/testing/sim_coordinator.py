@@ -11,7 +11,10 @@ and `coordinator.py` do for the real one, on simulated time and a simulated disk
   arriving meanwhile join the turn: group commit): feed `EndOfTurn` (the turn's dispatch
   pass and Appends), carry out the held effects (the node released them: committed), flush,
   feed `Flushed(last seq)`, carry out reloads (`Reloaded` from the disk), then what they held.
-  A crash before the end of the turn loses what was not flushed;
+  A crash before the end of the turn loses what was not flushed. With `background_sync`
+  (SimConfig), as the real runner does with fsync "always": while the node does not
+  `wants_flush`, the flush is a sync that ends a moment later (`NodeSynced`), then
+  `Synced(durable seq)` is fed; what is written meanwhile waits for the next sync;
 * one timer at `next_deadline()`, re-armed whenever it changes, firing a little late;
 * a paused process (SIGSTOP) queues every event and replays them on resume;
 * a restart builds the node from `SimDisk.recovered()`, as storage recovery does, and feeds it
@@ -36,6 +39,7 @@ from tcpsched.core.node import (
     PeerReceived,
     Reload,
     Reloaded,
+    Synced,
     ToPeer,
     Truncate,
     WriteCommit,
@@ -77,6 +81,8 @@ class SimCoordinator:
         self._dirty = False
         self._reloads: list[int] = []
         self._turn_scheduled = False
+        self._syncing = False  # a background sync is in flight (`background_sync`)
+        self._sync_again = False
         self._timer_at: float | None = None
         self.ticks_at_instant = 0
         self._last_tick_now = -1.0
@@ -145,6 +151,7 @@ class SimCoordinator:
         self._dirty = False
         self._reloads = []
         self._turn_scheduled = False
+        self._syncing = self._sync_again = False
         self._timer_at = None
         sim.net.cut_node(self.node_id)
         for peer in self.peers:
@@ -228,7 +235,10 @@ class SimCoordinator:
         self._turn_scheduled = False
         self._step(EndOfTurn())
         self._deliver_held()  # the node's sends are committed: out before our flush (runner)
-        if self._dirty or self.node.wants_flush:
+        if self._dirty and self.sim.config.background_sync and not self.node.wants_flush:
+            self._dirty = False
+            self._begin_sync()
+        elif self._dirty or self.node.wants_flush:
             self.disk.flush()
             self._dirty = False
             self._step(Flushed(self.disk.last_seq))
@@ -241,6 +251,26 @@ class SimCoordinator:
             self.sim.schedule(self.sim.clock.now, self.sim.events.NodeEndOfTurn(self.node_id,
                                                                                 self.life))
         self._rearm()
+
+    def _begin_sync(self) -> None:
+        if self._syncing:
+            self._sync_again = True  # its end begins the next one
+            return
+        self._syncing = True
+        sim = self.sim
+        sim.schedule(sim.clock.now + sim.rng.uniform(0.0, sim.config.sync_s_max),
+                     sim.events.NodeSynced(self.node_id, self.life, self.disk.sync_target()))
+
+    def synced(self, life: int, target: int) -> None:
+        """The background sync that began at `target` writes ended."""
+        if life != self.life:
+            return
+        self._syncing = False
+        self.disk.sync_done(target)
+        again, self._sync_again = self._sync_again, False
+        if again:
+            self._begin_sync()
+        self.feed(Synced(self.disk.durable_seq))
 
     def _deliver_held(self) -> None:
         held, self._held = self._held, []

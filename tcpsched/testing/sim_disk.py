@@ -7,7 +7,9 @@ durable part and a random prefix of the pending writes (the journal is one appen
 whatever reached the platter is a prefix of what was written), never anything out of order.
 `Truncate` is what `runtime/storage.py` does: it writes the buffer, cuts the file after the
 seq durably, and journals the promise and a commit mark again, so after it everything is
-durable.
+durable. A background fsync (runtime/syncer.py) makes durable what was written before it
+began: `sync_target()` when it begins, `sync_done(target)` when it ends (writes are counted,
+so a flush or a cut in between only leaves it less to do).
 
 `recovered()` builds the `Recovered` a restarted coordinator gets, exactly as the real
 recovery does: in a group the table is the replay of the entries up to the last commit mark
@@ -40,6 +42,8 @@ class SimDisk:
         self.promise = (0, 0)
         self.commit_seq = 0
         self.pending: list[Write] = []
+        self.writes = 0  # every write ever buffered; the first `applied` of them are durable
+        self.applied = 0
         self.truncations = 0  # bumped at each cut: cached replays of this disk go stale
 
     # -- what the node's effects do ---------------------------------------------------------
@@ -50,12 +54,15 @@ class SimDisk:
             assert entry.seq == last + 1, f"entry {entry.seq} written after {last}"
             last = entry.seq
         self.pending.extend(entries)
+        self.writes += len(entries)
 
     def write_promise(self, epoch: int, leader: int) -> None:
         self.pending.append(("promise", epoch, leader))
+        self.writes += 1
 
     def write_commit(self, seq: int) -> None:
         self.pending.append(("commit", seq, 0))
+        self.writes += 1
 
     def truncate_after(self, seq: int) -> None:
         self.flush()
@@ -69,6 +76,22 @@ class SimDisk:
         self._apply(self.pending)
         self.pending = []
 
+    def sync_target(self) -> int:
+        """What a background sync beginning now will make durable: every write so far."""
+        return self.writes
+
+    def sync_done(self, target: int) -> None:
+        """The background sync that began at `target` ended: those writes are durable."""
+        count = target - self.applied
+        if count > 0:
+            self._apply(self.pending[:count])
+            del self.pending[:count]
+
+    @property
+    def durable_seq(self) -> int:
+        """The last durable entry."""
+        return self.entries[-1].seq if self.entries else 0
+
     def crash(self, rng: random.Random) -> int:
         """The process died: keep the durable part and a prefix of what was pending. Returns
         how many pending writes were lost."""
@@ -76,9 +99,11 @@ class SimDisk:
         lost = len(self.pending) - kept
         self._apply(self.pending[:kept])
         self.pending = []
+        self.applied = self.writes  # what was lost is gone: no sync will ever apply it
         return lost
 
     def _apply(self, writes: list[Write]) -> None:
+        self.applied += len(writes)
         for w in writes:
             if isinstance(w, Entry):
                 self.entries.append(w)

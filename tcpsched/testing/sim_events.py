@@ -29,6 +29,15 @@ class NodeEndOfTurn:
 
 
 @attrs.frozen(slots=True)
+class NodeSynced:
+    """A background fsync of the node's disk ended: the first `target` writes are durable."""
+
+    node: int
+    life: int
+    target: int
+
+
+@attrs.frozen(slots=True)
 class NodeRestart:
     node: int
 

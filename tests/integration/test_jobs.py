@@ -392,7 +392,10 @@ def test_one_busy_slot_runs_higher_priority_first_then_fifo(procs: ProcessGroup,
 def test_both_policies_spread_work_over_every_worker(procs: ProcessGroup, policy: str) -> None:
     """With three workers, each policy gives every worker a share of 60 jobs, within slots.
     Without a lookahead (`--prefetch 0`) every placement is the policy's choice; with one, a
-    worker that finishes sooner is refilled sooner, so the shares follow speed, not policy."""
+    worker that finishes sooner is refilled sooner, so the shares follow speed, not policy.
+    The jobs sleep 20 ms, so a worker's speed (a slow start, a loaded machine) cannot starve
+    it: a worker gets a job only when it is free at a dispatch pass, and no-op jobs could all
+    be done by the first two before the third's first results are in."""
     _, address = procs.coordinator(extra=["--policy", policy, "--seed", "7"])
     names = ["w1", "w2", "w3"]
     for name in names:
@@ -400,7 +403,7 @@ def test_both_policies_spread_work_over_every_worker(procs: ProcessGroup, policy
     with connect(address) as c:
         wait_for_workers(c, names)
         assert c.stats()["policy"] == policy
-        ids = c.map("operator:pos", range(60))
+        ids = c.map("tests.integration.policy_tasks:slow_identity", range(60))
         records = c.gather(ids, timeout=WAIT_S)
         handed_back = c.stats()["handed_back"]
     assert [r["result"] for r in records] == list(range(60))

@@ -25,6 +25,7 @@ from tcpsched.core.node import (
     Recovered,
     Reload,
     Reloaded,
+    Synced,
     ToPeer,
     Truncate,
     WriteCommit,
@@ -308,3 +309,49 @@ def test_a_lone_coordinator_behind_its_workers_takes_an_epoch_above_theirs() -> 
     cluster.run(0.05)
     assert cluster.leader() == 1 and cluster.nodes[1].epoch == 8
     assert cluster.disks[1].promise == (8, 1)
+
+
+def test_a_background_sync_releases_a_reply_only_once_it_covers_the_record() -> None:
+    """`Synced(seq)` (an fsync that ran beside the loop) commits a lone leader's records up to
+    seq: a reply waits for the Synced that covers its record, not for an earlier one."""
+    disk = Disk()
+    config = NodeConfig(node_id=1, address="n1", peers={}, timing=TIMING)
+    node = Node(config, random.Random(1), 0.0, disk.recovered(),
+                make_scheduler=FakeScheduler,  # type: ignore[arg-type]
+                encode_line=encode, decode_line=decode)
+    node.step(Tick(), 0.05)
+    node.step(Flushed(node.log.last_seq), 0.05)  # the election record
+    assert node.is_leader
+    before = node.log.last_seq
+    node.step(Connected(7, "client", "c", "addr"), 0.1)
+    effects = node.step(Received(7, ("put", 1)), 0.1) + node.step(EndOfTurn(), 0.1)
+    assert not [e for e in effects if isinstance(e, Send)]
+    assert not [e for e in node.step(Synced(before), 0.1) if isinstance(e, Send)]
+    released = [e.msg for e in node.step(Synced(before + 1), 0.1) if isinstance(e, Send)]
+    assert released == [("ok", 1)]
+
+
+def test_a_background_sync_never_releases_a_followers_ack() -> None:
+    """A follower's AppendAck waits for `Flushed` (a synchronous flush after the entries were
+    written): a `Synced` from an fsync that may have begun before them does not send it."""
+    cluster = Cluster([1, 2, 3])
+    cluster.run(2.0)
+    leader = cluster.leader()
+    follower = next(i for i in cluster.ids if i != leader)
+    node = cluster.nodes[follower]
+    # Feed an Append by hand and step only the part before the flush.
+    cluster.put(leader, 1, 9)
+    appends = [(src, dst, msg) for src, dst, msg in cluster.queue if dst == follower
+               and type(msg).__name__ == "Append" and msg.entries]
+    assert appends
+    cluster.queue.clear()
+    src, _, msg = appends[0]
+    effects = node.step(PeerReceived(src, msg), cluster.now)
+    effects += node.step(EndOfTurn(), cluster.now)
+    effects += node.step(Synced(node.log.last_seq), cluster.now)
+    acks = [e for e in effects if isinstance(e, ToPeer) and type(e.msg).__name__ == "AppendAck"
+            and e.msg.ok and e.msg.match_seq >= msg.entries[-1].seq]
+    assert acks == []
+    assert node.wants_flush
+    flushed = node.step(Flushed(node.log.last_seq), cluster.now)
+    assert [e for e in flushed if isinstance(e, ToPeer) and type(e.msg).__name__ == "AppendAck"]

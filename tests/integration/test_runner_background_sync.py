@@ -1,0 +1,155 @@
+"""The runner with a node core and a real `Storage`, on the real event loop, its fsync held on
+the sync thread: the loop goes on taking requests while the disk syncs, and a reply leaves only
+once a sync that began after its record was written has ended (runtime/syncer.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tcpsched.core.election import ElectionTiming
+from tcpsched.core.events import Connected, Journal, Received, Send, Tick
+from tcpsched.core.node import Node, NodeConfig, Recovered
+from tcpsched.core.replication import Entry
+from tcpsched.runtime import syncer
+from tcpsched.runtime.journal import decode_entry, encode_line, recover
+from tcpsched.runtime.runner import Runner
+from tcpsched.runtime.storage import Storage
+
+CLIENT = 1
+
+
+class RequestScheduler:
+    """Each ("put", x) request journals one record (a no-op `forget`) and answers ("ok", x)."""
+
+    def __init__(self, table: Any, epoch: int, now: float, wall: float) -> None:
+        self.table = table
+
+    def step(self, event: Any, now: float, wall: float | None = None) -> list[Any]:
+        if isinstance(event, Received) and event.msg[0] == "put":
+            record = {"op": "forget", "ids": []}
+            self.table.apply(record)
+            return [Journal(record), Send(event.conn, ("ok", event.msg[1]))]
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def statistics(self) -> dict[str, Any]:
+        return {}
+
+
+class RecordingConnection:
+    def __init__(self) -> None:
+        self.peer = "127.0.0.1:1"
+        self.sent: list[Any] = []
+
+    def send(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, reason: str = "", abort: bool = False) -> None:
+        pass
+
+
+class HeldFsync:
+    """The sync thread's fdatasync waits for `release` (and fails if told to)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, fail: bool = False) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+        self.fail = fail
+        real = os.fdatasync
+
+        def fdatasync(fd: int) -> None:
+            if threading.current_thread() is threading.main_thread():
+                return real(fd)  # the loop's own (synchronous) syncs are not held
+            self.calls += 1
+            self.release.wait(10)
+            if self.fail:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return real(fd)
+
+        monkeypatch.setattr(syncer.os, "fdatasync", fdatasync)
+
+
+def start_node(tmp_path: Path) -> tuple[Storage, Node, Runner, RecordingConnection]:
+    storage, r = Storage.open(tmp_path, group=False)
+    node = Node(NodeConfig(node_id=1, address="n1", peers={},
+                           timing=ElectionTiming(election_timeout_s=1.0)),
+                random.Random(1), 0.0,
+                Recovered(table=r.table, entries=tuple(Entry(e, s, line) for s, e, line in
+                                                       r.entries),
+                          base=(r.snapshot_epoch, r.snapshot_seq), commit_seq=r.commit_seq,
+                          promised_epoch=r.promise[0], promised_leader=r.promise[1]),
+                make_scheduler=RequestScheduler,  # type: ignore[arg-type]
+                encode_line=lambda epoch, seq, record: encode_line(seq, record, epoch),
+                decode_line=decode_entry)
+    conn = RecordingConnection()
+    runner = Runner(node, storage, {CLIENT: conn},  # type: ignore[dict-item]
+                    peer_send=lambda peer, msg: None)
+    return storage, node, runner, conn
+
+
+async def until(condition: Any, what: str) -> None:
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_replies_wait_for_the_background_fsync_while_the_loop_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two requests in two turns while the first fsync is held: neither is answered; once it
+    ends the first is, the second only after the next sync; both are on disk."""
+    held = HeldFsync(monkeypatch)
+    storage, _node, runner, conn = start_node(tmp_path)
+    runner.feed(Tick())  # alone: leader at once (its epoch record in the first sync)
+    await asyncio.sleep(0)
+    runner.feed(Connected(CLIENT, "client", "c", "addr"))
+    runner.feed(Received(CLIENT, ("put", 1)))
+    await asyncio.sleep(0.02)  # the end of turn: written, the sync held
+    runner.feed(Received(CLIENT, ("put", 2)))  # the loop still takes requests meanwhile
+    await asyncio.sleep(0.02)
+    assert conn.sent == [] and held.calls >= 1
+    held.release.set()
+    await until(lambda: len(conn.sent) == 2, "both replies")
+    assert conn.sent == [("ok", 1), ("ok", 2)]
+    assert storage.durable_seq == storage.seq
+    runner.stop()
+    storage.close()
+    assert recover(tmp_path, read_only=True).last_seq == storage.seq
+
+
+async def test_a_failed_background_fsync_answers_nothing_and_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync thread's fdatasync fails: the journal has failed, the held request is refused
+    with an error (never acknowledged), and so is every later one."""
+    held = HeldFsync(monkeypatch, fail=True)
+    storage, _node, runner, conn = start_node(tmp_path)
+    reported: list[str] = []
+    runner.on_journal_failure = reported.append
+    runner.feed(Tick())
+    await asyncio.sleep(0)
+    runner.feed(Connected(CLIENT, "client", "c", "addr"))
+    runner.feed(Received(CLIENT, ("put", 1)))
+    await asyncio.sleep(0.02)
+    held.release.set()
+    await until(lambda: reported, "the failure")
+    assert "cannot fsync the journal" in reported[0]
+    assert ("ok", 1) not in conn.sent
+    runner.feed(Received(CLIENT, ("put", 2)))
+    runner.flush_now()
+    assert not [msg for msg in conn.sent if isinstance(msg, tuple)]
+    runner.stop()
+    storage.close()
