@@ -33,6 +33,7 @@ from tcpsched.core import messages as m
 from tcpsched.core.jobs import JobSpec
 from tcpsched.core.limits import ARRAY_ITEMS_MAX, FRAME_BYTES_MAX, MAP_ITEMS_MAX, WireLimits
 from tcpsched.core.peer_messages import PEER_MESSAGES
+from tcpsched.core.wirecompile import compile_structure, compile_unstructure
 from tcpsched.errors import LocalProtocolError, RemoteProtocolError
 
 HEADER = struct.Struct(">I")
@@ -179,6 +180,7 @@ class _Shape:
 
 
 _SHAPES: dict[type, _Shape] = {}
+_STRUCTURERS: dict[type, Callable[[Any], Any]] = {}  # generated from the shape (wirecompile.py)
 
 
 def _shape(cls: type) -> _Shape:
@@ -194,6 +196,17 @@ def _shape(cls: type) -> _Shape:
 
 
 def _structure(cls: type, obj: Any) -> Any:
+    structure = _STRUCTURERS.get(cls)
+    if structure is None:
+        shape = _shape(cls)
+        structure = _STRUCTURERS[cls] = compile_structure(cls, shape.fields, _fail,
+                                                          RemoteProtocolError)
+    return structure(obj)
+
+
+def _structure_generic(cls: type, obj: Any) -> Any:
+    """What the generated structure functions do, field by field (the reference they are
+    tested against, tests/unit/test_codec.py)."""
     if not isinstance(obj, dict):
         _fail(f"{cls.__name__}: expected map, got {type(obj).__name__}")
     shape = _shape(cls)
@@ -210,6 +223,8 @@ def _structure(cls: type, obj: Any) -> Any:
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}  # attrs field names per class, or None
+# Generated per attrs class (wirecompile.py); None where its hints cannot be read.
+_UNSTRUCTURERS: dict[type, Callable[[Any], dict[str, Any]] | None] = {}
 
 
 _PLAIN = frozenset({str, int, float, bool, bytes, type(None)})  # msgpack takes these as they are
@@ -221,6 +236,13 @@ def _unstructure(value: Any) -> Any:
     cls = type(value)
     if cls in _PLAIN:
         return value
+    compiled = _UNSTRUCTURERS.get(cls)
+    if compiled is not None:
+        return compiled(value)
+    if cls not in _UNSTRUCTURERS and attrs.has(cls):
+        compiled = _unstructurer(cls)
+        if compiled is not None:
+            return compiled(value)
     try:
         names = _FIELD_NAMES[cls]
     except KeyError:
@@ -233,14 +255,45 @@ def _unstructure(value: Any) -> Any:
     return value
 
 
+def _unstructure_generic(value: Any) -> Any:
+    """The field-by-field walk the generated functions replace (their reference in
+    tests/unit/test_wirecompile.py)."""
+    cls = type(value)
+    if cls in _PLAIN:
+        return value
+    if attrs.has(cls):
+        return {f.name: _unstructure_generic(getattr(value, f.name)) for f in attrs.fields(cls)}
+    if isinstance(value, tuple | list):
+        return [_unstructure_generic(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _unstructure_generic(v) for k, v in value.items()}
+    return value
+
+
 _WIRE_MESSAGES = (*m.ALL_MESSAGES, *PEER_MESSAGES)
 _BY_TYPE: dict[str, type] = {cls.TYPE: cls for cls in _WIRE_MESSAGES}  # type: ignore[attr-defined]
 for _cls in (*_WIRE_MESSAGES, JobSpec, m.AttemptRef):
     _shape(_cls)  # compile every checker at import, so a bad annotation fails loudly and early
+    _STRUCTURERS[_cls] = compile_structure(_cls, _SHAPES[_cls].fields, _fail,
+                                           RemoteProtocolError)
+
+
+def _unstructurer(cls: type) -> Callable[[Any], dict[str, Any]] | None:
+    try:
+        compiled = compile_unstructure(cls, _unstructure, _nested_unstructurer)
+    except (NameError, TypeError, AttributeError):
+        compiled = None  # hints that name what is not importable here: the generic walk
+    _UNSTRUCTURERS[cls] = compiled
+    return compiled
+
+
+def _nested_unstructurer(cls: type) -> Callable[[Any], Any]:
+    return _unstructurer(cls) or _unstructure
 
 
 def to_wire(msg: Any) -> dict[str, Any]:
-    body = _unstructure(msg)
+    compiled = _UNSTRUCTURERS.get(type(msg)) or _unstructurer(type(msg))
+    body = compiled(msg) if compiled is not None else _unstructure(msg)
     body["t"] = msg.TYPE
     return body
 

@@ -662,6 +662,8 @@ class WorkerProtocol:
         """`result`, or a failed attempt in its place if the coordinator would refuse it (by
         the limits it gave us), or if it already went out on `result_sends_max` sessions that
         all died before taking it: sending it again unchanged would only repeat that."""
+        if sends < self.config.result_sends_max and _surely_taken(result, self.limits):
+            return result  # most results: no need to pack one just to measure it
         why = peer_refusal(result, self.limits, m.WORKER_TO_COORDINATOR)
         if why is None and sends < self.config.result_sends_max:
             return result
@@ -712,3 +714,35 @@ class WorkerProtocol:
             self._exit(0, "drained")
         else:
             self._flush_until = self._now + self.config.result_flush_s
+
+
+# A Result's field names and type tag packed (about 110 bytes), its scalars (9 bytes at most
+# each) and string headers (5 bytes at most each), with room to spare.
+_RESULT_PACKED_BYTES_BOUND = 256
+_WIRE_INT = range(-(2**63), 2**64)
+
+
+def _surely_taken(result: m.Result, limits: WireLimits) -> bool:
+    """Whether `peer_refusal` would surely pass `result` without packing it: its value a
+    scalar msgpack carries, and an upper bound on its packed size (a str of N characters is
+    at most 4N bytes of UTF-8) within what the coordinator unpacks without looking inside."""
+    value = result.result
+    kind = type(value)
+    if kind is str:
+        value_bytes = 4 * len(value)
+    elif kind is int:
+        if value not in _WIRE_INT:
+            return False
+        value_bytes = 0
+    elif value is None or kind is float or kind is bool:
+        value_bytes = 0
+    else:
+        return False
+    code = result.exit_code
+    if code is not None and (type(code) is not int or code not in _WIRE_INT):
+        return False
+    text = (len(result.job_id) + len(result.state) + len(result.stdout) + len(result.stderr)
+            + len(result.error or ""))
+    bound = _RESULT_PACKED_BYTES_BOUND + value_bytes + 4 * text
+    return bound <= min(limits.frame_bytes_max, limits.array_items_max, limits.map_items_max)
+
