@@ -17,6 +17,11 @@ Sections (`--only NAME`, repeatable; all by default):
   shell       `--shell-jobs` shell jobs (`true`): jobs/s, which measures process spawning.
   calls       `--calls` no-op calls through a worker's executor alone, `--slots` at a time, in
               thread and in process isolation: calls/s of each and `process_vs_thread`.
+  paired      process over thread isolation side by side on one coordinator (`--workers` of
+              each mode, jobs routed by tag, alternating): round trip p50 of each and of the
+              pairs' differences, `map` throughput of each, CPU µs per job of each mode's
+              workers and call processes (scripts/bench_paired.py). Robust to a loaded machine
+              where two clusters measured one after the other are not.
   queued      coordinator CPU µs per job for `--queued-batch` jobs run while N others stay
               queued (`--queued 10000,1000000`): the queued ones ask for a tag no worker has,
               so they are really pending for the whole batch. CPU is the coordinator process's
@@ -61,6 +66,7 @@ import attrs
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_*.py beside this file
 
 import bench_dask
+import bench_paired
 import bench_sections as sections
 from bench_sections import BenchConfig, Figure
 
@@ -68,7 +74,8 @@ from tcpsched.core.dispatch import POLICIES
 from tcpsched.testing.processes import ProcessGroup
 
 CLUSTER_SECTIONS = ("throughput", "latency", "submits", "shell")
-SECTIONS = (*CLUSTER_SECTIONS, "calls", "queued", "workers", "restart")
+SECTIONS = (*CLUSTER_SECTIONS, "calls", "paired", "queued", "workers", "restart")
+RUNNERS = {**sections.SECTIONS, "paired": bench_paired.paired}
 DASK_SECTIONS = ("throughput", "latency")
 
 
@@ -178,6 +185,9 @@ def run_once(args: argparse.Namespace, config: BenchConfig, names: Sequence[str]
                              coordinators=0)
     if "calls" in names:
         figures += _with(sections.calls(None, "", 0, config, token), coordinators=0)
+    if "paired" in names:  # one coordinator, workers of both modes routed by tag
+        figures += in_cluster(config, token, 1, ["paired"],
+                              lambda group: bench_paired.start(group, config, token))
     if "queued" in names:  # workers without shells: queued shell jobs are unplaceable
         figures += in_cluster(config, token, 1, ["queued"],
                               lambda group: sections.start_cluster(group, config, token, 1,
@@ -201,7 +211,7 @@ def in_cluster(config: BenchConfig, token: bytes | None, count: int, names: Sequ
                  f"sections {' '.join(names)}")
             figures: list[Figure] = []
             for name in names:
-                figures += sections.SECTIONS[name](group, address, leader_pid, config, token)
+                figures += RUNNERS[name](group, address, leader_pid, config, token)
             return _with(figures, coordinators=count)
         except Exception:
             _log(group.logs()[-8000:])

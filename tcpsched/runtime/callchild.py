@@ -43,6 +43,7 @@ HEADER = struct.Struct(">I")
 EXIT_OUT_OF_MEMORY = 86  # the child ran out of memory where it could not even reply
 PR_SET_PDEATHSIG = 1
 LIVE_FLUSH_S = 0.05  # a call's output goes to the worker at most this often, as it comes
+PACKER_KEEP_BYTES = 1 << 20  # a packer whose buffer grew past this is replaced
 # Results that are never awaitable: no ABC check for them (most results are one of these).
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, dict, tuple})
 
@@ -259,6 +260,9 @@ class _Child:
         self._handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
         self._root = logging.getLogger()
         self._nowhere = CappedBuffer(0)  # the streams' buffer between calls: keeps nothing
+        # Results and replies are packed by the main thread only: one packer for both
+        # (msgpack.packb makes a new one per call; a failed pack leaves this one empty).
+        self.packer = msgpack.Packer(use_bin_type=True)
 
     def _await(self, awaitable: Any) -> Any:
         import asyncio
@@ -355,8 +359,9 @@ class _Child:
 
     def _packed(self, value: Any) -> dict[str, Any]:
         try:
-            packed = msgpack.packb(value, use_bin_type=True)
+            packed = self.packer.pack(value)
         except (TypeError, ValueError, OverflowError) as exc:
+            self.packer.reset()
             return {"error": f"result cannot be sent: {exc}"}
         if len(packed) > self.value_bytes_max:
             return {"error": f"result cannot be sent: value is {len(packed)} bytes, over "
@@ -400,8 +405,8 @@ class _Requests:
             buffer += chunk
 
 
-def _frame(value: Any) -> bytes:
-    body = msgpack.packb(value, use_bin_type=True)
+def _frame(value: Any, packer: Any = None) -> bytes:
+    body = msgpack.packb(value, use_bin_type=True) if packer is None else packer.pack(value)
     return HEADER.pack(len(body)) + body
 
 
@@ -427,7 +432,9 @@ def main(argv: list[str]) -> int:
         request = msgpack.unpackb(body, raw=False, strict_map_key=True)
         try:
             reply = child.run(request)
-            frame = _frame(reply)
+            frame = _frame(reply, child.packer)
+            if len(frame) > PACKER_KEEP_BYTES:  # its buffer grew to this: not kept for later
+                child.packer = msgpack.Packer(use_bin_type=True)
         except MemoryError:
             os._exit(EXIT_OUT_OF_MEMORY)
         sock.sendall(frame)

@@ -89,9 +89,15 @@ class _ChildProtocol(asyncio.Protocol):
         self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
+        size = callchild.HEADER.size
+        if not self._buffer and len(data) > size and not self.closed:
+            # The common case: the read is exactly one whole reply; no copy into the buffer.
+            (length,) = callchild.HEADER.unpack_from(data)
+            if len(data) == size + length and length <= self.reply_bytes_max:
+                self._deliver(_message(memoryview(data)[size:]))
+                return
         buffer = self._buffer
         buffer += data
-        size = callchild.HEADER.size
         while len(buffer) >= size and not self.closed:
             (length,) = callchild.HEADER.unpack_from(buffer)
             if not 1 <= length <= self.reply_bytes_max:
@@ -101,13 +107,7 @@ class _ChildProtocol(asyncio.Protocol):
                 break
             body = bytes(buffer[size:size + length])
             del buffer[:size + length]
-            try:
-                message = msgpack.unpackb(body, raw=False, strict_map_key=True)
-            except Exception as exc:  # msgpack raises many types for bad input
-                message = _BadReply(f"bad msgpack: {type(exc).__name__}")
-            if not isinstance(message, dict | _BadReply):
-                message = _BadReply(f"a {type(message).__name__}, not a map")
-            self._deliver(message)
+            self._deliver(_message(body))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._deliver(None)
@@ -130,10 +130,10 @@ class _ChildProtocol(asyncio.Protocol):
         elif not self.closed:
             self._messages.append(message)
 
-    def expect(self) -> asyncio.Future[Any]:
+    def expect(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[Any]:
         """A future for the next frame's map: None at end of file, a _BadReply (not raised)
         for a bad frame. One waiter at a time: the child answers requests in order."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = (loop or asyncio.get_running_loop()).create_future()
         if self._messages:
             future.set_result(self._messages.popleft())
         elif self.closed:
@@ -148,6 +148,17 @@ class _ChildProtocol(asyncio.Protocol):
         if isinstance(message, _BadReply):
             raise message
         return message
+
+
+def _message(body: bytes | memoryview) -> Any:
+    """One frame's body as a map, or the _BadReply it is."""
+    try:
+        message = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises many types for bad input
+        return _BadReply(f"bad msgpack: {type(exc).__name__}")
+    if type(message) is not dict:
+        return _BadReply(f"a {type(message).__name__}, not a map")
+    return message
 
 
 @attrs.frozen
@@ -168,17 +179,21 @@ class _Child:
     def pid(self) -> int:
         return self.proc.pid
 
-    def send(self, request: dict[str, Any]) -> None:
+    def send(self, request: dict[str, Any], packer: msgpack.Packer) -> None:
         if self.protocol.transport is not None and not self.protocol.closed:
-            self.protocol.transport.write(_frame(request))
+            self.protocol.transport.write(_frame(request, packer))
 
     def close(self) -> None:
         if self.protocol.transport is not None:
             self.protocol.transport.close()
 
 
-def _frame(value: Any) -> bytes:
-    body = msgpack.packb(value, use_bin_type=True)
+def _frame(value: Any, packer: msgpack.Packer) -> bytes:
+    try:
+        body = packer.pack(value)
+    except BaseException:
+        packer.reset()
+        raise
     return callchild.HEADER.pack(len(body)) + body
 
 
@@ -220,6 +235,8 @@ class CallPool:
         # A reply holds a result (checked against VALUE_BYTES_MAX in the child) and two
         # capped outputs, whose decoding may turn a bad byte into three.
         self._reply_bytes_max = VALUE_BYTES_MAX + 8 * output_bytes_max + 1024 * 1024
+        # One packer for every request (msgpack.packb makes one per call); the loop's only.
+        self._packer = msgpack.Packer(use_bin_type=True)
 
     def pids(self) -> set[int]:
         """Our live children, whose exit status is ours to collect (not the orphan sweep's)."""
@@ -361,7 +378,7 @@ class CallPool:
         settled = False
         loop = asyncio.get_running_loop()
         # One future per call: the reply, end of file, or a _Stop from the timer or the kill.
-        answer = child.protocol.expect()
+        answer = child.protocol.expect(loop)
 
         def pull(reason: str) -> None:
             if not answer.done():
@@ -374,7 +391,7 @@ class CallPool:
             pull(kill.reason)
         try:
             child.protocol.live = live
-            child.send(request)
+            child.send(request, self._packer)
             try:
                 reply = await answer
             finally:
@@ -424,23 +441,23 @@ class CallPool:
 
     def _outcome(self, reply: dict[str, Any], started: float, finished: float) -> Outcome:
         stdout, stderr = reply.get("stdout", ""), reply.get("stderr", "")
-        if not isinstance(stdout, str) or not isinstance(stderr, str):
+        if type(stdout) is not str or type(stderr) is not str:
             return Outcome("failed", error="the call's process sent a malformed reply",
                            started_at=started, finished_at=finished)
-        output: dict[str, Any] = dict(stdout=stdout, stderr=stderr, started_at=started,
-                                      finished_at=finished)
         if not reply.get("ok"):
             return Outcome("failed", error=str(reply.get("error") or "the call failed"),
-                           **output)
+                           stdout=stdout, stderr=stderr, started_at=started,
+                           finished_at=finished)
         packed = reply.get("result")
         try:
-            if not isinstance(packed, bytes):
+            if type(packed) is not bytes:
                 raise RemoteProtocolError("no packed result")
             value = msgpack.unpackb(packed, raw=False, strict_map_key=False)
             check_value(value)
         except Exception as exc:  # a value the wire cannot carry: this job's failure
-            return Outcome("failed", error=f"result cannot be sent: {exc}", **output)
-        return Outcome("succeeded", result=value, **output)
+            return Outcome("failed", error=f"result cannot be sent: {exc}", stdout=stdout,
+                           stderr=stderr, started_at=started, finished_at=finished)
+        return Outcome("succeeded", None, value, stdout, stderr, None, started, finished)
 
 
 def _exit_text(code: int | None) -> str:

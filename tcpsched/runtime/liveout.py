@@ -25,7 +25,7 @@ import attrs
 from tcpsched.core import messages as m
 from tcpsched.core.codec import peer_refusal
 from tcpsched.core.limits import WireLimits
-from tcpsched.core.livelog import STREAMS, AttemptSpool
+from tcpsched.core.livelog import AttemptSpool
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,17 @@ FLUSH_INTERVAL_S = 0.05  # at most this often per worker, one Output per attempt
 
 
 class JobOutput:
-    """One attempt's captured output on its way to the spool; `feed` is thread-safe."""
+    """One attempt's captured output on its way to the spool; `feed` is thread-safe.
+
+    Every attempt gets one (the worker opens it before knowing whether the job prints), and
+    most print nothing: a stream's decoder and pending list are made on its first piece."""
+
+    __slots__ = ("_decoders", "_lock", "_pending", "_wake", "_woken")
 
     def __init__(self, wake: Callable[[JobOutput], None]) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[str, list[str]] = {s: [] for s in STREAMS}
-        self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace")
-                          for s in STREAMS}
+        self._pending: dict[str, list[str]] = {}
+        self._decoders: dict[str, codecs.IncrementalDecoder] = {}
         self._woken = False
         self._wake = wake
 
@@ -48,10 +52,13 @@ class JobOutput:
         if not data:
             return
         with self._lock:
-            text = self._decoders[stream].decode(data)
+            decoder = self._decoders.get(stream)
+            if decoder is None:
+                decoder = self._decoders[stream] = _UTF8(errors="replace")
+            text = decoder.decode(data)
             if not text:
                 return
-            self._pending[stream].append(text)
+            self._pending.setdefault(stream, []).append(text)
             wake, self._woken = not self._woken, True
         if wake:
             self._wake(self)
@@ -59,18 +66,34 @@ class JobOutput:
     def drain(self) -> dict[str, str]:
         with self._lock:
             taken = {s: "".join(parts) for s, parts in self._pending.items()}
-            for parts in self._pending.values():
-                parts.clear()
+            self._pending.clear()
             self._woken = False
         return taken
 
 
-@attrs.define(eq=False)
+_UTF8 = codecs.getincrementaldecoder("utf-8")
+
+
 class _Live:
-    job_id: str
-    attempt: int
-    output: JobOutput
-    spool: AttemptSpool = attrs.field(factory=AttemptSpool)
+    """One open attempt; its spool is made when it first has output to hold."""
+
+    __slots__ = ("_spool", "attempt", "job_id", "output")
+
+    def __init__(self, job_id: str, attempt: int, output: JobOutput) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.output = output
+        self._spool: AttemptSpool | None = None
+
+    @property
+    def spool(self) -> AttemptSpool:
+        if self._spool is None:
+            self._spool = AttemptSpool()
+        return self._spool
+
+    @property
+    def has_spool(self) -> bool:
+        return self._spool is not None
 
 
 class LiveOutput:
@@ -108,8 +131,9 @@ class LiveOutput:
     def resend(self) -> None:
         """A session registered: send every spool again from its oldest text."""
         for live in self._live.values():
-            live.spool.rewind()
-            self._dirty.add(live.output)
+            if live.has_spool:  # one that never printed has nothing to send again
+                live.spool.rewind()
+                self._dirty.add(live.output)
         self._arm()
 
     # -- waking and flushing --------------------------------------------------------------------

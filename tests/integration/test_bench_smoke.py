@@ -19,7 +19,7 @@ BENCH = ROOT / "scripts" / "bench.py"
 TINY = ["--coordinators", "1", "--jobs", "40", "--latency-samples", "10", "--submits", "10",
         "--shell-jobs", "5", "--calls", "40", "--queued", "20,50", "--queued-batch", "20",
         "--worker-counts", "2,5", "--idle-s", "0.2", "--scale-jobs", "20", "--json"]
-SECTIONS = ["throughput", "latency", "submits", "shell", "calls", "queued", "workers"]
+SECTIONS = ["throughput", "latency", "submits", "shell", "calls", "paired", "queued", "workers"]
 
 
 def run_bench(*extra: str) -> dict:
@@ -40,6 +40,12 @@ def test_every_section_reports_figures_in_json() -> None:
     assert results["submits"]["rate"]["value"] > 0
     assert results["shell"]["jobs_per_s"]["value"] > 0
     assert results["calls"]["process"]["value"] > 0 and results["calls"]["thread"]["value"] > 0
+    paired = results["paired"]
+    for mode in ("process", "thread"):
+        assert paired[f"latency_p50_{mode}"]["value"] > 0
+        assert paired[f"throughput_{mode}"]["value"] > 0
+        assert paired[f"worker_cpu_{mode}"]["value"] > 0
+    assert paired["process_vs_thread"]["value"] > 0 and "latency_p50_diff" in paired
     assert set(results["queued"]) >= {"cpu_us_per_job_20_queued", "cpu_us_per_job_50_queued"}
     assert results["workers"]["dispatch_5"]["value"] > 0
     assert "leader_cpu_5_idle" in results["workers"]

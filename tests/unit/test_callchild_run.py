@@ -120,3 +120,30 @@ def test_live_frames_only_when_printed_and_before_the_reply() -> None:
         logging.getLogger().removeHandler(child._handler)
         ours.close()
         theirs.close()
+
+
+def unsendable() -> object:
+    return object()
+
+
+def huge() -> bytes:
+    return b"x" * (2 << 20)
+
+
+def test_a_result_that_cannot_be_packed_fails_only_its_call() -> None:
+    """The child's one packer is left empty by a result it cannot pack or that is too big:
+    the next call's result comes back whole, and the reply frame is exactly that call's."""
+    child = callchild._Child(1 << 20, 1 << 20, 0)
+    try:
+        failed = child.run(request(f"{__name__}:unsendable"))
+        assert not failed["ok"] and "result cannot be sent" in failed["error"]
+        too_big = child.run(request(f"{__name__}:huge"))
+        assert not too_big["ok"] and "over" in too_big["error"]
+        reply = child.run(request("builtins:abs", -7))
+        assert result(reply) == 7
+        framed = callchild._frame(reply, child.packer)
+        (length,) = callchild.HEADER.unpack_from(framed)
+        assert len(framed) == 4 + length
+        assert msgpack.unpackb(framed[4:], raw=False) == reply
+    finally:
+        logging.getLogger().removeHandler(child._handler)

@@ -59,3 +59,25 @@ def test_end_of_file_and_bad_frames_are_final() -> None:
             await bad.next_message()
 
     asyncio.run(main())
+
+
+def test_a_read_of_exactly_one_frame_is_checked_like_any_other() -> None:
+    """A read that is one whole frame (the common case) gives the same map, or the same
+    refusal, as a frame split over reads: bad msgpack and non-maps are _BadReply."""
+    async def main() -> None:
+        whole = _ChildProtocol(1 << 20)
+        whole.data_received(frame({"ok": True, "result": b"\x05"}))
+        assert whole.expect().result() == {"ok": True, "result": b"\x05"}
+        whole.data_received(frame({"n": 2}) + frame({"n": 3}))  # two frames: the buffer
+        assert [whole.expect().result() for _ in range(2)] == [{"n": 2}, {"n": 3}]
+        assert not whole.expect().done()
+        for body, why in ((b"\xc1", "bad msgpack"), (msgpack.packb([1, 2]), "not a map")):
+            bad = _ChildProtocol(1 << 20)
+            bad.data_received(callchild.HEADER.pack(len(body)) + body)
+            refusal = bad.expect().result()
+            assert isinstance(refusal, _BadReply) and why in str(refusal)
+        big = _ChildProtocol(8)
+        big.data_received(frame({"text": "more than eight bytes"}))
+        assert isinstance(big.expect().result(), _BadReply)
+
+    asyncio.run(main())

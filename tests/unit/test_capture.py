@@ -100,3 +100,22 @@ def test_bytes_written_to_the_buffer_inside_a_call_go_to_its_capture() -> None:
     CURRENT.reset(token)
     assert capture.text("stdout") == "é\n"
     assert stream.buffer is fallback.buffer
+
+
+async def test_a_quiet_attempt_sends_nothing_on_resend_and_a_late_print_still_goes() -> None:
+    """An attempt that printed nothing has nothing to send again on registration; once it
+    prints, its output goes as usual (its spool is made then)."""
+    sent: list[m.Output] = []
+    live = LiveOutput(lambda msg: sent.append(msg) is None, WireLimits, interval_s=0.0)
+    quiet = live.open("q", 1)
+    loud = live.open("l", 1)
+    live.resend()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert sent == [] and quiet.drain() == {}
+    loud.feed("stdout", b"late\n")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [(msg.job_id, msg.stdout, msg.stderr) for msg in sent] == [("l", "late\n", "")]
+    live.close(quiet)
+    live.close(loud)
