@@ -115,6 +115,7 @@ class Connection:
         self.last_message_at_s = self.opened_at_s
         self.last_sent_at_s = self.opened_at_s
         self._since_yield = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def send(self, msg: Any) -> None:
         """Queue one message; it is written at the end of this event-loop turn."""
@@ -133,7 +134,10 @@ class Connection:
                 return
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = self._loop
+            if loop is None:  # looked up once: each lookup is a getpid system call
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush)
 
     def send_bytes(self, data: bytes) -> None:
         """Queue bytes as they are, in place of frames (sealed like frames on a sealed
