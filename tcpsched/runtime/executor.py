@@ -118,6 +118,36 @@ class JobThreads:
                 self._work.put(None)
 
 
+async def _first_of(work: asyncio.Future[Any], kill: KillSwitch,
+                    timeout: float | None) -> str | None:
+    """Wait for `work`, the kill switch or the timeout, whichever comes first: None once
+    `work` is done, else why it was stopped. Callbacks on one future, where a task waiting on
+    the switch's event and `asyncio.wait` cost two tasks and a set of futures per call."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(*_: object) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    work.add_done_callback(wake)
+    kill.listeners.append(wake)
+    timer = loop.call_later(timeout, wake) if timeout is not None else None
+    try:
+        if kill.event.is_set():
+            wake()
+        await waiter
+    finally:
+        work.remove_done_callback(wake)
+        with contextlib.suppress(ValueError):
+            kill.listeners.remove(wake)
+        if timer is not None:
+            timer.cancel()
+    if work.done():
+        return None
+    return kill.reason if kill.event.is_set() else f"timed out after {timeout:g}s"
+
+
 def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
     if future.done():  # cancelled: the attempt ended without it
         return
@@ -365,14 +395,8 @@ class Executor:
                 fn(*args, **kwargs), context=context)
         else:
             work = self._threads.submit(functools.partial(_captured, capture, fn, args, kwargs))
-        killer = asyncio.ensure_future(kill.event.wait())
-        try:
-            done, _ = await asyncio.wait({work, killer}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            killer.cancel()
-        if work not in done:
-            reason = kill.reason if killer in done else f"timed out after {timeout:g}s"
+        reason = await _first_of(work, kill, timeout)
+        if reason is not None:
             if is_coroutine:
                 work.cancel()
             else:
