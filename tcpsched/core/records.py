@@ -168,19 +168,29 @@ def _non_default(name: str, value: Any, defaults: dict[str, Any]) -> bool:
     return not (value == default and type(value) is type(default))
 
 
+# (name, default, type of the default) of the fields `job_to_dict` writes when not default, in
+# its order: the same test as `_non_default`, unrolled (it runs for every submit journaled).
+_RECORD_CHECKS = tuple((name, _RECORD_DEFAULTS[name], type(_RECORD_DEFAULTS[name]))
+                       for name in _RECORD_FIELDS if name not in ("id", "seq"))
+_SPEC_CHECKS = tuple((name, _SPEC_DEFAULTS_JSON[name], type(_SPEC_DEFAULTS_JSON[name]))
+                     for name in _SPEC_FIELDS if name != "kind")
+
+
 def job_to_dict(job: JobRecord) -> dict[str, Any]:
     """A job as one flat map of the fields that differ from their defaults (raw user values)."""
     out: dict[str, Any] = {"id": job.id, "seq": job.seq, "state": job.state.value}
-    for name in _RECORD_FIELDS:
+    for name, default, kind in _RECORD_CHECKS:
         value = getattr(job, name)
-        if name not in out and _non_default(name, value, _RECORD_DEFAULTS):
+        # `0 == False` and `0 == 0.0`: the type too, as in `_non_default`.
+        if value != default or type(value) is not kind:
             out[name] = value
     spec = job.spec
-    for name in _SPEC_FIELDS:
+    out["kind"] = spec.kind
+    for name, default, kind in _SPEC_CHECKS:
         value = getattr(spec, name)
         if type(value) is tuple:
             value = list(value)
-        if name == "kind" or _non_default(name, value, _SPEC_DEFAULTS_JSON):
+        if value != default or type(value) is not kind:
             out[name] = value
     return out
 
