@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tcpsched.core.jobmap import stored_values
 from tcpsched.core.jobs import JobState
 from tcpsched.core.workers import WorkerEntry
 
@@ -33,13 +34,22 @@ def recover(*, table: JobTable, queue: JobQueue, dependencies: DependencyTracker
     # this process's monotonic clock.
     to_monotonic_s = now - wall
     table.rebase_finished(to_monotonic_s)
-    jobs = table.jobs.values()
+    # A restarted table keeps its plain snapshot rows as rows until they are read
+    # (core/jobmap.py): a row is [id, seq, state, submitted_at, kind, target, args, priority,
+    # key] with every other field at its default (no delay, no dependency, no group, no
+    # worker), so it is queued straight from the row, and the passes below that read more
+    # than a row holds take the records only.
+    stored = stored_values(table.jobs)
+    rows = [r for r in stored if type(r) is list]
+    jobs = [j for j in stored if type(j) is not list] if rows else stored
     pending_state = JobState.PENDING
+    pending_text = pending_state.value
     # Comprehensions that build the queue's heap entries directly (`JobQueue.load_entries`):
     # over a million jobs they cost half what a loop does. The delayed pass is skipped when
     # the first shows every pending job ready.
-    ready = [(-j.spec.priority, j.seq, j.id)
-             for j in jobs if j.state is pending_state and j.not_before <= 0.0]
+    ready = [(-r[7], r[1], r[0]) for r in rows if r[2] == pending_text]
+    ready += [(-j.spec.priority, j.seq, j.id)
+              for j in jobs if j.state is pending_state and j.not_before <= 0.0]
     delayed = [] if len(ready) == table.counts[pending_state] else [
         (j.not_before + to_monotonic_s, j.seq, j.id, j.spec.priority)
         for j in jobs if j.state is pending_state and j.not_before > 0.0]

@@ -31,9 +31,10 @@ from typing import Any, cast
 
 import attrs
 
+from tcpsched.core.jobmap import JobMap, rows_to_store, stored_values
 from tcpsched.core.jobrows import SET, check_time, copy_job
 from tcpsched.core.jobs import RETRYABLE_STATES, JobRecord, JobState, is_legal, value_chars
-from tcpsched.core.records import job_from_dict, job_to_dict, job_to_row, jobs_from_rows
+from tcpsched.core.records import job_from_dict, job_to_dict, job_to_row
 from tcpsched.core.schedules import SCHEDULE_OPS, ScheduleTable
 
 # job_to_dict is re-exported: core/scheduler.py imports it from here.
@@ -81,7 +82,8 @@ class TableImage:
     it takes; rendering (`header`, `rows`) can then take its time.
     """
 
-    jobs: list[JobRecord]
+    # Records, and on a restarted table the snapshot rows it still keeps (core/jobmap.py).
+    jobs: list[Any]
     finished: list[str]
     next_seq: int
     counters: dict[str, int]
@@ -93,7 +95,19 @@ class TableImage:
                 "counters": self.counters, "jobs_count": len(self.jobs)}
 
     def rows(self) -> Iterator[list[Any]]:
-        return map(job_to_row, self.jobs)
+        return map(_row_of, self.jobs)
+
+
+def _copy_row(row: list[Any]) -> list[Any]:
+    row = list(row)
+    if len(row) > 6 and type(row[6]) is list:
+        row[6] = list(row[6])
+    return row
+
+
+def _row_of(stored: Any) -> list[Any]:
+    """The snapshot row of a stored job: a row kept as it was read is that row already."""
+    return stored if type(stored) is list else job_to_row(stored)
 
 
 class JobTable:
@@ -314,7 +328,7 @@ class JobTable:
 
     def image(self) -> TableImage:
         """An immutable view of the table now (a list copy: milliseconds at a million jobs)."""
-        return TableImage(jobs=list(self.jobs.values()), finished=list(self.finished_order),
+        return TableImage(jobs=stored_values(self.jobs), finished=list(self.finished_order),
                           next_seq=self.next_seq, counters=dict(self.counters),
                           schedules=self.schedules.to_json())
 
@@ -327,7 +341,8 @@ class JobTable:
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> JobTable:
         """Rebuild a table from `snapshot()` output."""
-        return cls.from_parts(data, [data["jobs"]])
+        # Copies: the table may keep plain rows as its jobs, and the caller still has these.
+        return cls.from_parts(data, [list(map(_copy_row, data["jobs"]))])
 
     @classmethod
     def from_parts(cls, header: dict[str, Any], row_chunks: Iterable[list[list[Any]]]
@@ -343,9 +358,13 @@ class JobTable:
         table = cls()
         jobs, keys = table.jobs, table.keys
         by_state: collections.Counter[str] = collections.Counter()
+        shared: dict[str, str] = {}
         for rows in row_chunks:
             # Whole-chunk passes (C loops for the dicts): this is the hot path of a restart.
-            ids, row_keys, states, built = jobs_from_rows(rows)
+            # A chunk of plain rows is kept as rows, built into jobs when first read.
+            (ids, row_keys, states, built), as_rows = rows_to_store(rows, shared)
+            if as_rows and type(jobs) is not JobMap:
+                jobs = table.jobs = JobMap(jobs)
             jobs.update(zip(ids, built, strict=True))
             if None in row_keys:
                 keys.update({key: job_id for key, job_id in zip(row_keys, ids, strict=True)
