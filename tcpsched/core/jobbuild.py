@@ -195,26 +195,6 @@ def plain_job_of_row(row: list[Any]) -> JobRecord:
     return _plain_job(*row, {})  # type: ignore[call-arg]
 
 
-_STATE_TEXT = {s.value: _intern(s.value) for s in JobState}
-
-
-def share_row_strings(rows: list[list[Any]], states: Sequence[Any], kinds: Sequence[Any],
-                      targets: Sequence[Any], shared: dict[str, str]) -> None:
-    """Give the plain rows of a checked chunk one string object per distinct state, kind and
-    target (a call's function, a shell command), as `plain_jobs` gives the jobs it builds: a
-    row kept as the stored job holds them for its lifetime, and the parser made one copy per
-    row (170 bytes a row for "pending", "call" and "operator:add"). `shared` spans chunks.
-
-    The values are those `check_columns` passed: known states and kinds, string targets."""
-    state_of = {state: _STATE_TEXT[state] for state in set(states)}
-    kind_of = {kind: KINDS[kind] for kind in set(kinds)}
-    target_of = {target: shared.setdefault(target, target) for target in set(targets)}
-    for row in rows:
-        row[2] = state_of[row[2]]
-        row[4] = kind_of[row[4]]
-        row[5] = target_of[row[5]]
-
-
 def check_columns(ids: Sequence[Any], seqs: Sequence[Any], states: Sequence[Any],  # noqa: PLR0917
                   submitted: Sequence[Any], kinds: Sequence[Any], targets: Sequence[Any],
                   priorities: Sequence[Any], keys: Sequence[Any]) -> None:

@@ -38,9 +38,15 @@ from tcpsched.core.records import job_from_dict, job_to_dict, job_to_row
 from tcpsched.core.schedules import SCHEDULE_OPS, ScheduleTable
 
 # job_to_dict is re-exported: core/scheduler.py imports it from here.
-__all__ = ["SNAPSHOT_FORMAT", "JobTable", "TableImage", "TableStatistics", "job_to_dict"]
+__all__ = ["SNAPSHOT_BLOCKS_FORMAT", "SNAPSHOT_FORMAT", "JobTable", "TableImage",
+           "TableStatistics", "job_to_dict"]
 
+# Format 2: the jobs are rows (what `snapshot()` gives). Format 3, what a snapshot file is
+# written in since: rows, or for a chunk of plain rows a block of their columns
+# (core/rowblocks.py). Both load.
 SNAPSHOT_FORMAT = 2
+SNAPSHOT_BLOCKS_FORMAT = 3
+SNAPSHOT_FORMATS_READ = frozenset({SNAPSHOT_FORMAT, SNAPSHOT_BLOCKS_FORMAT})
 RESULT_CHARS_COUNTED = 256  # smaller results are bounded by the count limit alone
 PREFIX_INDEX_CHARS = 4  # the shortest prefix a client may name a job by
 _STATES = {s.value: s for s in JobState}
@@ -90,12 +96,17 @@ class TableImage:
     # The schedules (core/schedules.py), JSON-ready; written after the header's "log".
     schedules: list[dict[str, Any]] = attrs.field(factory=list)
 
-    def header(self) -> dict[str, Any]:
-        return {"format": SNAPSHOT_FORMAT, "next_seq": self.next_seq,
+    def header(self, snapshot_format: int = SNAPSHOT_FORMAT) -> dict[str, Any]:
+        return {"format": snapshot_format, "next_seq": self.next_seq,
                 "counters": self.counters, "jobs_count": len(self.jobs)}
 
     def rows(self) -> Iterator[list[Any]]:
         return map(_row_of, self.jobs)
+
+    def stored_rows(self) -> Iterator[Sequence[Any]]:
+        """`rows()` without copying the rows a restarted table still stores (tuples): what a
+        snapshot writes, where a tuple is the same JSON as a list."""
+        return map(_stored_row_of, self.jobs)
 
 
 def _copy_row(row: list[Any]) -> list[Any]:
@@ -106,8 +117,17 @@ def _copy_row(row: list[Any]) -> list[Any]:
 
 
 def _row_of(stored: Any) -> list[Any]:
-    """The snapshot row of a stored job: a row kept as it was read is that row already."""
-    return stored if type(stored) is list else job_to_row(stored)
+    """The snapshot row of a stored job (core/jobmap.py: a row kept as it was read is that
+    row already)."""
+    if type(stored) is tuple:
+        row = list(stored)
+        row[6] = list(row[6])  # as `job_to_row` gives them
+        return row
+    return job_to_row(stored)
+
+
+def _stored_row_of(stored: Any) -> Sequence[Any]:
+    return stored if type(stored) is tuple else job_to_row(stored)
 
 
 class JobTable:
@@ -353,8 +373,9 @@ class JobTable:
         a million jobs would otherwise all be alive at once, and the memory they leave behind
         would stay in the process (fragmented) after they are gone.
         """
-        if header.get("format") != SNAPSHOT_FORMAT:
+        if header.get("format") not in SNAPSHOT_FORMATS_READ:
             raise ValueError(f"unknown snapshot format {header.get('format')!r}")
+        blocks = header["format"] == SNAPSHOT_BLOCKS_FORMAT
         table = cls()
         jobs, keys = table.jobs, table.keys
         by_state: collections.Counter[str] = collections.Counter()
@@ -362,7 +383,7 @@ class JobTable:
         for rows in row_chunks:
             # Whole-chunk passes (C loops for the dicts): this is the hot path of a restart.
             # A chunk of plain rows is kept as rows, built into jobs when first read.
-            (ids, row_keys, states, built), as_rows = rows_to_store(rows, shared)
+            (ids, row_keys, states, built), as_rows = rows_to_store(rows, shared, blocks=blocks)
             if as_rows and type(jobs) is not JobMap:
                 jobs = table.jobs = JobMap(jobs)
             jobs.update(zip(ids, built, strict=True))

@@ -34,6 +34,7 @@ from typing import Any
 import attrs
 
 from tcpsched.core.jobs import JobRecord, JobState
+from tcpsched.core.plainsubmit import plain_submit
 from tcpsched.core.record_types import EPOCH_MAX, typed_record, typed_submit
 from tcpsched.core.records import decode_record, encode_record
 from tcpsched.core.state import JobTable
@@ -159,7 +160,9 @@ def _parse_payload_built(payload: bytes, epoch: int, seq: int
         raise _BadLine(f"bad JSON ({exc})") from None
     if type(record) is not dict or "op" not in record:
         raise _BadLine("record is not a map with an op")
-    built = None
+    built = plain_submit(record, epoch, seq)  # the common record, checked in a few lines
+    if built is not None:
+        return record, built
     try:
         record = decode_record(record)
         # Checked as a wire message is: a CRC-valid line can still hold nonsense.
@@ -167,7 +170,9 @@ def _parse_payload_built(payload: bytes, epoch: int, seq: int
             built = typed_submit(record, epoch, seq)
         else:
             typed_record(record, epoch, seq)
-    except (ValueError, TypeError, KeyError) as exc:
+    # AttributeError too: `check_spec` calls a string method on a shell job's command, and a
+    # CRC-valid line may hold another type there (a traceback at startup otherwise).
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise _BadLine(f"bad record ({exc})") from None
     return record, built
 
