@@ -16,14 +16,15 @@ own messages: the fast path only ever accepts what the general path accepts.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
-from tcpsched.core.jobbuild import build_job
+from tcpsched.core.jobbuild import KINDS, build_job
 from tcpsched.core.jobs import (
     JOB_ID_BYTES_MAX,
     PRIORITY_MAX,
     PRIORITY_MIN,
-    JobRecord,
+    JobState,
     function_name_ok,
 )
 from tcpsched.core.record_types import EPOCH_MAX
@@ -35,15 +36,19 @@ _SHELL_FIELDS = frozenset({"id", "seq", "state", "submitted_at", "kind", "comman
 _FUNCTIONS_KNOWN_MAX = 1024
 _functions_ok: set[str] = set()  # function names already matched (few, repeated)
 _isfinite = math.isfinite
+_intern = sys.intern
+_PENDING = JobState.PENDING.value
 
 
 def _same(value: Any) -> Any:
     return value
 
 
-def plain_submit(record: dict[str, Any], epoch: int, seq: int) -> JobRecord | None:
-    """The job of a plain submit record (as `typed_submit` builds it), or None when the record
-    is not one: then the general path must check it."""
+def plain_submit(record: dict[str, Any], epoch: int, seq: int, *, as_row: bool = False
+                 ) -> Any:
+    """The job of a plain submit record (as `typed_submit` builds it), or with `as_row` its
+    stored row (a tuple, for `JobTable.apply(..., built=row)`), or None when the record is
+    not one: then the general path must check it."""
     if len(record) != 2 or record.get("op") != "submit":
         return None
     job = record.get("job")
@@ -86,5 +91,9 @@ def plain_submit(record: dict[str, Any], epoch: int, seq: int) -> JobRecord | No
             and type(priority) is int and PRIORITY_MIN <= priority <= PRIORITY_MAX
             and (key is None or (type(key) is str and 0 < len(key) <= JOB_ID_BYTES_MAX))):
         return None
-    return build_job(job_id, job_seq, "pending", submitted_at, kind, target, args, priority,
-                     key, None, _same)
+    if not as_row:
+        return build_job(job_id, job_seq, "pending", submitted_at, kind, target, args,
+                         priority, key, None, _same)
+    # The stored row `plain_job_of_row` builds that same job from (core/jobmap.py).
+    return (job_id, job_seq, _PENDING, submitted_at, KINDS[kind],
+            _intern(target) if kind == "call" else target, tuple(args), priority, key)

@@ -54,7 +54,7 @@ def recover(*, table: JobTable, queue: JobQueue, dependencies: DependencyTracker
     if _one_run(ready_rows):
         # The common restart: queued jobs of one priority, in seq order (snapshot order),
         # queued as they are instead of as a heap entry each.
-        queue.load_run(ready_rows, ready_rows[0][7])
+        queue.load_run(ready_rows, ready_rows[0][7], table.seq_of)
         ready = []
         in_run = len(ready_rows)
     else:

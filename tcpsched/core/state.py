@@ -156,6 +156,14 @@ class JobTable:
     def get(self, job_id: str) -> JobRecord | None:
         return self.jobs.get(job_id)
 
+    def seq_of(self, job_id: str) -> int | None:
+        """A job's seq (which never changes), None if there is no such job; builds no record
+        of a stored row."""
+        stored = dict.get(self.jobs, job_id)
+        if stored is None:
+            return None
+        return stored[1] if type(stored) is tuple else stored.seq  # type: ignore[no-any-return]
+
     def newest_first(self) -> Iterator[JobRecord]:
         return reversed(self.jobs.values())
 
@@ -217,11 +225,15 @@ class JobTable:
         by; without it (replay) the record's own wall-clock time is kept. `built` is, for a
         submit, the job the leader made the record from (`job_to_dict(built)` is the record's
         job): the leader's table keeps it instead of rebuilding it from the map, and a follower
-        or a replay rebuilds an equal one (`job_from_dict`; tests/unit/test_table_rows.py)."""
+        or a replay rebuilds an equal one (`job_from_dict`; tests/unit/test_table_rows.py).
+        Recovery may give a plain submit's job as its stored row (a tuple, core/jobmap.py):
+        the table keeps the row, and `apply` returns None."""
         op = record["op"]
         if op in SCHEDULE_OPS:
             return self._apply_schedule(record, now)
         if op == "submit":
+            if type(built) is tuple:
+                return self._submit_row(built)
             job = job_from_dict(record["job"]) if built is None else built
             if job.id in self.jobs:
                 raise ValueError(f"submit of existing job {job.id!r}")
@@ -308,6 +320,23 @@ class JobTable:
             raise ValueError(f"unknown record op {op!r}")
         self._replace(job, new, now)
         return new
+
+    def _submit_row(self, row: tuple[Any, ...]) -> None:
+        """A submit recovery checked and gives as the job's stored row (core/plainsubmit.py):
+        kept as a snapshot's plain row is, built into its record when first read."""
+        job_id = row[0]
+        if job_id in self.jobs:
+            raise ValueError(f"submit of existing job {job_id!r}")
+        if type(self.jobs) is not JobMap:
+            self.jobs = JobMap(self.jobs)
+        self.jobs[job_id] = row  # type: ignore[assignment]
+        if self._by_prefix is not None:
+            self._by_prefix.setdefault(job_id[:PREFIX_INDEX_CHARS], []).append(job_id)
+        self.counts[JobState.PENDING] += 1
+        if row[8] is not None:
+            self.keys[row[8]] = job_id
+        self.next_seq = max(self.next_seq, row[1] + 1)
+        self.counters["submitted"] += 1
 
     def _apply_schedule(self, record: dict[str, Any], now: float | None) -> JobRecord | None:
         """A schedule's record; a fire's job enters the table in the same apply."""

@@ -151,16 +151,19 @@ def _parse_payload(payload: bytes, epoch: int, seq: int) -> dict[str, Any]:
 
 
 def _parse_payload_built(payload: bytes, epoch: int, seq: int
-                         ) -> tuple[dict[str, Any], JobRecord | None]:
-    """The checked record of an entry, and for a submit the job it checked: recovery applies
-    it as built (`JobTable.apply(..., built=job)`), so each submit is built once."""
+                         ) -> tuple[dict[str, Any], JobRecord | tuple[Any, ...] | None]:
+    """The checked record of an entry, and for a submit the job it checked (a plain one as
+    its stored row): recovery applies it as built (`JobTable.apply(..., built=job)`), so each
+    submit is built once."""
     try:
         record = fast_loads(payload)  # orjson, reading exactly what `json` would
     except ValueError as exc:
         raise _BadLine(f"bad JSON ({exc})") from None
     if type(record) is not dict or "op" not in record:
         raise _BadLine("record is not a map with an op")
-    built = plain_submit(record, epoch, seq)  # the common record, checked in a few lines
+    # The common record, checked in a few lines; its job comes as a stored row, for
+    # `JobTable.apply` to keep as it keeps a snapshot's (core/jobmap.py).
+    built = plain_submit(record, epoch, seq, as_row=True)
     if built is not None:
         return record, built
     try:

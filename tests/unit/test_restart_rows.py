@@ -187,7 +187,8 @@ _FIELDS = st.sampled_from(["id", "seq", "state", "submitted_at", "kind", "functi
 def test_a_plain_submit_is_taken_only_as_the_general_path_takes_it(
         job: JobRecord, changes: list[tuple[str, Any]]) -> None:
     """`plain_submit` accepts no record `typed_submit` refuses, and builds the job it builds
-    (types too); an unchanged submit of a plain pending job does take the short path."""
+    (types too), also through its stored row; an unchanged submit of a plain pending job
+    does take the short path."""
     job_map = json_round_trip(encode_record({"op": "submit", "job": job_to_dict(job)}))["job"]
     for name, value in changes:
         if value is ...:
@@ -202,6 +203,8 @@ def test_a_plain_submit_is_taken_only_as_the_general_path_takes_it(
         slow = None
     if fast is not None:
         assert slow is not None and fast == slow and repr(fast) == repr(slow)
+        row = plain_submit(json_round_trip(record), 1, 5, as_row=True)
+        assert repr(plain_job_of_row(row)) == repr(slow)
     plain = (not changes and job.state is JobState.PENDING
              and len(job_to_row(job)) == 9 and type(job_to_row(job)[6]) is list)
     if plain and slow is not None:
@@ -234,7 +237,8 @@ class RunLoadedQueueMachine(JobQueueMachine):
             self.model[job_id] = (priority, self.next_seq, 0.0)
             self.next_seq += 1
         if rows:
-            self.queue.load_run(rows, priority)
+            seqs = dict(rows)  # a job's seq never changes (pushes here may renumber them)
+            self.queue.load_run(rows, priority, seqs.get)
         return multiple(*job_ids)
 
 
