@@ -43,13 +43,17 @@ def recover(*, table: JobTable, queue: JobQueue, dependencies: DependencyTracker
     # than a row holds take the records only.
     stored = stored_values(table.jobs)
     rows = [r for r in stored if type(r) is tuple]
-    jobs = [j for j in stored if type(j) is not tuple] if rows else stored
+    # The passes over a million jobs are skipped where the counts show them empty.
+    jobs = [] if len(rows) == len(stored) else [
+        j for j in stored if type(j) is not tuple] if rows else stored
+    del stored
     pending_state = JobState.PENDING
     pending_text = pending_state.value
     # Comprehensions that build the queue's heap entries directly (`JobQueue.load_entries`):
     # over a million jobs they cost half what a loop does. The delayed pass is skipped when
     # the first shows every pending job ready.
-    ready_rows = [r for r in rows if r[2] == pending_text]
+    ready_rows = rows if not jobs and table.counts[pending_state] == len(rows) else [
+        r for r in rows if r[2] == pending_text]
     in_run = 0
     if _one_run(ready_rows):
         # The common restart: queued jobs of one priority, in seq order (snapshot order),
@@ -88,7 +92,14 @@ def recover(*, table: JobTable, queue: JobQueue, dependencies: DependencyTracker
 def _one_run(rows: list[tuple[Any, ...]]) -> bool:
     """Whether stored rows may be queued as one run (`JobQueue.load_run`): one priority, and
     seqs ascending."""
-    if not rows or len({row[7] for row in rows}) != 1:
+    if not rows:
         return False
-    seqs = [row[1] for row in rows]
+    priorities = list(map(_priority, rows))
+    if priorities.count(priorities[0]) != len(priorities):
+        return False
+    seqs = list(map(_seq, rows))
     return all(map(operator.lt, seqs, itertools.islice(seqs, 1, None)))
+
+
+_priority = operator.itemgetter(7)
+_seq = operator.itemgetter(1)

@@ -88,8 +88,9 @@ def columns_of_block(block: Any) -> list[Any]:
 
 def stored_rows(columns: Sequence[Sequence[Any]], shared: dict[str, str]) -> RowsJobs:
     """Check the columns of a chunk (a column of length 1 is that value for every row) and
-    give its ids, keys, the state of each row, and its stored rows. `shared` maps each target
-    (function, command) read so far to its one string object, across chunks."""
+    give its ids, keys, the state of each row (or, when they share one, {state: rows}), and
+    its stored rows. `shared` maps each target (function, command) read so far to its one
+    string object, across chunks."""
     ids, seqs, states, submitted, kinds, targets, argss, priorities, keys = columns
     check_columns(ids, seqs, states, submitted, kinds, targets, priorities, keys)
     n = len(ids)
@@ -106,5 +107,6 @@ def stored_rows(columns: Sequence[Sequence[Any]], shared: dict[str, str]) -> Row
                     column(targets, target_of), map(tuple, argss), column(priorities, None),
                     keys,
                     strict=True))
-    row_states: Sequence[str] = (states[0],) * n if len(states) == 1 else states
+    # One state for all: its count, which `Counter.update` (`JobTable.from_parts`) adds.
+    row_states: Any = {states[0]: n} if len(states) == 1 and n > 1 else states
     return RowsJobs(ids, keys, row_states, rows)  # type: ignore[arg-type]
