@@ -189,9 +189,9 @@ def _plain_job(job_id: str, seq: int, state: str, submitted_at: float,  # noqa: 
     return j  # type: ignore[no-any-return]
 
 
-def plain_job_of_row(row: list[Any]) -> JobRecord:
-    """The job of one plain row kept by `share_row_strings` (core/jobmap.py): the very record
-    `plain_jobs` builds of it."""
+def plain_job_of_row(row: Sequence[Any]) -> JobRecord:
+    """The job of one stored row (core/rowblocks.py, core/jobmap.py): the very record
+    `plain_jobs` builds of the plain snapshot row it was read from."""
     return _plain_job(*row, {})  # type: ignore[call-arg]
 
 
