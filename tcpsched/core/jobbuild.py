@@ -189,6 +189,12 @@ def _plain_job(job_id: str, seq: int, state: str, submitted_at: float,  # noqa: 
     return j  # type: ignore[no-any-return]
 
 
+def plain_job_of_row(row: Sequence[Any]) -> JobRecord:
+    """The job of one stored row (core/rowblocks.py, core/jobmap.py): the very record
+    `plain_jobs` builds of the plain snapshot row it was read from."""
+    return _plain_job(*row, {})  # type: ignore[call-arg]
+
+
 def check_columns(ids: Sequence[Any], seqs: Sequence[Any], states: Sequence[Any],  # noqa: PLR0917
                   submitted: Sequence[Any], kinds: Sequence[Any], targets: Sequence[Any],
                   priorities: Sequence[Any], keys: Sequence[Any]) -> None:

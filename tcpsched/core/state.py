@@ -31,15 +31,22 @@ from typing import Any, cast
 
 import attrs
 
+from tcpsched.core.jobmap import JobMap, rows_to_store, stored_values
 from tcpsched.core.jobrows import SET, check_time, copy_job
 from tcpsched.core.jobs import RETRYABLE_STATES, JobRecord, JobState, is_legal, value_chars
-from tcpsched.core.records import job_from_dict, job_to_dict, job_to_row, jobs_from_rows
+from tcpsched.core.records import job_from_dict, job_to_dict, job_to_row
 from tcpsched.core.schedules import SCHEDULE_OPS, ScheduleTable
 
 # job_to_dict is re-exported: core/scheduler.py imports it from here.
-__all__ = ["SNAPSHOT_FORMAT", "JobTable", "TableImage", "TableStatistics", "job_to_dict"]
+__all__ = ["SNAPSHOT_BLOCKS_FORMAT", "SNAPSHOT_FORMAT", "JobTable", "TableImage",
+           "TableStatistics", "job_to_dict"]
 
+# Format 2: the jobs are rows (what `snapshot()` gives). Format 3, what a snapshot file is
+# written in since: rows, or for a chunk of plain rows a block of their columns
+# (core/rowblocks.py). Both load.
 SNAPSHOT_FORMAT = 2
+SNAPSHOT_BLOCKS_FORMAT = 3
+SNAPSHOT_FORMATS_READ = frozenset({SNAPSHOT_FORMAT, SNAPSHOT_BLOCKS_FORMAT})
 RESULT_CHARS_COUNTED = 256  # smaller results are bounded by the count limit alone
 PREFIX_INDEX_CHARS = 4  # the shortest prefix a client may name a job by
 _STATES = {s.value: s for s in JobState}
@@ -81,19 +88,46 @@ class TableImage:
     it takes; rendering (`header`, `rows`) can then take its time.
     """
 
-    jobs: list[JobRecord]
+    # Records, and on a restarted table the snapshot rows it still keeps (core/jobmap.py).
+    jobs: list[Any]
     finished: list[str]
     next_seq: int
     counters: dict[str, int]
     # The schedules (core/schedules.py), JSON-ready; written after the header's "log".
     schedules: list[dict[str, Any]] = attrs.field(factory=list)
 
-    def header(self) -> dict[str, Any]:
-        return {"format": SNAPSHOT_FORMAT, "next_seq": self.next_seq,
+    def header(self, snapshot_format: int = SNAPSHOT_FORMAT) -> dict[str, Any]:
+        return {"format": snapshot_format, "next_seq": self.next_seq,
                 "counters": self.counters, "jobs_count": len(self.jobs)}
 
     def rows(self) -> Iterator[list[Any]]:
-        return map(job_to_row, self.jobs)
+        return map(_row_of, self.jobs)
+
+    def stored_rows(self) -> Iterator[Sequence[Any]]:
+        """`rows()` without copying the rows a restarted table still stores (tuples): what a
+        snapshot writes, where a tuple is the same JSON as a list."""
+        return map(_stored_row_of, self.jobs)
+
+
+def _copy_row(row: list[Any]) -> list[Any]:
+    row = list(row)
+    if len(row) > 6 and type(row[6]) is list:
+        row[6] = list(row[6])
+    return row
+
+
+def _row_of(stored: Any) -> list[Any]:
+    """The snapshot row of a stored job (core/jobmap.py: a row kept as it was read is that
+    row already)."""
+    if type(stored) is tuple:
+        row = list(stored)
+        row[6] = list(row[6])  # as `job_to_row` gives them
+        return row
+    return job_to_row(stored)
+
+
+def _stored_row_of(stored: Any) -> Sequence[Any]:
+    return stored if type(stored) is tuple else job_to_row(stored)
 
 
 class JobTable:
@@ -121,6 +155,14 @@ class JobTable:
 
     def get(self, job_id: str) -> JobRecord | None:
         return self.jobs.get(job_id)
+
+    def seq_of(self, job_id: str) -> int | None:
+        """A job's seq (which never changes), None if there is no such job; builds no record
+        of a stored row."""
+        stored = dict.get(self.jobs, job_id)
+        if stored is None:
+            return None
+        return stored[1] if type(stored) is tuple else stored.seq  # type: ignore[no-any-return]
 
     def newest_first(self) -> Iterator[JobRecord]:
         return reversed(self.jobs.values())
@@ -183,11 +225,15 @@ class JobTable:
         by; without it (replay) the record's own wall-clock time is kept. `built` is, for a
         submit, the job the leader made the record from (`job_to_dict(built)` is the record's
         job): the leader's table keeps it instead of rebuilding it from the map, and a follower
-        or a replay rebuilds an equal one (`job_from_dict`; tests/unit/test_table_rows.py)."""
+        or a replay rebuilds an equal one (`job_from_dict`; tests/unit/test_table_rows.py).
+        Recovery may give a plain submit's job as its stored row (a tuple, core/jobmap.py):
+        the table keeps the row, and `apply` returns None."""
         op = record["op"]
         if op in SCHEDULE_OPS:
             return self._apply_schedule(record, now)
         if op == "submit":
+            if type(built) is tuple:
+                return self._submit_row(built)
             job = job_from_dict(record["job"]) if built is None else built
             if job.id in self.jobs:
                 raise ValueError(f"submit of existing job {job.id!r}")
@@ -275,6 +321,23 @@ class JobTable:
         self._replace(job, new, now)
         return new
 
+    def _submit_row(self, row: tuple[Any, ...]) -> None:
+        """A submit recovery checked and gives as the job's stored row (core/plainsubmit.py):
+        kept as a snapshot's plain row is, built into its record when first read."""
+        job_id = row[0]
+        if job_id in self.jobs:
+            raise ValueError(f"submit of existing job {job_id!r}")
+        if type(self.jobs) is not JobMap:
+            self.jobs = JobMap(self.jobs)
+        self.jobs[job_id] = row  # type: ignore[assignment]
+        if self._by_prefix is not None:
+            self._by_prefix.setdefault(job_id[:PREFIX_INDEX_CHARS], []).append(job_id)
+        self.counts[JobState.PENDING] += 1
+        if row[8] is not None:
+            self.keys[row[8]] = job_id
+        self.next_seq = max(self.next_seq, row[1] + 1)
+        self.counters["submitted"] += 1
+
     def _apply_schedule(self, record: dict[str, Any], now: float | None) -> JobRecord | None:
         """A schedule's record; a fire's job enters the table in the same apply."""
         self.schedules.check(record)
@@ -314,7 +377,7 @@ class JobTable:
 
     def image(self) -> TableImage:
         """An immutable view of the table now (a list copy: milliseconds at a million jobs)."""
-        return TableImage(jobs=list(self.jobs.values()), finished=list(self.finished_order),
+        return TableImage(jobs=stored_values(self.jobs), finished=list(self.finished_order),
                           next_seq=self.next_seq, counters=dict(self.counters),
                           schedules=self.schedules.to_json())
 
@@ -327,7 +390,8 @@ class JobTable:
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> JobTable:
         """Rebuild a table from `snapshot()` output."""
-        return cls.from_parts(data, [data["jobs"]])
+        # Copies: the table may keep plain rows as its jobs, and the caller still has these.
+        return cls.from_parts(data, [list(map(_copy_row, data["jobs"]))])
 
     @classmethod
     def from_parts(cls, header: dict[str, Any], row_chunks: Iterable[list[list[Any]]]
@@ -338,14 +402,19 @@ class JobTable:
         a million jobs would otherwise all be alive at once, and the memory they leave behind
         would stay in the process (fragmented) after they are gone.
         """
-        if header.get("format") != SNAPSHOT_FORMAT:
+        if header.get("format") not in SNAPSHOT_FORMATS_READ:
             raise ValueError(f"unknown snapshot format {header.get('format')!r}")
+        blocks = header["format"] == SNAPSHOT_BLOCKS_FORMAT
         table = cls()
         jobs, keys = table.jobs, table.keys
         by_state: collections.Counter[str] = collections.Counter()
+        shared: dict[str, str] = {}
         for rows in row_chunks:
             # Whole-chunk passes (C loops for the dicts): this is the hot path of a restart.
-            ids, row_keys, states, built = jobs_from_rows(rows)
+            # A chunk of plain rows is kept as rows, built into jobs when first read.
+            (ids, row_keys, states, built), as_rows = rows_to_store(rows, shared, blocks=blocks)
+            if as_rows and type(jobs) is not JobMap:
+                jobs = table.jobs = JobMap(jobs)
             jobs.update(zip(ids, built, strict=True))
             if None in row_keys:
                 keys.update({key: job_id for key, job_id in zip(row_keys, ids, strict=True)

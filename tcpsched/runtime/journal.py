@@ -34,6 +34,7 @@ from typing import Any
 import attrs
 
 from tcpsched.core.jobs import JobRecord, JobState
+from tcpsched.core.plainsubmit import plain_submit
 from tcpsched.core.record_types import EPOCH_MAX, typed_record, typed_submit
 from tcpsched.core.records import decode_record, encode_record
 from tcpsched.core.state import JobTable
@@ -150,16 +151,21 @@ def _parse_payload(payload: bytes, epoch: int, seq: int) -> dict[str, Any]:
 
 
 def _parse_payload_built(payload: bytes, epoch: int, seq: int
-                         ) -> tuple[dict[str, Any], JobRecord | None]:
-    """The checked record of an entry, and for a submit the job it checked: recovery applies
-    it as built (`JobTable.apply(..., built=job)`), so each submit is built once."""
+                         ) -> tuple[dict[str, Any], JobRecord | tuple[Any, ...] | None]:
+    """The checked record of an entry, and for a submit the job it checked (a plain one as
+    its stored row): recovery applies it as built (`JobTable.apply(..., built=job)`), so each
+    submit is built once."""
     try:
         record = fast_loads(payload)  # orjson, reading exactly what `json` would
     except ValueError as exc:
         raise _BadLine(f"bad JSON ({exc})") from None
     if type(record) is not dict or "op" not in record:
         raise _BadLine("record is not a map with an op")
-    built = None
+    # The common record, checked in a few lines; its job comes as a stored row, for
+    # `JobTable.apply` to keep as it keeps a snapshot's (core/jobmap.py).
+    built = plain_submit(record, epoch, seq, as_row=True)
+    if built is not None:
+        return record, built
     try:
         record = decode_record(record)
         # Checked as a wire message is: a CRC-valid line can still hold nonsense.
@@ -167,7 +173,9 @@ def _parse_payload_built(payload: bytes, epoch: int, seq: int
             built = typed_submit(record, epoch, seq)
         else:
             typed_record(record, epoch, seq)
-    except (ValueError, TypeError, KeyError) as exc:
+    # AttributeError too: `check_spec` calls a string method on a shell job's command, and a
+    # CRC-valid line may hold another type there (a traceback at startup otherwise).
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise _BadLine(f"bad record ({exc})") from None
     return record, built
 

@@ -3,9 +3,11 @@
 Theory of operation: a snapshot is one JSON document shaped like a journal line,
 `{"seq":S,"table":{...},"crc":C}`: S is the last journal record it covers, C the CRC32 of the
 exact bytes of the table, and the CRC comes last so that the file can be written in pieces
-without holding it all in memory. The table's jobs array holds one chunk of rows per line (JSON
-allows the newlines), so `read_snapshot` parses and converts one chunk at a time instead of
-holding every parsed row of a million jobs at once (see `JobTable.from_parts`).
+without holding it all in memory. The table's jobs array holds one chunk per line (JSON
+allows the newlines): its rows, or, for a chunk of plain rows, one block of their columns
+(core/rowblocks.py, since format 3), so `read_snapshot` parses and converts one chunk at a
+time instead of holding every parsed row of a million jobs at once (see
+`JobTable.from_parts`).
 
 `write_snapshot` writes `snapshot.json.tmp`, fsyncs it, `os.replace`s it over `snapshot.json`
 and fsyncs the directory: a crash at any point leaves the old snapshot or the new one, whole;
@@ -25,7 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tcpsched.core.state import JobTable, TableImage
+from tcpsched.core.rowblocks import block_of_rows
+from tcpsched.core.state import SNAPSHOT_BLOCKS_FORMAT, JobTable, TableImage
 from tcpsched.errors import JournalError
 from tcpsched.runtime.fastjson import loads as fast_loads
 from tcpsched.runtime.files import fsync_dir, remove_quietly, write_all
@@ -56,15 +59,18 @@ def _snapshot_pieces(seq: int, image: TableImage, log: dict[str, Any]) -> Iterat
     """
     yield b'{"seq":%d,"table":' % seq
     # Schedules after "log", which `read_snapshot_log` finds in the first bytes.
-    head = _dumps({**image.header(), "log": log, "schedules": image.schedules,
+    head = _dumps({**image.header(SNAPSHOT_BLOCKS_FORMAT), "log": log, "schedules": image.schedules,
                    "finished": image.finished})
     piece = (head[:-1] + ',"jobs":[\n').encode()
     crc = zlib.crc32(piece)
     yield piece
-    rows = image.rows()
+    rows = image.stored_rows()
     separator = ""
     while chunk := list(itertools.islice(rows, SNAPSHOT_ROWS_PER_WRITE)):
-        piece = (separator + _dumps(chunk)[1:-1] + "\n").encode()
+        # A chunk of plain rows goes as one block of columns (core/rowblocks.py).
+        block = block_of_rows(chunk)
+        text = _dumps(chunk)[1:-1] if block is None else _dumps(block)
+        piece = (separator + text + "\n").encode()
         separator = ","
         crc = zlib.crc32(piece, crc)
         yield piece
