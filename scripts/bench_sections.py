@@ -25,6 +25,7 @@ import attrs
 import bench_dask
 
 from tcpsched.client import SyncClient
+from tcpsched.core.backpressure import MAX_PENDING_DEFAULT
 from tcpsched.core.jobs import JobSpec
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until
 
@@ -107,6 +108,11 @@ def start_cluster(group: ProcessGroup, config: BenchConfig, token: bytes | None,
     every address (`--no-shell` with `no_shell`); the addresses, comma-separated, and
     coordinator 1's pid."""
     extra = ["--policy", config.policy, "--log-level", "warning"]
+    # The queued section keeps up to max(--queued) jobs pending and submits its batch on top:
+    # the coordinator's backpressure (--max-pending, default 1,000,000) must not refuse it.
+    most_pending = max(config.queued, default=0) + config.queued_batch + 200
+    if most_pending > MAX_PENDING_DEFAULT:
+        extra += ["--max-pending", str(most_pending)]
     worker_extra = ["--log-level", "warning", "--isolation", config.isolation]
     if config.prefetch is not None:
         worker_extra += ["--prefetch", str(config.prefetch)]
