@@ -61,6 +61,10 @@ def test_bytes_and_wide_integers_come_back_exactly() -> None:
     (entry,) = _entries([record])
     assert decode_entries([entry]) == [decode_entry(entry.data)]
     assert decode_entries([entry])[0]["result"] == [b"\x00\xff", 2**70, -(2**65), 1.5]
+    # A line recovered from disk comes without its newline; an old line has no epoch.
+    bare = Entry(entry.epoch, entry.seq, entry.data.rstrip(b"\n"))
+    old = Entry(0, 1, encode_line(1, record))
+    assert decode_entries([bare]) == decode_entries([old]) == [decode_entry(entry.data)]
 
 
 def _altered(entry: Entry, old: bytes, new: bytes) -> Entry:
