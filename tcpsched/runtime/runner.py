@@ -132,7 +132,11 @@ class Runner:
     def feed(self, event: Any) -> None:
         self._carry(self.core.step(event, self.clock(), self.wall_clock()))
         self._schedule_end_of_turn()
-        self._rearm()
+        if not self._end_of_turn_scheduled:
+            # Otherwise the turn's end re-arms, once for all the turn's events: asking the
+            # core for its deadline walks every timer it keeps (the leader's scheduler has a
+            # dozen), and a busy turn feeds hundreds of messages.
+            self._rearm()
 
     def _schedule_end_of_turn(self) -> None:
         wants = self._held or self._dirty or self._reloads or (

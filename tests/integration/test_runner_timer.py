@@ -8,7 +8,7 @@ import asyncio
 import time
 from typing import Any
 
-from tcpsched.core.events import Tick
+from tcpsched.core.events import Journal, Tick
 from tcpsched.runtime.runner import MemoryJournal, Runner
 
 
@@ -68,6 +68,41 @@ def test_an_earlier_deadline_is_armed_at_once() -> None:
         assert runner._timer is not far
         await asyncio.wait_for(core.ticked.wait(), 10)
         assert [deadline for _at, deadline in core.ticks] == [soon]
+        runner.stop()
+
+    asyncio.run(main())
+
+
+class Journaling(MovingDeadline):
+    """Every event journals a record, so every turn has an end (and a flush)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def step(self, event: Any, now: float, wall: float | None = None) -> list[Any]:
+        super().step(event, now, wall)
+        return [] if isinstance(event, Tick) else [Journal({"op": "forget", "ids": []})]
+
+    def next_deadline(self) -> float | None:
+        self.asked += 1
+        return super().next_deadline()
+
+
+def test_a_busy_turn_asks_the_core_for_its_deadline_once() -> None:
+    """200 events in one loop turn: the deadline is asked for at the turn's end, not per event,
+    and a deadline set during the turn is still armed and ticks."""
+
+    async def main() -> None:
+        core = Journaling()
+        runner = Runner(core, MemoryJournal(), {})
+        for _ in range(200):
+            runner.feed("message")
+        assert core.asked == 0
+        core.deadline = time.monotonic() + 0.01
+        await asyncio.wait_for(core.ticked.wait(), 10)
+        assert core.asked <= 3
+        assert len(core.ticks) == 1
         runner.stop()
 
     asyncio.run(main())
