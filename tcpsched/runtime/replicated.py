@@ -26,10 +26,11 @@ import zlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from tcpsched.core.records import decode_record
+from tcpsched.core.records import TAG, decode_record
 from tcpsched.runtime.fastjson import loads
 
 _REC_MARK = b',"rec":'
+_TAG_KEY = b'"%s"' % TAG.encode()
 
 
 class _Entry(Protocol):
@@ -42,7 +43,12 @@ def decode_entries(entries: Sequence[_Entry]) -> list[dict[str, Any]]:
     """The records of `entries` (journal lines as `journal.encode_line` writes them), in
     order; ValueError if any line is not the entry it claims to be."""
     lines = [entry.data for entry in entries]
-    parsed = loads(b"[" + b",".join(lines) + b"]")
+    text = b"[" + b",".join(lines) + b"]"
+    parsed = loads(text)
+    # A user value JSON cannot carry as it is (bytes, a map with odd keys) is written as a map
+    # keyed by `records.TAG`; with no such key anywhere in the text (nor an escape that could
+    # spell one), `decode_record` would give every record back as it is.
+    tagged = _TAG_KEY in text or b"\\u" in text
     if type(parsed) is not list or len(parsed) != len(lines):
         raise ValueError("the lines are not one JSON object each")
     records = []
@@ -57,5 +63,5 @@ def decode_entries(entries: Sequence[_Entry]) -> list[dict[str, Any]]:
         end = len(line) - 2 if line.endswith(b"\n") else len(line) - 1
         if at < 0 or zlib.crc32(line[at + 7 : end], entry.epoch) != value.get("crc"):
             raise ValueError(f"entry {entry.seq}: checksum mismatch")
-        records.append(decode_record(record))
+        records.append(decode_record(record) if tagged else record)
     return records

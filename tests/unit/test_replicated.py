@@ -67,6 +67,20 @@ def test_bytes_and_wide_integers_come_back_exactly() -> None:
     assert decode_entries([bare]) == decode_entries([old]) == [decode_entry(entry.data)]
 
 
+@pytest.mark.parametrize("result", [
+    {"$t": 1}, {"$t": b"x", "k": "v"}, ['"$t"', "\\u0024t"], {"caf\u00e9": "$t"}, "plain",
+])
+def test_tag_like_user_values_read_as_the_full_reader_reads_them(result: Any) -> None:
+    """Whether a batch holds a tagged value or only text that looks like one, the records
+    are exactly what `decode_entry` gives."""
+    records = [{"op": "finish", "id": "a" * 12, "attempt": 1, "state": "succeeded",
+                "at": 5.0, "result": result}, {"op": "forget", "ids": []}]
+    entries = [Entry(2, seq, encode_line(seq, r, 2))
+               for seq, r in enumerate(records, 1)]
+    assert decode_entries(entries) == [decode_entry(e.data) for e in entries]
+    assert decode_entries(entries)[0]["result"] == result
+
+
 def _altered(entry: Entry, old: bytes, new: bytes) -> Entry:
     assert old in entry.data
     return Entry(entry.epoch, entry.seq, entry.data.replace(old, new, 1))
