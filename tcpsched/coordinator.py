@@ -64,6 +64,7 @@ from tcpsched.errors import (
 from tcpsched.runtime import transport
 from tcpsched.runtime.journal import decode_entry, encode_line
 from tcpsched.runtime.peers import PeerLinks, peer_id_from_name
+from tcpsched.runtime.replicated import decode_entries
 from tcpsched.runtime.runner import Runner
 from tcpsched.runtime.storage import FSYNC_LOSS, Storage, StorageConfig, check
 from tcpsched.runtime.tls import client_context, server_context
@@ -132,7 +133,7 @@ class Coordinator:
                           promised_epoch=r.promise[0], promised_leader=r.promise[1]),
                 make_scheduler=self._make_scheduler,
                 encode_line=lambda epoch, seq, record: encode_line(seq, record, epoch),
-                decode_line=decode_entry,
+                decode_line=decode_entry, decode_entries=decode_entries,
             )
             # The node's log holds the window now; the list of (seq, epoch, line) tuples it
             # was copied from would stay alive with `self.recovery` (72 bytes an entry).

@@ -4,7 +4,8 @@ Theory of operation (aioquic's shape): `feed(event)` calls `core.step(event, now
 records go to the journal's buffer at once, sends and closes wait in `_held` until the end of
 the event-loop turn, when one `journal.flush()` makes every record of the turn durable (group
 commit) and only then are the held effects carried out. One timer is armed at the core's
-`next_deadline()` and re-armed whenever that changes.
+`next_deadline()` and re-armed whenever that comes earlier; a deadline that moves later (a
+follower's election timeout, pushed back by every Append) is armed when the timer fires.
 
 A node core (core/node.py) gates its own sends: what it emits depends only on committed
 records. So at the end of a turn its held sends, and the turn's Append to each follower, are
@@ -143,7 +144,10 @@ class Runner:
         self._carry(self.core.step(event, self.clock(), self.wall_clock()))
         self._schedule_end_of_turn()
         if not self._end_of_turn_scheduled:
-            self._rearm()  # otherwise once, at the turn's end: the core's deadline costs a walk
+            # Otherwise the turn's end re-arms, once for all the turn's events: asking the
+            # core for its deadline walks every timer it keeps (the leader's scheduler has a
+            # dozen), and a busy turn feeds hundreds of messages.
+            self._rearm()
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         """The running loop, looked up once (each lookup is a getpid system call)."""
@@ -330,7 +334,15 @@ class Runner:
 
     def _rearm(self) -> None:
         deadline = self.core.next_deadline()
-        if deadline == self._timer_deadline:
+        armed = self._timer_deadline
+        if deadline == armed:
+            return
+        if deadline is not None and armed is not None and deadline > armed \
+                and self._timer is not None:
+            # Later than the armed timer: keep that one, which arms the later deadline when it
+            # fires (`_on_timer`). A follower's election deadline moves with every Append it
+            # gets; cancelling and making a timer each time cost more than one early wake-up
+            # per election timeout.
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -342,8 +354,13 @@ class Runner:
             self._timer = loop.call_at(loop.time() + delay, self._on_timer)
 
     def _on_timer(self) -> None:
+        armed = self._timer_deadline
         self._timer = None
         self._timer_deadline = None
+        deadline = self.core.next_deadline()
+        if deadline is not None and armed is not None and deadline > armed:
+            self._rearm()  # the deadline moved later since this timer was armed: not due yet
+            return
         self.feed(Tick())
 
     def stop(self) -> None:

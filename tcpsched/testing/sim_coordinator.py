@@ -48,6 +48,7 @@ from tcpsched.core.node import (
 )
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig
 from tcpsched.runtime.journal import decode_entry, encode_line
+from tcpsched.runtime.replicated import decode_entries
 from tcpsched.testing.sim_disk import SimDisk
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ class SimCoordinator:
         self.node = Node(config, random.Random(sim.rng.getrandbits(64)), self.now,
                          self.disk.recovered(), make_scheduler=self._make_scheduler,
                          encode_line=lambda epoch, seq, record: encode_line(seq, record, epoch),
-                         decode_line=decode_entry)
+                         decode_line=decode_entry, decode_entries=decode_entries)
         sim.checker.node_started(self)
         self.feed(Tick())
 

@@ -90,3 +90,16 @@ def test_restart_section_reads_the_restart_script(tmp_path: Path) -> None:
     assert skipped == {}
     assert bench_sections.restart_figures("", skipped, tmp_path / "missing.py") == []
     assert "missing.py" in skipped["restart"]
+
+
+def test_bench_cpu_names_every_process_of_a_group() -> None:
+    """scripts/bench_cpu.py on a group of 3 reports one leader, two followers and both workers."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_cpu.py"),
+                           "--coordinators", "3", "--jobs", "30", "--repeat", "1", "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (row,) = json.loads(done.stdout)["runs"]
+    assert row["jobs_per_s"] > 0
+    assert {"leader", "w1", "w2", "client"} <= row.keys()
+    assert len([name for name in row if name.startswith("follower-")]) == 2
+    assert all(row[name] >= 0 for name in row)
