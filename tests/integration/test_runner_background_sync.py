@@ -21,7 +21,7 @@ from tcpsched.core.replication import Entry
 from tcpsched.runtime import syncer
 from tcpsched.runtime.journal import decode_entry, encode_line, recover
 from tcpsched.runtime.runner import Runner
-from tcpsched.runtime.storage import Storage
+from tcpsched.runtime.storage import Storage, StorageConfig
 
 CLIENT = 1
 
@@ -83,7 +83,7 @@ class HeldFsync:
 
 
 def start_node(tmp_path: Path) -> tuple[Storage, Node, Runner, RecordingConnection]:
-    storage, r = Storage.open(tmp_path, group=False)
+    storage, r = Storage.open(tmp_path, StorageConfig(background_fsync_s=0.0), group=False)
     node = Node(NodeConfig(node_id=1, address="n1", peers={},
                            timing=ElectionTiming(election_timeout_s=1.0)),
                 random.Random(1), 0.0,

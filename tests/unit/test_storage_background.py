@@ -17,9 +17,10 @@ import pytest
 from tcpsched.errors import JournalError
 from tcpsched.runtime import syncer
 from tcpsched.runtime.journal import recover
-from tcpsched.runtime.storage import Storage
+from tcpsched.runtime.storage import Storage, StorageConfig
 
 FORGET = {"op": "forget", "ids": []}
+BESIDE = StorageConfig(background_fsync_s=0.0)  # every fsync beside the loop
 
 
 class HeldSync:
@@ -55,7 +56,7 @@ async def test_written_records_are_reported_durable_once_the_background_sync_end
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The records are written at once; `synced(seq)` comes only after the fdatasync ended,
     and what was written while it ran goes into the next sync, reported after that one."""
-    storage, _ = Storage.open(tmp_path)
+    storage, _ = Storage.open(tmp_path, BESIDE)
     held = HeldSync(monkeypatch)
     loop = asyncio.get_running_loop()
     reports: list[int | None] = []
@@ -80,7 +81,7 @@ async def test_a_failed_background_fsync_reports_none_and_stops_the_journal(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed fdatasync on the sync thread is the journal's failure: `synced(None)`, told
     once to `on_failure`, nothing reported durable, and every later flush raises."""
-    storage, _ = Storage.open(tmp_path)
+    storage, _ = Storage.open(tmp_path, BESIDE)
     held = HeldSync(monkeypatch, fail=True)
     held.release.set()
     reasons: list[str] = []
@@ -105,7 +106,7 @@ async def test_a_synchronous_flush_and_a_cut_wait_for_the_sync_in_flight(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Durability wanted now (a flush, a cut of the tail) first lets the background sync end:
     the fd it syncs is never closed under it, and the durable seq never passes the cut."""
-    storage, _ = Storage.open(tmp_path)
+    storage, _ = Storage.open(tmp_path, BESIDE)
     held = HeldSync(monkeypatch)
     loop = asyncio.get_running_loop()
     reports: list[int | None] = []
@@ -121,3 +122,38 @@ async def test_a_synchronous_flush_and_a_cut_wait_for_the_sync_in_flight(
     assert reports == [2]  # what is durable now, not the 4 the sync began with
     storage.close()
     assert recover(tmp_path, read_only=True).last_seq == 2
+
+
+async def test_fsyncs_go_beside_the_loop_only_while_they_are_slow(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the default threshold a fast fsync stays in the loop (the flush is synchronous:
+    nothing to wait for); once fsyncs take longer on average they run on the thread, and
+    when they are fast again, in the loop again."""
+    storage, _ = Storage.open(tmp_path, StorageConfig(background_fsync_s=0.01))
+    loop = asyncio.get_running_loop()
+    reports: list[int | None] = []
+    delay = {"s": 0.0}
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        threading.Event().wait(delay["s"])
+        real(fd)
+
+    monkeypatch.setattr(syncer.os, "fdatasync", fdatasync)
+
+    def flush() -> bool:
+        storage.append(FORGET)
+        return storage.flush_background(loop.call_soon_threadsafe, reports.append)
+
+    assert flush() is False and storage.durable_seq == storage.seq  # fast: in the loop
+    delay["s"] = 0.03
+    while not flush():  # slow ones, in the loop, until the average passes the threshold
+        pass
+    await until(lambda: reports and reports[-1] == storage.seq, "the background sync")
+    delay["s"] = 0.0
+    for _ in range(40):
+        if not flush():
+            break
+        await until(lambda: reports and reports[-1] == storage.seq, "a background sync")
+    assert flush() is False  # fast again: back in the loop
+    storage.close()
