@@ -338,11 +338,17 @@ class Scheduler:
                 self._effects.append(Close(conn, f"{msg.TYPE} before register"))
                 return
             entry = self.workers[name]
+            if kind is m.Heartbeat:
+                # Most heartbeats change nothing that decides whether the worker is free: only
+                # one that does is looked at again (1,000 idle workers send 2,000 a second).
+                before = (entry.held, len(entry.running), self.detector.state(name))
+                self.worker_side.on_heartbeat(entry, msg, now)
+                if (entry.held, len(entry.running), self.detector.state(name)) != before:
+                    self._touched.add(name)
+                return
             self._touched.add(name)
             if kind is m.Output:
                 self.live.on_output(entry, msg)
-            elif kind is m.Heartbeat:
-                self.worker_side.on_heartbeat(entry, msg, now)
             elif kind is m.Result:
                 self.worker_side.on_result(entry, msg, now)
                 if entry.prefetch:
@@ -465,7 +471,9 @@ class Scheduler:
         # in the past and the shell's timer fires again at once, spinning until a slot frees.
         self.queue.promote(now)
         if self.dispatch_per_turn:
-            self.dispatch_due = True  # one pass at the turn's end (core/node.py)
+            # One pass at the turn's end (core/node.py), when it has something to do: jobs to
+            # place, or workers whose freeness may have changed (the free set stays exact).
+            self.dispatch_due = bool(self._touched or len(self.queue) or self._lookaheads_open)
         else:
             self._dispatch_pass(now)
 
