@@ -204,24 +204,6 @@ def _structure(cls: type, obj: Any) -> Any:
     return structure(obj)
 
 
-def _structure_generic(cls: type, obj: Any) -> Any:
-    """What the generated structure functions do, field by field (the reference they are
-    tested against, tests/unit/test_codec.py)."""
-    if not isinstance(obj, dict):
-        _fail(f"{cls.__name__}: expected map, got {type(obj).__name__}")
-    shape = _shape(cls)
-    kwargs: dict[str, Any] = {}
-    for name, check, has_default in shape.fields:
-        if name in obj:
-            kwargs[name] = check(obj[name])
-        elif not has_default:
-            _fail(f"{cls.__name__}: missing field {name!r}")
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as exc:
-        raise RemoteProtocolError(f"{cls.__name__}: {exc}") from None
-
-
 _FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}  # attrs field names per class, or None
 # Generated per attrs class (wirecompile.py); None where its hints cannot be read.
 _UNSTRUCTURERS: dict[type, Callable[[Any], dict[str, Any]] | None] = {}
@@ -252,21 +234,6 @@ def _unstructure(value: Any) -> Any:
         return {name: _unstructure(getattr(value, name)) for name in names}
     if isinstance(value, tuple):
         return [_unstructure(v) for v in value]
-    return value
-
-
-def _unstructure_generic(value: Any) -> Any:
-    """The field-by-field walk the generated functions replace (their reference in
-    tests/unit/test_wirecompile.py)."""
-    cls = type(value)
-    if cls in _PLAIN:
-        return value
-    if attrs.has(cls):
-        return {f.name: _unstructure_generic(getattr(value, f.name)) for f in attrs.fields(cls)}
-    if isinstance(value, tuple | list):
-        return [_unstructure_generic(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _unstructure_generic(v) for k, v in value.items()}
     return value
 
 

@@ -90,8 +90,8 @@ def dumps(value: Any) -> bytes:
     integers outside 64 bits, keys that are not strings, float subclasses and lone surrogates
     (it raises), and writes NaN and Infinity as `null`; so when its output holds a `null`
     (mostly a None) and the value a float that is not finite, `json` writes it, keeping NaN as
-    NaN. Other differences are of spelling only (raw UTF-8 for `\\uXXXX`, `1e16` for `1e+16`);
-    the journal's CRC covers the bytes as written."""
+    NaN. Other differences are of spelling only (raw UTF-8 where json escapes a character,
+    `1e16` for `1e+16`); the journal's CRC covers the bytes as written."""
     try:
         data = orjson.dumps(value)
     except (orjson.JSONEncodeError, TypeError):

@@ -19,8 +19,9 @@ each one's process group, then every process `ip netns pids` still finds in our 
 namespace with a process in it outlives `ip netns del`), and only then deletes the namespaces,
 which takes their veths with them. It runs from `__exit__` whatever the body did, and from an
 atexit hook as a backstop; `cleanup_stale()` removes what a killed run left behind: namespaces
-named `tcpsched-PID-XXXX-...` whose PID is no longer alive. Names carry the creating pid and a
-random suffix, so parallel runs never collide and never remove each other's namespaces.
+named `tcpsched-<pid>-<4 hex digits>-...` whose pid is no longer alive. Names carry the
+creating pid and a random suffix, so parallel runs never collide and never remove each other's
+namespaces.
 """
 
 from __future__ import annotations
@@ -167,8 +168,8 @@ def _delete_namespace(namespace: str) -> None:
 def cleanup_stale() -> list[str]:
     """Delete namespaces of ours whose creating process is dead; return the names deleted.
 
-    Only names of the form `tcpsched-PID-XXXX-...` are touched, and only when PID is not a live
-    process, so a concurrent run's namespaces are safe.
+    Only names of the form `tcpsched-<pid>-<4 hex digits>-...` are touched, and only when the
+    pid is not a live process, so a concurrent run's namespaces are safe.
     """
     if available() is not None:
         return []

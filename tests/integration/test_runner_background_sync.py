@@ -5,10 +5,7 @@ once a sync that began after its record was written has ended (runtime/syncer.py
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import random
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +15,11 @@ from tcpsched.core.election import ElectionTiming
 from tcpsched.core.events import Connected, Journal, Received, Send, Tick
 from tcpsched.core.node import Node, NodeConfig, Recovered
 from tcpsched.core.replication import Entry
-from tcpsched.runtime import syncer
 from tcpsched.runtime.journal import decode_entry, encode_line, recover
 from tcpsched.runtime.runner import Runner
 from tcpsched.runtime.storage import Storage, StorageConfig
+from tests.integration.test_runner_durability import RecordingConnection
+from tests.unit.test_storage_background import HeldSync, until
 
 CLIENT = 1
 
@@ -46,42 +44,6 @@ class RequestScheduler:
         return {}
 
 
-class RecordingConnection:
-    def __init__(self) -> None:
-        self.peer = "127.0.0.1:1"
-        self.sent: list[Any] = []
-
-    def send(self, msg: Any) -> None:
-        self.sent.append(msg)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self, reason: str = "", abort: bool = False) -> None:
-        pass
-
-
-class HeldFsync:
-    """The sync thread's fdatasync waits for `release` (and fails if told to)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, fail: bool = False) -> None:
-        self.release = threading.Event()
-        self.calls = 0
-        self.fail = fail
-        real = os.fdatasync
-
-        def fdatasync(fd: int) -> None:
-            if threading.current_thread() is threading.main_thread():
-                return real(fd)  # the loop's own (synchronous) syncs are not held
-            self.calls += 1
-            self.release.wait(10)
-            if self.fail:
-                raise OSError(errno.EIO, os.strerror(errno.EIO))
-            return real(fd)
-
-        monkeypatch.setattr(syncer.os, "fdatasync", fdatasync)
-
-
 def start_node(tmp_path: Path) -> tuple[Storage, Node, Runner, RecordingConnection]:
     storage, r = Storage.open(tmp_path, StorageConfig(background_fsync_s=0.0), group=False)
     node = Node(NodeConfig(node_id=1, address="n1", peers={},
@@ -100,19 +62,11 @@ def start_node(tmp_path: Path) -> tuple[Storage, Node, Runner, RecordingConnecti
     return storage, node, runner, conn
 
 
-async def until(condition: Any, what: str) -> None:
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_replies_wait_for_the_background_fsync_while_the_loop_goes_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two requests in two turns while the first fsync is held: neither is answered; once it
     ends the first is, the second only after the next sync; both are on disk."""
-    held = HeldFsync(monkeypatch)
+    held = HeldSync(monkeypatch)
     storage, _node, runner, conn = start_node(tmp_path)
     runner.feed(Tick())  # alone: leader at once (its epoch record in the first sync)
     await asyncio.sleep(0)
@@ -135,7 +89,7 @@ async def test_a_failed_background_fsync_answers_nothing_and_stops(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sync thread's fdatasync fails: the journal has failed, the held request is refused
     with an error (never acknowledged), and so is every later one."""
-    held = HeldFsync(monkeypatch, fail=True)
+    held = HeldSync(monkeypatch, fail=True)
     storage, _node, runner, conn = start_node(tmp_path)
     reported: list[str] = []
     runner.on_journal_failure = reported.append

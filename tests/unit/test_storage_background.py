@@ -24,7 +24,8 @@ BESIDE = StorageConfig(background_fsync_s=0.0)  # every fsync beside the loop
 
 
 class HeldSync:
-    """Replaces the sync thread's fdatasync: each call waits until released, and counts."""
+    """Replaces the sync thread's fdatasync: each call waits until released (and fails if told
+    to), and counts; the loop thread's own synchronous ones go through untouched."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, fail: bool = False) -> None:
         self.release = threading.Event()
@@ -34,12 +35,14 @@ class HeldSync:
         real = os.fdatasync
 
         def fdatasync(fd: int) -> None:
+            if threading.current_thread() is threading.main_thread():
+                return real(fd)
             self.calls += 1
             self.started.set()
             self.release.wait(10)
             if self.fail:
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
-            real(fd)
+            return real(fd)
 
         monkeypatch.setattr(syncer.os, "fdatasync", fdatasync)
 

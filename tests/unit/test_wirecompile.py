@@ -29,6 +29,34 @@ wire_values = st.recursive(
     max_leaves=8)
 
 
+def generic_structure(cls: type, obj: Any) -> Any:
+    """The field-by-field walk codec did before the generated functions: the reference."""
+    if not isinstance(obj, dict):
+        codec._fail(f"{cls.__name__}: expected map, got {type(obj).__name__}")
+    kwargs: dict[str, Any] = {}
+    for name, check, has_default in codec._shape(cls).fields:
+        if name in obj:
+            kwargs[name] = check(obj[name])
+        elif not has_default:
+            codec._fail(f"{cls.__name__}: missing field {name!r}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise RemoteProtocolError(f"{cls.__name__}: {exc}") from None
+
+
+def generic_unstructure(value: Any) -> Any:
+    """A message as nested plain maps and lists, field by field: the reference."""
+    if attrs.has(type(value)):
+        return {f.name: generic_unstructure(getattr(value, f.name))
+                for f in attrs.fields(type(value))}
+    if isinstance(value, tuple | list):
+        return [generic_unstructure(v) for v in value]
+    if isinstance(value, dict):
+        return {k: generic_unstructure(v) for k, v in value.items()}
+    return value
+
+
 def outcome(fn: Any, cls: type, obj: Any) -> tuple[str, Any]:
     try:
         return "ok", fn(cls, obj)
@@ -42,7 +70,7 @@ def outcome(fn: Any, cls: type, obj: Any) -> tuple[str, Any]:
 def test_generated_structure_equals_the_generic_one_on_any_map(cls: type,
                                                                fields: dict[str, Any]) -> None:
     """Random maps (mostly wrong): the same message, or the same error message."""
-    assert outcome(codec._structure, cls, fields) == outcome(codec._structure_generic, cls,
+    assert outcome(codec._structure, cls, fields) == outcome(generic_structure, cls,
                                                              fields)
 
 
@@ -68,12 +96,12 @@ def test_every_class_round_trips_with_the_same_bytes_as_the_generic_walk(cls: ty
     generated unstructure makes packs to the same bytes as the generic one's."""
     hints = typing.get_type_hints(cls)
     obj = {f.name: sample(hints[f.name]) for f in attrs.fields(cls)}
-    kind, msg = outcome(codec._structure_generic, cls, obj)
+    kind, msg = outcome(generic_structure, cls, obj)
     if kind == "error":  # a validator wants more than a sample (a nonce's length...)
         assert outcome(codec._structure, cls, obj) == (kind, msg)
         return
     assert codec._structure(cls, obj) == msg
-    generic = codec._unstructure_generic(msg)
+    generic = generic_unstructure(msg)
     compiled = codec._UNSTRUCTURERS.get(cls) or codec._unstructurer(cls)
     assert compiled is not None
     assert msgpack.packb(compiled(msg), use_bin_type=True) == msgpack.packb(generic,
