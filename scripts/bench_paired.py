@@ -23,7 +23,15 @@ import statistics
 import time
 from pathlib import Path
 
-from bench_sections import NOOP_FUNCTION, BenchConfig, Figure, _client, _log, percentile
+from bench_sections import (
+    NOOP_FUNCTION,
+    BenchConfig,
+    Figure,
+    _client,
+    _log,
+    cluster_args,
+    percentile,
+)
 
 from tcpsched.client import SyncClient
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until
@@ -34,17 +42,7 @@ BATCHES = 3  # throughput batches per mode, alternating
 
 def start(group: ProcessGroup, config: BenchConfig, token: bytes | None) -> tuple[str, int]:
     """One coordinator and `config.workers` workers of each mode, tagged with their mode."""
-    extra = ["--policy", config.policy, "--log-level", "warning"]
-    common = ["--log-level", "warning"]
-    if config.prefetch is not None:
-        common += ["--prefetch", str(config.prefetch)]
-    if config.fsync is not None:
-        extra += ["--fsync", config.fsync]
-    if token is not None:
-        token_file = group.workdir / "token"
-        token_file.write_bytes(token)
-        extra += ["--token-file", str(token_file)]
-        common += ["--token-file", str(token_file)]
+    extra, common = cluster_args(group, config, token)
     proc, address = group.coordinator(extra=extra)
     names = []
     for mode in MODES:

@@ -101,23 +101,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_cluster(group: ProcessGroup, config: BenchConfig, token: bytes | None,
-                  coordinators: int = 1, *, workers: int | None = None,
-                  no_shell: bool = False) -> tuple[str, int]:
-    """One coordinator or a peer group, and `workers` (default `config.workers`) workers given
-    every address (`--no-shell` with `no_shell`); the addresses, comma-separated, and
-    coordinator 1's pid."""
+def cluster_args(group: ProcessGroup, config: BenchConfig, token: bytes | None
+                 ) -> tuple[list[str], list[str]]:
+    """The flags every benchmark cluster's coordinators and workers get from `config` (the
+    token, if any, written to a file in the group's directory)."""
     extra = ["--policy", config.policy, "--log-level", "warning"]
     # The queued section keeps up to max(--queued) jobs pending and submits its batch on top:
     # the coordinator's backpressure (--max-pending, default 1,000,000) must not refuse it.
     most_pending = max(config.queued, default=0) + config.queued_batch + 200
     if most_pending > MAX_PENDING_DEFAULT:
         extra += ["--max-pending", str(most_pending)]
-    worker_extra = ["--log-level", "warning", "--isolation", config.isolation]
+    worker_extra = ["--log-level", "warning"]
     if config.prefetch is not None:
         worker_extra += ["--prefetch", str(config.prefetch)]
-    if no_shell:
-        worker_extra.append("--no-shell")
     if config.fsync is not None:
         extra += ["--fsync", config.fsync]
     if token is not None:
@@ -125,6 +121,19 @@ def start_cluster(group: ProcessGroup, config: BenchConfig, token: bytes | None,
         token_file.write_bytes(token)
         extra += ["--token-file", str(token_file)]
         worker_extra += ["--token-file", str(token_file)]
+    return extra, worker_extra
+
+
+def start_cluster(group: ProcessGroup, config: BenchConfig, token: bytes | None,
+                  coordinators: int = 1, *, workers: int | None = None,
+                  no_shell: bool = False) -> tuple[str, int]:
+    """One coordinator or a peer group, and `workers` (default `config.workers`) workers given
+    every address (`--no-shell` with `no_shell`); the addresses, comma-separated, and
+    coordinator 1's pid."""
+    extra, worker_extra = cluster_args(group, config, token)
+    worker_extra += ["--isolation", config.isolation]
+    if no_shell:
+        worker_extra.append("--no-shell")
     if coordinators == 1:
         proc, address = group.coordinator(extra=extra)
     else:
