@@ -201,10 +201,13 @@ class LeaderReplication:
         """One Append per follower that has entries waiting (or is due a heartbeat)."""
         out: list[tuple[int, pm.Append]] = []
         for peer, progress in self.progress.items():
-            # New entries, a commit seq it has not heard (so followers apply promptly), or a beat.
-            waiting = (progress.next <= self.log.last_seq
-                       or progress.sent_commit < min(self.log.commit_seq, progress.match))
-            due = heartbeat and now - progress.last_sent_at >= self.beat_s
+            # New entries, or a beat. A commit seq the follower has not heard rides on the next
+            # entries or the next beat: sent on its own after every ack, it was half of all
+            # Appends under load, each one a decode, a step and an ack on both sides.
+            waiting = progress.next <= self.log.last_seq
+            due = heartbeat and (
+                now - progress.last_sent_at >= self.beat_s
+                or progress.sent_commit < min(self.log.commit_seq, progress.match))
             if not waiting and not due:
                 continue
             prev = progress.next - 1

@@ -203,6 +203,8 @@ def test_group_elects_the_highest_id_and_commits_through_a_majority() -> None:
     cluster.cut = set()
     cluster.run(0.2)
     assert cluster.replies[(3, 1)] == [("ok", 10)]
+    # Followers learn the commit seq with the next entries or the next beat (0.1 s).
+    cluster.run(0.11)
     for i in (1, 2):
         assert cluster.nodes[i].table.values() == [10]  # type: ignore[attr-defined]
 

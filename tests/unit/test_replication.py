@@ -153,6 +153,28 @@ def test_heartbeats_only_when_due() -> None:
     assert len(beats) == 2 and all(a.entries == () for _, a in beats)
 
 
+def test_a_new_commit_seq_rides_on_the_next_entries_or_the_next_beat() -> None:
+    """Rule: an ack that moves the commit seq sends nothing on its own (under load, such
+    commit-only Appends were half of all Appends); followers hear the commit seq with the next
+    entries, or at the next beat when there are none, even within the beat interval."""
+    leader = leader_with([], epoch=1)
+    leader.log.append(1, b"a")
+    leader.on_flushed(1)
+    assert [(a.entries, a.commit_seq) for _, a in leader.appends(0.0)] == [((b"a",), 0)] * 2
+    assert leader.on_ack(1, ack(1, 1, 1), 0.01) and leader.log.commit_seq == 1
+    leader.on_ack(2, ack(2, 1, 1), 0.01)
+    assert leader.appends(0.02) == []
+    leader.log.append(1, b"b")
+    assert [(a.entries, a.commit_seq) for _, a in leader.appends(0.03)] == [((b"b",), 1)] * 2
+    leader.on_flushed(2)
+    leader.on_ack(1, ack(1, 1, 2), 0.04)
+    assert leader.log.commit_seq == 2 and leader.appends(0.05) == []
+    # A beat tick before the interval has passed since the last send: only the follower that
+    # holds seq 2 without knowing it is committed gets an (empty) Append.
+    beats = leader.appends(0.06, heartbeat=True)
+    assert [(peer, a.entries, a.commit_seq) for peer, a in beats] == [(1, (), 2)]
+
+
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 4), st.booleans()), max_size=40))
 def test_followers_converge_on_the_leaders_log(ops: list[tuple[int, int, bool]]) -> None:
     """Log matching: whatever appends are lost, re-sent appends leave each follower a prefix of
