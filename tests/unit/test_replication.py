@@ -175,6 +175,30 @@ def test_a_new_commit_seq_rides_on_the_next_entries_or_the_next_beat() -> None:
     assert [(peer, a.entries, a.commit_seq) for peer, a in beats] == [(1, (), 2)]
 
 
+def test_new_entries_wait_for_the_ack_of_those_on_their_way() -> None:
+    """Rule: while a follower has not acknowledged the entries sent to it, new ones wait and
+    then go in one Append (one fsync and one ack on the follower, not one per leader turn); a
+    beat sends what waits, and a refusal ends the wait."""
+    leader = leader_with([], epoch=1, peers=(1,))
+    leader.log.append(1, b"a")
+    assert [a.entries for _, a in leader.appends(0.0)] == [(b"a",)]
+    leader.log.append(1, b"b")
+    assert leader.appends(0.01) == []
+    leader.log.append(1, b"c")
+    assert leader.appends(0.02) == []
+    leader.on_ack(1, ack(1, 1, 1), 0.03)
+    sent = leader.appends(0.03)
+    assert [(a.prev_seq, a.entries) for _, a in sent] == [(1, (b"b", b"c"))]
+    leader.log.append(1, b"d")
+    assert leader.appends(0.04) == []
+    # The Append of b, c is lost: the beat sends d after them, and the follower refuses it.
+    beat = leader.appends(0.2, heartbeat=True)
+    assert [(a.prev_seq, a.entries) for _, a in beat] == [(3, (b"d",))]
+    leader.on_ack(1, ack(1, 1, 0, ok=False, commit=1), 0.21)
+    assert [(a.prev_seq, a.entries) for _, a in leader.appends(0.21)] == [
+        (1, (b"b", b"c", b"d"))]
+
+
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 4), st.booleans()), max_size=40))
 def test_followers_converge_on_the_leaders_log(ops: list[tuple[int, int, bool]]) -> None:
     """Log matching: whatever appends are lost, re-sent appends leave each follower a prefix of
