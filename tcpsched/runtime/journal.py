@@ -12,7 +12,9 @@ Theory of operation (Redis AOF, etcd WAL):
 * Recovery. Load the snapshot (its CRC checked), replay every newer record through the same
   `JobTable.apply` the leader uses. A torn or bad-CRC last line of the newest segment is what a
   crash in mid-write leaves: it is cut off, the cut bytes kept beside the segment, with a
-  warning. A bad line anywhere else is corruption: refuse to start, naming file and line, unless
+  warning. A last line whose frame and CRC hold was written whole, and its record may have been
+  acknowledged: if it does not check or apply, that is corruption too, never a torn tail. A bad
+  line anywhere else is corruption: refuse to start, naming file and line, unless
   `repair` asks to keep the good prefix (everything after it is moved aside, not deleted).
   Segments may still hold records the snapshot covers (a crash during compaction leaves them):
   those are checked but not applied, skipped by sequence number.
@@ -76,7 +78,13 @@ def encode_commit(seq: int) -> bytes:
 
 
 class _BadLine(ValueError):
-    """One journal line cannot be trusted; the message says why."""
+    """One journal line cannot be trusted; the message says why. `whole`: its frame and CRC
+    hold, so it was written whole (no crash in mid-write leaves it): what is wrong with it is
+    corruption wherever it is, never a torn tail."""
+
+    def __init__(self, why: str, *, whole: bool = False) -> None:
+        super().__init__(why)
+        self.whole = whole
 
 
 _PROMISE_HEAD = b'{"promise":'
@@ -106,16 +114,16 @@ def _local_line(line: bytes) -> LocalLine | None:
     try:
         fields = json.loads(b"{" + body + b"}")
     except ValueError:
-        raise _BadLine("not a journal line") from None
+        raise _BadLine("not a journal line", whole=True) from None
     values = list(fields.values())
     if not all(type(v) is int and 0 <= v <= EPOCH_MAX for v in values):
-        raise _BadLine("a promise or commit mark must hold non-negative integers")
+        raise _BadLine("a promise or commit mark must hold non-negative integers", whole=True)
     if "promise" in fields:
         if set(fields) != {"promise", "leader"}:
-            raise _BadLine("a promise holds exactly promise and leader")
+            raise _BadLine("a promise holds exactly promise and leader", whole=True)
         return LocalLine(promise=(fields["promise"], fields["leader"]))
     if set(fields) != {"commit"}:
-        raise _BadLine("a commit mark holds exactly commit")
+        raise _BadLine("a commit mark holds exactly commit", whole=True)
     return LocalLine(commit=fields["commit"])
 
 
@@ -142,7 +150,8 @@ def _line_payload(line: bytes, expected_seq: int) -> tuple[bytes, int]:
     if zlib.crc32(payload, epoch) != int(crc_text):
         raise _BadLine("checksum mismatch")
     if int(seq_text) != expected_seq:
-        raise _BadLine(f"sequence number {int(seq_text)} where {expected_seq} was expected")
+        raise _BadLine(f"sequence number {int(seq_text)} where {expected_seq} was expected",
+                       whole=True)
     return payload, epoch
 
 
@@ -158,9 +167,9 @@ def _parse_payload_built(payload: bytes, epoch: int, seq: int
     try:
         record = fast_loads(payload)  # orjson, reading exactly what `json` would
     except ValueError as exc:
-        raise _BadLine(f"bad JSON ({exc})") from None
+        raise _BadLine(f"bad JSON ({exc})", whole=True) from None
     if type(record) is not dict or "op" not in record:
-        raise _BadLine("record is not a map with an op")
+        raise _BadLine("record is not a map with an op", whole=True)
     # The common record, checked in a few lines; its job comes as a stored row, for
     # `JobTable.apply` to keep as it keeps a snapshot's (core/jobmap.py).
     built = plain_submit(record, epoch, seq, as_row=True)
@@ -176,7 +185,7 @@ def _parse_payload_built(payload: bytes, epoch: int, seq: int
     # AttributeError too: `check_spec` calls a string method on a shell job's command, and a
     # CRC-valid line may hold another type there (a traceback at startup otherwise).
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise _BadLine(f"bad record ({exc})") from None
+        raise _BadLine(f"bad record ({exc})", whole=True) from None
     return record, built
 
 
@@ -276,7 +285,7 @@ class SegmentScan:
     skipped: int
     replayed: int
     bad: tuple[int, int, str] | None
-    bad_is_last_line: bool
+    bad_is_torn_tail: bool
 
 
 def scan_segment(data: bytes, first: int, expected: int,
@@ -290,10 +299,12 @@ def scan_segment(data: bytes, first: int, expected: int,
 
     `on_entry(seq, epoch, line, record)` sees every entry from `expected` on (after `apply`,
     if any); `on_local` every promise and commit mark. A line without a newline at the end of
-    the data is torn. `bad_is_last_line` says whether the bad line is the segment's last one,
-    the only place a crash in mid-write can leave it.
+    the data is torn. `bad_is_torn_tail` says whether the bad line is the segment's last one,
+    the only place a crash in mid-write can leave it, and not a line written whole (frame and
+    CRC intact: its record may have been acknowledged, so it is never cut as torn).
     """
     lines = data[start:].split(b"\n")
+    whole = False
     tail = lines.pop()  # b"" when the data ends with a newline, as it should
     offset = start
     bad: tuple[int, int, str] | None = None
@@ -317,12 +328,14 @@ def scan_segment(data: bytes, first: int, expected: int,
                     try:
                         apply(record, built=built)
                     except (ValueError, KeyError, TypeError) as exc:
-                        raise _BadLine(f"record cannot be applied ({exc})") from None
+                        raise _BadLine(f"record cannot be applied ({exc})",
+                                       whole=True) from None
                 if on_entry is not None:
                     on_entry(seq, epoch, line + b"\n", record, built)
                 replayed += 1
         except _BadLine as exc:
             bad = (lineno, offset, str(exc))
+            whole = exc.whole
             break
         seq += 1
         offset += len(line) + 1
@@ -331,7 +344,8 @@ def scan_segment(data: bytes, first: int, expected: int,
             bad = (len(lines) + start_lineno, offset, "torn line (no newline at its end)")
     last_lineno = len(lines) + start_lineno - (0 if tail else 1)
     return SegmentScan(next_seq=seq, good_bytes=offset, skipped=skipped, replayed=replayed,
-                       bad=bad, bad_is_last_line=bad is not None and bad[0] == last_lineno)
+                       bad=bad, bad_is_torn_tail=bad is not None and bad[0] == last_lineno
+                       and not whole)
 
 
 def recover(data_dir: Path, *, repair: bool = False, read_only: bool = False,
@@ -407,7 +421,7 @@ def _recover(data_dir: Path, *, repair: bool, read_only: bool, group: bool,
         if bad is None:
             continue
         lineno, offset, reason = bad
-        if is_last and scan.bad_is_last_line:
+        if is_last and scan.bad_is_torn_tail:
             kept = _cut(path, offset, data, read_only)
             result.warnings.append(
                 f"{path}:{lineno}: {reason}; {'would cut' if read_only else 'cut'} this last "

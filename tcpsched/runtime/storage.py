@@ -614,6 +614,10 @@ class Storage:
         if point is None:
             return  # the table holds uncommitted entries: try again at the next flush
         seq, epoch, image = point
+        # Records appended since the last flush belong to the segment the snapshot point is
+        # in: written after the new segment starts, they would sit in a segment named after a
+        # later seq, which recovery refuses.
+        self._write_buffer()
         self._sync()  # the journal's own fsync: failing, it is fatal like any journal fsync
         compaction_step(self._hook, "fsync-segment")
         new_path = self.data_dir / segment_name(self.seq + 1)

@@ -117,7 +117,7 @@ def test_every_byte_offset_of_the_journal_is_a_clean_cut_or_a_torn_last_line(
         if offset == starts[k]:
             assert scan.bad is None
         else:
-            assert scan.bad is not None and scan.bad_is_last_line
+            assert scan.bad is not None and scan.bad_is_torn_tail
             assert scan.bad[:2] == (k + 1, starts[k])
 
 
@@ -151,6 +151,32 @@ def test_bad_checksum_on_the_last_line_is_cut(
     result = recover(tmp_path)
     assert "checksum mismatch" in result.warnings[0]
     assert fingerprint(result.table) == states[RECORDS - 1]
+
+
+@pytest.mark.parametrize("last", [
+    encode_line(RECORDS, {"op": "submit", "job": {"id": "j-high", "seq": 9999, "state": "pending",
+                                                  "submitted_at": 1.0, "kind": "call",
+                                                  "function": "m:f", "priority": "high"}}),
+    encode_line(RECORDS, {"op": "cancel", "id": "no-such-job", "at": 1.0}),
+    encode_line(RECORDS + 7, {"op": "epoch"}, 1),
+], ids=["invalid-record", "unknown-job", "wrong-seq"])
+def test_a_whole_last_line_that_does_not_check_is_refused_not_cut(
+        tmp_path: Path, journal: tuple[bytes, list[int], list[tuple[Any, ...]]],
+        last: bytes) -> None:
+    """A last line whose frame and CRC hold was written whole, not torn by a crash: its record
+    may have been acknowledged, so a record that does not check or apply there is refused like
+    corruption anywhere else (cutting it would lose it), and --repair keeps the prefix."""
+    data, starts, states = journal
+    segment = tmp_path / segment_name(1)
+    segment.write_bytes(data[: starts[RECORDS - 1]] + last)
+    with pytest.raises(JournalError) as info:
+        Storage.open(tmp_path)
+    assert f"{segment}:{RECORDS}:" in str(info.value) and "refusing to start" in str(info.value)
+    assert segment.read_bytes() == data[: starts[RECORDS - 1]] + last
+    code, _ = check(tmp_path)
+    assert code == 1
+    result = recover(tmp_path, repair=True)
+    assert fingerprint(result.table) == states[RECORDS - 1] and "repaired" in result.warnings[0]
 
 
 def test_any_flipped_byte_in_a_middle_line_is_refused_naming_file_and_line(
