@@ -563,15 +563,13 @@ def coordinator_settings(argv: Sequence[str] | None = None) -> tuple[Coordinator
     return settings, args
 
 
-# A worker's default lookahead (--prefetch): two waiting assignments per slot. The lookahead
-# must hold the work a worker does during one leader round trip (a result in, the next start
-# record fsynced and, in a peer group, on a follower, the Assign out), and a worker with more
-# slots works through it that much faster, hence per slot. Measured on the loaded 2-core
-# machine (2 workers x 4 slots): with a lookahead of 2 per worker, 3 coordinators were 34%
-# slower than one; with 2 per slot (8), 14-26%. A high-priority job still waits behind at most
-# two rounds of a worker's slots, and only jobs taken when it reported a result
-# (core/prefetch.py).
-PREFETCH_PER_SLOT = 2
+# A worker's default lookahead cap (--prefetch): sixteen waiting assignments per slot. The
+# leader fills only as many as cover a round trip of the worker's recent job times (about 5 ms
+# of work: a result in, the next start record fsynced and, in a peer group, on a follower, the
+# Assign out), none for jobs of 50 ms or more (core/prefetch.py). Measured on the loaded 2-core
+# machine (2 workers x 1 slot, no-op calls): a fixed lookahead of 2 ran ~1,000 jobs/s, 16 ran
+# ~2,000 with a third less leader CPU per job; 3 coordinators then cost ~30% instead of ~40%.
+PREFETCH_PER_SLOT = 16
 
 
 def default_prefetch(slots: int) -> int:
@@ -623,8 +621,10 @@ def worker_parser() -> UsageParser:
     p.add_argument("--slots", type=_positive_int, default=4, metavar="N",
                    help="jobs run at once")
     p.add_argument("--prefetch", type=_prefetch, default=None, metavar="N",
-                   help="jobs assigned beyond --slots, waiting here to start the moment a slot "
-                   "frees (saves a coordinator round trip per job; 0: none) (default: "
+                   help="at most this many jobs assigned beyond --slots, waiting here to start "
+                   "the moment a slot frees (saves a coordinator round trip per job); the "
+                   "leader fills as many as cover about 5 ms of this worker's recent job "
+                   "times, none for jobs of 50 ms or more (0: none) (default: "
                    f"{PREFETCH_PER_SLOT} x --slots)")
     p.add_argument("--tags", default="", metavar="a,b",
                    help="comma-separated tags jobs may ask for (default: none)")

@@ -22,6 +22,7 @@ import attrs
 from tcpsched.core.capabilities import Capabilities
 from tcpsched.core.detector import ALIVE, DEAD
 from tcpsched.core.jobs import JobState
+from tcpsched.core.prefetch import JobTime, lookahead_places
 
 if TYPE_CHECKING:
     from tcpsched.core import messages as m
@@ -59,11 +60,15 @@ class WorkerEntry:
     # Set while the leader handles one of its results: only then are its prefetch places
     # filled, from the head of the queue as it stands (core/prefetch.py says why).
     lookahead_open: bool = False
+    # Its recent jobs' run times, which size its lookahead (core/prefetch.py).
+    job_time: JobTime = attrs.field(factory=JobTime)
 
     def free_slots(self) -> int:
-        """Places for one more assignment: its free slots, and its prefetch places while its
-        lookahead is open."""
-        places = self.slots + (self.prefetch if self.lookahead_open else 0)
+        """Places for one more assignment: its free slots, and while its lookahead is open
+        the prefetch places that cover a round trip of its work."""
+        places = self.slots
+        if self.lookahead_open:
+            places += lookahead_places(self.prefetch, self.slots, self.job_time.average_s)
         return places - len(self.running) - self.held
 
     def is_saturated(self) -> bool:

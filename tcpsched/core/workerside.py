@@ -288,6 +288,8 @@ class WorkerProtocolSide:
             "error": msg.error,
         }  # fmt: skip
         self._judge_worker(entry, job, msg.state == "succeeded", now)
+        if msg.state != "cancelled":  # a cancelled attempt may have been killed unstarted
+            entry.job_time.add(msg.started_at, msg.finished_at)
         if msg.state == "succeeded":
             self._record({"op": "finish", "id": job.id, "attempt": msg.attempt,
                           "state": "succeeded", "at": self._wall, "started_at": msg.started_at,

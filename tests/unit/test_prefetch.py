@@ -9,7 +9,13 @@ from tcpsched.core import messages as m
 from tcpsched.core import workerproto as wp
 from tcpsched.core.events import Connected, Received
 from tcpsched.core.jobs import JobState
-from tcpsched.core.prefetch import Lookahead
+from tcpsched.core.prefetch import (
+    LONG_JOB_S,
+    LOOKAHEAD_COVER_S,
+    JobTime,
+    Lookahead,
+    lookahead_places,
+)
 from tests.unit.test_scheduler import Harness as LeaderHarness
 from tests.unit.test_workerproto import Harness as WorkerHarness
 from tests.unit.test_workerproto import assign, ref, sent
@@ -223,3 +229,47 @@ def test_a_high_priority_job_takes_the_first_place_that_frees() -> None:
     assert h.assigns("w1")[-1].job_id == high
     ahead = [j for j in h.sched.workers["w1"].running if j != high]
     assert ahead == low[2:4] and len(ahead) <= prefetch
+
+
+def test_lookahead_places_cover_a_round_trip_of_the_workers_job_times() -> None:
+    """Rule: the leader fills as many places as the worker gets through in LOOKAHEAD_COVER_S
+    (at least one, at most its cap); none for jobs of LONG_JOB_S or more; one a slot before
+    any of its jobs has finished; all of the cap for jobs that take no time."""
+    assert lookahead_places(0, 1, 0.0) == 0
+    assert lookahead_places(16, 1, None) == 1 and lookahead_places(16, 4, None) == 4
+    assert lookahead_places(16, 1, 0.0) == 16
+    assert lookahead_places(16, 1, LOOKAHEAD_COVER_S / 5) == 5
+    assert lookahead_places(16, 2, LOOKAHEAD_COVER_S / 5) == 10
+    assert lookahead_places(16, 1, LOOKAHEAD_COVER_S / 100) == 16
+    assert lookahead_places(16, 1, LOOKAHEAD_COVER_S * 2) == 1
+    assert lookahead_places(16, 8, LONG_JOB_S * 0.99) == 1
+    assert lookahead_places(16, 8, LONG_JOB_S) == 0
+    average = JobTime()
+    average.add(10.0, 10.5)
+    assert average.average_s == 0.5
+    average.add(20.0, 19.0)  # a clock that went back counts as no time
+    assert average.average_s == 0.375
+
+
+def test_the_leader_sizes_a_workers_lookahead_by_its_job_times() -> None:
+    """Short jobs fill the whole cap; as the worker's jobs get slower its lookahead shrinks,
+    and once they take LONG_JOB_S or more it gets no prefetched jobs at all (a job waiting
+    behind a long one could have started elsewhere)."""
+    h = LeaderHarness()
+    connect(h, "w1", slots=1, prefetch=8)
+    ids = [h.submit() for _ in range(60)]
+    assert len(h.assigns("w1")) == 1
+    h.result("w1", ids[0], 1)  # no time at all: the whole cap
+    assert len(h.assigns("w1")) == 1 + 1 + 8
+    h.result("w1", ids[1], 1, took=LOOKAHEAD_COVER_S / 2.5)  # average cover/10: still the cap
+    assert len(h.sched.workers["w1"].running) == 1 + 8
+    for i in range(2, 40):
+        h.result("w1", ids[i], 1, took=LOOKAHEAD_COVER_S / 2.5)  # the average nears cover/2.5
+    assert len(h.sched.workers["w1"].running) == 1 + 3
+    for _ in range(10):
+        oldest = next(iter(h.sched.workers["w1"].running))
+        h.result("w1", oldest, 1, took=2 * LONG_JOB_S)
+    average = h.sched.workers["w1"].job_time.average_s
+    assert average is not None and average >= LONG_JOB_S
+    assert len(h.sched.workers["w1"].running) == 1  # its slot only
+    assert any(h.job(i)["state"] == "pending" for i in ids)

@@ -76,11 +76,11 @@ class Harness:
         return str(reply.value[0])
 
     def result(self, name: str, job_id: str, attempt: int, state: str = "succeeded",
-               exit_code: int = 0) -> None:
+               exit_code: int = 0, *, took: float = 0.0) -> None:
         self.step(Received(self.conns[name], m.Result(
             job_id=job_id, attempt=attempt, state=state, exit_code=exit_code, result=None,
             stdout="", stderr="", error=None if state == "succeeded" else f"exit {exit_code}",
-            started_at=self.now, finished_at=self.now,
+            started_at=self.now - took, finished_at=self.now,
         )))  # fmt: skip
 
     def assigns(self, name: str) -> list[m.Assign]:
