@@ -34,6 +34,7 @@ from tcpsched.core import peer_messages as pm
 
 Position = tuple[int, int]
 ENTRIES_PER_APPEND_MAX = 4096
+APPENDS_IN_FLIGHT_MAX = 2  # Appends of entries a follower may have unacknowledged
 APPEND_BYTES_MAX = 4 * 1024 * 1024
 
 
@@ -153,9 +154,9 @@ class Progress:
     snapshot_sent_at: float | None = None  # a snapshot is on its way since then
     last_sent_at: float = -1.0
     sent_commit: int = 0
-    # The last seq of entries sent and not yet acknowledged (0: none): while some are on their
-    # way, new entries wait for the ack and then go in one Append (see `appends`).
-    in_flight: int = 0
+    # The last seq of each Append of entries sent and not yet acknowledged, oldest first:
+    # while `APPENDS_IN_FLIGHT_MAX` are on their way, new entries wait (see `appends`).
+    in_flight: list[int] = attrs.field(factory=list)
 
 
 class LeaderReplication:
@@ -185,13 +186,13 @@ class LeaderReplication:
             if ack.match_seq > progress.match:
                 progress.match = min(ack.match_seq, self.log.last_seq)
             progress.next = max(progress.next, progress.match + 1)
-            if progress.match >= progress.in_flight:
-                progress.in_flight = 0
+            if progress.in_flight:
+                _acknowledged(progress)
             return self._advance_commit()
         # Its log does not hold what we sent after: go back to what is surely shared.
         progress.match = min(progress.match, ack.commit_seq)
         progress.next = min(progress.next, ack.commit_seq + 1)
-        progress.in_flight = 0
+        progress.in_flight.clear()
         return False
 
     def _advance_commit(self) -> bool:
@@ -210,12 +211,14 @@ class LeaderReplication:
             # New entries, or a beat. A commit seq the follower has not heard rides on the next
             # entries or the next beat: sent on its own after every ack, it was half of all
             # Appends under load, each one a decode, a step and an ack on both sides. New
-            # entries also wait while earlier ones are unacknowledged: the follower journals
-            # and fsyncs each Append, so under load this makes one Append (one fsync, one ack)
-            # per follower round trip instead of one per leader turn, and at low load, when
-            # acks come back before the next entries, it changes nothing. A beat sends
-            # whatever waits, so a lost Append is found (refused) within a beat, as before.
-            waiting = progress.next <= self.log.last_seq and not progress.in_flight
+            # entries also wait while `APPENDS_IN_FLIGHT_MAX` Appends are unacknowledged: the
+            # follower journals and fsyncs what it reads in one turn together, so two on their
+            # way keep it busy (the next one is there when its fsync ends) and more only add
+            # Appends; at low load, when acks come back before the next entries, nothing
+            # waits. A beat sends whatever waits, so a lost Append is found (refused) within a
+            # beat, as before.
+            waiting = (progress.next <= self.log.last_seq
+                       and len(progress.in_flight) < APPENDS_IN_FLIGHT_MAX)
             due = heartbeat and (
                 now - progress.last_sent_at >= self.beat_s
                 or progress.sent_commit < min(self.log.commit_seq, progress.match))
@@ -233,7 +236,7 @@ class LeaderReplication:
             progress.sent_commit = self.log.commit_seq
             if entries:
                 progress.next = entries[-1].seq + 1
-                progress.in_flight = entries[-1].seq
+                progress.in_flight.append(entries[-1].seq)
             out.append((peer, pm.Append(
                 src=self.node_id, epoch=self.epoch, prev_epoch=prev_epoch, prev_seq=prev,
                 entries=tuple(e.data for e in entries), epochs=tuple(e.epoch for e in entries),
@@ -245,8 +248,7 @@ class LeaderReplication:
         progress = self.progress[peer]
         progress.match = max(progress.match, seq)
         progress.next = max(progress.next, seq + 1)
-        if progress.match >= progress.in_flight:
-            progress.in_flight = 0
+        _acknowledged(progress)
         progress.needs_snapshot = False
         progress.snapshot_sent_at = None
 
@@ -262,6 +264,13 @@ class LeaderReplication:
 
     def lag(self) -> dict[int, int]:
         return {p: self.log.last_seq - pr.match for p, pr in self.progress.items()}
+
+
+def _acknowledged(progress: Progress) -> None:
+    """Forget the Appends on their way to a follower that its match now covers."""
+    in_flight = progress.in_flight
+    while in_flight and in_flight[0] <= progress.match:
+        del in_flight[0]
 
 
 @attrs.frozen

@@ -175,28 +175,30 @@ def test_a_new_commit_seq_rides_on_the_next_entries_or_the_next_beat() -> None:
     assert [(peer, a.entries, a.commit_seq) for peer, a in beats] == [(1, (), 2)]
 
 
-def test_new_entries_wait_for_the_ack_of_those_on_their_way() -> None:
-    """Rule: while a follower has not acknowledged the entries sent to it, new ones wait and
-    then go in one Append (one fsync and one ack on the follower, not one per leader turn); a
-    beat sends what waits, and a refusal ends the wait."""
+def test_new_entries_wait_while_two_appends_are_unacknowledged() -> None:
+    """Rule: while APPENDS_IN_FLIGHT_MAX (2) Appends of entries to a follower are
+    unacknowledged, new entries wait, then go in one Append once an ack comes (the follower
+    fsyncs once per turn whatever it reads, so more on their way only add Appends); a beat
+    sends what waits, and a refusal ends the wait."""
     leader = leader_with([], epoch=1, peers=(1,))
     leader.log.append(1, b"a")
     assert [a.entries for _, a in leader.appends(0.0)] == [(b"a",)]
     leader.log.append(1, b"b")
-    assert leader.appends(0.01) == []
+    assert [a.entries for _, a in leader.appends(0.01)] == [(b"b",)]
     leader.log.append(1, b"c")
     assert leader.appends(0.02) == []
-    leader.on_ack(1, ack(1, 1, 1), 0.03)
-    sent = leader.appends(0.03)
-    assert [(a.prev_seq, a.entries) for _, a in sent] == [(1, (b"b", b"c"))]
     leader.log.append(1, b"d")
+    assert leader.appends(0.02) == []
+    leader.on_ack(1, ack(1, 1, 1), 0.03)  # a is in: one place frees
+    assert [(a.prev_seq, a.entries) for _, a in leader.appends(0.03)] == [(2, (b"c", b"d"))]
+    leader.log.append(1, b"e")
     assert leader.appends(0.04) == []
-    # The Append of b, c is lost: the beat sends d after them, and the follower refuses it.
+    # The Appends of b and of c, d are lost: the beat sends e after them, which is refused.
     beat = leader.appends(0.2, heartbeat=True)
-    assert [(a.prev_seq, a.entries) for _, a in beat] == [(3, (b"d",))]
+    assert [(a.prev_seq, a.entries) for _, a in beat] == [(4, (b"e",))]
     leader.on_ack(1, ack(1, 1, 0, ok=False, commit=1), 0.21)
     assert [(a.prev_seq, a.entries) for _, a in leader.appends(0.21)] == [
-        (1, (b"b", b"c", b"d"))]
+        (1, (b"b", b"c", b"d", b"e"))]
 
 
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 4), st.booleans()), max_size=40))
