@@ -32,7 +32,8 @@ third less CPU per job in the leader, which handles several results and assignme
 Jobs of `LONG_JOB_S` (50 ms) or more get no lookahead at all: a round trip costs them a few
 percent at most, and a job waiting behind a long one could have started on a worker that frees
 up sooner. So a high-priority job submitted later waits behind about 5 ms of work at any
-worker, whatever the cap.
+worker, whatever the cap, as far as the worker's past jobs tell its next ones: when its jobs get
+longer, what it was given stays with it, and the next fill follows the new average.
 
 The leader cannot tell a waiting attempt from a running one until its result comes: an attempt
 it assigns while it counts every slot of the worker busy is recorded as `running` with no
