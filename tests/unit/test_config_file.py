@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tcpsched.client import function_name
+from tcpsched.client_specs import function_name
 from tcpsched.config import coordinator_settings, worker_settings
 from tcpsched.errors import ConfigError, RequestError
 

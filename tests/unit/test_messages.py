@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tcpsched.client import UNPACKABLE_BYTES, _size_bound
+from tcpsched.client_specs import UNPACKABLE_BYTES, size_bound
 from tcpsched.core import messages as m
 from tcpsched.core.codec import HEADER, FrameDecoder, encode
 from tcpsched.core.jobs import PRIORITY_MAX, PRIORITY_MIN, RETRIES_MAX, JobSpec
@@ -231,6 +231,6 @@ def test_printable_names_are_accepted() -> None:
 @given(st.lists(job_specs(), min_size=1, max_size=5))
 def test_client_size_bound_is_never_below_the_encoded_size(specs: list[JobSpec]) -> None:
     """The client's cheap size bound (used to skip a second encoding) is a true upper bound."""
-    bound = sum(_size_bound(spec) for spec in specs)
+    bound = sum(size_bound(spec) for spec in specs)
     size = len(encode(m.Submit(req_id=2**63 - 1, jobs=tuple(specs))))
     assert size <= 64 + bound < UNPACKABLE_BYTES
