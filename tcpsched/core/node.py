@@ -230,7 +230,8 @@ class Node:
         deadline = self.election.next_deadline()
         if self.scheduler is not None:
             beat = self._last_beat + self.config.beat_s
-            deadline = min(deadline, beat)
+            if beat < deadline:  # noqa: PLR1730 (min() costs more than the rest of this method)
+                deadline = beat
             scheduled = self.scheduler.next_deadline()
             if scheduled is not None and scheduled < deadline:
                 deadline = scheduled
