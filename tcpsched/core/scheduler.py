@@ -199,8 +199,9 @@ class Scheduler:
     def step(self, event: Any, now: float, wall: float | None = None) -> list[Effect]:
         """One event at monotonic `now` (and Unix time `wall`, for the records' times)."""
         self._effects.clear()
-        self._now = now
-        self._wall = now if wall is None else wall
+        clock = self.clock  # not through the _now and _wall properties: a step per heartbeat
+        clock.now = now
+        clock.wall = now if wall is None else wall
         quiet_until, self._quiet_until, self._deadline_known = self._quiet_until, None, False
         stall_s = self.detector.loop_ran(now)
         if stall_s >= STALL_LOGGED_S:
