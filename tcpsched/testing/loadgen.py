@@ -12,10 +12,10 @@ process (the executor needs one, and never uses it: nothing runs).
     python -m tcpsched.testing.loadgen 127.0.0.1:7001 --workers 1000 [--slots 1]
         [--name-prefix lg] [--token-file FILE]
 
-prints `ready N` once every worker is registered, `heartbeats N` (how many all its workers have
-sent so far) on each SIGUSR1, so a benchmark can put the leader's CPU over the heartbeats of a
-window (fewer are sent when the machine is loaded), and, on SIGTERM or SIGINT, one JSON line
-with `workers`, `jobs` (answered), `heartbeats` (sent) and `registered` (at the end).
+prints `ready N` once every worker is registered, `heartbeats_sent N` (how many all its
+workers have sent so far) on each SIGUSR1, so a benchmark can put the leader's CPU over the
+heartbeats of a window (fewer are sent when the machine is loaded), and, on SIGTERM or SIGINT,
+one JSON line with `workers`, `jobs` (answered), `heartbeats` (sent) and `registered` (at the end).
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ async def run(address: str, count: int, slots: int, prefix: str,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(
-        signal.SIGUSR1, lambda: print(f"heartbeats {InstantWorker.heartbeats_sent}", flush=True))
+    loop.add_signal_handler(signal.SIGUSR1, lambda: print(
+        f"heartbeats_sent {InstantWorker.heartbeats_sent}", flush=True))
     all_in = asyncio.Event()
     seen = 0
 
