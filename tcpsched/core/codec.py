@@ -432,13 +432,16 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         # _check_header's own first test, asked here: this runs twice per message received.
-        if self._need is None:
-            self._check_header()
-            if self._need is None:
+        need = self._need
+        if need is None:
+            if len(self._buffer) < HEADER.size:
                 return None
-        if len(self._buffer) < HEADER.size + self._need:
+            self._check_header()
+            need = self._need
+            assert need is not None  # a full header is a length, or _check_header raised
+        end = HEADER.size + need
+        if len(self._buffer) < end:
             return None
-        end = HEADER.size + self._need
         body = bytes(self._buffer[HEADER.size : end])
         del self._buffer[:end]
         self._need = None
