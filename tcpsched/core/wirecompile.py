@@ -83,6 +83,10 @@ def compile_structure(cls: type, fields: tuple[tuple[str, Callable[[Any], Any], 
         env[f"c{i}"] = check
         fast = _fast_test(hints[field])
         value = f"v if {fast} else c{i}(v)" if fast else f"c{i}(v)"
+        if typing.get_origin(hints[field]) is tuple:
+            # An empty array (a heartbeat's `running`, most of the time) is the checker's ()
+            # without calling it.
+            value = f"() if (type(v) is list and not v) else c{i}(v)"
         lines += [f"    v = obj.get({field!r}, MISSING)",
                   "    if v is not MISSING:",
                   f"        a{i} = {value}",
