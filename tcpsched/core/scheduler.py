@@ -468,28 +468,26 @@ class Scheduler:
         while none of it is due, which is known from `next_deadline()` (the detector's
         checks, delayed jobs, waits, follows, cool-downs), the resync and the retention check;
         the heartbeat changed none of these, so the answer holds for the next such step too.
-        What is not timed on the monotonic clock (doomed children, admission's rate sample,
-        schedules on the wall clock, whether a dispatch pass is due) runs as in `_advance`."""
+        Doomed children, or a schedule due by the wall clock, make it a full `_advance`, as a
+        due deadline does; otherwise only admission's rate sample and whether a dispatch pass
+        is due are left, and run as in `_advance`."""
         if quiet_until is None:
             deadline = self._find_deadline()
             quiet_until = self._resync_at if deadline is None else min(deadline, self._resync_at)
             if self.config.keep_finished_for_s is not None:
                 quiet_until = min(quiet_until, self.retention.next_check)
             self._deadline = deadline
-        if now >= quiet_until:
+        if now >= quiet_until or self.dependencies.doomed or self.schedules.is_due():
             self._advance(now)
             return self.out.take()
         self._advance_untimed(now)
-        if not self._effects:  # nothing changed: what was known still holds
-            self._quiet_until, self._deadline_known = quiet_until, True
+        if not self._effects:  # no dispatch pass placed a job (without dispatch_per_turn)
+            self._quiet_until, self._deadline_known = quiet_until, True  # still as they were
         return self.out.take()
 
     def _advance_untimed(self, now: float) -> None:
-        """What `_advance` does on every step, due or not."""
-        if self.dependencies.doomed:
-            self.dependencies.cascade()  # children doomed while no leader acted (core/deps.py)
+        """What `_advance` does on every step, with nothing due (see `_idle_beat_step`)."""
         self.admission.observe(self.placement.started_total, now)
-        self.schedules.fire_due()
         if self.dispatch_per_turn:
             self.dispatch_due = bool(self._touched or len(self.queue) or self._lookaheads_open)
         else:

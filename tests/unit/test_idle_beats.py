@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from tcpsched.core import messages as m
-from tcpsched.core.events import Received
+from tcpsched.core.events import Journal, Received
 from tcpsched.core.jobs import JobSpec
 from tcpsched.core.workerside import MISSING_BEATS_MAX, MISSING_GRACE_BEATS
 from tests.unit.test_scheduler import Harness
@@ -127,3 +127,17 @@ def test_the_resync_rebuilds_the_free_set_only_when_it_drifted() -> None:
     h.advance(0.6, beating=("w1", "w2", "w3"))
     assert rebuilds[0] == 1
     assert h.sched.free.names == ["w1", "w2", "w3"]
+
+
+def test_a_schedule_due_by_the_wall_clock_fires_on_an_idle_heartbeat() -> None:
+    """Schedules run on the wall clock: after a step of it (NTP), an idle worker's heartbeat
+    fires what became due, as any other step does, although no monotonic deadline has come."""
+    h = Harness()
+    h.connect("w1")
+    h.step(Received(1000, m.ScheduleAdd(req_id=1, name="s", every=60.0,
+                                        job=JobSpec(kind="shell", command="true"))))
+    for _ in range(3):
+        h.heartbeat("w1")
+    effects = h.sched.step(Received(h.conns["w1"], m.Heartbeat()), h.now, h.now + 120.0)
+    fires = [e.record for e in effects if isinstance(e, Journal) and e.record["op"] == "fire"]
+    assert len(fires) == 1 and fires[0]["name"] == "s"
