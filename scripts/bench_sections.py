@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -273,17 +274,33 @@ def workers(group: ProcessGroup, address: str, leader_pid: int, config: BenchCon
                            interval=0.2, what=f"{count} load-generator workers")
                 if not gen.alive():
                     raise RuntimeError(f"the load generator exited:\n{gen.log()[-2000:]}")
+                beats_before = _heartbeats_sent(gen)
                 before, start = cpu_seconds(leader_pid), time.perf_counter()
                 time.sleep(config.idle_s)  # the figure: CPU over a fixed idle window
-                share = (cpu_seconds(leader_pid) - before) / (time.perf_counter() - start)
+                cpu_s = cpu_seconds(leader_pid) - before
+                share = cpu_s / (time.perf_counter() - start)
+                beats = _heartbeats_sent(gen) - beats_before
                 _log(f"workers: {config.scale_jobs} jobs over {count} workers ...")
                 _, total_s = _run_map(client, config.scale_jobs)
             finally:
                 group.stop(gen)
+            # Per heartbeat too: a loaded machine's load generator sends fewer than N / interval.
             figures += [Figure("workers", f"leader_cpu_{count}_idle", 100.0 * share, "%"),
+                        Figure("workers", f"leader_us_per_heartbeat_{count}",
+                               1e6 * cpu_s / max(beats, 1), "us"),
                         Figure("workers", f"dispatch_{count}", config.scale_jobs / total_s,
                                "jobs/s")]
     return figures
+
+
+def _heartbeats_sent(gen: Any) -> int:
+    """How many heartbeats the load generator's workers have sent so far (it prints the count
+    on SIGUSR1, tcpsched/testing/loadgen.py)."""
+    seen = gen.log().count("heartbeats_sent ")
+    gen.signal(signal.SIGUSR1)
+    wait_until(lambda: gen.log().count("heartbeats_sent ") > seen or not gen.alive(), 10.0,
+               interval=0.01, what="the load generator's heartbeat count")
+    return int(gen.log().rsplit("heartbeats_sent ", 1)[1].split()[0])
 
 
 def calls(group: ProcessGroup | None, address: str, leader_pid: int, config: BenchConfig,

@@ -413,7 +413,7 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         self._buffer += data
-        if self.lookahead:
+        if self.lookahead and self._need is None:
             self._check_header()
 
     def _check_header(self) -> None:
@@ -431,10 +431,17 @@ class FrameDecoder:
         """One message, or None if more bytes are needed."""
         if self._error is not None:
             raise self._error
-        self._check_header()
-        if self._need is None or len(self._buffer) < HEADER.size + self._need:
+        # _check_header's own first test, asked here: this runs twice per message received.
+        need = self._need
+        if need is None:
+            if len(self._buffer) < HEADER.size:
+                return None
+            self._check_header()
+            need = self._need
+            assert need is not None  # a full header is a length, or _check_header raised
+        end = HEADER.size + need
+        if len(self._buffer) < end:
             return None
-        end = HEADER.size + self._need
         body = bytes(self._buffer[HEADER.size : end])
         del self._buffer[:end]
         self._need = None

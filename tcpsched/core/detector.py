@@ -63,6 +63,10 @@ class DetectorStatistics:
 class FailureDetector:
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
+        # The config is frozen: its derived periods are worked out once, not at every step
+        # (`loop_ran`) and for every watch (`check`), where each was a min() or two.
+        self._check_period_s = config.check_period_s
+        self._suspect_after_s = config.suspect_after_s
         self._watches: dict[str, _Watch] = {}
         self._next_check: float | None = None
         self._loop_ran_at: float | None = None
@@ -75,7 +79,7 @@ class FailureDetector:
         last, self._loop_ran_at = self._loop_ran_at, now
         if last is None or self._next_check is None:
             return 0.0  # nobody is watched: nothing was asked of the loop
-        stall_s = now - last - self.config.check_period_s
+        stall_s = now - last - self._check_period_s
         if stall_s <= 0.0:
             return 0.0
         self._excused_s += stall_s
@@ -90,7 +94,7 @@ class FailureDetector:
         self._watches[name] = _Watch(last_heartbeat=now, heard_running_s=self._running(now),
                                      connected=connected, state=ALIVE if connected else SUSPECT)
         if self._next_check is None:
-            self._next_check = now + self.config.check_period_s
+            self._next_check = now + self._check_period_s
 
     def forget(self, name: str) -> None:
         self._watches.pop(name, None)
@@ -113,8 +117,13 @@ class FailureDetector:
         watch = self._watches.get(name)
         if watch is None or watch.state == DEAD:
             return False
-        watch.last_heartbeat = max(watch.last_heartbeat, now)
-        watch.heard_running_s = max(watch.heard_running_s, self._running(now))
+        # Never backwards (a heartbeat read late, after a stall was excused); compared, not
+        # max(), which costs more than the rest of this method.
+        if now > watch.last_heartbeat:  # noqa: PLR1730
+            watch.last_heartbeat = now
+        running = now - self._excused_s
+        if running > watch.heard_running_s:  # noqa: PLR1730
+            watch.heard_running_s = running
         watch.connected = True
         if watch.state == SUSPECT:
             watch.state = ALIVE
@@ -135,20 +144,20 @@ class FailureDetector:
     def check(self, now: float) -> list[tuple[str, str]]:
         """Transitions (name, new state) that the passing of time caused."""
         changes: list[tuple[str, str]] = []
-        cfg = self.config
+        timeout_s, suspect_after_s = self.config.timeout_s, self._suspect_after_s
         running = self._running(now)
         for name, watch in self._watches.items():
             if watch.state == DEAD:
                 continue
             silent = running - watch.heard_running_s
-            if silent >= cfg.timeout_s:
+            if silent >= timeout_s:
                 watch.state = DEAD
                 changes.append((name, DEAD))
-            elif watch.state == ALIVE and silent >= cfg.suspect_after_s:
+            elif watch.state == ALIVE and silent >= suspect_after_s:
                 watch.state = SUSPECT
                 changes.append((name, SUSPECT))
         has_live = any(w.state != DEAD for w in self._watches.values())
-        self._next_check = now + cfg.check_period_s if has_live else None
+        self._next_check = now + self._check_period_s if has_live else None
         return changes
 
     def next_deadline(self) -> float | None:

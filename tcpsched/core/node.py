@@ -226,13 +226,16 @@ class Node:
         return None if epoch is None else (seq, epoch)
 
     def next_deadline(self) -> float | None:
-        deadlines = [self.election.next_deadline()]
+        # Asked after every event the runner feeds (a heartbeat among them): no list built.
+        deadline = self.election.next_deadline()
         if self.scheduler is not None:
-            deadlines.append(self._last_beat + self.config.beat_s)
+            beat = self._last_beat + self.config.beat_s
+            if beat < deadline:  # noqa: PLR1730 (min() costs more than the rest of this method)
+                deadline = beat
             scheduled = self.scheduler.next_deadline()
-            if scheduled is not None:
-                deadlines.append(scheduled)
-        return min(deadlines)
+            if scheduled is not None and scheduled < deadline:
+                deadline = scheduled
+        return deadline
 
     def statistics(self, now: float) -> dict[str, Any]:
         e = self.election.statistics(now)
@@ -274,7 +277,9 @@ class Node:
         """One event at monotonic `now` (and Unix time `wall`, for the times on records)."""
         self._effects = []
         self._wall = now if wall is None else wall
-        if isinstance(event, PeerReceived):
+        if type(event) is Received:  # most events are (heartbeats among them): asked first
+            self._on_connection(event, now)
+        elif isinstance(event, PeerReceived):
             self._on_peer(event.peer, event.msg, now)
         elif isinstance(event, Flushed):
             self._on_flushed(event.seq, now)

@@ -111,6 +111,10 @@ class LeaderSchedules:
             return None
         return f"{job.id} still {job.state.value}"
 
+    def is_due(self) -> bool:
+        """Whether a fire is due by the wall clock (what `fire_due` acts on)."""
+        return self._soonest is not None and self._wall >= self._soonest
+
     def fire_due(self) -> None:
         wall = self._wall
         if self._soonest is None or wall < self._soonest:

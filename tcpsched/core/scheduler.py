@@ -129,6 +129,12 @@ class Scheduler:
         self.dispatch_per_turn = False
         self.dispatch_due = False
         self._resync_at = now
+        # An idle worker's heartbeat changes nothing `_advance`'s timed work or
+        # `next_deadline()` depend on, so while only such heartbeats come in, both are known
+        # from the last one (see `_idle_beat_step`); every other step forgets them.
+        self._quiet_until: float | None = None  # nothing timed is due before this
+        self._deadline_known = False  # `_deadline` is `next_deadline()`'s answer
+        self._deadline: float | None = None
         # Pending jobs no live worker can run, out of the queue until a worker registers:
         # job id -> why (shown as the record's `reason`).
         self.parked: dict[str, str] = {}
@@ -193,14 +199,17 @@ class Scheduler:
     def step(self, event: Any, now: float, wall: float | None = None) -> list[Effect]:
         """One event at monotonic `now` (and Unix time `wall`, for the records' times)."""
         self._effects.clear()
-        self._now = now
-        self._wall = now if wall is None else wall
+        clock = self.clock  # not through the _now and _wall properties: a step per heartbeat
+        clock.now = now
+        clock.wall = now if wall is None else wall
+        quiet_until, self._quiet_until, self._deadline_known = self._quiet_until, None, False
         stall_s = self.detector.loop_ran(now)
         if stall_s >= STALL_LOGGED_S:
             log.warning("leader loop stalled for %.2fs; not counted against any worker",
                         stall_s)
         if isinstance(event, Received):
-            self._on_message(event.conn, event.msg, now)
+            if self._on_message(event.conn, event.msg, now) and stall_s == 0.0:
+                return self._idle_beat_step(now, quiet_until)
         elif isinstance(event, Connected):
             self._conn_roles[event.conn] = event.role
             self._conn_addresses[event.conn] = event.address
@@ -217,6 +226,11 @@ class Scheduler:
         return self.out.take()
 
     def next_deadline(self) -> float | None:
+        if self._deadline_known:
+            return self._deadline
+        return self._find_deadline()
+
+    def _find_deadline(self) -> float | None:
         if self.backlog:
             return self._now  # queued work goes on at the next loop turn
         candidates = [
@@ -323,7 +337,9 @@ class Scheduler:
         elif self.detector.disconnected(name):
             log.info("worker=%s suspect: connection closed (%s)", name, reason)
 
-    def _on_message(self, conn: int, msg: Any, now: float) -> None:
+    def _on_message(self, conn: int, msg: Any, now: float) -> bool:
+        """Route one message; True if it was an idle worker's heartbeat that changed nothing
+        (see `_idle_beat_step`)."""
         role = self._conn_roles.get(conn)
         kind = type(msg)
         if role == "client" and kind in m.CLIENT_REQUESTS:
@@ -332,20 +348,23 @@ class Scheduler:
             if kind is m.Register:
                 self.worker_side.on_register(conn, msg, now)
                 self._touched.add(msg.name)
-                return
+                return False
             name = self._conn_worker.get(conn)
             if name is None:
                 self._effects.append(Close(conn, f"{msg.TYPE} before register"))
-                return
+                return False
             entry = self.workers[name]
             if kind is m.Heartbeat:
                 # Most heartbeats change nothing that decides whether the worker is free: only
                 # one that does is looked at again (1,000 idle workers send 2,000 a second).
+                # Idle: nothing reported, nothing assigned or missing, so nothing to reconcile.
+                idle = not msg.running and not entry.running and not entry.unreported
                 before = (entry.held, len(entry.running), self.detector.state(name))
                 self.worker_side.on_heartbeat(entry, msg, now)
                 if (entry.held, len(entry.running), self.detector.state(name)) != before:
                     self._touched.add(name)
-                return
+                    return False
+                return idle
             self._touched.add(name)
             if kind is m.Output:
                 self.live.on_output(entry, msg)
@@ -365,6 +384,7 @@ class Scheduler:
                 self.detector.heartbeat(name, now)
         else:
             self._effects.append(Close(conn, f"unexpected {msg.TYPE} from a {role} connection"))
+        return False
 
     # -- client requests ------------------------------------------------------------------------
 
@@ -403,6 +423,7 @@ class Scheduler:
 
     def submit(self, spec: JobSpec, now: float) -> str:
         """Queue one job (or find the one its idempotency key already made); returns its id."""
+        self._quiet_until, self._deadline_known = None, False  # a change outside `step`
         return self.submissions.submit(spec, now)
 
     def resolve(self, ref: str) -> JobRecord | None:
@@ -425,6 +446,7 @@ class Scheduler:
         self._reply(conn, msg.req_id, self.table.jobs[job.id].to_public())
 
     def cancel(self, job: JobRecord, now: float) -> None:
+        self._quiet_until, self._deadline_known = None, False  # maybe outside `step`
         if job.state is JobState.PENDING:
             self.queue.remove(job.id)
             self.parked.pop(job.id, None)
@@ -439,6 +461,37 @@ class Scheduler:
             log.info("job=%s cancelled while running on worker=%s", job.id, job.worker)
 
     # -- time and dispatch ----------------------------------------------------------------------
+
+    def _idle_beat_step(self, now: float, quiet_until: float | None) -> list[Effect]:
+        """The end of a step whose event was an idle worker's heartbeat that changed nothing
+        (1,000 idle workers send 2,000 a second): the timed work of `_advance` is skipped
+        while none of it is due, which is known from `next_deadline()` (the detector's
+        checks, delayed jobs, waits, follows, cool-downs), the resync and the retention check;
+        the heartbeat changed none of these, so the answer holds for the next such step too.
+        Doomed children, or a schedule due by the wall clock, make it a full `_advance`, as a
+        due deadline does; otherwise only admission's rate sample and whether a dispatch pass
+        is due are left, and run as in `_advance`."""
+        if quiet_until is None:
+            deadline = self._find_deadline()
+            quiet_until = self._resync_at if deadline is None else min(deadline, self._resync_at)
+            if self.config.keep_finished_for_s is not None:
+                quiet_until = min(quiet_until, self.retention.next_check)
+            self._deadline = deadline
+        if now >= quiet_until or self.dependencies.doomed or self.schedules.is_due():
+            self._advance(now)
+            return self.out.take()
+        self._advance_untimed(now)
+        if not self._effects:  # no dispatch pass placed a job (without dispatch_per_turn)
+            self._quiet_until, self._deadline_known = quiet_until, True  # still as they were
+        return self.out.take()
+
+    def _advance_untimed(self, now: float) -> None:
+        """What `_advance` does on every step, with nothing due (see `_idle_beat_step`)."""
+        self.admission.observe(self.placement.started_total, now)
+        if self.dispatch_per_turn:
+            self.dispatch_due = bool(self._touched or len(self.queue) or self._lookaheads_open)
+        else:
+            self._dispatch_pass(now)
 
     def _advance(self, now: float) -> None:
         if self.dependencies.doomed:
@@ -504,9 +557,15 @@ class Scheduler:
             if entry.dead_at is not None and now - entry.dead_at > kept_s and entry.conn is None:
                 del self.workers[name]
                 self.breaker.forget(name)
-        self.free.clear()
-        for name, entry in self.workers.items():
-            if self._is_free(name, entry):
+        fresh = [(name, entry) for name, entry in self.workers.items()
+                 if self._is_free(name, entry)]
+        entries = self.free.entries
+        # Rebuilt only if it differs: with 1,000 idle workers it never does, and rebuilding
+        # (a sorted insert per worker, twice a second) cost more than the check.
+        if len(fresh) != len(entries) or any(entries.get(name) is not entry
+                                             for name, entry in fresh):
+            self.free.clear()
+            for name, entry in fresh:
                 self.free.set(name, entry)
         self._touched.clear()
 

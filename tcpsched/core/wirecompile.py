@@ -15,6 +15,7 @@ scalars) are taken as they are; free-form values (`Any`) still go through `unstr
 
 from __future__ import annotations
 
+import keyword
 import types
 import typing
 from collections.abc import Callable
@@ -77,20 +78,33 @@ def compile_structure(cls: type, fields: tuple[tuple[str, Callable[[Any], Any], 
     env: dict[str, Any] = {"cls": cls, "fail": fail, "error": error, "MISSING": _MISSING}
     lines = ["def structure(obj):",
              "    if not isinstance(obj, dict):",
-             f"        fail({name + ': expected map, got '!r} + type(obj).__name__)",
-             "    kwargs = {}"]
+             f"        fail({name + ': expected map, got '!r} + type(obj).__name__)"]
     for i, (field, check, has_default) in enumerate(fields):
         env[f"c{i}"] = check
         fast = _fast_test(hints[field])
         value = f"v if {fast} else c{i}(v)" if fast else f"c{i}(v)"
+        if typing.get_origin(hints[field]) is tuple:
+            # An empty array (a heartbeat's `running`, most of the time) is the checker's ()
+            # without calling it.
+            value = f"() if (type(v) is list and not v) else c{i}(v)"
         lines += [f"    v = obj.get({field!r}, MISSING)",
                   "    if v is not MISSING:",
-                  f"        kwargs[{field!r}] = {value}"]
-        if not has_default:
-            lines += ["    else:",
-                      f"        fail({f'{name}: missing field {field!r}'!r})"]
-    lines += ["    try:",
-              "        return cls(**kwargs)",
+                  f"        a{i} = {value}",
+                  "    else:",
+                  f"        a{i} = MISSING" if has_default else
+                  f"        fail({f'{name}: missing field {field!r}'!r})"]
+    # Every field given (the usual case): one call with keywords, without building a dict of
+    # them first; otherwise only the given ones, the others left to their defaults.
+    optional = [f"a{i} is not MISSING" for i, (_, _, has_default) in enumerate(fields)
+                if has_default]
+    named = ", ".join(f"{field}=a{i}" for i, (field, _, _) in enumerate(fields))
+    given = ", ".join(f"({field!r}, a{i})" for i, (field, _, _) in enumerate(fields))
+    lines.append("    try:")
+    if all(field.isidentifier() and not keyword.iskeyword(field) for field, _, _ in fields):
+        lines += [f"        if {' and '.join(optional) or 'True'}:",
+                  f"            return cls({named})"]
+    lines += [f"        return cls(**{{k: a for k, a in ({given},) if a is not MISSING}})"
+              if fields else "        return cls()",
               "    except (ValueError, TypeError) as exc:",
               f"        raise error({name + ': '!r} + str(exc)) from None"]
     exec("\n".join(lines), env)  # our own source, built from our own classes

@@ -196,11 +196,13 @@ class WorkerProtocolSide:
     def on_heartbeat(self, entry: WorkerEntry, msg: m.Heartbeat, now: float) -> None:
         if self.detector.heartbeat(entry.name, now):
             log.info("worker=%s alive again", entry.name)
-        held = min(msg.held, entry.slots)
+        held = msg.held if msg.held < entry.slots else entry.slots  # min(), without its cost
         if held != entry.held:
             log.info("worker=%s holds %d slot(s) for stopped calls still running", entry.name,
                      held)
             entry.held = held
+        if not msg.running and not entry.running and not entry.unreported:
+            return  # an idle worker's: nothing to kill, nothing to reconcile
         for ref in stale_reported(entry, msg.running, self.table):
             self._send(entry.conn, m.Kill(job_id=ref.job_id, attempt=ref.attempt,
                                           reason="stale attempt", epoch=self.config.epoch))

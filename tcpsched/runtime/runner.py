@@ -141,7 +141,9 @@ class Runner:
         self.on_entries: Callable[[tuple[Any, ...]], None] | None = None
 
     def feed(self, event: Any) -> None:
-        self._carry(self.core.step(event, self.clock(), self.wall_clock()))
+        effects = self.core.step(event, self.clock(), self.wall_clock())
+        if effects:  # most heartbeats have none
+            self._carry(effects)
         self._schedule_end_of_turn()
         if not self._end_of_turn_scheduled:
             # Otherwise the turn's end re-arms, once for all the turn's events: asking the

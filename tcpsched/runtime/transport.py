@@ -89,6 +89,9 @@ class Connection:
         self.backpressure = backpressure
         self.write_stall_s = write_stall_s
         self.writer = writer
+        # Asked twice per message received (backpressure): StreamWriter.transport is a Python
+        # property, and a stream keeps its transport for life.
+        self._transport = writer.transport
         # No lookahead: the bytes after the last handshake message may be sealed units.
         self.decoder = decoder or FrameDecoder(HANDSHAKE_FRAME_BYTES_MAX, m.HANDSHAKE_TYPES,
                                                HANDSHAKE_LIMITS, lookahead=False)
@@ -169,7 +172,7 @@ class Connection:
         self._check_output_bound()
 
     def _check_output_bound(self) -> None:
-        queued = self._outbox_bytes + self.writer.transport.get_write_buffer_size()
+        queued = self._outbox_bytes + self._transport.get_write_buffer_size()
         if queued > self.output_bytes_max:
             self.close(f"peer is not reading (more than {self.output_bytes_max} bytes queued)",
                        abort=True)
@@ -190,7 +193,7 @@ class Connection:
             if self.closed:
                 return None  # what is still buffered from a peer we closed is not acted on
             if (self.backpressure
-                    and self.writer.transport.get_write_buffer_size() > BACKPRESSURE_BYTES):
+                    and self._transport.get_write_buffer_size() > BACKPRESSURE_BYTES):
                 await self._wait_writable()
                 continue
             msg = self.decoder.next_message()

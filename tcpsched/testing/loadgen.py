@@ -12,8 +12,10 @@ process (the executor needs one, and never uses it: nothing runs).
     python -m tcpsched.testing.loadgen 127.0.0.1:7001 --workers 1000 [--slots 1]
         [--name-prefix lg] [--token-file FILE]
 
-prints `ready N` once every worker is registered and, on SIGTERM or SIGINT, one JSON line with
-`workers`, `jobs` (answered) and `registered` (at the end).
+prints `ready N` once every worker is registered, `heartbeats_sent N` (how many all its
+workers have sent so far) on each SIGUSR1, so a benchmark can put the leader's CPU over the
+heartbeats of a window (fewer are sent when the machine is loaded), and, on SIGTERM or SIGINT,
+one JSON line with `workers`, `jobs` (answered), `heartbeats` (sent) and `registered` (at the end).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class InstantWorker(Worker):
     """A worker whose every job succeeds at once, without running anything."""
 
     jobs_done = 0
+    heartbeats_sent = 0
     on_registered: Any = None  # called once per worker, the first time it is registered
 
     def feed(self, event: wp.Event) -> None:
@@ -53,6 +56,10 @@ class InstantWorker(Worker):
         if isinstance(effect, wp.StartJob):
             asyncio.get_running_loop().call_soon(self._finish, effect.assign)
         else:
+            if type(effect) is wp.Send and type(effect.msg) is m.Heartbeat \
+                    and self.conn is not None:
+                InstantWorker.heartbeats_sent += 1
+
             super()._carry_out(effect)
 
     def _finish(self, assign: m.Assign) -> None:
@@ -83,6 +90,8 @@ async def run(address: str, count: int, slots: int, prefix: str,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: print(
+        f"heartbeats_sent {InstantWorker.heartbeats_sent}", flush=True))
     all_in = asyncio.Event()
     seen = 0
 
@@ -108,7 +117,8 @@ async def run(address: str, count: int, slots: int, prefix: str,
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         reaper.close()
-    return {"workers": count, "jobs": InstantWorker.jobs_done, "registered": at_end}
+    return {"workers": count, "jobs": InstantWorker.jobs_done,
+            "heartbeats": InstantWorker.heartbeats_sent, "registered": at_end}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,8 @@ def test_every_section_reports_figures_in_json() -> None:
     assert set(results["queued"]) >= {"cpu_us_per_job_20_queued", "cpu_us_per_job_50_queued"}
     assert results["workers"]["dispatch_5"]["value"] > 0
     assert "leader_cpu_5_idle" in results["workers"]
+    # Leader CPU per heartbeat the load generator sent (it counts them, on SIGUSR1).
+    assert results["workers"]["leader_us_per_heartbeat_5"]["value"] >= 0
     figures = {row["figure"] for row in doc["rows"]}
     assert {"throughput.end_to_end", "latency.p99", "workers.dispatch_2"} <= figures
     assert all(row["command"].startswith("scripts/bench.py --only ") for row in doc["rows"])
