@@ -490,13 +490,7 @@ def _recover(data_dir: Path, *, repair: bool, read_only: bool, group: bool,
     result.last_seq = max(expected - 1, snapshot_seq)
     if group:
         limit = min(result.commit_seq if upto is None else upto, result.last_seq)
-        for seq, record, built in deferred:
-            if seq > limit:
-                break
-            try:
-                table.apply(record, built=built)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise JournalError(f"{data_dir}: entry {seq} cannot be applied ({exc})") from None
+        _apply_committed(table, deferred, limit, data_dir)
         result.applied_seq = max(limit, snapshot_seq)
     else:
         result.applied_seq = result.last_seq  # alone, every entry journaled is committed
@@ -504,6 +498,28 @@ def _recover(data_dir: Path, *, repair: bool, read_only: bool, group: bool,
         result.promise = (_legacy_epoch(data_dir), 0)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _apply_committed(table: JobTable, deferred: list[tuple[int, dict[str, Any], Any]],
+                     limit: int, data_dir: Path) -> None:
+    """Apply the entries up to seq `limit`, in order: each run of plain submits (their rows)
+    at once, through `JobTable.submit_rows`, which stops before a row `apply` would refuse,
+    and that entry is then applied alone, to fail as it always did."""
+    index, count = 0, len(deferred)
+    while index < count and deferred[index][0] <= limit:
+        end = index
+        while end < count and deferred[end][0] <= limit and type(deferred[end][2]) is tuple:
+            end += 1
+        if end > index:
+            index += table.submit_rows([built for _, _, built in deferred[index:end]])
+            if index == end:
+                continue
+        seq, record, built = deferred[index]
+        try:
+            table.apply(record, built=built)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise JournalError(f"{data_dir}: entry {seq} cannot be applied ({exc})") from None
+        index += 1
 
 
 LEGACY_EPOCH_NAME = "epoch.json"

@@ -25,6 +25,7 @@ from tcpsched.core.plainsubmit import plain_submit, plain_submit_rows
 from tcpsched.core.record_types import EPOCH_MAX
 from tcpsched.core.records import encode_record, job_to_dict
 from tcpsched.core.state import JobTable
+from tcpsched.errors import JournalError
 from tcpsched.runtime import journal
 from tcpsched.runtime.journal import encode_commit, encode_line, recover, scan_segment, segment_name
 from tests.unit.test_restart_paths import plain_jobs
@@ -140,7 +141,7 @@ def _segment(lines: list[tuple[dict[str, Any], str]], epoch: int, first_job: dic
             data += encode_commit(seq)
             continue
         if how == "epoch":
-            record = {"op": "epoch"}
+            record = {"op": "epoch", "leader": 1}
         elif how == "again":  # a submit of a job already in the table: apply refuses it
             record = first_job
         elif how == "nan" and type(record["job"].get("args")) is list:
@@ -256,3 +257,41 @@ def test_submit_rows_stops_before_a_job_already_there() -> None:
     assert table_state(table) == table_state(one_by_one)
     assert table.ids_with_prefix("0000") == one_by_one.ids_with_prefix("0000")
     assert table.keys == {"a": f"{3:012x}"} and table.next_seq == 6
+
+
+@pytest.mark.parametrize("commit", [0, 40, 55, 120])
+def test_a_groups_committed_runs_are_applied_as_runs(tmp_path: Path, monkeypatch: Any,
+                                                     commit: int) -> None:
+    """In a group, the committed entries are applied after the scan with each run of plain
+    submits at once (`submit_rows`), up to the last commit mark, to the table that applying
+    them one by one gives; a submit of a job already there still fails recovery, naming
+    its entry."""
+    jobs = [{"id": f"{i:012x}", "seq": i, "state": "pending", "submitted_at": 1.0 + i,
+             "kind": "call", "function": "operator:add", "args": [i, 1], "key": f"k{i}"}
+            for i in range(1, 101)]
+    records: list[dict[str, Any]] = [{"op": "submit", "job": job} for job in jobs]
+    records[50:50] = [{"op": "cancel", "id": jobs[3]["id"], "at": 5.0},
+                      {"op": "epoch", "leader": 1}]
+    data = b"".join(encode_line(i, record, 2) for i, record in enumerate(records, 1))
+    (tmp_path / segment_name(1)).write_bytes(data + encode_commit(commit))
+    runs: list[int] = []
+    submit_rows = JobTable.submit_rows
+
+    def counted(self: JobTable, rows: list[tuple[Any, ...]]) -> int:
+        runs.append(len(rows))
+        return submit_rows(self, rows)
+
+    monkeypatch.setattr(JobTable, "submit_rows", counted)
+    grouped = recover(tmp_path, group=True, read_only=True)
+    # Entries 1-50 and 53-102 are the two runs; only what is committed is applied.
+    expected = [min(commit, 50), min(commit, 102) - 52]
+    assert runs == [n for n in expected if n > 0]
+    monkeypatch.setattr(JobTable, "submit_rows", lambda self, rows: 0)  # one by one
+    one_by_one = recover(tmp_path, group=True, read_only=True)
+    assert table_state(grouped.table) == table_state(one_by_one.table)
+    assert len(grouped.table) == min(commit, 50) + max(0, min(commit, 102) - 52)
+    (tmp_path / segment_name(1)).write_bytes(
+        data + encode_line(103, records[10], 2) + encode_commit(103))
+    monkeypatch.setattr(JobTable, "submit_rows", submit_rows)
+    with pytest.raises(JournalError, match="entry 103 cannot be applied"):
+        recover(tmp_path, group=True, read_only=True)
