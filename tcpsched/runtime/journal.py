@@ -320,16 +320,12 @@ def scan_segment(data: bytes, first: int, expected: int,
     seq = first
     skipped = replayed = 0
     runs = apply is None or apply_rows is not None
-    loads: Callable[[bytes], Any] | None = None
     declined = -1  # the line the last run stopped before: taken line by line
     index, count = 0, len(lines)
     while index < count:
         line = lines[index]
         if runs and seq >= expected and index != declined:
-            if loads is None:  # orjson reads every line as `json` does, unless: (fastjson)
-                loads = fastjson.loads if fastjson.may_hold_a_wide_int(data) \
-                    else fastjson.orjson_loads
-            run = plain_submit_run(data, offset, lines, index, seq, loads=loads)
+            run = plain_submit_run(data, offset, lines, index, seq)
             taken = len(run.rows)
             if taken and apply is not None:
                 assert apply_rows is not None

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import takewhile
 from operator import methodcaller, truth
 from typing import Any, NamedTuple
 
 from tcpsched.core.plainsubmit import plain_submit_rows
+from tcpsched.runtime import fastjson
 
 # What `_line_payload` reads as seq, epoch, CRC and payload, for a payload that starts as a
 # submit's; `\d` of a bytes pattern is ASCII digits only, as `bytes.isdigit` is. Searched with
@@ -54,17 +55,20 @@ def _agreeing(got: Sequence[Any], want: Sequence[Any]) -> int:
     return next(i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b)
 
 
-def plain_submit_run(data: bytes, offset: int, lines: Sequence[bytes], start: int, seq: int,
-                     *, loads: Callable[[bytes], Any]) -> PlainRun:
+def plain_submit_run(data: bytes, offset: int, lines: Sequence[bytes], start: int, seq: int
+                     ) -> PlainRun:
     """The leading lines of `lines[start:]` (entry lines of `data` without their newline, the
     first at byte `offset` and expected to be entry `seq`) that are plain submits the
-    line-at-a-time path would take, up to `RUN_LINES_MAX` of them. `loads` must parse as
-    `runtime/fastjson.loads` does wherever it does not raise (orjson, on data that holds no
-    integer too wide for it)."""
+    line-at-a-time path would take, up to `RUN_LINES_MAX` of them."""
     block = lines[start : start + RUN_LINES_MAX]
-    found = _PLAIN_SUBMIT_LINE.findall(data, offset, offset + sum(map(len, block)) + len(block))
+    text = data[offset : offset + sum(map(len, block)) + len(block)]
+    found = _PLAIN_SUBMIT_LINE.findall(text)
     if len(found) != len(block):  # not every line is one: those before the first that is not
         found = list(map(_groups, takewhile(truth, map(_PLAIN_SUBMIT_LINE.fullmatch, block))))
+    # orjson reads each record as `fastjson.loads` does wherever it does not raise, unless a
+    # record may hold an integer too wide for it (then any line of the run may: the payloads
+    # are pieces of the text, each led by a byte that may lead a number).
+    loads = fastjson.loads if fastjson.may_hold_a_wide_int(text) else fastjson.orjson_loads
     if not found:
         return PlainRun([], [], [], [])
     seq_texts, epoch_texts, crc_texts, payloads = zip(*found, strict=True)
