@@ -30,6 +30,9 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@# An editable install compiles nothing (installing a wheel does): where bytecode is not
+	@# written (PYTHONDONTWRITEBYTECODE), every process would compile all of tcpsched at start.
+	$(PY) -m compileall -q tcpsched
 	@touch $(STAMP)
 
 test: $(STAMP)

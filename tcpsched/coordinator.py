@@ -51,7 +51,7 @@ from tcpsched.core.node import (
     SnapshotInstalled,
 )
 from tcpsched.core.peer_messages import PEER_MESSAGES, SNAPSHOT_CHUNK_BYTES, InstallSnapshot
-from tcpsched.core.replication import Entry
+from tcpsched.core.replication import entries_of
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig
 from tcpsched.core.state import JobTable
 from tcpsched.errors import (
@@ -128,7 +128,7 @@ class Coordinator:
                            beat_s=settings.peer_heartbeat_s),
                 random.Random(self.rng.getrandbits(64)), time.monotonic(),
                 Recovered(table=r.table,
-                          entries=tuple(Entry(epoch, seq, line) for seq, epoch, line in r.entries),
+                          entries=tuple(entries_of(r.entries)),
                           base=(r.snapshot_epoch, r.snapshot_seq), commit_seq=r.commit_seq,
                           promised_epoch=r.promise[0], promised_leader=r.promise[1]),
                 make_scheduler=self._make_scheduler,

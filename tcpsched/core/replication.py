@@ -26,7 +26,7 @@ that does not hold prev refuses, with its commit seq.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 
@@ -43,6 +43,29 @@ class Entry:
     epoch: int
     seq: int
     data: bytes
+
+
+# The slots' own setters, which a frozen class's `__setattr__` does not stand in front of.
+_new_entry = object.__new__
+_set_epoch = Entry.__dict__["epoch"].__set__
+_set_seq = Entry.__dict__["seq"].__set__
+_set_data = Entry.__dict__["data"].__set__
+
+
+def entries_of(triples: Iterable[tuple[int, int, bytes]]) -> list[Entry]:
+    """`Entry(epoch, seq, data)` of each (seq, epoch, data) triple (a restart's window, read
+    from the journal, 100,000 entries and more), its slots filled through their setters:
+    attrs' frozen `__init__` looks up and calls `object.__setattr__` for each, twice the
+    time."""
+    out: list[Entry] = []
+    append = out.append
+    for seq, epoch, data in triples:
+        entry = _new_entry(Entry)
+        _set_epoch(entry, epoch)
+        _set_seq(entry, seq)
+        _set_data(entry, data)
+        append(entry)
+    return out
 
 
 class Log:
@@ -85,14 +108,22 @@ class Log:
         self._push(entry)
         return entry
 
-    def extend(self, entries: Iterable[Entry]) -> None:
-        for entry in entries:
-            assert entry.seq == self.last_seq + 1, (entry.seq, self.last_seq)
-            self._push(entry)
+    def extend(self, entries: Sequence[Entry]) -> None:
+        """Append entries that follow the last one (a restart's window: 100,000 entries and
+        more), in one pass; the caps then keep what `append` one by one would keep (the
+        longest suffix within them)."""
+        first = self.last_seq + 1
+        assert [e.seq for e in entries] == list(range(first, first + len(entries))), first
+        self.entries.extend(entries)
+        self._bytes += sum([len(e.data) for e in entries])
+        self._trim()
 
     def _push(self, entry: Entry) -> None:
         self.entries.append(entry)
         self._bytes += len(entry.data)
+        self._trim()
+
+    def _trim(self) -> None:
         while self.entries and (len(self.entries) > self.window_entries_max
                                 or self._bytes > self.window_bytes_max):
             old = self.entries.popleft()

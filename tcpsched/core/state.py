@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any, cast
 
 import attrs
@@ -50,6 +51,7 @@ SNAPSHOT_FORMATS_READ = frozenset({SNAPSHOT_FORMAT, SNAPSHOT_BLOCKS_FORMAT})
 RESULT_CHARS_COUNTED = 256  # smaller results are bounded by the count limit alone
 PREFIX_INDEX_CHARS = 4  # the shortest prefix a client may name a job by
 _STATES = {s.value: s for s in JobState}
+_first, _seq_of, _key_of = itemgetter(0), itemgetter(1), itemgetter(8)  # fields of a stored row
 _set_state = SET["state"]
 _set_attempts = SET["attempts"]
 _set_worker = SET["worker"]
@@ -337,6 +339,38 @@ class JobTable:
             self.keys[row[8]] = job_id
         self.next_seq = max(self.next_seq, row[1] + 1)
         self.counters["submitted"] += 1
+
+    def submit_rows(self, rows: list[tuple[Any, ...]]) -> int:
+        """`_submit_row` of each row, in order, up to the first it would refuse (a job
+        already in the table, or earlier in `rows`): how many it took. In whole-run passes:
+        a restart's journal tail is mostly runs of plain submits (runtime/journalruns.py)."""
+        ids = list(map(_first, rows))
+        jobs = self.jobs
+        if len(set(ids)) != len(ids) or not jobs.keys().isdisjoint(ids):
+            seen: set[str] = set()
+            for job_id in ids:
+                if job_id in jobs or job_id in seen:
+                    break
+                seen.add(job_id)
+            ids, rows = ids[: len(seen)], rows[: len(seen)]
+        if not rows:
+            return 0
+        if type(jobs) is not JobMap:
+            jobs = self.jobs = JobMap(jobs)
+        jobs.update(zip(ids, rows, strict=True))
+        if self._by_prefix is not None:
+            for job_id in ids:
+                self._by_prefix.setdefault(job_id[:PREFIX_INDEX_CHARS], []).append(job_id)
+        self.counts[JobState.PENDING] += len(rows)
+        keys = list(map(_key_of, rows))
+        if None in keys:
+            self.keys.update({key: job_id for key, job_id in zip(keys, ids, strict=True)
+                              if key is not None})
+        else:
+            self.keys.update(zip(keys, ids, strict=True))
+        self.next_seq = max(self.next_seq, max(map(_seq_of, rows)) + 1)
+        self.counters["submitted"] += len(rows)
+        return len(rows)
 
     def _apply_schedule(self, record: dict[str, Any], now: float | None) -> JobRecord | None:
         """A schedule's record; a fire's job enters the table in the same apply."""

@@ -60,6 +60,12 @@ def loads(data: bytes) -> Any:
     return _json_decode(data.decode())
 
 
+# For callers that parse many texts at once (runtime/journalruns.py): where
+# `may_hold_a_wide_int(text)` is false for a text holding them all, `orjson_loads` gives what
+# `loads` gives for each, or raises where `loads` would look again with `json`.
+may_hold_a_wide_int = _may_hold_a_wide_int
+orjson_loads = orjson.loads
+
 _json_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 

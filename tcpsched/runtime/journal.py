@@ -30,6 +30,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from tcpsched.errors import JournalError
 from tcpsched.runtime import fastjson
 from tcpsched.runtime.fastjson import loads as fast_loads
 from tcpsched.runtime.files import fsync_dir, write_durably
+from tcpsched.runtime.journalruns import PlainRun, plain_submit_run
 from tcpsched.runtime.snapshot import SNAPSHOT_NAME, read_snapshot, read_snapshot_log
 
 _SEGMENT_RE = re.compile(r"^journal-(\d{20})\.jsonl$")
@@ -292,7 +294,9 @@ def scan_segment(data: bytes, first: int, expected: int,
                  apply: Callable[..., Any] | None, *, start: int = 0,
                  start_lineno: int = 1,
                  on_entry: Callable[..., Any] | None = None,
-                 on_local: Callable[[LocalLine], Any] | None = None) -> SegmentScan:
+                 on_local: Callable[[LocalLine], Any] | None = None,
+                 apply_rows: Callable[[list[tuple[Any, ...]]], int] | None = None,
+                 on_entries: Callable[..., Any] | None = None) -> SegmentScan:
     """Check the lines of one segment (from byte `start`, holding sequence `first`) and apply
     every record from `expected` on; lines before `expected` are only checked. `apply` is
     called as `JobTable.apply` is, with the job a submit holds already built (`built=`).
@@ -302,6 +306,11 @@ def scan_segment(data: bytes, first: int, expected: int,
     the data is torn. `bad_is_torn_tail` says whether the bad line is the segment's last one,
     the only place a crash in mid-write can leave it, and not a line written whole (frame and
     CRC intact: its record may have been acknowledged, so it is never cut as torn).
+
+    Runs of plain submits are taken a run at a time (runtime/journalruns.py) when there is
+    nothing to apply or `apply_rows` applies their rows (`JobTable.submit_rows`: how many it
+    took, stopping before one `apply` would refuse); `on_entries(seqs, epochs, lines,
+    records, rows)`, if given, then sees a run's entries at once, instead of `on_entry`.
     """
     lines = data[start:].split(b"\n")
     whole = False
@@ -310,13 +319,33 @@ def scan_segment(data: bytes, first: int, expected: int,
     bad: tuple[int, int, str] | None = None
     seq = first
     skipped = replayed = 0
-    for lineno, line in enumerate(lines, start_lineno):
+    runs = apply is None or apply_rows is not None
+    declined = -1  # the line the last run stopped before: taken line by line
+    index, count = 0, len(lines)
+    while index < count:
+        line = lines[index]
+        if runs and seq >= expected and index != declined:
+            run = plain_submit_run(data, offset, lines, index, seq)
+            taken = len(run.rows)
+            if taken and apply is not None:
+                assert apply_rows is not None
+                taken = apply_rows(run.rows)
+            if taken:
+                _take_run(run, taken, lines[index : index + taken], on_entry, on_entries)
+                offset += sum(map(len, lines[index : index + taken])) + taken
+                seq += taken
+                replayed += taken
+                index += taken
+                continue
+            declined = index
+        lineno = index + start_lineno
         try:
             local = _local_line(line) if line[:3] != b'{"s' else None
             if local is not None:
                 if on_local is not None:
                     on_local(local)
                 offset += len(line) + 1
+                index += 1
                 continue
             if seq < expected:
                 _line_payload(line, seq)
@@ -339,6 +368,7 @@ def scan_segment(data: bytes, first: int, expected: int,
             break
         seq += 1
         offset += len(line) + 1
+        index += 1
     else:
         if tail:
             bad = (len(lines) + start_lineno, offset, "torn line (no newline at its end)")
@@ -346,6 +376,21 @@ def scan_segment(data: bytes, first: int, expected: int,
     return SegmentScan(next_seq=seq, good_bytes=offset, skipped=skipped, replayed=replayed,
                        bad=bad, bad_is_torn_tail=bad is not None and bad[0] == last_lineno
                        and not whole)
+
+
+def _take_run(run: PlainRun, taken: int, lines: list[bytes],
+              on_entry: Callable[..., Any] | None, on_entries: Callable[..., Any] | None
+              ) -> None:
+    """Hand the first `taken` entries of a run to `on_entries`, or one by one to
+    `on_entry`, each line with its newline, as the line-at-a-time path does."""
+    lines_nl = list(map(bytes.__add__, lines, repeat(b"\n", taken)))
+    seqs, epochs, records, rows = (run.seqs[:taken], run.epochs[:taken],
+                                   run.records[:taken], run.rows[:taken])
+    if on_entries is not None:
+        on_entries(seqs, epochs, lines_nl, records, rows)
+    elif on_entry is not None:
+        for entry in zip(seqs, epochs, lines_nl, records, rows, strict=True):
+            on_entry(*entry)
 
 
 def recover(data_dir: Path, *, repair: bool = False, read_only: bool = False,
@@ -383,7 +428,7 @@ def _recover(data_dir: Path, *, repair: bool, read_only: bool, group: bool,
                       snapshot_epoch=snapshot_epoch, promise=promise, commit_seq=snapshot_seq)
     segments = list_segments(data_dir)
     expected = snapshot_seq + 1  # the next record to apply
-    deferred: list[tuple[int, dict[str, Any], JobRecord | None]] = []
+    deferred: list[tuple[int, dict[str, Any], Any]] = []  # built: a job, a stored row or None
     entries = result.entries
 
     def on_entry(seq: int, epoch: int, line: bytes, record: dict[str, Any],
@@ -391,6 +436,12 @@ def _recover(data_dir: Path, *, repair: bool, read_only: bool, group: bool,
         entries.append((seq, epoch, line))
         if group:
             deferred.append((seq, record, built))
+
+    def on_entries(seqs: list[int], epochs: list[int], lines: list[bytes],
+                   records: list[dict[str, Any]], rows: list[tuple[Any, ...]]) -> None:
+        entries.extend(zip(seqs, epochs, lines, strict=True))
+        if group:
+            deferred.extend(zip(seqs, records, rows, strict=True))
 
     def on_local(local: LocalLine) -> None:
         if local.promise is not None:
@@ -411,7 +462,9 @@ def _recover(data_dir: Path, *, repair: bool, read_only: bool, group: bool,
                               whole=True)
             break
         data = path.read_bytes()
-        scan = scan_segment(data, first, expected, apply, on_entry=on_entry, on_local=on_local)
+        scan = scan_segment(data, first, expected, apply, on_entry=on_entry, on_local=on_local,
+                            apply_rows=None if group else table.submit_rows,
+                            on_entries=on_entries)
         result.skipped += scan.skipped
         result.replayed += scan.replayed
         expected += scan.replayed
@@ -433,13 +486,7 @@ def _recover(data_dir: Path, *, repair: bool, read_only: bool, group: bool,
     result.last_seq = max(expected - 1, snapshot_seq)
     if group:
         limit = min(result.commit_seq if upto is None else upto, result.last_seq)
-        for seq, record, built in deferred:
-            if seq > limit:
-                break
-            try:
-                table.apply(record, built=built)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise JournalError(f"{data_dir}: entry {seq} cannot be applied ({exc})") from None
+        _apply_committed(table, deferred, limit, data_dir)
         result.applied_seq = max(limit, snapshot_seq)
     else:
         result.applied_seq = result.last_seq  # alone, every entry journaled is committed
@@ -447,6 +494,28 @@ def _recover(data_dir: Path, *, repair: bool, read_only: bool, group: bool,
         result.promise = (_legacy_epoch(data_dir), 0)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _apply_committed(table: JobTable, deferred: list[tuple[int, dict[str, Any], Any]],
+                     limit: int, data_dir: Path) -> None:
+    """Apply the entries up to seq `limit`, in order: each run of plain submits (their rows)
+    at once, through `JobTable.submit_rows`, which stops before a row `apply` would refuse,
+    and that entry is then applied alone, to fail as it always did."""
+    index, count = 0, len(deferred)
+    while index < count and deferred[index][0] <= limit:
+        end = index
+        while end < count and deferred[end][0] <= limit and type(deferred[end][2]) is tuple:
+            end += 1
+        if end > index:
+            index += table.submit_rows([built for _, _, built in deferred[index:end]])
+            if index == end:
+                continue
+        seq, record, built = deferred[index]
+        try:
+            table.apply(record, built=built)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise JournalError(f"{data_dir}: entry {seq} cannot be applied ({exc})") from None
+        index += 1
 
 
 LEGACY_EPOCH_NAME = "epoch.json"

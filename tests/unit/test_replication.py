@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tcpsched.core import peer_messages as pm
-from tcpsched.core.replication import LeaderReplication, Log, follower_append
+from tcpsched.core.replication import Entry, LeaderReplication, Log, entries_of, follower_append
 
 
 def leader_with(entries: list[tuple[int, bytes]], epoch: int, peers: tuple[int, ...] = (1, 2)
@@ -224,3 +224,26 @@ def test_followers_converge_on_the_leaders_log(ops: list[tuple[int, int, bool]])
         assert log.commit_seq <= leader.log.commit_seq
     holders = sum(1 for log in followers.values() if log.last_seq >= leader.log.commit_seq) + 1
     assert holders >= 2
+
+
+@given(sizes=st.lists(st.integers(0, 9), max_size=30), entries_max=st.integers(1, 12),
+       bytes_max=st.integers(0, 40), base=st.integers(0, 5))
+def test_a_restarts_window_is_what_appends_one_by_one_keep(
+        sizes: list[int], entries_max: int, bytes_max: int, base: int) -> None:
+    """Rule: the window a restart extends in one pass (entries built by `entries_of`) holds
+    what appending its entries one by one holds: the same entries, base and size, within
+    both caps."""
+    triples = [(base + i + 1, 1 + i // 4, b"x" * size) for i, size in enumerate(sizes)]
+    built = entries_of(triples)
+    assert built == [Entry(epoch, seq, data) for seq, epoch, data in triples]
+    assert [repr(e) for e in built] == [repr(Entry(e, s, d)) for s, e, d in triples]
+    logs = [Log((1, base), window_entries_max=entries_max, window_bytes_max=bytes_max)
+            for _ in range(2)]
+    logs[0].extend(built)
+    for _, epoch, data in triples:
+        logs[1].append(epoch, data)
+    for log in logs:
+        assert len(log.entries) <= entries_max and log._bytes <= bytes_max
+    one_pass, one_by_one = ((log.entries, log.base_epoch, log.base_seq, log._bytes)
+                            for log in logs)
+    assert one_pass == one_by_one

@@ -427,3 +427,28 @@ def test_snapshot_written_in_many_chunks_keeps_every_job(tmp_path: Path,
     snapshot_module.write_snapshot(tmp_path, len(records), table.image())
     seq, loaded, _ = snapshot_module.read_snapshot(tmp_path / SNAPSHOT_NAME)
     assert seq == len(records) and table_state(loaded) == table_state(table)
+
+
+def test_a_snapshot_is_mapped_not_read_into_memory(tmp_path: Path, monkeypatch: Any) -> None:
+    """The snapshot is read through a mapping of the file (reading a big one into a bytes
+    object costs a fresh page for every 4 KiB of it), and loads the table it holds."""
+    table = JobTable()
+    for i in range(300):
+        table.apply({"op": "submit", "job": {"id": f"{i:012x}", "seq": i + 1,
+                                             "state": "pending", "kind": "call",
+                                             "function": "operator:add", "args": [i]}})
+    snapshot_module.write_snapshot(tmp_path, 300, table.image())
+
+    def refuse(self: Path) -> bytes:
+        raise AssertionError(f"{self} read whole")
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    seq, loaded, _ = snapshot_module.read_snapshot(tmp_path / SNAPSHOT_NAME)
+    assert seq == 300 and table_state(loaded) == table_state(table)
+
+
+def test_an_empty_snapshot_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    """An empty snapshot.json (nothing can be mapped) is refused as torn, like any other."""
+    (tmp_path / SNAPSHOT_NAME).write_bytes(b"")
+    with pytest.raises(JournalError, match="not a tcpsched snapshot"):
+        snapshot_module.read_snapshot(tmp_path / SNAPSHOT_NAME)
