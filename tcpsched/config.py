@@ -376,7 +376,7 @@ class CoordinatorSettings:
     keep_finished: int = 100_000
     keep_finished_for_s: float | None = None
     keep_output_bytes: int = 256 * 1024 * 1024
-    repair: bool = False  # keep the good prefix of a journal corrupt before its last line
+    repair: bool = False  # keep the good prefix of a corrupt journal (not merely torn at its end)
     compact_bytes: int = 64 * 1024 * 1024  # compact once the journal segment passes this...
     compact_records: int = 500_000  # ...or holds this many records
     poison_workers_max: int = 3
@@ -501,8 +501,8 @@ def coordinator_parser() -> UsageParser:
     p.add_argument("--check", action="store_true",
                    help="verify --data-dir offline, print what it holds, exit 0 if sound")
     p.add_argument("--repair", action="store_true",
-                   help="start even if the journal is corrupt before its last line, keeping "
-                   "the records before the bad one (the rest is moved aside)")
+                   help="start even if the journal is corrupt (not merely torn at its end), "
+                   "keeping the records before the bad one (the rest is moved aside)")
     p.add_argument("--compact-bytes", type=_positive_int, default=64 * 1024 * 1024,
                    metavar="BYTES", help="compact once the journal segment passes this size")
     p.add_argument("--compact-records", type=_positive_int, default=500_000, metavar="N",

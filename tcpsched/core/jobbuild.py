@@ -19,7 +19,6 @@ of what per-row validation costs.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +31,7 @@ from tcpsched.core.jobs import (
     JobSpec,
     JobState,
     function_name_ok,
+    is_finite,
 )
 
 _CALL = "call"
@@ -213,8 +213,8 @@ def check_columns(ids: Sequence[Any], seqs: Sequence[Any], states: Sequence[Any]
         refuse(seqs, lambda v: type(v) is not int or v < 0, "seq must be an integer >= 0")
     if not set(states) <= STATES.keys():
         refuse(states, lambda v: v not in STATES, "unknown state")
-    if not set(map(type, submitted)) <= {float, int} or not all(map(math.isfinite, submitted)):
-        refuse(submitted, lambda v: type(v) not in (float, int) or not math.isfinite(v),
+    if not set(map(type, submitted)) <= {float, int} or not all(map(is_finite, submitted)):
+        refuse(submitted, lambda v: type(v) not in (float, int) or not is_finite(v),
                "submitted_at must be a finite number")
     if set(map(type, priorities)) != {int} or not (
             min(priorities) >= PRIORITY_MIN and max(priorities) <= PRIORITY_MAX):

@@ -15,10 +15,9 @@ validator would (`finite_time`), so a non-finite time still cannot enter a recor
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from tcpsched.core.jobs import JobRecord
+from tcpsched.core.jobs import JobRecord, is_finite
 
 _new = object.__new__
 SET: dict[str, Any] = {name: JobRecord.__dict__[name].__set__
@@ -68,7 +67,7 @@ def copy_job(job: JobRecord) -> JobRecord:
 
 def check_time(name: str, value: float | None) -> Any:
     """`value` if it is a finite time (or None), else ValueError as `finite_time` says it."""
-    if value is not None and not math.isfinite(value):
+    if value is not None and not is_finite(value):
         raise ValueError(f"{name} must be a finite number, not {value!r}")
     return value
 

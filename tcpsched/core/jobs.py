@@ -207,10 +207,20 @@ class JobSpec:
         check_spec(self)
 
 
+def is_finite(value: float) -> bool:
+    """`math.isfinite`, but False rather than OverflowError for an integer too large for a
+    float: JSON (a CRC-valid journal line, a snapshot, a REST body) can hold one where a time or
+    a period belongs, and it must be refused in one line, not crash the reader."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def finite_time(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     """A time must be a finite number (or None where it may be unknown): a NaN never compares
     as due and an infinity cannot be shown as a date, so neither may enter a record."""
-    if value is not None and not math.isfinite(value):
+    if value is not None and not is_finite(value):
         raise ValueError(f"{attribute.name} must be a finite number, not {value!r}")
 
 

@@ -15,7 +15,6 @@ own messages: the fast path only ever accepts what the general path accepts.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Sequence
 from itertools import repeat
@@ -29,6 +28,7 @@ from tcpsched.core.jobs import (
     PRIORITY_MIN,
     JobState,
     function_name_ok,
+    is_finite,
 )
 from tcpsched.core.record_types import EPOCH_MAX
 
@@ -38,7 +38,7 @@ _SHELL_FIELDS = frozenset({"id", "seq", "state", "submitted_at", "kind", "comman
                            "priority", "key"})  # a shell job takes no args
 _FUNCTIONS_KNOWN_MAX = 1024
 _functions_ok: set[str] = set()  # function names already matched (few, repeated)
-_isfinite = math.isfinite
+_isfinite = is_finite
 _intern = sys.intern
 _PENDING = JobState.PENDING.value
 

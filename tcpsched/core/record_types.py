@@ -15,12 +15,18 @@ illegal transition.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import attrs
 
-from tcpsched.core.jobs import JOB_ID_BYTES_MAX, JobRecord, JobState, check_env, check_spec
+from tcpsched.core.jobs import (
+    JOB_ID_BYTES_MAX,
+    JobRecord,
+    JobState,
+    check_env,
+    check_spec,
+    is_finite,
+)
 from tcpsched.core.records import job_from_dict
 
 EPOCH_MAX = 2**53  # epochs and seqs stay exact in every JSON reader
@@ -39,7 +45,7 @@ def _int_in(low: int, high: int) -> Any:
 
 
 def _check_time(name: str, value: Any) -> None:
-    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+    if type(value) not in (int, float) or not is_finite(value) or value < 0:
         raise ValueError(f"{name} must be a finite non-negative time, not {value!r}")
 
 

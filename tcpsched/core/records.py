@@ -21,7 +21,6 @@ positional fields in bulk and builds its rows (core/jobbuild.py).
 from __future__ import annotations
 
 import base64
-import math
 from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -29,7 +28,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from tcpsched.core.jobbuild import build_job, check_columns, plain_jobs
-from tcpsched.core.jobs import JobRecord, JobSpec, JobState
+from tcpsched.core.jobs import JobRecord, JobSpec, JobState, is_finite
 
 TAG = "$t"
 _BYTES_TAG = "$b"
@@ -201,13 +200,13 @@ def job_from_dict(data: dict[str, Any]) -> JobRecord:
     submitted_at = data.get("submitted_at", 0.0)
     # JSON reads NaN and Infinity; a job's times must be finite (JobRecord checks the times of
     # every later change, but `_build_job` skips the validators).
-    if not math.isfinite(submitted_at):
+    if not is_finite(submitted_at):
         raise ValueError(f"job {data['id']!r}: submitted_at {submitted_at!r} is not finite")
     plain = data.keys() <= _ROW_FIELDS
     if not plain:
         for name in _TIME_FIELDS:
             value = data.get(name)
-            if value is not None and not math.isfinite(value):
+            if value is not None and not is_finite(value):
                 raise ValueError(f"job {data['id']!r}: {name} {value!r} is not finite")
     return _build_job(
         data["id"], data["seq"], data["state"], submitted_at, kind,

@@ -37,6 +37,7 @@ from typing import Any
 import attrs
 from cronsim import CronSim, CronSimError
 
+from tcpsched.core.jobs import is_finite
 from tcpsched.core.records import decode_record, encode_record
 
 CATCH_UP = ("once", "skip")
@@ -63,7 +64,7 @@ def timing_problem(cron: Any, tz: Any, every: Any) -> str | None:
     if (cron is None) == (every is None):
         return "a schedule has exactly one of --cron and --every"
     if every is not None:
-        if type(every) not in (int, float) or not math.isfinite(every) or not (
+        if type(every) not in (int, float) or not is_finite(every) or not (
                 EVERY_S_MIN <= every <= EVERY_S_MAX):
             return f"--every must be {EVERY_S_MIN:g} to {EVERY_S_MAX:g} seconds, not {every!r}"
         if tz is not None:

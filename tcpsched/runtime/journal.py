@@ -536,8 +536,8 @@ def _refuse_or_repair(result: Recovery, path: Path, lineno: int, reason: str, *,
                       whole: bool = False, offset: int = 0, data: bytes = b"") -> None:
     where = f"{path}:{lineno}: {reason}"
     if not repair:
-        message = (f"{where}; refusing to start (the journal is corrupt before its last line; "
-                   "--repair keeps the records before it and moves the rest aside)")
+        message = (f"{where}; refusing to start (the journal is corrupt, not merely torn at its "
+                   "end; --repair keeps the records before it and moves the rest aside)")
         if read_only:
             result.problem = where
             return

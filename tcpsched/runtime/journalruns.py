@@ -35,6 +35,7 @@ from tcpsched.runtime import fastjson
 _PLAIN_SUBMIT_LINE = re.compile(
     rb'^\{"seq":(\d+)(?:,"epoch":(\d{1,18}))?,"crc":(\d+),"rec":(\{"op":"submit","job":\{.*\}\})\}$',
     re.MULTILINE)
+_SUBMIT_MARK = b',"rec":{"op":"submit","job":{'  # in every line the pattern can match
 RUN_LINES_MAX = 1024  # lines checked at once: what one run holds parsed stays in the caches
 _groups = methodcaller("groups", b"")  # as `findall` gives them: b"" for no epoch
 
@@ -60,7 +61,16 @@ def plain_submit_run(data: bytes, offset: int, lines: Sequence[bytes], start: in
     """The leading lines of `lines[start:]` (entry lines of `data` without their newline, the
     first at byte `offset` and expected to be entry `seq`) that are plain submits the
     line-at-a-time path would take, up to `RUN_LINES_MAX` of them."""
-    block = lines[start : start + RUN_LINES_MAX]
+    # The run ends before the first line that is not a submit at all: a tail of a working
+    # cluster interleaves submits with start and finish records, and matching the pattern over
+    # the next RUN_LINES_MAX lines from every submit there cost as much as all the rest.
+    block = []
+    for line in lines[start : start + RUN_LINES_MAX]:
+        if _SUBMIT_MARK not in line:
+            break
+        block.append(line)
+    if not block:
+        return PlainRun([], [], [], [])
     text = data[offset : offset + sum(map(len, block)) + len(block)]
     found = _PLAIN_SUBMIT_LINE.findall(text)
     if len(found) != len(block):  # not every line is one: those before the first that is not

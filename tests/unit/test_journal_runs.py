@@ -26,7 +26,7 @@ from tcpsched.core.record_types import EPOCH_MAX
 from tcpsched.core.records import encode_record, job_to_dict
 from tcpsched.core.state import JobTable
 from tcpsched.errors import JournalError
-from tcpsched.runtime import journal
+from tcpsched.runtime import journal, journalruns
 from tcpsched.runtime.journal import encode_commit, encode_line, recover, scan_segment, segment_name
 from tests.unit.test_restart_paths import plain_jobs
 from tests.unit.test_restart_rows import _FIELDS, _VALUES
@@ -237,6 +237,37 @@ def test_a_run_of_plain_submits_is_not_read_line_by_line(tmp_path: Path, monkeyp
     assert [seq for seq, _, _ in result.entries] == list(range(1, 102))
     assert result.entries[3][2] == lines[3]
     assert result.table.get(jobs[0]["id"]).state.value == "cancelled"  # type: ignore[union-attr]
+
+
+def test_an_interleaved_tail_is_matched_once_not_once_per_submit(tmp_path: Path,
+                                                                  monkeypatch: Any) -> None:
+    """A working cluster's tail interleaves submits with other records: the run pattern is
+    matched over each line at most once (it was matched over the next 1,024 lines from every
+    submit, which made such a tail's replay quadratic)."""
+    lines = []
+    for i in range(1, 301):
+        job = {"id": f"{i:012x}", "seq": i, "state": "pending", "submitted_at": 1.0 + i,
+               "kind": "call", "function": "operator:add", "args": [i, 1]}
+        lines.append(encode_line(2 * i - 1, {"op": "submit", "job": job}, 2))
+        lines.append(encode_line(2 * i, {"op": "cancel", "id": job["id"], "at": 5.0}, 2))
+    data = b"".join(lines)
+    (tmp_path / segment_name(1)).write_bytes(data)
+    matched: list[int] = []
+    pattern = journalruns._PLAIN_SUBMIT_LINE
+
+    class Counted:
+        def findall(self, text: bytes) -> list[Any]:
+            matched.append(len(text))
+            return pattern.findall(text)
+
+        def fullmatch(self, line: bytes) -> Any:
+            matched.append(len(line))
+            return pattern.fullmatch(line)
+
+    monkeypatch.setattr(journalruns, "_PLAIN_SUBMIT_LINE", Counted())
+    result = recover(tmp_path)
+    assert len(result.table) == 300 and result.last_seq == 600
+    assert matched and sum(matched) <= 2 * len(data)
 
 
 def test_submit_rows_stops_before_a_job_already_there() -> None:

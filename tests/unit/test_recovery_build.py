@@ -151,6 +151,7 @@ def _snapshot_with(tmp_path: Path, old: bytes, new: bytes) -> Path:
     (b'"000000000000",1,', b'"000000000000",-4,', "seq must be an integer"),
     (b'"000000000000",1,', b'"",1,', "an id must be"),
     (b',5.0,', b',"soon",', "submitted_at must be a finite number"),
+    (b',5.0,', b',1' + b'0' * 400 + b',', "submitted_at must be a finite number"),
     (b'"k"]', b'["k"]]', "a key must be text"),
     (b'"k"]', b'"k",{},3]', "9 or 10 fields"),
 ])

@@ -146,6 +146,7 @@ def _corrupt_block(tmp_path: Path, change: Any) -> Path:
 
 @pytest.mark.parametrize(("change", "why"), [
     (lambda b: b.update(priorities="high"), "priority must be an integer"),
+    (lambda b: b.update(submitted_at=[10**400] * len(b["ids"])), "submitted_at must be a finite"),
     (lambda b: b.update(states="sleeping"), "unknown state"),
     (lambda b: b["seqs"].pop(), "columns must all hold its rows"),
     (lambda b: b.pop("keys"), "holds exactly the fields"),

@@ -299,6 +299,8 @@ def test_timing_problem_accepts_what_cronsim_accepts() -> None:
     assert timing_problem("*/10 * * * * *", None, None) is None
     assert "bad cron" in (timing_problem("every day", None, None) or "")
     assert "--every must be" in (timing_problem(None, None, 0.5) or "")
+    # JSON (a REST body, a journal line) can hold an integer no float holds.
+    assert "--every must be" in (timing_problem(None, None, 10**400) or "")
 
 
 def test_decide_is_pure_on_the_clock_passed_in() -> None:

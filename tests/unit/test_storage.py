@@ -159,7 +159,14 @@ def test_bad_checksum_on_the_last_line_is_cut(
                                                   "function": "m:f", "priority": "high"}}),
     encode_line(RECORDS, {"op": "cancel", "id": "no-such-job", "at": 1.0}),
     encode_line(RECORDS + 7, {"op": "epoch"}, 1),
-], ids=["invalid-record", "unknown-job", "wrong-seq"])
+    # An integer too large for a float where a time belongs (math.isfinite raises on it).
+    encode_line(RECORDS, {"op": "submit", "job": {"id": "j-huge", "seq": 9999, "state": "pending",
+                                                  "submitted_at": 10**400, "kind": "call",
+                                                  "function": "m:f"}}),
+    encode_line(RECORDS, {"op": "submit", "job": {"id": "j-huge", "seq": 9999, "state": "pending",
+                                                  "submitted_at": 10**400, "kind": "call",
+                                                  "function": "m:f", "tags": ["t"]}}),
+], ids=["invalid-record", "unknown-job", "wrong-seq", "huge-time-plain", "huge-time"])
 def test_a_whole_last_line_that_does_not_check_is_refused_not_cut(
         tmp_path: Path, journal: tuple[bytes, list[int], list[tuple[Any, ...]]],
         last: bytes) -> None:
