@@ -141,6 +141,9 @@ def test_retry_from_the_job_page(page: Any, base: str) -> None:
     page.click("#retry-btn")
     page.wait_for_function("document.querySelector('#job-record').textContent"
                            ".includes('\"attempts\": 2')")
+    # The page shows attempt 2 from its start: the record fails again once it has run.
+    page.wait_for_function("document.querySelector('#job-record').textContent"
+                           ".includes('\"state\": \"failed\"')")
     record = get(f"{base}/api/jobs/{job_id}")
     assert record["attempts"] == 2 and record["state"] == "failed"
     assert page.text_content("#action-error") == ""
