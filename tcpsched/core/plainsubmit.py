@@ -130,10 +130,7 @@ def _args_ok(args: Any) -> bool:
 
 
 def _time_ok(value: Any) -> bool:
-    try:
-        return (type(value) is float or type(value) is int) and value >= 0 and _isfinite(value)
-    except OverflowError:  # an int too large for a float: left to `plain_submit`
-        return False
+    return (type(value) is float or type(value) is int) and value >= 0 and _isfinite(value)
 
 
 def _key_ok(key: Any) -> bool:
@@ -221,8 +218,8 @@ def plain_submit_rows(records: Sequence[Any], epochs: Sequence[int], seqs: Seque
         (column("state"), lambda c: c.count(_PENDING) == len(c), lambda v: v == _PENDING),
         (job_seqs, lambda c: set(map(type, c)) == {int} and min(c) >= 0
          and max(c) <= EPOCH_MAX, lambda v: type(v) is int and 0 <= v <= EPOCH_MAX),
-        # (Floats first: `isfinite` of an int too large for a float raises, as it does in
-        # `plain_submit`, which that value is left to.)
+        # Floats only as a whole column: an int time (or one too large for a float) is
+        # looked at by itself.
         (submitted, lambda c: set(map(type, c)) == {float} and all(map(_isfinite, c))
          and min(c) >= 0, _time_ok),
         (priorities, lambda c: set(map(type, c)) == {int} and min(c) >= PRIORITY_MIN

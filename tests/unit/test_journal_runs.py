@@ -23,13 +23,12 @@ from tcpsched.core.jobs import (
 )
 from tcpsched.core.plainsubmit import plain_submit, plain_submit_rows
 from tcpsched.core.record_types import EPOCH_MAX
-from tcpsched.core.records import encode_record, job_to_dict
 from tcpsched.core.state import JobTable
 from tcpsched.errors import JournalError
 from tcpsched.runtime import journal, journalruns
 from tcpsched.runtime.journal import encode_commit, encode_line, recover, scan_segment, segment_name
 from tests.unit.test_restart_paths import plain_jobs
-from tests.unit.test_restart_rows import _FIELDS, _VALUES
+from tests.unit.test_restart_rows import _FIELDS, _VALUES, submit_with
 from tests.unit.test_state import jobs as any_jobs
 from tests.unit.test_state import json_round_trip, table_state
 
@@ -45,16 +44,6 @@ _submits = st.one_of(st.tuples(_queued, st.just([])), st.tuples(_queued, st.just
                      st.tuples(_queued | plain_jobs | any_jobs, _changes))
 
 
-def _submit(job: JobRecord, changes: list[tuple[str, Any]]) -> dict[str, Any]:
-    job_map = json_round_trip(encode_record({"op": "submit", "job": job_to_dict(job)}))["job"]
-    for name, value in changes:
-        if value is ...:
-            job_map.pop(name, None)
-        else:
-            job_map[name] = value
-    return {"op": "submit", "job": job_map}
-
-
 @settings(max_examples=300, deadline=None)
 @given(submits=st.lists(_submits | st.tuples(_queued, _changes), max_size=12),
        positions=st.lists(st.tuples(st.integers(0, 2**53 + 1), st.integers(0, 2**53 + 1)),
@@ -66,7 +55,7 @@ def test_a_run_takes_the_prefix_plain_submit_takes(
     """`plain_submit_rows` gives the rows `plain_submit` gives, value for value and type for
     type, for the longest prefix it takes, and stops only before a record `plain_submit`
     refuses or one of another kind than the run's."""
-    records = [_submit(job, changes) for job, changes in submits]
+    records = [submit_with(job, changes) for job, changes in submits]
     if records and extra == "op":
         records[-1]["op"] = "start"
     elif records and extra == "key":
@@ -188,9 +177,9 @@ def test_a_segment_scans_the_same_with_runs_as_line_by_line(
     wide for orjson, bad CRCs, seqs and JSON, commit marks and other records among them)
     scans to the same result with runs as line by line: the same verdict at the same line
     and offset, the same entries, records and rows, the same table, stored the same way."""
-    records = [(_submit(queued, []) if how in _CORRUPT else _submit(job, changes), how)
+    records = [(submit_with(queued, []) if how in _CORRUPT else submit_with(job, changes), how)
                for (job, changes), how, queued in lines]
-    first = _submit(lines[0][0][0], []) if lines else {}
+    first = submit_with(lines[0][0][0], []) if lines else {}
     before, runs = _scan_both(_segment(records, epoch, first), expected, group)
     assert before == runs
 

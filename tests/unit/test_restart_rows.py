@@ -184,6 +184,18 @@ _FIELDS = st.sampled_from(["id", "seq", "state", "submitted_at", "kind", "functi
                            "args", "priority", "key", "tags", "retries", "worker"])
 
 
+def submit_with(job: JobRecord, changes: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The submit record of `job` as the journal reads it back, with `changes` made to its
+    job map (a value of `...` removes the field)."""
+    job_map = json_round_trip(encode_record({"op": "submit", "job": job_to_dict(job)}))["job"]
+    for name, value in changes:
+        if value is ...:
+            job_map.pop(name, None)
+        else:
+            job_map[name] = value
+    return {"op": "submit", "job": job_map}
+
+
 @settings(max_examples=300, deadline=None)
 @given(job=plain_jobs | any_jobs, changes=st.lists(st.tuples(_FIELDS, _VALUES | st.just(...)),
                                                   max_size=3))
@@ -192,13 +204,7 @@ def test_a_plain_submit_is_taken_only_as_the_general_path_takes_it(
     """`plain_submit` accepts no record `typed_submit` refuses, and builds the job it builds
     (types too), also through its stored row; an unchanged submit of a plain pending job
     does take the short path."""
-    job_map = json_round_trip(encode_record({"op": "submit", "job": job_to_dict(job)}))["job"]
-    for name, value in changes:
-        if value is ...:
-            job_map.pop(name, None)
-        else:
-            job_map[name] = value
-    record = {"op": "submit", "job": job_map}
+    record = submit_with(job, changes)
     fast = plain_submit(json_round_trip(record), 1, 5)
     try:
         slow = typed_submit(decode_record(json_round_trip(record)), 1, 5)
