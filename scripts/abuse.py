@@ -8,7 +8,9 @@ and truncated HMAC answers, results for jobs this connection never ran), plus `-
 connections that never finish their handshake (silent, a partial header, a partial frame, a
 slowloris dribble), plus `--non-readers` authenticated clients that ask and never read. Each
 must be closed by the coordinator. Then it checks that the coordinator still serves, that the
-jobs that existed before are unchanged, and how its memory (VmRSS) compares with before.
+jobs that existed before are unchanged, and how its memory (VmRSS) compares with before:
+`rss_closed_kib` as the last connection closes, `rss_after_kib` SETTLE_S later (the coordinator
+returns freed heap at its next sweep).
 
 Without `--coordinator` it starts its own coordinator and worker on loopback (token, 1 s
 handshake deadline, handshake slots for every stalled connection, 1 MiB output bound, 5 s idle
@@ -49,6 +51,9 @@ from tcpsched.testing.processes import ProcessGroup, free_port
 
 CLOSE_WAIT_S = 30.0  # generous: a loaded 2-core machine; the deadline under test is ~1 s
 SUBMIT_PACE_S = 0.02
+# The coordinator hands freed heap back at its next connection sweep, at most a second after
+# the connections close (tcpsched/runtime/heap.py): memory is read again after this long.
+SETTLE_S = 2.5
 ROLE_ALLOWED = {"client": m.COORDINATOR_TO_CLIENT, "worker": m.COORDINATOR_TO_WORKER}
 
 
@@ -390,6 +395,8 @@ async def run(address: str, pid: int, token: bytes | None, *, frames: int, stall
             probe_ok = (await fresh.wait(probe, timeout=120))["result"] == -7
             after = {j: await fresh.status(j) for j in before}
             stats_after = await fresh.stats()
+    rss_closed = rss_kib(pid)
+    await asyncio.sleep(SETTLE_S)
     rss_after = rss_kib(pid)
     changed = sorted(j for j in before if before[j] != after[j])
     security = ("protocol_errors", "auth_failures", "handshake_timeouts", "refused_busy",
@@ -414,6 +421,7 @@ async def run(address: str, pid: int, token: bytes | None, *, frames: int, stall
         "warmup_clients": warmup_clients,
         "rss_before_kib": baseline,
         "rss_peak_kib": peak,
+        "rss_closed_kib": rss_closed,
         "rss_after_kib": rss_after,
         "rss_after_over_before": round(rss_after / baseline, 3),
         "elapsed_s": round(elapsed, 2),
