@@ -127,7 +127,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     p.add_argument("--slots", type=int, default=1, help="slots per worker (1)")
     p.add_argument("--prefetch", type=int, default=None, metavar="N",
-                   help="the workers' --prefetch (their default, 2 x slots, if not given)")
+                   help="the workers' --prefetch (their default, 16 x slots, if not given)")
     p.add_argument("--policy", default="round-robin", choices=POLICIES)
     p.add_argument("--fsync", default=None, choices=("always", "batch", "never"),
                    help="the coordinators' journal fsync policy (their default if not given)")
