@@ -46,7 +46,7 @@ from tcpsched.core import auth
 from tcpsched.core import messages as m
 from tcpsched.core.codec import HEADER, encode
 from tcpsched.errors import TcpschedError
-from tcpsched.runtime.transport import dial
+from tcpsched.runtime.handshake import dial
 from tcpsched.testing.processes import ProcessGroup, free_port
 
 CLOSE_WAIT_S = 30.0  # generous: a loaded 2-core machine; the deadline under test is ~1 s

@@ -42,7 +42,7 @@ from tcpsched.core.jobs import JobRecord, JobSpec  # noqa: E402
 from tcpsched.core.records import job_to_dict  # noqa: E402
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig  # noqa: E402
 from tcpsched.core.state import JobTable  # noqa: E402
-from tcpsched.runtime.journal import encode_line, segment_name  # noqa: E402
+from tcpsched.runtime.journal_lines import encode_line, segment_name  # noqa: E402
 from tcpsched.runtime.snapshot import write_snapshot  # noqa: E402
 from tcpsched.testing.processes import ProcessGroup, free_port, wait_until  # noqa: E402
 

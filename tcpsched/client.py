@@ -58,8 +58,9 @@ from tcpsched.errors import (
     RequestError,
     UnavailableError,
 )
+from tcpsched.runtime.handshake import dial
 from tcpsched.runtime.tls import client_context
-from tcpsched.runtime.transport import Connection, dial
+from tcpsched.runtime.transport import Connection
 
 T = TypeVar("T")
 

@@ -85,6 +85,18 @@ class Outcome:
     is_error: bool
 
 
+def _catch_sigint(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> bool:
+    """Run `handler` on Ctrl-C while a command runs. False where this loop cannot: then Ctrl-C
+    arrives as KeyboardInterrupt instead, which the console handles the same way."""
+    try:
+        loop.add_signal_handler(signal.SIGINT, handler)
+    except NotImplementedError:  # a loop without signal support (another platform)
+        return False
+    except (RuntimeError, ValueError):  # not the main thread, or no signal wake-up fd
+        return False
+    return True
+
+
 class Console:
     def __init__(
         self,
@@ -182,11 +194,7 @@ class Console:
             task.cancel()
 
         if self.handle_sigint:
-            # No signal support in this loop (another platform) or not the main thread: then
-            # Ctrl-C arrives as KeyboardInterrupt instead, which is handled the same way.
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGINT, interrupt)
-                installed = True
+            installed = _catch_sigint(loop, interrupt)
         try:
             return await task
         except asyncio.CancelledError:

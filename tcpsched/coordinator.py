@@ -61,8 +61,8 @@ from tcpsched.errors import (
     RemoteProtocolError,
     TcpschedError,
 )
-from tcpsched.runtime import heap, transport
-from tcpsched.runtime.journal import decode_entry, encode_line
+from tcpsched.runtime import handshake, heap, transport
+from tcpsched.runtime.journal_lines import decode_entry, encode_line
 from tcpsched.runtime.peers import PeerLinks, peer_id_from_name
 from tcpsched.runtime.replicated import decode_entries
 from tcpsched.runtime.runner import Runner
@@ -469,7 +469,7 @@ class Coordinator:
                     conn.close(accepted.close_reason, abort=True)
                     return None
                 stage = "handshake"
-                return await transport.accept(conn, s.token, f"c{s.node_id}",
+                return await handshake.accept(conn, s.token, f"c{s.node_id}",
                                               self.node.epoch,
                                               s.handshake_timeout_s, roles=SERVED_ROLES)
         except (RemoteProtocolError, AuthError, TimeoutError, OSError) as exc:

@@ -33,10 +33,11 @@ from tcpsched.core import workerproto as wp
 from tcpsched.core.capabilities import Capabilities, call_grant
 from tcpsched.errors import AuthError, ConfigError, RemoteProtocolError, UnavailableError
 from tcpsched.runtime.executor import Executor, KillSwitch
+from tcpsched.runtime.handshake import dial
 from tcpsched.runtime.liveout import LiveOutput
 from tcpsched.runtime.reaper import Reaper, become_subreaper
 from tcpsched.runtime.tls import client_context
-from tcpsched.runtime.transport import Connection, dial, limit_unacknowledged
+from tcpsched.runtime.transport import Connection, limit_unacknowledged
 
 log = logging.getLogger(__name__)
 

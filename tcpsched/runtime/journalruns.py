@@ -1,10 +1,10 @@
 """Runs of plain submit lines in a journal segment, checked and taken a run at a time.
 
 Theory of operation: a restart's journal tail is mostly plain submits, often thousands in a
-row (a `map`), and checking them one line at a time (`_line_payload`, the parse,
+row (a `map`), and checking them one line at a time (`journal_lines.line_payload`, the parse,
 `plain_submit`, `JobTable.apply`) costs about 6 µs of Python a line, for 0.5 µs of CRC and
 1.4 µs of orjson. `plain_submit_run` checks a run of them with passes over the whole run
-instead: a compiled pattern frames each line as `_line_payload` reads it (a seq, an optional
+instead: a compiled pattern frames each line as `line_payload` reads it (a seq, an optional
 epoch, a CRC, and a record that starts as a submit's does), then the seqs, the CRCs, the parse
 and the rows (`core/plainsubmit.plain_submit_rows`) are each a pass over the run, so the
 per-line work left is done in C.
@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from tcpsched.core.plainsubmit import plain_submit_rows
 from tcpsched.runtime import fastjson
 
-# What `_line_payload` reads as seq, epoch, CRC and payload, for a payload that starts as a
+# What `line_payload` reads as seq, epoch, CRC and payload, for a payload that starts as a
 # submit's; `\d` of a bytes pattern is ASCII digits only, as `bytes.isdigit` is. Searched with
 # `findall` over a block of whole lines (MULTILINE, `.` not crossing a newline), a match is one
 # whole line, so as many matches as lines means every line matched.

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tcpsched.errors import AuthError, RemoteProtocolError, UnavailableError
-from tcpsched.runtime.transport import Connection, dial
+from tcpsched.runtime.handshake import dial
+from tcpsched.runtime.transport import Connection
 
 log = logging.getLogger(__name__)
 

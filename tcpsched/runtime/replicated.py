@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A follower applies every entry its leader commits, so how much it pays per entry decides what a
 peer group costs (issue 10: 3 coordinators at most 30% below one). The journal's own reader
-(`runtime/journal.decode_entry`) checks a line as if it came from outside: its frame, its CRC,
+(`runtime/journal_lines.decode_entry`) checks a line as if it came from outside: its frame, its CRC,
 then the record as a wire message (types, states, references; `core/record_types.py`), and
 builds a submit's job twice. That is what recovery must do with bytes read back from a disk. A
 replicated entry is not such bytes: the leader made the record itself, applied it to its own
@@ -45,7 +45,7 @@ class _Entry(Protocol):
 
 
 def decode_entries(entries: Sequence[_Entry]) -> list[dict[str, Any]]:
-    """The records of `entries` (journal lines as `journal.encode_line` writes them), in
+    """The records of `entries` (journal lines as `journal_lines.encode_line` writes them), in
     order; ValueError if any line is not the entry it claims to be."""
     lines = [entry.data for entry in entries]
     text = b"[" + b",".join(lines) + b"]"

@@ -53,14 +53,13 @@ from tcpsched.runtime.files import (
     remove_quietly,
     write_all,
 )
-from tcpsched.runtime.journal import (
-    Recovery,
+from tcpsched.runtime.journal import Recovery, recover
+from tcpsched.runtime.journal_lines import (
     encode_commit,
     encode_line,
     encode_promise,
     line_epoch,
     list_segments,
-    recover,
     segment_name,
 )
 from tcpsched.runtime.snapshot import (

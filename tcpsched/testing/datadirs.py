@@ -17,7 +17,7 @@ from typing import Any
 from tcpsched.core.jobs import JobRecord, JobSpec
 from tcpsched.core.records import job_to_dict
 from tcpsched.core.state import JobTable
-from tcpsched.runtime.journal import encode_line, segment_name
+from tcpsched.runtime.journal_lines import encode_line, segment_name
 from tcpsched.runtime.snapshot import write_snapshot
 
 

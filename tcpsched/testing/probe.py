@@ -32,7 +32,8 @@ from typing import Any
 
 from tcpsched.core import messages as m
 from tcpsched.errors import RemoteProtocolError
-from tcpsched.runtime.transport import Connection, dial
+from tcpsched.runtime.handshake import dial
+from tcpsched.runtime.transport import Connection
 
 
 class LoopProbe:

@@ -47,7 +47,7 @@ from tcpsched.core.node import (
     WritePromise,
 )
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig
-from tcpsched.runtime.journal import decode_entry, encode_line
+from tcpsched.runtime.journal_lines import decode_entry, encode_line
 from tcpsched.runtime.replicated import decode_entries
 from tcpsched.testing.sim_disk import SimDisk
 

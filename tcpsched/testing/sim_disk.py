@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from tcpsched.core.node import Recovered
 from tcpsched.core.replication import Entry
 from tcpsched.core.state import JobTable
-from tcpsched.runtime.journal import decode_entry
+from tcpsched.runtime.journal_lines import decode_entry
 
 if TYPE_CHECKING:
     import random

@@ -30,7 +30,7 @@ from tcpsched.console import Console, Outcome
 from tcpsched.core import messages as m
 from tcpsched.core.codec import HEADER
 from tcpsched.errors import RequestError
-from tcpsched.runtime.transport import dial
+from tcpsched.runtime.handshake import dial
 from tcpsched.testing.processes import Proc, ProcessGroup, wait_for_workers, wait_until
 from tests.conftest import connect
 

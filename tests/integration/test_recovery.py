@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tcpsched.errors import TcpschedError
-from tcpsched.runtime.journal import list_segments
+from tcpsched.runtime.journal_lines import list_segments
 from tcpsched.testing.processes import Proc, ProcessGroup, free_port, wait_until
 from tests.conftest import connect
 

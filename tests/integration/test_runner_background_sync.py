@@ -15,7 +15,8 @@ from tcpsched.core.election import ElectionTiming
 from tcpsched.core.events import Connected, Journal, Received, Send, Tick
 from tcpsched.core.node import Node, NodeConfig, Recovered
 from tcpsched.core.replication import Entry
-from tcpsched.runtime.journal import decode_entry, encode_line, recover
+from tcpsched.runtime.journal import recover
+from tcpsched.runtime.journal_lines import decode_entry, encode_line
 from tcpsched.runtime.runner import Runner
 from tcpsched.runtime.storage import Storage, StorageConfig
 from tests.integration.test_runner_durability import RecordingConnection

@@ -26,7 +26,7 @@ import pytest
 from tcpsched import Client
 from tcpsched.config import TlsSettings
 from tcpsched.core import messages as m
-from tcpsched.runtime.transport import dial
+from tcpsched.runtime.handshake import dial
 from tcpsched.testing.processes import ProcessGroup, free_port, wait_for_workers
 from tests.conftest import connect
 

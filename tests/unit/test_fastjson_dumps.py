@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcpsched.runtime import fastjson
-from tcpsched.runtime.journal import encode_line
+from tcpsched.runtime.journal_lines import encode_line
 
 scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
            | st.text())

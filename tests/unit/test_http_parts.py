@@ -19,7 +19,7 @@ from tcpsched.runtime.http.app import check_http_bind, http_addresses
 from tcpsched.runtime.http.bridge import BridgeUnavailable, CoreBridge, CoreError
 from tcpsched.runtime.http.metrics import Metrics, entry_op
 from tcpsched.runtime.http.openapi import OPENAPI
-from tcpsched.runtime.journal import encode_line
+from tcpsched.runtime.journal_lines import encode_line
 
 
 def test_submit_body_becomes_the_cli_spec() -> None:

@@ -26,7 +26,8 @@ from tcpsched.core.record_types import EPOCH_MAX
 from tcpsched.core.state import JobTable
 from tcpsched.errors import JournalError
 from tcpsched.runtime import journal, journalruns
-from tcpsched.runtime.journal import encode_commit, encode_line, recover, scan_segment, segment_name
+from tcpsched.runtime.journal import recover, scan_segment
+from tcpsched.runtime.journal_lines import encode_commit, encode_line, segment_name
 from tests.unit.test_restart_paths import plain_jobs
 from tests.unit.test_restart_rows import _FIELDS, _VALUES, submit_with
 from tests.unit.test_state import jobs as any_jobs
@@ -213,13 +214,13 @@ def test_a_run_of_plain_submits_is_not_read_line_by_line(tmp_path: Path, monkeyp
     lines.append(encode_line(101, {"op": "cancel", "id": jobs[0]["id"], "at": 5.0}, 2))
     (tmp_path / segment_name(1)).write_bytes(b"".join(lines))
     parsed: list[int] = []
-    line_by_line = journal._parse_payload_built
+    line_by_line = journal.parse_payload_built
 
     def counted(payload: bytes, epoch: int, seq: int) -> Any:
         parsed.append(seq)
         return line_by_line(payload, epoch, seq)
 
-    monkeypatch.setattr(journal, "_parse_payload_built", counted)
+    monkeypatch.setattr(journal, "parse_payload_built", counted)
     result = recover(tmp_path)
     assert parsed == [101]
     assert len(result.table) == 100 and result.table.keys["k7"] == jobs[6]["id"]

@@ -23,7 +23,8 @@ from tcpsched.core.record_types import (
 )
 from tcpsched.core.records import job_to_dict
 from tcpsched.errors import JournalError
-from tcpsched.runtime.journal import encode_line, encode_promise, recover, segment_name
+from tcpsched.runtime.journal import recover
+from tcpsched.runtime.journal_lines import encode_line, encode_promise, segment_name
 from tcpsched.runtime.storage import check
 
 GOOD_JOB = {"id": "a1b2c3d4e5f6", "seq": 1, "state": "pending", "kind": "shell",

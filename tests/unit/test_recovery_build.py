@@ -26,7 +26,8 @@ from tcpsched.core.records import (
 from tcpsched.core.state import JobTable
 from tcpsched.errors import JournalError
 from tcpsched.runtime import fastjson
-from tcpsched.runtime.journal import encode_line, recover, segment_name
+from tcpsched.runtime.journal import recover
+from tcpsched.runtime.journal_lines import encode_line, segment_name
 from tcpsched.runtime.snapshot import SNAPSHOT_NAME, write_snapshot
 from tcpsched.runtime.storage import check
 from tests.unit.test_state import jobs, specs

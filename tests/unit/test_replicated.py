@@ -16,7 +16,7 @@ from tcpsched.core import peer_messages as pm
 from tcpsched.core.node import Node, NodeConfig, PeerReceived, Recovered
 from tcpsched.core.replication import Entry
 from tcpsched.core.state import JobTable
-from tcpsched.runtime.journal import decode_entry, encode_line
+from tcpsched.runtime.journal_lines import decode_entry, encode_line
 from tcpsched.runtime.replicated import decode_entries
 from tests.unit.test_state import Driver, operations, table_state
 

@@ -22,7 +22,7 @@ from tcpsched.core.records import (
     job_to_row,
     jobs_from_rows,
 )
-from tcpsched.runtime.journal import _BadLine, decode_line
+from tcpsched.runtime.journal_lines import BadLine, decode_line
 from tests.unit.test_state import jobs as any_jobs
 
 # Jobs that leave plain snapshot rows: nothing but the row's own fields differs from defaults.
@@ -126,5 +126,5 @@ def test_journal_payload_with_whitespace_still_parses() -> None:
 ])  # fmt: skip
 def test_journal_payload_errors_are_reported_as_before(payload: bytes, why: str) -> None:
     """A payload the bare scanner refuses is judged by the full parser, with its message."""
-    with pytest.raises(_BadLine, match=r"^" + why.replace("(", r"\(")):
+    with pytest.raises(BadLine, match=r"^" + why.replace("(", r"\(")):
         decode_line(_line(payload), 7)

@@ -29,7 +29,7 @@ from tcpsched.core.schedules import (
     timing_problem,
 )
 from tcpsched.core.state import JobTable
-from tcpsched.runtime.journal import encode_line, segment_name
+from tcpsched.runtime.journal_lines import encode_line, segment_name
 from tcpsched.runtime.snapshot import (
     SNAPSHOT_NAME,
     read_snapshot,

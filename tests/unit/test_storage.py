@@ -14,14 +14,8 @@ import pytest
 from tcpsched.core.state import JobTable
 from tcpsched.errors import JournalError
 from tcpsched.runtime import snapshot as snapshot_module
-from tcpsched.runtime.journal import (
-    decode_line,
-    encode_line,
-    list_segments,
-    recover,
-    scan_segment,
-    segment_name,
-)
+from tcpsched.runtime.journal import recover, scan_segment
+from tcpsched.runtime.journal_lines import decode_line, encode_line, list_segments, segment_name
 from tcpsched.runtime.snapshot import SNAPSHOT_NAME
 from tcpsched.runtime.storage import Storage, StorageConfig, check
 from tests.unit.test_state import WORKERS, Driver, table_state

@@ -16,7 +16,8 @@ from tcpsched.core.state import JobTable
 from tcpsched.errors import JournalError
 from tcpsched.runtime import snapshot as snapshot_module
 from tcpsched.runtime import storage as storage_module
-from tcpsched.runtime.journal import list_segments, recover
+from tcpsched.runtime.journal import recover
+from tcpsched.runtime.journal_lines import list_segments
 from tcpsched.runtime.snapshot import SNAPSHOT_NAME, SNAPSHOT_TMP_NAME
 from tcpsched.runtime.storage import Storage, StorageConfig
 from tests.unit.test_state import table_state

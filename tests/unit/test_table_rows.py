@@ -20,7 +20,8 @@ from tcpsched.core.jobs import JobRecord, JobSpec, JobState
 from tcpsched.core.records import encode_record, job_to_dict
 from tcpsched.core.state import JobTable
 from tcpsched.runtime import fastjson
-from tcpsched.runtime.journal import decode_line, encode_line, recover
+from tcpsched.runtime.journal import recover
+from tcpsched.runtime.journal_lines import decode_line, encode_line
 from tcpsched.runtime.snapshot import SNAPSHOT_NAME, read_snapshot, write_snapshot
 from tests.unit.test_state import Driver, jobs, json_round_trip, operations, table_state
 
