@@ -1,6 +1,6 @@
 """The CLI's workflow commands and flags: `map`, `retry`, `--after` and `--group`.
 
-Theory of operation: `add_workflow_parsers` adds to the parsers `cli.add_command_parsers`
+Theory of operation: `add_workflow_parsers` adds to the parsers `cli_parser.add_command_parsers`
 built (so the console and shell completion get them too): `map` and `retry`, `--after` on
 `submit` and `map`, and `--group` on `status`, `wait`, `list` and `cancel`. `execute_workflow`
 runs what is theirs and returns None for everything else, which `cli.execute` then runs.
@@ -152,13 +152,14 @@ async def execute_workflow(client: Client, args: Any, style: formatting.Styler
 
 async def _map(client: Client, args: Any) -> CommandResult:
     from tcpsched import cli
+    from tcpsched.cli_parser import parse_env
     from tcpsched.client_workflows import new_group
 
     items = read_items(args.items, args.unpack)
     group = new_group()
     options: dict[str, Any] = dict(
         priority=args.priority, retries=args.retries, timeout=args.timeout, delay=args.delay,
-        env=cli.parse_env(args.env), cwd=args.cwd, after=tuple(args.after),
+        env=parse_env(args.env), cwd=args.cwd, after=tuple(args.after),
         tags=tuple(t.strip() for t in args.tags.split(",") if t.strip()),
         chunk_size=args.chunk_size, group=group)
     ids = await client.map(args.call, items, **options)

@@ -41,7 +41,7 @@ from prompt_toolkit.layout.dimension import D
 from prompt_toolkit.output import Output
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from tcpsched import cli, formatting
+from tcpsched import cli, cli_parser, formatting
 from tcpsched.client import Client
 from tcpsched.config import (
     TlsSettings,
@@ -122,7 +122,7 @@ class Console:
         self.handle_sigint = handle_sigint
         self.catalog = Catalog()
         self.parser = UsageParser(prog="", add_help=False)
-        cli.add_command_parsers(self.parser)
+        cli_parser.add_command_parsers(self.parser)
         self.parsers: dict[str, UsageParser] = dict(_subparsers(self.parser))
         self.completer = ConsoleCompleter(self.catalog, self.parsers, _summaries(self.parser))
         self.addresses = tuple(addresses)

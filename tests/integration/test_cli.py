@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import pytest
 
-from tcpsched.cli import parse_arg
+from tcpsched.cli_parser import parse_arg
 from tcpsched.testing.processes import ProcessGroup, free_port, wait_for_workers
 from tests.conftest import connect
 

@@ -392,10 +392,10 @@ def test_a_schedule_with_tags_fires_jobs_that_carry_them() -> None:
 def test_schedule_add_parses_tags_on_the_command_line() -> None:
     """`schedule add ... --tags a,b` builds a job spec with those tags (the CLI's spec builder
     reads the same options as `submit`)."""
-    from tcpsched import cli
+    from tcpsched import cli_parser
 
-    parser = cli.build_parser()
+    parser = cli_parser.build_parser()
     args = parser.parse_args(["schedule", "add", "n", "--every", "5", "--tags", "gpu,ssd",
                               "--shell", "true"])
-    spec = cli.spec_from_args(args)
+    spec = cli_parser.spec_from_args(args)
     assert spec.tags == ("gpu", "ssd") and spec.after == ()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from prompt_toolkit.document import Document
 
-from tcpsched import cli
+from tcpsched import cli_parser
 from tcpsched.chunks import CHUNK_FUNCTION, call_each
 from tcpsched.cli_workflows import execute_workflow, read_items
 from tcpsched.client import _chunks
@@ -78,7 +78,7 @@ def test_group_text_draws_progress_and_eta() -> None:
 
 
 def _parse(*words: str) -> Any:
-    return cli.build_parser().parse_args(list(words))
+    return cli_parser.build_parser().parse_args(list(words))
 
 
 @pytest.mark.parametrize("words", [
@@ -95,7 +95,7 @@ def test_job_or_group_is_required_and_not_both(words: tuple[str, ...]) -> None:
 def test_submit_after_is_repeatable_and_map_shares_submit_options() -> None:
     """--after repeats into the spec; map takes the submit options and --chunk-size."""
     args = _parse("submit", "--after", "a1b2", "--after", "key", "--shell", "true")
-    assert cli.spec_from_args(args).after == ("a1b2", "key")
+    assert cli_parser.spec_from_args(args).after == ("a1b2", "key")
     args = _parse("map", "--call", "m:f", "--items", "x.jsonl", "--chunk-size", "100",
                   "--priority", "3", "--after", "a1b2")
     assert (args.chunk_size, args.priority, args.after) == (100, 3, ["a1b2"])
@@ -112,7 +112,7 @@ def test_console_completes_groups_seen_and_the_new_commands() -> None:
     `watch group`."""
     catalog = Catalog()
     parser = UsageParser(prog="", add_help=False)
-    cli.add_command_parsers(parser)
+    cli_parser.add_command_parsers(parser)
     completer = ConsoleCompleter(catalog, dict(_subparsers(parser)), {})
     assert {"map", "retry"} <= set(_complete(completer, ""))
     catalog.note_value({"group": "8e1f0c2a", "ids": ["a", "b"]})
