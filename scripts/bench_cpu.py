@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_sections as sections  # noqa: E402
 
-from tcpsched.client import SyncClient  # noqa: E402
+from tcpsched.client_sync import SyncClient  # noqa: E402
 from tcpsched.testing.processes import ProcessGroup  # noqa: E402
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")

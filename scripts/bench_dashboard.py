@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tcpsched.client import SyncClient  # noqa: E402
+from tcpsched.client_sync import SyncClient  # noqa: E402
 from tcpsched.testing.http import get, request, wait_http  # noqa: E402
 from tcpsched.testing.processes import (  # noqa: E402
     ProcessGroup,

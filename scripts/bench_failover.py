@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.errors import TcpschedError
 from tcpsched.testing.processes import (
     Proc,

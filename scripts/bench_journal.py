@@ -37,7 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tcpsched.client import Client, SyncClient  # noqa: E402
+from tcpsched.client import Client  # noqa: E402
+from tcpsched.client_sync import SyncClient  # noqa: E402
 from tcpsched.core.jobs import JobRecord, JobSpec  # noqa: E402
 from tcpsched.core.records import job_to_dict  # noqa: E402
 from tcpsched.core.scheduler import Scheduler, SchedulerConfig  # noqa: E402

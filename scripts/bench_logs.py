@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tcpsched.client import Client, SyncClient
+from tcpsched.client import Client
+from tcpsched.client_sync import SyncClient
 from tcpsched.follow import follow
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers
 

@@ -33,7 +33,7 @@ from bench_sections import (
     percentile,
 )
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until
 
 MODES = ("process", "thread")

@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tcpsched.client import SyncClient  # noqa: E402
+from tcpsched.client_sync import SyncClient  # noqa: E402
 from tcpsched.testing.datadirs import build_data_dir  # noqa: E402
 from tcpsched.testing.processes import ProcessGroup, free_port  # noqa: E402
 

@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.core.jobs import JobSpec
 from tcpsched.errors import TcpschedError
 from tcpsched.testing.processes import ProcessGroup, free_port, wait_for_workers, wait_until

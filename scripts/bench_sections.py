@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import bench_dask
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.core.backpressure import MAX_PENDING_DEFAULT
 from tcpsched.core.jobs import JobSpec
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers
 
 TIMEOUT_S = 600.0

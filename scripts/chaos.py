@@ -55,7 +55,8 @@ from typing import Any
 
 import attrs
 
-from tcpsched.client import Client, SyncClient
+from tcpsched.client import Client
+from tcpsched.client_sync import SyncClient
 from tcpsched.errors import JobNotFound, TcpschedError
 from tcpsched.testing.processes import (
     Proc,

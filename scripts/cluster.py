@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tcpsched import formatting  # noqa: E402
-from tcpsched.client import SyncClient  # noqa: E402
+from tcpsched.client_sync import SyncClient  # noqa: E402
 from tcpsched.config import read_token  # noqa: E402
 from tcpsched.core.dispatch import POLICIES  # noqa: E402
 from tcpsched.errors import TcpschedError  # noqa: E402

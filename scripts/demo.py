@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tcpsched.client import SyncClient  # noqa: E402
+from tcpsched.client_sync import SyncClient  # noqa: E402
 from tcpsched.core.jobs import JobSpec  # noqa: E402
 from tcpsched.errors import TcpschedError  # noqa: E402
 from tcpsched.testing.processes import (  # noqa: E402

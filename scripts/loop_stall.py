@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tcpsched import Client
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.core.jobs import JobSpec
 from tcpsched.testing.processes import ProcessGroup, wait_until
 

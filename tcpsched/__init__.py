@@ -23,7 +23,8 @@ from tcpsched.errors import (
 )
 
 if TYPE_CHECKING:
-    from tcpsched.client import Client, SyncClient
+    from tcpsched.client import Client
+    from tcpsched.client_sync import SyncClient
 
 __version__ = "0.1.0"
 
@@ -31,10 +32,14 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     """`Client` and `SyncClient` on first use: a coordinator or worker imports this package
     too, and has no use for the client's modules (a tenth of a second at each start)."""
-    if name in ("Client", "SyncClient"):
-        from tcpsched import client
+    if name == "Client":
+        from tcpsched.client import Client
 
-        return getattr(client, name)
+        return Client
+    if name == "SyncClient":
+        from tcpsched.client_sync import SyncClient
+
+        return SyncClient
     raise AttributeError(f"module 'tcpsched' has no attribute {name!r}")
 
 __all__ = [

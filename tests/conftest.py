@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.testing.processes import ProcessGroup, wait_until
 
 

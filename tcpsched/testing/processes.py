@@ -20,7 +20,7 @@ from pathlib import Path
 
 import attrs
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.errors import TcpschedError
 
 

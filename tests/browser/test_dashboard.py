@@ -63,7 +63,7 @@ def base(cluster: tuple[str, str]) -> str:
 
 def with_client(address: str, use: Any) -> Any:
     """`use(SyncClient)` in a thread of its own: Playwright's sync API owns this one's loop."""
-    from tcpsched.client import SyncClient
+    from tcpsched.client_sync import SyncClient
 
     def run() -> Any:
         client = SyncClient(address)

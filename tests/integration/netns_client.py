@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.config import read_token
 from tcpsched.errors import TcpschedError
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.testing.processes import Proc, ProcessGroup, wait_for_workers, wait_until
 from tests.conftest import connect
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.testing.processes import ProcessGroup, free_port, wait_for_workers, wait_until
 from tests.conftest import connect
 

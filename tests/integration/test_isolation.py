@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until
 from tests.conftest import connect
 from tests.integration.test_jobs import alive

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import pytest
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.core.jobs import OUTPUT_BYTES_MAX, JobSpec
 from tcpsched.errors import RequestError
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until

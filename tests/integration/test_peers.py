@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.errors import TcpschedError
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until
 

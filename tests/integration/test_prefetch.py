@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.core.jobs import JobSpec
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until
 from tests.conftest import connect

@@ -18,7 +18,7 @@ import attrs
 import msgpack
 import pytest
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.config import parse_address
 from tcpsched.core import messages as m
 from tcpsched.core.codec import HEADER, VALUE_DEPTH_MAX, FrameDecoder, encode

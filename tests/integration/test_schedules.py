@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.core.jobs import JobSpec
 from tcpsched.core.schedules import tick_key
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from tcpsched import Client
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.core.jobs import JobSpec
 from tcpsched.testing.processes import Proc, ProcessGroup, wait_for_workers, wait_until
 from tests.conftest import connect

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tcpsched.client import SyncClient
+from tcpsched.client_sync import SyncClient
 from tcpsched.testing.processes import ProcessGroup, wait_for_workers, wait_until
 from tests.conftest import connect
 from tests.integration.test_failures import Clients, clients, start  # noqa: F401
