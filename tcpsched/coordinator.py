@@ -168,7 +168,7 @@ class Coordinator:
         for what in CONNECTION_COUNTERS:
             self.extra_stats.setdefault(what, 0)
         self._open: set[_Accepted] = set()  # every connection, in its handshake or not
-        self._closed_since_trim = 0  # connections ended since the sweep last trimmed the heap
+        self._trim_due = False  # a connection ended since the sweep last trimmed the heap
         self._none_open = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None
         self.http: Any = None  # runtime/http's HttpServer, with --http
@@ -380,10 +380,10 @@ class Coordinator:
         Connections still in their handshake are the handshake deadline's business."""
         idle_s = self.settings.idle_timeout_s
         self._close_log.flush()
-        if self._closed_since_trim:
+        if self._trim_due:
             # Closed connections freed their buffers: give the pages back (runtime/heap.py),
             # so memory returns to its baseline within one sweep period after a burst.
-            self._closed_since_trim = 0
+            self._trim_due = False
             heap.trim()
         if idle_s > 0:
             now = time.monotonic()
@@ -418,7 +418,7 @@ class Coordinator:
         finally:
             self._slots.release(accepted)
             self._open.discard(accepted)
-            self._closed_since_trim += 1
+            self._trim_due = True
             if not self._open:
                 self._none_open.set()
 
