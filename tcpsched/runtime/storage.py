@@ -3,8 +3,8 @@
 Theory of operation (Redis AOF + RDB, etcd WAL + snapshot):
 
 * Writing. `append` only encodes a record into a buffer (the line format is in
-  runtime/journal_lines.py); `flush`, called once at the end of an event-loop turn before any reply
-  leaves (runtime/runner.py), writes the whole buffer with one `write` and, under
+  runtime/journal_lines.py); `flush`, called once at the end of an event-loop turn before any
+  reply leaves (runtime/runner.py), writes the whole buffer with one `write` and, under
   `--fsync always`, one `fdatasync` (group commit). `batch` fsyncs at most every
   `BATCH_FSYNC_INTERVAL_S` (a timer catches the tail); `never` leaves it to the kernel. In every
   policy the write happens before the reply, so killing the process loses nothing; the policy
