@@ -27,6 +27,10 @@ Three clocks of durability gate what leaves:
 The shell reports local durability with `Flushed(seq)`; followers report theirs in AppendAck;
 the commit seq follows from both (replication.py).
 
+A node's own stall is not its peers' silence: a tick that comes long after it was due means the
+loop itself stopped (a full collection, a slow disk, SIGSTOP), and what the peers sent meanwhile
+is still unread; the election judges once that is read (`_on_tick`).
+
 Followers apply entries to their table only once committed, so a follower's table is always a
 committed state. A leader applies at once (the scheduler needs its own decisions); a leader that
 is deposed with applied but uncommitted entries asks the shell to rebuild its table from disk up
@@ -101,6 +105,11 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_RESEND_S = 30.0  # a snapshot that brought no acknowledgement by then is sent again
 APPLY_BATCH_MAX = 4096  # committed entries decoded together (`decode_entries`)
+TICK_LATE_S = 0.05  # a tick this late means our own loop stalled, not that peers fell silent
+# After such a stall the election judges this much later: long enough for the loop to have
+# read the sockets and run the tasks that step what they read (a turn or two; asyncio runs due
+# timers before both), short beside the election timeout.
+STALL_RECHECK_S = 0.05
 
 
 class Leading(Protocol):
@@ -185,6 +194,8 @@ class Node:
         self._commit_marked = self.log.commit_seq
         self._last_beat = -1.0
         self._wall = now
+        self._recheck_at: float | None = None  # the election's judgement, put off by a stall
+        self.stalls_excused = 0
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -227,7 +238,9 @@ class Node:
 
     def next_deadline(self) -> float | None:
         # Asked after every event the runner feeds (a heartbeat among them): no list built.
-        deadline = self.election.next_deadline()
+        # A recheck after a stall stands for the election's deadline, which may have passed.
+        deadline = self.election.next_deadline() if self._recheck_at is None else (
+            self._recheck_at)
         if self.scheduler is not None:
             beat = self._last_beat + self.config.beat_s
             if beat < deadline:  # noqa: PLR1730 (min() costs more than the rest of this method)
@@ -655,9 +668,32 @@ class Node:
     # -- time -----------------------------------------------------------------------------------
 
     def _on_tick(self, now: float) -> None:
-        caught_up = self.applied_seq >= self.log.commit_seq and self.log.last_seq >= (
-            self.log.commit_seq)
-        self._election(self.election.on_tick(now, self.log.last, caught_up), now)
+        recheck = self._recheck_at
+        if recheck is None:
+            due = self.next_deadline()
+            late_s = 0.0 if due is None else now - due
+            judge = late_s <= TICK_LATE_S
+            if not judge:
+                # Our own loop stalled (a long turn, a full collection, a slow disk,
+                # SIGSTOP): what the peers sent meanwhile is still unread, and the loop runs
+                # due timers before it reads sockets. Judged now, a silence that was ours
+                # would pass for the leader's (or a leader's majority's) and start an
+                # election or a step-down for nothing. So the election judges once the
+                # reads are in; a recheck that is late in turn is judged as it is, so a loop
+                # that keeps stalling still elects.
+                self._recheck_at = now + STALL_RECHECK_S
+                self.stalls_excused += 1
+                log.info("node=%d epoch=%d own loop stalled %.2fs; reading what arrived "
+                         "before judging the %s", self.node_id, self.epoch, late_s,
+                         "majority" if self.scheduler is not None else "leader")
+        else:
+            judge = now >= recheck  # a scheduler's tick meanwhile leaves the election be
+            if judge:
+                self._recheck_at = None
+        if judge:
+            caught_up = self.applied_seq >= self.log.commit_seq and self.log.last_seq >= (
+                self.log.commit_seq)
+            self._election(self.election.on_tick(now, self.log.last, caught_up), now)
         if self.scheduler is not None:
             if now - self._last_beat >= self.config.beat_s:
                 self._send_appends(now, heartbeat=True)

@@ -157,6 +157,35 @@ def test_stopped_leader_steps_down_when_it_wakes(procs: ProcessGroup, tmp_path: 
     assert sum(runs.values()) >= len(acknowledged)
 
 
+def test_a_stopped_follower_wakes_following_the_same_leader(procs: ProcessGroup) -> None:
+    """SIGSTOP a follower past the election timeout, then SIGCONT: on waking, its election
+    timer is due before it has read what the leader sent meanwhile. It reads first, so it
+    neither calls the leader lost nor starts an election, and the epoch stays."""
+    group, addresses = start_group(procs)
+    first, follower = 3, 2  # the one that would lead next, were the leader lost
+    wait_leader(addresses, first)
+    with SyncClient(addresses, connect_timeout=5.0) as client:
+        epoch = client.stats()["epoch"]
+    proc = group[follower][0]
+    wait_until(lambda: f"became follower of {first}" in proc.log(), 20.0,
+               what=f"coordinator {follower} to follow {first}")
+    proc.signal(signal.SIGSTOP)
+    try:
+        time.sleep(2.5 * float(TIMING[TIMING.index("--election-timeout") + 1]))  # the stall
+    finally:
+        proc.signal(signal.SIGCONT)
+    with SyncClient(addresses, connect_timeout=5.0) as client:
+        # The leader hears it again once it has read and answered what waited for it.
+        wait_until(lambda: client.coordinators()[follower - 1]["reachable"], 15.0,
+                   what="the woken follower to be heard again")
+        stats = client.stats()
+    assert (stats["leader"], stats["epoch"]) == (first, epoch)
+    log = proc.log()
+    assert "lost leader" not in log
+    assert "own loop stalled" in log
+    assert "became candidate" not in log.split("own loop stalled", 1)[1]
+
+
 def test_all_coordinators_killed_during_submits_keep_every_acknowledged_job(
         procs: ProcessGroup, tmp_path: Path) -> None:
     """kill -9 all three while submits stream in; restarted, every acknowledged job is there."""

@@ -16,6 +16,7 @@ from typing import Any
 from tcpsched.core.election import ElectionTiming, Role
 from tcpsched.core.events import Close, Connected, HigherEpoch, Journal, Received, Send, Tick
 from tcpsched.core.node import (
+    STALL_RECHECK_S,
     EndOfTurn,
     Flushed,
     Node,
@@ -114,6 +115,8 @@ class Cluster:
         self.queue: deque[tuple[int, int, Any]] = deque()
         self.replies: dict[tuple[int, int], list[Any]] = {}
         self.closed: list[tuple[int, int]] = []
+        self.stalled: set[int] = set()  # loops that run nothing: their messages wait unread
+        self.unread: list[tuple[int, int, Any]] = []
 
     def start(self, i: int) -> None:
         peers = {j: f"n{j}" for j in self.ids if j != i}
@@ -169,13 +172,25 @@ class Cluster:
     def deliver(self) -> None:
         while self.queue:
             src, dst, msg = self.queue.popleft()
+            if dst in self.stalled:
+                self.unread.append((src, dst, msg))
+            else:
+                self.feed(dst, PeerReceived(src, msg))
+
+    def resume(self, i: int) -> None:
+        """End node i's stall as an event loop does: due timers first, then the reads."""
+        self.stalled.discard(i)
+        self.feed(i, Tick())
+        unread = [u for u in self.unread if u[1] == i]
+        self.unread = [u for u in self.unread if u[1] != i]
+        for src, dst, msg in unread:
             self.feed(dst, PeerReceived(src, msg))
 
     def run(self, seconds: float, step: float = 0.01) -> None:
         end = self.now + seconds
         while self.now < end:
             self.now = round(self.now + step, 6)
-            for i in sorted(self.up):
+            for i in sorted(self.up - self.stalled):
                 deadline = self.nodes[i].next_deadline()
                 if deadline is not None and deadline <= self.now:
                     self.feed(i, Tick())
@@ -260,6 +275,42 @@ def test_restarted_highest_id_catches_up_then_takes_over() -> None:
     cluster.run(TIMING.hold_down_s + 1.0)
     assert cluster.leader() == 3
     assert cluster.nodes[3].scheduler.table.values() == [0, 1, 2]  # type: ignore[union-attr]
+
+
+def test_a_followers_own_stall_is_not_taken_for_the_leaders_silence() -> None:
+    """A tick far later than it was due means our own loop stalled (a full collection, a slow
+    disk, SIGSTOP) and what the leader sent meanwhile is unread: the follower reads it before
+    it judges the leader, so it starts no election (and no epoch) for its own pause."""
+    cluster = Cluster([1, 2, 3])
+    cluster.run(1.0)
+    assert cluster.leader() == 3
+    elections, epoch = cluster.nodes[2].election.elections, cluster.nodes[2].epoch
+    cluster.stalled.add(2)
+    cluster.run(1.5)  # past the election timeout; the leader beats on, unread by node 2
+    cluster.resume(2)
+    cluster.run(0.5)
+    node = cluster.nodes[2]
+    assert node.role is Role.FOLLOWER and node.election.leader == 3
+    assert node.election.elections == elections and node.epoch == epoch
+    assert node.stalls_excused == 1
+    assert cluster.leader() == 3
+
+
+def test_after_its_own_stall_a_follower_still_judges_a_silent_leader_at_once() -> None:
+    """The stall puts the verdict off only until what arrived is read: a leader that fell
+    silent meanwhile is judged as soon as the follower's loop has read, one turn later."""
+    cluster = Cluster([1, 2, 3])
+    cluster.run(1.0)
+    elections = cluster.nodes[2].election.elections
+    cluster.stalled.add(2)
+    cluster.cut = {(3, 2)}  # the leader falls silent to 2 (no close) while 2 is stalled
+    cluster.run(1.5)
+    cluster.resume(2)
+    assert cluster.nodes[2].election.elections == elections  # not on the late tick itself
+    cluster.run(STALL_RECHECK_S + 0.01)  # once the loop has read what arrived
+    assert cluster.nodes[2].election.elections == elections + 1
+    cluster.run(1.0)
+    assert cluster.leader() == 3  # node 1 still hears 3: followed, not challenged
 
 
 def test_a_follower_redirects_clients_to_the_leader() -> None:
