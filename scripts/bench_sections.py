@@ -252,9 +252,13 @@ def queued(group: ProcessGroup, address: str, leader_pid: int, config: BenchConf
             used = cpu_seconds(leader_pid) - before
             figures.append(Figure("queued", f"cpu_us_per_job_{target}_queued",
                                   1e6 * used / config.queued_batch, "µs"))
+        # The longest full collection of the leader's heap while the queue filled: it stops
+        # the loop (heartbeats and replication included), so it must not grow with the queue.
+        pause = client.stats().get("gc_full_pause_max_s", 0.0)
     if len(figures) > 1 and figures[0].value > 0:
         figures.append(Figure("queued", "cpu_largest_vs_smallest",
                               figures[-1].value / figures[0].value, "ratio"))
+    figures.append(Figure("queued", "gc_full_pause_max_s", pause, "s"))
     return figures
 
 

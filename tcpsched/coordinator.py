@@ -141,6 +141,10 @@ class Coordinator:
         finally:
             gc.freeze()
             gc.enable()
+        # From now on, what survives each full collection is frozen too (runtime/heap.py), so
+        # the pause does not grow with the jobs submitted since; thawed when a role ends.
+        self._gc = heap.FreezeSurvivors(self.extra_stats)
+        self._gc.watch(self.node.scheduler, self.node.table)
         for warning in self.recovery.warnings:
             log.warning("node=%d %s", settings.node_id, warning)
         self.journal.publish(self.extra_stats)
@@ -324,6 +328,7 @@ class Coordinator:
         log.info("node=%d listening on %s:%d policy=%s heartbeat=%gs/%gs auth=%s tls=%s",
                  s.node_id, host, self.port, s.policy, s.heartbeat_interval_s,
                  s.heartbeat_timeout_s, "token" if s.token else "none", tls)
+        self._gc.install()
         self._sweep_idle()
         accepting = asyncio.ensure_future(listener.serve(self._on_accept))
         r = self.recovery
@@ -347,6 +352,7 @@ class Coordinator:
                 await self.http.stop()
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
+            self._gc.uninstall()
             accepting.cancel()  # before the close: a socket closed under a waiting accept
             with contextlib.suppress(asyncio.CancelledError):
                 await accepting
@@ -385,6 +391,9 @@ class Coordinator:
             # so memory returns to its baseline within one sweep period after a burst.
             self._trim_due = False
             heap.trim()
+        # A term that ended, or a table rebuilt, may leave cycles among objects frozen
+        # while alive: then the next full collection walks everything (runtime/heap.py).
+        self._gc.watch(self.node.scheduler, self.node.table)
         if idle_s > 0:
             now = time.monotonic()
             for conn in list(self.connections.values()):

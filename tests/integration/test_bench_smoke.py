@@ -46,7 +46,8 @@ def test_every_section_reports_figures_in_json() -> None:
         assert paired[f"throughput_{mode}"]["value"] > 0
         assert paired[f"worker_cpu_{mode}"]["value"] > 0
     assert paired["process_vs_thread"]["value"] > 0 and "latency_p50_diff" in paired
-    assert set(results["queued"]) >= {"cpu_us_per_job_20_queued", "cpu_us_per_job_50_queued"}
+    assert set(results["queued"]) >= {"cpu_us_per_job_20_queued", "cpu_us_per_job_50_queued",
+                                      "gc_full_pause_max_s"}
     assert results["workers"]["dispatch_5"]["value"] > 0
     assert "leader_cpu_5_idle" in results["workers"]
     # Leader CPU per heartbeat the load generator sent (it counts them, on SIGUSR1).
