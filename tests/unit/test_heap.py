@@ -77,7 +77,7 @@ def freezer() -> Iterator[heap.FreezeSurvivors]:
 def test_a_full_collection_freezes_what_survived_it(freezer: heap.FreezeSurvivors) -> None:
     table = [Node() for _ in range(20_000)]
     gc.collect()
-    assert freezer.figures["gc_full_collections"] == 1
+    assert freezer.figures["gc_full_collections"] >= 1  # and perhaps one of its own before
     assert gc.get_freeze_count() >= len(table)
     old = {id(obj) for obj in gc.get_objects(generation=2)}
     assert not any(id(node) in old for node in table)  # the next collections skip them
