@@ -672,7 +672,8 @@ class Node:
         if recheck is None:
             due = self.next_deadline()
             late_s = 0.0 if due is None else now - due
-            judge = late_s <= TICK_LATE_S
+            # Alone, nothing can be waiting unread from a peer: a late tick is judged at once.
+            judge = late_s <= TICK_LATE_S or not self.config.peers
             if not judge:
                 # Our own loop stalled (a long turn, a full collection, a slow disk,
                 # SIGSTOP): what the peers sent meanwhile is still unread, and the loop runs

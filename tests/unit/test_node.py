@@ -313,6 +313,15 @@ def test_after_its_own_stall_a_follower_still_judges_a_silent_leader_at_once() -
     assert cluster.leader() == 3  # node 1 still hears 3: followed, not challenged
 
 
+def test_a_lone_coordinators_late_tick_is_judged_at_once() -> None:
+    """Alone, nothing can wait unread from a peer: however late its first tick (a slow
+    start), a lone coordinator leads on it, with no recheck."""
+    cluster = Cluster([1])
+    cluster.now = 5.0
+    cluster.feed(1, Tick())
+    assert cluster.nodes[1].is_leader and cluster.nodes[1].stalls_excused == 0
+
+
 def test_a_follower_redirects_clients_to_the_leader() -> None:
     """A request to a follower is answered not_leader with the leader's address."""
     cluster = Cluster([1, 2, 3])
