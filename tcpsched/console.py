@@ -90,9 +90,9 @@ def _catch_sigint(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) 
     arrives as KeyboardInterrupt instead, which the console handles the same way."""
     try:
         loop.add_signal_handler(signal.SIGINT, handler)
-    except NotImplementedError:  # a loop without signal support (another platform)
-        return False
-    except (RuntimeError, ValueError):  # not the main thread, or no signal wake-up fd
+    except (NotImplementedError, RuntimeError, ValueError):
+        # NotImplementedError: a loop without signal handlers (Windows' proactor loop);
+        # RuntimeError or ValueError: not the main thread, or no wake-up fd to signal through.
         return False
     return True
 

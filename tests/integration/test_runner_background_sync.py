@@ -75,6 +75,9 @@ async def test_replies_wait_for_the_background_fsync_while_the_loop_goes_on(
     runner.feed(Received(CLIENT, ("put", 1)))
     await asyncio.sleep(0.02)  # the end of turn: written, the sync held
     runner.feed(Received(CLIENT, ("put", 2)))  # the loop still takes requests meanwhile
+    # The sync thread reaches its (held) fdatasync in its own time: awaited, not slept on,
+    # so a loaded machine that schedules the thread late cannot fail the check below.
+    await until(held.started.is_set, "the sync thread's held fdatasync")
     await asyncio.sleep(0.02)
     assert conn.sent == [] and held.calls >= 1
     held.release.set()
